@@ -1,0 +1,25 @@
+//! `cem-pipeline` — the pure core of cem-bridge: bytes in, decisions out.
+//!
+//! This crate does no I/O: no network, no database, no async runtime. Everything here is a
+//! function of its inputs (plus an explicit clock value), so it is tested with plain unit tests.
+//!
+//! Map:
+//! - [`decode`] — format detection (R-EVT-1), charset (R-EVT-2), the HL7 v2 decoder wrapping
+//!   hl7-parser (with its two workarounds), and well-formedness checks for XML and JSON.
+//! - [`event`] — the canonical [`event::PatientEvent`] every decoder produces.
+//! - [`identifiers`] — Chinese identifiers: 身份证号 validation (R-ID-1), mobile numbers (R-ID-2).
+//! - [`anonymize`] — pseudonyms (R-ANO-2), masks (R-ANO-3), age bands (R-ANO-4).
+//! - [`survey`] — which survey an event triggers, when, and the anonymised CEM dispatch payload.
+//! - [`reason`] — the dead-letter reason codes (R-EVT-1, R-EVT-6, EX-24).
+//! - [`time`] — HL7 / ISO timestamps interpreted in the hospital's zone (R-GEN-1).
+//!
+//! Invariant: no personal data in any error's `Display`. Errors name fields and positions, never
+//! values, so they can be logged and put in dead-letter headers.
+
+pub mod anonymize;
+pub mod decode;
+pub mod event;
+pub mod identifiers;
+pub mod reason;
+pub mod survey;
+pub mod time;

@@ -1,0 +1,117 @@
+//! Dead-letter reason codes (R-EVT-1, R-EVT-4, R-EVT-6, EX-23/EX-24).
+//!
+//! A reason code is what operations see in the `x-cem-reason` header, the store and metrics; it is
+//! a closed enum so label values never carry free text (R-MET-1).
+
+use std::fmt;
+
+/// Why a message was dead-lettered instead of processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// Not HL7 v2, XML or JSON; or an empty body (R-EVT-1, R-GEN-3).
+    UnknownFormat,
+    /// Bytes invalid in the declared or configured charset (R-EVT-2).
+    InvalidEncoding,
+    /// HL7 without a usable MSH-9, or a message cut short (R-EVT-6).
+    Truncated,
+    /// Trigger not in the event table (R-EVT-3).
+    UnknownEvent,
+    /// No patient identifier in PID-3 (R-EVT-6).
+    MissingPatientId,
+    /// A visit event without a visit number in PV1-19 (R-EVT-6).
+    MissingVisitNumber,
+    /// MSH-12 outside 2.3–2.5.1 (R-EVT-6).
+    UnsupportedVersion,
+    /// Broken XML, or XML with a DTD / entity declarations (R-EVT-6, R-GEN-3).
+    MalformedXml,
+    /// Broken JSON, or JSON nested deeper than 64 levels (R-EVT-6, R-GEN-3).
+    MalformedJson,
+    /// Body over the size limit, 1 MiB by default (R-EVT-1).
+    Oversized,
+    /// Redelivered more than the poison limit, 5 by default (R-EVT-6).
+    Poison,
+    /// The message key was seen before with different content (R-EVT-4).
+    DuplicateIdConflict,
+    /// A well-formed message of a format this connector has no mapping for.
+    NoMapping,
+}
+
+impl DeadLetterReason {
+    /// Every reason, for metrics pre-registration and docs.
+    pub const ALL: [DeadLetterReason; 13] = [
+        Self::UnknownFormat,
+        Self::InvalidEncoding,
+        Self::Truncated,
+        Self::UnknownEvent,
+        Self::MissingPatientId,
+        Self::MissingVisitNumber,
+        Self::UnsupportedVersion,
+        Self::MalformedXml,
+        Self::MalformedJson,
+        Self::Oversized,
+        Self::Poison,
+        Self::DuplicateIdConflict,
+        Self::NoMapping,
+    ];
+
+    /// The stable snake_case code used in headers, the store and metric labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UnknownFormat => "unknown_format",
+            Self::InvalidEncoding => "invalid_encoding",
+            Self::Truncated => "truncated",
+            Self::UnknownEvent => "unknown_event",
+            Self::MissingPatientId => "missing_patient_id",
+            Self::MissingVisitNumber => "missing_visit_number",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::MalformedXml => "malformed_xml",
+            Self::MalformedJson => "malformed_json",
+            Self::Oversized => "oversized",
+            Self::Poison => "poison",
+            Self::DuplicateIdConflict => "duplicate_id_conflict",
+            Self::NoMapping => "no_mapping",
+        }
+    }
+
+    /// Parse a code back (for the CLI and the store).
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A decode failure: the reason code plus a human explanation that names fields and byte
+/// offsets but never contains message content (no personal data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejection {
+    pub reason: DeadLetterReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: DeadLetterReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for r in DeadLetterReason::ALL {
+            assert_eq!(DeadLetterReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(DeadLetterReason::from_code("nope"), None);
+    }
+}
