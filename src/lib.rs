@@ -1,1 +1,21 @@
-pub fn x() {}
+//! `cem-bridge` — the runtime: configuration, store, ingest, scheduler and CLI wiring.
+//!
+//! The work lives in two crates: `cem-pipeline` (pure: decode, anonymise, decide) and
+//! `cem-connectors` (I/O edges: RabbitMQ, HTTP). This crate wires them:
+//! - [`config`] — `bridge.toml`, typed and checked.
+//! - [`store`] — SQLite/PostgreSQL through sqlx `Any`: dedupe, jobs, audit, dead letters.
+//! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
+//! - [`scheduler`] — claims due jobs and pushes them to the CEM sink with retries.
+//! - [`runtime`] — starts everything, handles shutdown and secrets.
+//! - [`shutdown`] — the one signal every task listens to.
+//! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
+
+pub mod config;
+pub mod fault;
+pub mod ingest;
+pub mod publish;
+pub mod runtime;
+pub mod scheduler;
+pub mod shutdown;
+pub mod sink;
+pub mod store;

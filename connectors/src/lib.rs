@@ -1,1 +1,14 @@
-pub fn x() {}
+//! `cem-connectors` — the I/O edges of cem-bridge, behind small types the runtime wires up.
+//!
+//! Map:
+//! - [`amqp`] — RabbitMQ (lapin): the source (durable queue with a dead-letter exchange,
+//!   prefetch, manual multiple-ack, dead-letter republish with reason headers) and a publisher
+//!   with confirms (`cem-bridge publish`).
+//! - [`http_sink`] — outbound HTTP to the CEM (reqwest): idempotency key header, configurable
+//!   success rule for `{"code":0}` envelopes, classification of every outcome into
+//!   accepted / retryable / permanent; and the `shadow` sink that appends requests to JSONL.
+//!
+//! Invariant: nothing here decides business rules; nothing here logs message bodies.
+
+pub mod amqp;
+pub mod http_sink;

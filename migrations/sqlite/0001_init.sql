@@ -1,0 +1,67 @@
+-- cem-bridge store, version 1 (SQLite). Times are epoch milliseconds (UTC).
+-- No table holds a clear name, phone, ID-card number, patient id or visit number.
+
+-- R-EVT-4: one row per message key and connector; content_hash tells a redelivery from a conflict.
+CREATE TABLE inbox (
+    connector    TEXT    NOT NULL,
+    message_key  TEXT    NOT NULL,
+    content_hash TEXT    NOT NULL,
+    message_id   TEXT    NOT NULL,
+    event        TEXT    NOT NULL,
+    received_at  INTEGER NOT NULL,
+    PRIMARY KEY (connector, message_key)
+);
+
+-- R-SRV-5/R-SRV-6: one row per survey job id; payload is the anonymised CEM body.
+CREATE TABLE survey_jobs (
+    job_id          TEXT    PRIMARY KEY,
+    template        TEXT    NOT NULL,
+    patient_key     TEXT    NOT NULL,
+    visit_key       TEXT    NOT NULL,
+    status          TEXT    NOT NULL,
+    reason          TEXT,
+    due_at          INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    locked_until    INTEGER NOT NULL DEFAULT 0,
+    lock_owner      TEXT,
+    payload         TEXT    NOT NULL,
+    connector       TEXT    NOT NULL,
+    message_id      TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    sent_at         INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX survey_jobs_claim ON survey_jobs (status, next_attempt_at);
+
+-- R-GEN-2: every decision with its rule and reason.
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    connector  TEXT,
+    message_id TEXT,
+    job_id     TEXT,
+    patient_key TEXT,
+    action     TEXT    NOT NULL,
+    rule       TEXT,
+    reason     TEXT,
+    detail     TEXT
+);
+CREATE INDEX audit_message ON audit (message_id);
+CREATE INDEX audit_job ON audit (job_id);
+
+-- R-EVT-6: dead letters (metadata; the body stays in the broker's dead-letter queue).
+CREATE TABLE dead_letters (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    at             INTEGER NOT NULL,
+    connector      TEXT    NOT NULL,
+    message_id     TEXT,
+    reason         TEXT    NOT NULL,
+    detail         TEXT    NOT NULL,
+    content_hash   TEXT    NOT NULL,
+    size_bytes     INTEGER NOT NULL,
+    delivery_count INTEGER NOT NULL
+);
+CREATE INDEX dead_letters_at ON dead_letters (at);

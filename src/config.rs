@@ -1,0 +1,466 @@
+//! `bridge.toml`: the typed configuration, parsed and checked at the edge.
+//!
+//! Unknown keys are errors (typos fail loudly, with file:line:column from the TOML parser).
+//! Secrets never live in this file: it names the environment variables that hold them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used. Every variant says where and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// One hospital-group deployment; part of every job identity (R-SRV-5).
+    pub tenant: String,
+    /// Zone for local times and calendar rules (R-GEN-1).
+    #[serde(default = "default_zone")]
+    pub time_zone: String,
+    pub pseudonym: PseudonymConfig,
+    pub store: StoreConfig,
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceConfig>,
+    pub cem: CemConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    pub surveys: SurveysConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_zone() -> String {
+    cem_pipeline::time::DEFAULT_ZONE.to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PseudonymConfig {
+    /// Environment variable holding the HMAC key (≥ 32 bytes; hex is decoded).
+    #[serde(default = "default_key_env")]
+    pub key_env: String,
+    /// Label stored and sent with every pseudonym so keys can rotate (R-ANO-2).
+    pub key_id: String,
+    /// Demo only: without the environment variable, use a fixed, publicly known key.
+    #[serde(default)]
+    pub allow_demo_key: bool,
+}
+
+fn default_key_env() -> String {
+    "CEM_BRIDGE_PSEUDONYM_KEY".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` (created if missing) or `postgres://…`.
+    pub url: String,
+    /// SQLite `synchronous`: `full` (default; durable across power loss) or `normal`.
+    #[serde(default = "default_sync")]
+    pub sqlite_synchronous: String,
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_sync() -> String {
+    "full".into()
+}
+fn default_pool() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueTypeConfig {
+    #[default]
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Connector name: in the store, logs, metrics and dead-letter headers.
+    pub name: String,
+    pub url: String,
+    pub queue: String,
+    /// Default `{queue}.dlx`.
+    pub dead_letter_exchange: Option<String>,
+    /// Default `{queue}.dlq`.
+    pub dead_letter_queue: Option<String>,
+    #[serde(default)]
+    pub queue_type: QueueTypeConfig,
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Deliveries per store transaction.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// How long to wait for more deliveries before committing a partial batch.
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait_ms: u64,
+    /// Charset when a message declares none: `utf-8` or `gb18030` (also `gbk`).
+    #[serde(default = "default_charset")]
+    pub charset: String,
+    #[serde(default = "default_max_bytes")]
+    pub max_message_bytes: usize,
+    /// Dead-letter as `poison` after this many earlier deliveries (R-EVT-6).
+    #[serde(default = "default_poison")]
+    pub poison_after: u64,
+}
+
+fn default_prefetch() -> u16 {
+    256
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_batch_wait() -> u64 {
+    20
+}
+fn default_charset() -> String {
+    "utf-8".into()
+}
+fn default_max_bytes() -> usize {
+    cem_pipeline::decode::DEFAULT_MAX_BYTES
+}
+fn default_poison() -> u64 {
+    5
+}
+
+impl SourceConfig {
+    pub fn dlx(&self) -> String {
+        self.dead_letter_exchange
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlx", self.queue))
+    }
+    pub fn dlq(&self) -> String {
+        self.dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.queue))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CemMode {
+    /// Append each request to `shadow_file` (JSONL) instead of sending it.
+    Shadow,
+    /// Send to `url`.
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CemConfig {
+    pub mode: CemMode,
+    #[serde(default = "default_shadow")]
+    pub shadow_file: PathBuf,
+    /// Full URL of the survey dispatch operation.
+    #[serde(default)]
+    pub url: String,
+    /// Environment variable holding a bearer token, if the CEM wants one.
+    pub token_env: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// JSON pointer that must equal `success_equals` in a 2xx body; empty = any 2xx.
+    #[serde(default = "default_success_pointer")]
+    pub success_pointer: String,
+    #[serde(default = "default_success_equals")]
+    pub success_equals: toml::Value,
+}
+
+fn default_shadow() -> PathBuf {
+    PathBuf::from("data/cem-requests.jsonl")
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_success_pointer() -> String {
+    "/code".into()
+}
+fn default_success_equals() -> toml::Value {
+    toml::Value::Integer(0)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    pub poll_interval_ms: u64,
+    pub claim_batch: u32,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A claimed job not finished within this time is claimed again (after a crash).
+    pub lease_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 500,
+            claim_batch: 64,
+            concurrency: 8,
+            max_attempts: 10,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 600_000,
+            lease_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurveysConfig {
+    pub outpatient_template: String,
+    pub inpatient_template: String,
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// Minutes after the anchor time (visit start / discharge).
+    #[serde(default)]
+    pub delay_minutes: i64,
+}
+
+fn default_channel() -> String {
+    "sms".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info,cem_bridge::ingest=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Read, parse and check a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and check config text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        if self.tenant.trim().is_empty() {
+            return Err(bad("tenant", "must not be empty".into()));
+        }
+        if jiff::tz::TimeZone::get(&self.time_zone).is_err() {
+            return Err(bad(
+                "time_zone",
+                format!(
+                    "{:?} is not an IANA zone name (e.g. Asia/Shanghai)",
+                    self.time_zone
+                ),
+            ));
+        }
+        if self.sources.is_empty() {
+            return Err(bad(
+                "source",
+                "no [[source]] is configured; add one with name, url and queue".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let f = |k: &str| format!("source[{i}].{k}");
+            if !names.insert(&s.name) {
+                return Err(bad(&f("name"), format!("{:?} is used twice", s.name)));
+            }
+            if s.queue.trim().is_empty() {
+                return Err(bad(&f("queue"), "must not be empty".into()));
+            }
+            if cem_pipeline::decode::Charset::from_label(&s.charset).is_none() {
+                return Err(bad(
+                    &f("charset"),
+                    format!("{:?} is not supported; use utf-8 or gb18030", s.charset),
+                ));
+            }
+            if s.batch_size == 0 || s.prefetch == 0 {
+                return Err(bad(
+                    &f("batch_size"),
+                    "batch_size and prefetch must be ≥ 1".into(),
+                ));
+            }
+            if usize::from(s.prefetch) < s.batch_size {
+                return Err(bad(
+                    &f("prefetch"),
+                    format!(
+                        "prefetch {} is smaller than batch_size {}: a batch could never fill",
+                        s.prefetch, s.batch_size
+                    ),
+                ));
+            }
+        }
+        if self.cem.mode == CemMode::Http && !self.cem.url.starts_with("http") {
+            return Err(bad(
+                "cem.url",
+                "mode = \"http\" needs the full dispatch URL, e.g. https://cem.example/api/open/v1/surveys/dispatch".into(),
+            ));
+        }
+        if self.scheduler.concurrency == 0 || self.scheduler.claim_batch == 0 {
+            return Err(bad(
+                "scheduler",
+                "concurrency and claim_batch must be ≥ 1".into(),
+            ));
+        }
+        for (k, v) in [
+            (
+                "surveys.outpatient_template",
+                &self.surveys.outpatient_template,
+            ),
+            (
+                "surveys.inpatient_template",
+                &self.surveys.inpatient_template,
+            ),
+        ] {
+            if v.trim().is_empty() {
+                return Err(bad(k, "must name a CEM template id".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn zone(&self) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::get(&self.time_zone)
+            .unwrap_or_else(|_| cem_pipeline::time::default_zone())
+    }
+}
+
+impl CemConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn success_rule(&self) -> cem_connectors::http_sink::SuccessRule {
+        use cem_connectors::http_sink::SuccessRule;
+        if self.success_pointer.is_empty() {
+            return SuccessRule::Status2xx;
+        }
+        let equals = serde_json::to_value(&self.success_equals).unwrap_or(serde_json::Value::Null);
+        SuccessRule::JsonEquals {
+            pointer: self.success_pointer.clone(),
+            equals,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+tenant = "t"
+[pseudonym]
+key_id = "k1"
+[store]
+url = "sqlite://x.db"
+[[source]]
+name = "adt"
+url = "amqp://127.0.0.1"
+queue = "q"
+[cem]
+mode = "shadow"
+[surveys]
+outpatient_template = "OP-SAT-01"
+inpatient_template = "IP-SAT-01"
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = Config::parse(MIN, Path::new("t.toml")).unwrap();
+        assert_eq!(c.sources[0].dlx(), "q.dlx");
+        assert_eq!(c.sources[0].dlq(), "q.dlq");
+        assert_eq!(c.sources[0].poison_after, 5);
+        assert_eq!(c.time_zone, "Asia/Shanghai");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = MIN.replace("queue = \"q\"", "queue = \"q\"\nprefech = 3");
+        let e = Config::parse(&text, Path::new("conf/b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("conf/b.toml: "), "{e}");
+        assert!(e.contains("prefech") && e.contains("line 12"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let text = MIN.replace("mode = \"shadow\"", "mode = \"http\"");
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cem.url"), "{e}");
+        let text = MIN.replace("queue = \"q\"", "queue = \"q\"\ncharset = \"latin1\"");
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source[0].charset"), "{e}");
+        let text = MIN.replace(
+            "queue = \"q\"",
+            "queue = \"q\"\nprefetch = 2\nbatch_size = 10",
+        );
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source[0].prefetch"), "{e}");
+    }
+}

@@ -1,0 +1,455 @@
+//! One task per source: receive deliveries, decide, write the batch in one store transaction,
+//! and only then ack (multiple-ack up to the last tag). Bad input is dead-lettered with a reason.
+//!
+//! Order after a commit: dead letters are republished to the dead-letter exchange with their
+//! reason headers (confirmed), then everything up to the batch's last tag is acked at once. A
+//! crash anywhere before the ack means redelivery; the dedupe record turns that into a counted
+//! `duplicate` with no second effect.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueType};
+use cem_pipeline::anonymize::{Pseudonymizer, hex};
+use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
+use cem_pipeline::event::PatientEvent;
+use cem_pipeline::reason::{DeadLetterReason, Rejection};
+use cem_pipeline::survey::{SurveyDecision, SurveyRules, decide};
+use jiff::tz::TimeZone;
+use metrics::{counter, histogram};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::config::{QueueTypeConfig, SourceConfig};
+use crate::fault::{self, Point};
+use crate::shutdown::Shutdown;
+use crate::store::{
+    AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, Store, StoreError, now_ms,
+};
+
+/// What ingest needs from the runtime.
+pub struct IngestContext {
+    pub store: Store,
+    pub pseudo: Pseudonymizer,
+    pub rules: SurveyRules,
+    pub zone: TimeZone,
+    /// Woken after a commit that created jobs, so due jobs go out without waiting for a poll.
+    pub scheduler_wake: Arc<Notify>,
+}
+
+/// A delivery after the pure work: decoded and decided, or rejected.
+struct Prepared {
+    msg: InboundMessage,
+    received: Instant,
+    hash: String,
+    result: Result<(Format, PatientEvent, SurveyDecision), Rejection>,
+}
+
+/// What the transaction decided for one delivery.
+enum Disposition {
+    Ack,
+    DeadLetter {
+        reason: DeadLetterReason,
+        detail: String,
+    },
+}
+
+/// SHA-256 of the body, hex (R-EVT-4 content hash).
+pub fn content_hash(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
+}
+
+fn amqp_config(src: &SourceConfig, instance: &str) -> AmqpSourceConfig {
+    AmqpSourceConfig {
+        url: src.url.clone(),
+        queue: src.queue.clone(),
+        dead_letter_exchange: src.dlx(),
+        dead_letter_queue: src.dlq(),
+        queue_type: match src.queue_type {
+            QueueTypeConfig::Quorum => QueueType::Quorum,
+            QueueTypeConfig::Classic => QueueType::Classic,
+        },
+        prefetch: src.prefetch,
+        consumer_tag: format!("cem-bridge/{instance}/{}", src.name),
+    }
+}
+
+/// Consume one source until shutdown, reconnecting with backoff when the broker goes away.
+pub async fn run_source(
+    ctx: Arc<IngestContext>,
+    src: SourceConfig,
+    instance: String,
+    mut shutdown: Shutdown,
+) {
+    let amqp = amqp_config(&src, &instance);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if shutdown.is_triggered() {
+            break;
+        }
+        match AmqpSource::connect(&amqp).await {
+            Ok(mut source) => {
+                info!(connector = %src.name, queue = %src.queue, dlq = %amqp.dead_letter_queue, "consuming");
+                backoff = Duration::from_millis(500);
+                let r = consume(&ctx, &src, &mut source, &mut shutdown).await;
+                source.close().await;
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        warn!(connector = %src.name, error = %e, "source stopped; reconnecting");
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(connector = %src.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ");
+            }
+        }
+        if shutdown.sleep(backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    info!(connector = %src.name, "source stopped");
+}
+
+async fn consume(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    source: &mut AmqpSource,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<()> {
+    let wait = Duration::from_millis(src.batch_wait_ms);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.wait() => {
+                let _ = source.stop_consuming().await;
+                return Ok(());
+            }
+            d = source.recv() => d,
+        };
+        let mut batch = match first {
+            None => anyhow::bail!("the broker cancelled the consumer"),
+            Some(r) => vec![r?],
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut broken = None;
+        while batch.len() < src.batch_size {
+            match tokio::time::timeout_at(deadline, source.recv()).await {
+                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Err(e))) => {
+                    broken = Some(e);
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Some(e) = broken {
+            // The channel is gone: acks would fail. The broker redelivers the batch.
+            return Err(e.into());
+        }
+        let received = Instant::now();
+        let prepared: Vec<Prepared> = batch
+            .into_iter()
+            .map(|m| prepare(ctx, src, m, received))
+            .collect();
+        let dispositions = commit_with_retry(ctx, src, &prepared, shutdown).await?;
+        let Some(dispositions) = dispositions else {
+            return Ok(()); // shutdown while the store was down: nothing acked, all redelivered
+        };
+        fault::hit(Point::AfterCommit);
+        finish(src, source, &prepared, dispositions).await?;
+    }
+}
+
+fn prepare(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    msg: InboundMessage,
+    received: Instant,
+) -> Prepared {
+    let hash = content_hash(&msg.body);
+    let result = if msg.delivery_count > src.poison_after {
+        Err(Rejection::new(
+            DeadLetterReason::Poison,
+            format!(
+                "delivered {} times before (limit {}): the message keeps failing",
+                msg.delivery_count, src.poison_after
+            ),
+        ))
+    } else {
+        let opts = DecodeOptions {
+            max_bytes: src.max_message_bytes,
+            default_charset: Charset::from_label(&src.charset).unwrap_or_default(),
+            zone: ctx.zone.clone(),
+            now: jiff::Timestamp::now(),
+        };
+        // Defence in depth: a panic in a decoder must not take the process down.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decode(&msg.body, &opts).map(|(f, e)| {
+                let d = decide(&e, &ctx.rules, &ctx.pseudo);
+                (f, e, d)
+            })
+        })) {
+            Ok(r) => r,
+            Err(_) => Err(Rejection::new(
+                DeadLetterReason::Poison,
+                "the decoder failed on this message (internal error); it is kept for analysis",
+            )),
+        }
+    };
+    Prepared {
+        msg,
+        received,
+        hash,
+        result,
+    }
+}
+
+async fn commit_with_retry(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    prepared: &[Prepared],
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<Option<Vec<Disposition>>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match write_batch(ctx, src, prepared).await {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) => {
+                warn!(connector = %src.name, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                      "store write failed; holding the batch unacked and retrying");
+                if shutdown.sleep(backoff).await {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn message_id_of(p: &Prepared) -> Option<String> {
+    match &p.result {
+        Ok((_, e, _)) => Some(e.message_id.clone()),
+        Err(_) => p.msg.message_id.clone(),
+    }
+}
+
+async fn write_batch(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    prepared: &[Prepared],
+) -> Result<Vec<Disposition>, StoreError> {
+    let now = now_ms();
+    let conn = src.name.as_str();
+    let mut tx = ctx.store.begin().await?;
+    let mut out = Vec::with_capacity(prepared.len());
+    let mut created = false;
+    for p in prepared {
+        let mid = message_id_of(p);
+        let reject = |tx_reason: DeadLetterReason, detail: String| (tx_reason, detail);
+        let dl = match &p.result {
+            Err(r) => Some(reject(r.reason, r.detail.clone())),
+            Ok((format, event, decision)) => {
+                match tx
+                    .record_inbox(
+                        conn,
+                        &event.message_key,
+                        &p.hash,
+                        &event.message_id,
+                        event.kind.code(),
+                        now,
+                    )
+                    .await?
+                {
+                    InboxResult::Duplicate => {
+                        tx.audit(&AuditEntry {
+                            connector: Some(conn),
+                            message_id: Some(&event.message_id),
+                            action: "duplicate",
+                            rule: Some("R-EVT-4"),
+                            reason: Some("duplicate"),
+                            ..Default::default()
+                        })
+                        .await?;
+                        counter!("cem_bridge_messages_duplicate_total", "connector" => src.name.clone()).increment(1);
+                        debug!(connector = conn, message_id = %event.message_id, "duplicate delivery acked without effect");
+                        None
+                    }
+                    InboxResult::Conflict => Some(reject(
+                        DeadLetterReason::DuplicateIdConflict,
+                        format!(
+                            "message {} was seen before with different content",
+                            event.message_id
+                        ),
+                    )),
+                    InboxResult::New => {
+                        counter!("cem_bridge_messages_in_total", "connector" => src.name.clone(),
+                                 "format" => format.code(), "event" => event.kind.code())
+                        .increment(1);
+                        for w in &event.warnings {
+                            counter!("cem_bridge_identity_warnings_total", "kind" => w.code())
+                                .increment(1);
+                        }
+                        created |= apply_decision(&mut tx, conn, event, decision, ctx, now).await?;
+                        None
+                    }
+                }
+            }
+        };
+        match dl {
+            None => out.push(Disposition::Ack),
+            Some((reason, detail)) => {
+                tx.dead_letter(
+                    &DeadLetterEntry {
+                        connector: conn,
+                        message_id: mid.as_deref(),
+                        reason: reason.code(),
+                        detail: &detail,
+                        content_hash: &p.hash,
+                        size_bytes: p.msg.body.len() as i64,
+                        delivery_count: i64::try_from(p.msg.delivery_count).unwrap_or(i64::MAX),
+                    },
+                    now,
+                )
+                .await?;
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: mid.as_deref(),
+                    action: "dead_letter",
+                    rule: Some("R-EVT-6"),
+                    reason: Some(reason.code()),
+                    detail: Some(&detail),
+                    ..Default::default()
+                })
+                .await?;
+                out.push(Disposition::DeadLetter { reason, detail });
+            }
+        }
+    }
+    fault::hit(Point::BeforeCommit);
+    tx.commit().await?;
+    let durable = Instant::now();
+    for p in prepared {
+        histogram!("cem_bridge_ingest_latency_seconds", "connector" => src.name.clone())
+            .record(durable.duration_since(p.received).as_secs_f64());
+    }
+    if created {
+        ctx.scheduler_wake.notify_one();
+    }
+    Ok(out)
+}
+
+/// Write the effects of one decision; `true` if a job was created.
+async fn apply_decision(
+    tx: &mut crate::store::StoreTx,
+    conn: &str,
+    event: &PatientEvent,
+    decision: &SurveyDecision,
+    ctx: &IngestContext,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let pk = ctx.pseudo.patient_key(&event.patient.id);
+    let mid = event.message_id.as_str();
+    match decision {
+        SurveyDecision::Schedule(job) => {
+            let payload = serde_json::to_string(&job.payload).unwrap_or_default();
+            let r = tx
+                .insert_job(
+                    &NewJob {
+                        job_id: &job.job_id,
+                        template: &job.template,
+                        patient_key: &job.patient_key,
+                        visit_key: &job.visit_key,
+                        due_at: job.due_at.as_millisecond(),
+                        payload: &payload,
+                        connector: conn,
+                        message_id: mid,
+                    },
+                    now,
+                )
+                .await?;
+            let (action, reason) = match &r {
+                JobInsert::Created => ("scheduled", None),
+                JobInsert::Exists { status } if status == "sent" => ("no_op", Some("already_sent")),
+                JobInsert::Exists { .. } => ("no_op", Some("already_scheduled")),
+            };
+            let due = cem_pipeline::time::rfc3339_in(job.due_at, &ctx.zone);
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                job_id: Some(&job.job_id),
+                patient_key: Some(&pk),
+                action,
+                rule: Some("R-SRV-5"),
+                reason,
+                detail: Some(&format!("template {} due {due}", job.template)),
+            })
+            .await?;
+            counter!("cem_bridge_survey_decisions_total", "decision" => "scheduled",
+                     "reason" => reason.unwrap_or("scheduled"))
+            .increment(1);
+            debug!(connector = conn, message_id = mid, patient_key = %pk, job_id = %job.job_id, action, "survey decision");
+            Ok(r == JobInsert::Created)
+        }
+        SurveyDecision::Suppress { reason, rule } => {
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(&pk),
+                action: "suppressed",
+                rule: Some(rule),
+                reason: Some(reason),
+                ..Default::default()
+            })
+            .await?;
+            counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => *reason).increment(1);
+            debug!(connector = conn, message_id = mid, patient_key = %pk, reason, "survey suppressed");
+            Ok(false)
+        }
+        SurveyDecision::Record { reason } => {
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(&pk),
+                action: "recorded",
+                reason: Some(reason),
+                detail: Some(event.kind.code()),
+                ..Default::default()
+            })
+            .await?;
+            Ok(false)
+        }
+    }
+}
+
+/// After the commit: republish dead letters, then ack everything up to the last tag.
+async fn finish(
+    src: &SourceConfig,
+    source: &AmqpSource,
+    prepared: &[Prepared],
+    dispositions: Vec<Disposition>,
+) -> anyhow::Result<()> {
+    for (p, d) in prepared.iter().zip(&dispositions) {
+        if let Disposition::DeadLetter { reason, detail } = d {
+            let mid = message_id_of(p).unwrap_or_default();
+            counter!("cem_bridge_dead_letters_total", "connector" => src.name.clone(), "reason" => reason.code()).increment(1);
+            info!(connector = %src.name, message_id = %mid, reason = reason.code(), detail = %detail, "dead-lettered");
+            if let Err(e) = source
+                .publish_dead_letter(&p.msg, &src.name, reason.code(), detail)
+                .await
+            {
+                warn!(connector = %src.name, message_id = %mid, error = %e,
+                      "cannot republish to the dead-letter exchange; rejecting to it instead (no reason header)");
+                source.reject(p.msg.tag).await?;
+            }
+        }
+    }
+    if let Some(last) = prepared.last() {
+        source.ack_through(last.msg.tag).await?;
+        counter!("cem_bridge_messages_acked_total", "connector" => src.name.clone())
+            .increment(prepared.len() as u64);
+    }
+    Ok(())
+}

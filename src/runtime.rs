@@ -1,0 +1,195 @@
+//! Starts the bridge from a [`Config`]: secrets, store, sink, one ingest task per source and
+//! the scheduler; stops them in order on shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use cem_pipeline::anonymize::Pseudonymizer;
+use cem_pipeline::survey::SurveyRules;
+use jiff::SignedDuration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::ingest::{IngestContext, run_source};
+use crate::shutdown::{self, ShutdownTrigger};
+use crate::sink::CemSink;
+use crate::store::{Store, StoreOptions};
+
+/// A fixed, publicly known key for the demo config only (`allow_demo_key = true`).
+const DEMO_KEY: &[u8] = b"cem-bridge-demo-key: public, never use in production";
+
+/// Secrets read from the environment (never from the config file).
+#[derive(Default, Clone)]
+pub struct Secrets {
+    pub pseudonym_key: Option<Vec<u8>>,
+    pub cem_token: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets([redacted])")
+    }
+}
+
+/// Decode a key from the environment: 64+ hex digits are decoded, anything else is raw bytes.
+pub fn key_bytes(value: &str) -> Vec<u8> {
+    let v = value.trim();
+    if v.len() >= 64 && v.len() % 2 == 0 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..v.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(&v[i..i + 2], 16).ok())
+            .collect()
+    } else {
+        v.as_bytes().to_vec()
+    }
+}
+
+impl Secrets {
+    pub fn from_env(cfg: &Config) -> Self {
+        Self {
+            pseudonym_key: std::env::var(&cfg.pseudonym.key_env)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| key_bytes(&v)),
+            cem_token: cfg
+                .cem
+                .token_env
+                .as_ref()
+                .and_then(|e| std::env::var(e).ok()),
+        }
+    }
+}
+
+/// The pseudonymizer from the environment key, or the demo key where allowed.
+pub fn pseudonymizer(cfg: &Config, secrets: &Secrets) -> anyhow::Result<Pseudonymizer> {
+    let key = match &secrets.pseudonym_key {
+        Some(k) => k.clone(),
+        None if cfg.pseudonym.allow_demo_key => {
+            warn!(
+                "no {} in the environment: using the public DEMO pseudonym key. Pseudonyms are NOT protected; set {} (openssl rand -hex 32) and remove allow_demo_key before real data",
+                cfg.pseudonym.key_env, cfg.pseudonym.key_env
+            );
+            DEMO_KEY.to_vec()
+        }
+        None => anyhow::bail!(
+            "the pseudonym key is missing: set the environment variable {} to at least 32 random bytes (e.g. `export {}=$(openssl rand -hex 32)`); it is never read from the config file",
+            cfg.pseudonym.key_env,
+            cfg.pseudonym.key_env
+        ),
+    };
+    Pseudonymizer::new(&key, &cfg.pseudonym.key_id)
+        .with_context(|| format!("pseudonym key from {}", cfg.pseudonym.key_env))
+}
+
+/// A running bridge.
+pub struct Bridge {
+    trigger: ShutdownTrigger,
+    sources: Vec<JoinHandle<()>>,
+    scheduler: JoinHandle<()>,
+    pub store: Store,
+}
+
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Start every task. Fails fast (before consuming anything) on a bad key, store or sink.
+pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
+    let pseudo = pseudonymizer(&cfg, &secrets)?;
+    let store = Store::open(
+        &cfg.store.url,
+        &StoreOptions {
+            max_connections: cfg.store.max_connections,
+            sqlite_synchronous: cfg.store.sqlite_synchronous.clone(),
+        },
+    )
+    .await?;
+    let sink = CemSink::from_config(&cfg.cem, secrets.cem_token.clone()).await?;
+    let zone = cfg.zone();
+    let ctx = Arc::new(IngestContext {
+        store: store.clone(),
+        pseudo,
+        rules: SurveyRules {
+            tenant: cfg.tenant.clone(),
+            outpatient_template: cfg.surveys.outpatient_template.clone(),
+            inpatient_template: cfg.surveys.inpatient_template.clone(),
+            channel: cfg.surveys.channel.clone(),
+            delay: SignedDuration::from_mins(cfg.surveys.delay_minutes),
+            zone: zone.clone(),
+        },
+        zone,
+        scheduler_wake: Arc::new(Notify::new()),
+    });
+    let (trigger, _) = shutdown::channel();
+    let instance = instance_id();
+    let sources = cfg
+        .sources
+        .iter()
+        .map(|s| {
+            tokio::spawn(run_source(
+                ctx.clone(),
+                s.clone(),
+                instance.clone(),
+                trigger.subscribe(),
+            ))
+        })
+        .collect();
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        store.clone(),
+        sink,
+        cfg.scheduler.clone(),
+        instance,
+        ctx.scheduler_wake.clone(),
+        trigger.subscribe(),
+    ));
+    info!(tenant = %cfg.tenant, store = ?store.backend(), sources = cfg.sources.len(), "cem-bridge started");
+    Ok(Bridge {
+        trigger,
+        sources,
+        scheduler,
+        store,
+    })
+}
+
+impl Bridge {
+    /// Stop consuming, finish in-flight batches and pushes, close the store.
+    pub async fn shutdown(self) {
+        self.trigger.trigger();
+        for s in self.sources {
+            let _ = s.await;
+        }
+        let _ = self.scheduler.await;
+        self.store.close().await;
+        info!("cem-bridge stopped");
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

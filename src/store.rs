@@ -1,0 +1,702 @@
+//! The store: dedupe records, survey jobs, audit and dead letters, on SQLite (embedded default,
+//! WAL) or PostgreSQL, through one sqlx `Any` code path. Times are epoch milliseconds.
+//!
+//! Ingest writes a whole batch of deliveries in one [`StoreTx`]; the source acks only after
+//! [`StoreTx::commit`] returns. The scheduler claims due jobs with a lease (`locked_until`), so a
+//! crash mid-send leaves the job to be claimed again and re-sent with the same idempotency key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
+
+/// A store failure: what was being done, and the database's message (never row values).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {op} failed: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "store: cannot open {url}: {source}. Check the [store] url, that the directory is writable or the server reachable"
+    )]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "store: the database schema is version {found}, newer than this binary's {supported}. Run the cem-bridge release that migrated it, or restore a backup"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("store: unsupported url {0:?}; use sqlite://FILE or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("store: cannot create directory {dir}: {source}")]
+    CreateDir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// SQLite `synchronous` (`full` or `normal`).
+    pub sqlite_synchronous: String,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 4,
+            sqlite_synchronous: "full".into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Result of recording a message key (R-EVT-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxResult {
+    New,
+    /// Same key, same content: a redelivery.
+    Duplicate,
+    /// Same key, other content.
+    Conflict,
+}
+
+/// A survey job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub job_id: &'a str,
+    pub template: &'a str,
+    pub patient_key: &'a str,
+    pub visit_key: &'a str,
+    pub due_at: i64,
+    pub payload: &'a str,
+    pub connector: &'a str,
+    pub message_id: &'a str,
+}
+
+/// Result of creating a job (R-SRV-5: an existing job id is a no-op).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobInsert {
+    Created,
+    Exists { status: String },
+}
+
+/// One audit row (R-GEN-2). No personal data: pseudonyms and message ids only.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry<'a> {
+    pub connector: Option<&'a str>,
+    pub message_id: Option<&'a str>,
+    pub job_id: Option<&'a str>,
+    pub patient_key: Option<&'a str>,
+    pub action: &'a str,
+    pub rule: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+/// A dead-letter record.
+#[derive(Debug, Clone)]
+pub struct DeadLetterEntry<'a> {
+    pub connector: &'a str,
+    pub message_id: Option<&'a str>,
+    pub reason: &'a str,
+    pub detail: &'a str,
+    pub content_hash: &'a str,
+    pub size_bytes: i64,
+    pub delivery_count: i64,
+}
+
+/// A job claimed for sending.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub job_id: String,
+    pub template: String,
+    pub payload: String,
+    pub attempts: i64,
+    pub due_at: i64,
+    pub message_id: String,
+}
+
+/// A job as stored (for tests, `trace` and the ops page).
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub job_id: String,
+    pub template: String,
+    pub patient_key: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub due_at: i64,
+    pub attempts: i64,
+    pub payload: String,
+    pub sent_at: Option<i64>,
+    pub last_status: Option<i64>,
+    pub message_id: String,
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRow {
+    pub id: i64,
+    pub at: i64,
+    pub connector: String,
+    pub message_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub delivery_count: i64,
+}
+
+/// A stored audit row.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub at: i64,
+    pub message_id: Option<String>,
+    pub job_id: Option<String>,
+    pub action: String,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+}
+
+fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::UnsupportedUrl(url.to_string()))?;
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path != ":memory:" {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    Ok(match query {
+        Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),
+        Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
+        None => format!("sqlite://{path}?mode=rwc"),
+    })
+}
+
+impl Store {
+    /// Open (creating a SQLite file if needed) and migrate.
+    pub async fn open(url: &str, opts: &StoreOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(url)?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let sync = match opts.sqlite_synchronous.to_ascii_lowercase().as_str() {
+            "normal" => "NORMAL",
+            _ => "FULL",
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::raw_sql(AssertSqlSafe(format!(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;"
+                        )))
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact(&url),
+                source,
+            })?;
+        let store = Self { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let supported = migrations.last().map(|m| m.0).unwrap_or(0);
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db("create schema_migrations"))?;
+        let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("read schema version"))?
+            .try_get::<Option<i64>, _>("v")
+            .map_err(db("read schema version"))?;
+        let found = found.unwrap_or(0);
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        for (version, sql) in migrations.iter().filter(|m| m.0 > found) {
+            let mut tx = self.pool.begin().await.map_err(db("begin migration"))?;
+            sqlx::raw_sql(AssertSqlSafe(*sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("apply migration"))?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("record migration"))?;
+            tx.commit().await.map_err(db("commit migration"))?;
+        }
+        Ok(())
+    }
+
+    /// The SQLite journal mode (for tests and `check`); `None` on PostgreSQL.
+    pub async fn sqlite_journal_mode(&self) -> Result<Option<String>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("read journal mode"))?;
+        Ok(Some(
+            row.try_get::<String, _>(0)
+                .map_err(db("read journal mode"))?,
+        ))
+    }
+
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        Ok(StoreTx {
+            tx: self.pool.begin().await.map_err(db("begin"))?,
+        })
+    }
+
+    /// Claim up to `limit` due pending jobs for `owner` until `lease_until`.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE survey_jobs SET locked_until = $1, lock_owner = $2, attempts = attempts + 1, updated_at = $3 \
+             WHERE job_id IN (SELECT job_id FROM survey_jobs WHERE status = 'pending' AND next_attempt_at <= $3 \
+             AND locked_until <= $3 ORDER BY next_attempt_at, job_id LIMIT $4{lock}) \
+             RETURNING job_id, template, payload, attempts, due_at, message_id"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(lease_until)
+            .bind(owner)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("claim due jobs"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedJob {
+                    job_id: r.try_get("job_id")?,
+                    template: r.try_get("template")?,
+                    payload: r.try_get("payload")?,
+                    attempts: r.try_get("attempts")?,
+                    due_at: r.try_get("due_at")?,
+                    message_id: r.try_get("message_id")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("read claimed jobs"))
+    }
+
+    /// The CEM accepted the job: mark it sent (only if this owner still holds it).
+    pub async fn mark_sent(
+        &self,
+        job_id: &str,
+        owner: &str,
+        now: i64,
+        status: u16,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query(
+            "UPDATE survey_jobs SET status = 'sent', sent_at = $1, updated_at = $1, last_status = $2, \
+             locked_until = 0, last_error = NULL WHERE job_id = $3 AND lock_owner = $4 AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(i64::from(status))
+        .bind(job_id)
+        .bind(owner)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(db("mark job sent"))?
+        .rows_affected();
+        if n == 1 {
+            tx.audit(&AuditEntry {
+                job_id: Some(job_id),
+                action: "sent",
+                rule: Some("R-SRV-5"),
+                detail: Some(&format!("HTTP {status}")),
+                ..Default::default()
+            })
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// A retryable failure: try again at `next_at`.
+    pub async fn reschedule(
+        &self,
+        job_id: &str,
+        owner: &str,
+        now: i64,
+        next_at: i64,
+        status: Option<u16>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE survey_jobs SET next_attempt_at = $1, locked_until = 0, updated_at = $2, \
+             last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
+        )
+        .bind(next_at)
+        .bind(now)
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(job_id)
+        .bind(owner)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(db("reschedule job"))?;
+        tx.audit(&AuditEntry {
+            job_id: Some(job_id),
+            action: "retry",
+            detail: Some(error),
+            ..Default::default()
+        })
+        .await?;
+        tx.commit().await
+    }
+
+    /// A permanent failure or too many attempts: the job is `dead(reason)`.
+    pub async fn mark_dead(
+        &self,
+        job_id: &str,
+        owner: &str,
+        now: i64,
+        status: Option<u16>,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE survey_jobs SET status = 'dead', reason = $1, locked_until = 0, updated_at = $2, \
+             last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(job_id)
+        .bind(owner)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(db("mark job dead"))?;
+        tx.audit(&AuditEntry {
+            job_id: Some(job_id),
+            action: "dead",
+            rule: Some("R-SRV-6"),
+            reason: Some(reason),
+            detail: Some(error),
+            ..Default::default()
+        })
+        .await?;
+        tx.commit().await
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT job_id, template, patient_key, status, reason, due_at, attempts, payload, sent_at, last_status, message_id \
+             FROM survey_jobs ORDER BY created_at, job_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list jobs"))?;
+        rows.iter()
+            .map(job_row)
+            .collect::<Result<_, _>>()
+            .map_err(db("read jobs"))
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, connector, message_id, reason, detail, delivery_count FROM dead_letters ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list dead letters"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetterRow {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    connector: r.try_get("connector")?,
+                    message_id: r.try_get("message_id")?,
+                    reason: r.try_get("reason")?,
+                    detail: r.try_get("detail")?,
+                    delivery_count: r.try_get("delivery_count")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("read dead letters"))
+    }
+
+    /// Audit rows, oldest first; filtered by message id or job id when given.
+    pub async fn audit(&self, message_or_job: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
+        let q = match message_or_job {
+            Some(id) => sqlx::query(
+                "SELECT at, message_id, job_id, action, rule, reason, detail FROM audit \
+                 WHERE message_id = $1 OR job_id = $1 OR patient_key = $1 ORDER BY id",
+            )
+            .bind(id.to_string()),
+            None => sqlx::query(
+                "SELECT at, message_id, job_id, action, rule, reason, detail FROM audit ORDER BY id",
+            ),
+        };
+        let rows = q.fetch_all(&self.pool).await.map_err(db("read audit"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    at: r.try_get("at")?,
+                    message_id: r.try_get("message_id")?,
+                    job_id: r.try_get("job_id")?,
+                    action: r.try_get("action")?,
+                    rule: r.try_get("rule")?,
+                    reason: r.try_get("reason")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("read audit"))
+    }
+
+    /// Rows in `inbox` (deduplicated messages seen).
+    pub async fn inbox_count(&self) -> Result<i64, StoreError> {
+        sqlx::query("SELECT COUNT(*) AS n FROM inbox")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .map_err(db("count inbox"))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn job_row(r: &AnyRow) -> Result<JobRow, sqlx::Error> {
+    Ok(JobRow {
+        job_id: r.try_get("job_id")?,
+        template: r.try_get("template")?,
+        patient_key: r.try_get("patient_key")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        due_at: r.try_get("due_at")?,
+        attempts: r.try_get("attempts")?,
+        payload: r.try_get("payload")?,
+        sent_at: r.try_get("sent_at")?,
+        last_status: r.try_get("last_status")?,
+        message_id: r.try_get("message_id")?,
+    })
+}
+
+/// One ingest transaction.
+pub struct StoreTx {
+    tx: Transaction<'static, Any>,
+}
+
+impl StoreTx {
+    /// Record a message key; tell new, duplicate and conflicting redeliveries apart (R-EVT-4).
+    pub async fn record_inbox(
+        &mut self,
+        connector: &str,
+        message_key: &str,
+        content_hash: &str,
+        message_id: &str,
+        event: &str,
+        now: i64,
+    ) -> Result<InboxResult, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO inbox (connector, message_key, content_hash, message_id, event, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (connector, message_key) DO NOTHING",
+        )
+        .bind(connector)
+        .bind(message_key)
+        .bind(content_hash)
+        .bind(message_id)
+        .bind(event)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("record message key"))?
+        .rows_affected();
+        if n == 1 {
+            return Ok(InboxResult::New);
+        }
+        let stored: String =
+            sqlx::query("SELECT content_hash FROM inbox WHERE connector = $1 AND message_key = $2")
+                .bind(connector)
+                .bind(message_key)
+                .fetch_one(&mut *self.tx)
+                .await
+                .and_then(|r| r.try_get("content_hash"))
+                .map_err(db("read message key"))?;
+        Ok(if stored == content_hash {
+            InboxResult::Duplicate
+        } else {
+            InboxResult::Conflict
+        })
+    }
+
+    /// Create a pending job unless its id exists (R-SRV-5).
+    pub async fn insert_job(
+        &mut self,
+        job: &NewJob<'_>,
+        now: i64,
+    ) -> Result<JobInsert, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, next_attempt_at, \
+             payload, connector, message_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9) ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(job.job_id)
+        .bind(job.template)
+        .bind(job.patient_key)
+        .bind(job.visit_key)
+        .bind(job.due_at)
+        .bind(job.payload)
+        .bind(job.connector)
+        .bind(job.message_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("insert job"))?
+        .rows_affected();
+        if n == 1 {
+            return Ok(JobInsert::Created);
+        }
+        let status: String = sqlx::query("SELECT status FROM survey_jobs WHERE job_id = $1")
+            .bind(job.job_id)
+            .fetch_one(&mut *self.tx)
+            .await
+            .and_then(|r| r.try_get("status"))
+            .map_err(db("read job"))?;
+        Ok(JobInsert::Exists { status })
+    }
+
+    pub async fn audit(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, connector, message_id, job_id, patient_key, action, rule, reason, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(now_ms())
+        .bind(e.connector)
+        .bind(e.message_id)
+        .bind(e.job_id)
+        .bind(e.patient_key)
+        .bind(e.action)
+        .bind(e.rule)
+        .bind(e.reason)
+        .bind(e.detail)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("write audit"))?;
+        Ok(())
+    }
+
+    pub async fn dead_letter(
+        &mut self,
+        d: &DeadLetterEntry<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dead_letters (at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(now)
+        .bind(d.connector)
+        .bind(d.message_id)
+        .bind(d.reason)
+        .bind(d.detail)
+        .bind(d.content_hash)
+        .bind(d.size_bytes)
+        .bind(d.delivery_count)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("record dead letter"))?;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db("commit"))
+    }
+}
+
+/// Wall-clock epoch milliseconds.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+fn redact(url: &str) -> String {
+    cem_connectors::amqp::redact_url(url)
+}
