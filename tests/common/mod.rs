@@ -1,0 +1,383 @@
+//! Test harness: unique broker names per test, an in-process CEM recorder, a bridge started
+//! in-process (or as a child process for crash tests), and helpers that read what the queues
+//! and the store really hold. Only 127.0.0.1 is contacted.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use cem_bridge::config::Config;
+use cem_bridge::runtime::{self, Bridge, Secrets};
+use cem_connectors::amqp::{AmqpPublisher, OutboundMessage};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::types::AMQPValue;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const TEST_KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test-key";
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_ADDR").unwrap_or_else(|_| AMQP.to_string())
+}
+
+/// A name unique to this test run: `{prefix}-{pid}-{nanos}`.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/samples")
+        .join(rel)
+}
+
+pub fn read_fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(fixture(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join("cem-bridge-tests").join(unique(name));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// Poll `f` until it returns `Some`, or panic after `secs` with `what`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CEM recorder
+
+/// One request the recorder received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub idempotency_key: Option<String>,
+    pub authorization: Option<String>,
+    pub body: String,
+    pub json: serde_json::Value,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct RecorderState {
+    requests: Vec<Recorded>,
+    script: VecDeque<(u16, String)>,
+    accepted: HashSet<String>,
+}
+
+/// An in-process CEM: records every request; answers from a script, then `200 {"code":0}`;
+/// like a real idempotent API, a key it already accepted gets `409`.
+#[derive(Clone)]
+pub struct Recorder {
+    state: Arc<Mutex<RecorderState>>,
+    pub addr: SocketAddr,
+}
+
+impl Recorder {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(RecorderState::default()));
+        let app = Router::new()
+            .route("/surveys/dispatch", post(record))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { state, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/surveys/dispatch", self.addr)
+    }
+
+    /// Answer the next requests with these statuses and bodies, in order.
+    pub fn script(&self, responses: &[(u16, &str)]) {
+        let mut s = self.state.lock().unwrap();
+        s.script
+            .extend(responses.iter().map(|(c, b)| (*c, b.to_string())));
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests answered with a 2xx (surveys the CEM took).
+    pub fn accepted(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+}
+
+async fn record(
+    State(state): State<Arc<Mutex<RecorderState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let key = h("idempotency-key");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    let mut s = state.lock().unwrap();
+    let (status, reply) = if let Some(scripted) = s.script.pop_front() {
+        scripted
+    } else if key.as_ref().is_some_and(|k| s.accepted.contains(k)) {
+        (409, r#"{"code":409,"msg":"idempotency key already used"}"#.to_string())
+    } else {
+        (200, r#"{"code":0,"data":{"deliveryId":"d-1"}}"#.to_string())
+    };
+    if (200..300).contains(&status) && reply.contains("\"code\":0") {
+        if let Some(k) = &key {
+            s.accepted.insert(k.clone());
+        }
+    }
+    s.requests.push(Recorded {
+        idempotency_key: key,
+        authorization: h("authorization"),
+        body: text,
+        json,
+        status,
+    });
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        reply,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bridge under test
+
+/// Names and paths of one test's bridge.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub queue: String,
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub cem_url: String,
+    pub extra_source: String,
+    pub extra_top: String,
+    pub scheduler: String,
+}
+
+impl Setup {
+    pub fn new(name: &str, cem_url: &str) -> Self {
+        let dir = scratch_dir(name);
+        Self {
+            queue: unique(&format!("t.{name}")),
+            db: dir.join("bridge.db"),
+            dir,
+            cem_url: cem_url.to_string(),
+            extra_source: String::new(),
+            extra_top: String::new(),
+            scheduler: "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n".into(),
+        }
+    }
+
+    pub fn dlq(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    pub fn config_text(&self) -> String {
+        format!(
+            r#"
+tenant = "test"
+{extra_top}
+[pseudonym]
+key_env = "CEM_BRIDGE_TEST_KEY_UNSET"
+key_id = "t1"
+[store]
+url = "sqlite://{db}"
+[[source]]
+name = "adt"
+url = "{amqp}"
+queue = "{queue}"
+prefetch = 64
+batch_size = 16
+batch_wait_ms = 10
+{extra_source}
+[cem]
+mode = "http"
+url = "{cem}"
+timeout_ms = 2000
+[scheduler]
+{scheduler}
+[surveys]
+outpatient_template = "OP-SAT-01"
+inpatient_template = "IP-SAT-01"
+delay_minutes = 0
+"#,
+            extra_top = self.extra_top,
+            db = self.db.display(),
+            amqp = amqp_url(),
+            queue = self.queue,
+            extra_source = self.extra_source,
+            cem = self.cem_url,
+            scheduler = self.scheduler,
+        )
+    }
+
+    pub fn config(&self) -> Config {
+        Config::parse(&self.config_text(), Path::new("test.toml")).expect("test config parses")
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let p = self.dir.join("bridge.toml");
+        std::fs::write(&p, self.config_text()).expect("write config");
+        p
+    }
+
+    /// Start the bridge in this process.
+    pub async fn start(&self) -> Bridge {
+        runtime::start(
+            self.config(),
+            Secrets {
+                pseudonym_key: Some(TEST_KEY.to_vec()),
+                cem_token: None,
+            },
+        )
+        .await
+        .expect("bridge starts")
+    }
+
+    /// Wait until the bridge has declared its queue (it does so on connect).
+    pub async fn wait_declared(&self) {
+        let q = self.queue.clone();
+        wait_for(15, "the bridge declares its queue", || {
+            let q = q.clone();
+            async move { queue_depth(&q).await }
+        })
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker helpers
+
+pub async fn publisher() -> AmqpPublisher {
+    AmqpPublisher::connect(&amqp_url()).await.expect("publisher connects")
+}
+
+pub async fn publish(queue: &str, body: &[u8], message_id: &str) {
+    let p = publisher().await;
+    p.publish(
+        queue,
+        &OutboundMessage {
+            body: body.to_vec(),
+            message_id: Some(message_id.to_string()),
+            headers: BTreeMap::new(),
+        },
+    )
+    .await
+    .expect("publish");
+    p.close().await;
+}
+
+/// Ready messages in a queue, or `None` if it does not exist.
+pub async fn queue_depth(queue: &str) -> Option<u32> {
+    let p = publisher().await;
+    let r = p.queue_depth(queue).await.ok();
+    p.close().await;
+    r
+}
+
+/// A message taken from a dead-letter queue.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    pub message_id: Option<String>,
+}
+
+/// Take every message currently in `queue` (acked, i.e. removed).
+pub async fn drain(queue: &str) -> Vec<DeadLetter> {
+    let conn = cem_connectors::amqp::connect(&amqp_url(), "test-drain")
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+    {
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.delivery.properties.headers() {
+            for (k, v) in h.inner() {
+                let s = match v {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    AMQPValue::ShortString(s) => s.to_string(),
+                    AMQPValue::LongLongInt(i) => i.to_string(),
+                    other => format!("{other:?}"),
+                };
+                headers.insert(k.to_string(), s);
+            }
+        }
+        out.push(DeadLetter {
+            message_id: m.delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+            body: m.delivery.data,
+            headers,
+        });
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    out
+}
+
+/// Delete a test's queues and exchange (best effort).
+pub async fn cleanup(setup: &Setup) {
+    if let Ok(conn) = cem_connectors::amqp::connect(&amqp_url(), "test-cleanup").await {
+        if let Ok(ch) = conn.create_channel().await {
+            for q in [setup.queue.clone(), setup.dlq()] {
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+            let _ = ch
+                .exchange_delete(
+                    format!("{}.dlx", setup.queue).as_str().into(),
+                    lapin::options::ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+/// Raw personal values of the shared samples, which must never reach the CEM.
+pub const SAMPLE_PII: &[&str] = &[
+    // adt_a03_discharge / a01 / a08 / a13: 王秀英
+    "王秀英", "王^秀英", "秀英", "P00067890", "31010419551212002X", "13998765432", "13711112222",
+    "Z2026111500087", "中山北路",
+    // adt_a04_outpatient_registration / a11 / a40: 张三明
+    "张三明", "三明", "P00012345", "110101199003071233", "13812345678", "V20261120001",
+    "P00054321",
+    // escapes, gbk, deceased
+    "欧阳", "娜娜", "P00011111", "13512345678", "02161234567", "V20261120077",
+    "李娜", "P00022222", "320102198807074326", "13822223333", "V20261120002",
+    "刘德华", "德华", "中山南路", "P00099999", "440106194801010019", "13600000001", "Z2026111000123",
+];
