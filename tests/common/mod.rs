@@ -211,7 +211,7 @@ impl Setup {
 tenant = "test"
 {extra_top}
 [pseudonym]
-key_env = "CEM_BRIDGE_TEST_KEY_UNSET"
+key_env = "CEM_BRIDGE_TEST_KEY"
 key_id = "t1"
 [store]
 url = "sqlite://{db}"
@@ -381,3 +381,67 @@ pub const SAMPLE_PII: &[&str] = &[
     "李娜", "P00022222", "320102198807074326", "13822223333", "V20261120002",
     "刘德华", "德华", "中山南路", "P00099999", "440106194801010019", "13600000001", "Z2026111000123",
 ];
+
+// ---------------------------------------------------------------------------------------------
+// Child-process bridge (crash tests)
+
+/// The bridge binary built for these tests.
+pub fn bridge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cem-bridge"))
+}
+
+/// Start `cem-bridge run` as a child; `fault` sets `CEM_BRIDGE_FAULT`. Logs go to `log`.
+pub fn spawn_bridge(config: &Path, fault: Option<&str>, log: &Path) -> std::process::Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut cmd = std::process::Command::new(bridge_bin());
+    cmd.arg("run")
+        .arg("-c")
+        .arg(config)
+        .env("CEM_BRIDGE_TEST_KEY", String::from_utf8_lossy(TEST_KEY).into_owned())
+        .env("RUST_LOG", "info")
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out);
+    match fault {
+        Some(f) => cmd.env("CEM_BRIDGE_FAULT", f),
+        None => cmd.env_remove("CEM_BRIDGE_FAULT"),
+    };
+    cmd.spawn().expect("spawn cem-bridge")
+}
+
+/// Wait for a child to exit (polling), up to `secs`.
+pub async fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    wait_for(secs, "the bridge process to exit", || {
+        let r = child.try_wait().ok().flatten();
+        async move { r }
+    })
+    .await
+}
+
+/// `n` distinct outpatient registrations (own MSH-10 and visit number each).
+pub fn registrations(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    let base = String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"))
+        .expect("utf-8 sample");
+    (0..n)
+        .map(|i| {
+            base.replace("MSG20261120093015001", &format!("MSG-{tag}-{i:05}"))
+                .replace("V20261120001", &format!("V{tag}{i:05}"))
+                .into_bytes()
+        })
+        .collect()
+}
+
+/// Publish many bodies with confirms.
+pub async fn publish_many(queue: &str, bodies: &[Vec<u8>]) {
+    let p = publisher().await;
+    let msgs = bodies.iter().enumerate().map(|(i, b)| OutboundMessage {
+        body: b.clone(),
+        message_id: Some(format!("m{i}")),
+        headers: BTreeMap::new(),
+    });
+    p.publish_all(queue, msgs, 128, || {}).await.expect("publish_all");
+    p.close().await;
+}

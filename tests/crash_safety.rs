@@ -1,0 +1,214 @@
+//! Crash safety (issue 3 §10, DESIGN "Nothing lost, nothing twice"): the bridge runs as a child
+//! process and is stopped abruptly — at a fault point, or by SIGKILL mid-stream — then
+//! restarted. We count what the CEM recorder accepted: every survey exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cem_bridge::store::{Store, StoreOptions};
+use common::*;
+
+fn crash_setup(name: &str, cem: &Recorder) -> Setup {
+    let mut s = Setup::new(name, &cem.url());
+    // Short lease so a job claimed by the crashed process is claimed again quickly.
+    s.scheduler = "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nlease_ms = 1000\n".into();
+    s
+}
+
+async fn open_store(s: &Setup) -> Store {
+    Store::open(&format!("sqlite://{}", s.db.display()), &StoreOptions::default())
+        .await
+        .expect("store")
+}
+
+/// Every idempotency key accepted (2xx) exactly once, and how many keys there are.
+fn accepted_once_each(cem: &Recorder) -> usize {
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for r in cem.accepted() {
+        *per_key.entry(r.idempotency_key.unwrap_or_default()).or_default() += 1;
+    }
+    for (k, n) in &per_key {
+        assert_eq!(*n, 1, "survey {k} was accepted {n} times");
+    }
+    per_key.len()
+}
+
+async fn wait_accepted(cem: &Recorder, n: usize, secs: u64) {
+    let what = format!("{n} accepted surveys");
+    wait_for(secs, &what, || {
+        let cem = cem.clone();
+        async move {
+            let got = cem.accepted().len();
+            (got >= n).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Killed after the store commit and before the ack: the broker redelivers, dedupe absorbs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_commit_and_ack_loses_nothing_and_pushes_nothing_twice() {
+    let cem = Recorder::start().await;
+    let setup = crash_setup("after-commit", &cem);
+    let cfg = setup.write_config();
+    let log = setup.dir.join("bridge.log");
+    // Declare the queue, then load it before the crashing run so the first batch is full.
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    publish_many(&setup.queue, &registrations(40, "ac")).await;
+
+    let mut child = spawn_bridge(&cfg, Some("after_commit:1"), &log);
+    let status = wait_exit(&mut child, 30).await;
+    assert_eq!(status.code(), Some(86), "exited at the fault point; log: {}", log.display());
+    let store = open_store(&setup).await;
+    let committed = store.inbox_count().await.unwrap();
+    assert!(committed >= 1, "the crashed run committed a batch");
+    store.close().await;
+    let unacked = wait_for(10, "unacked deliveries back on the queue", || {
+        let q = setup.queue.clone();
+        async move { queue_depth(&q).await.filter(|&d| d == 40).map(|d| d) }
+    })
+    .await;
+    assert_eq!(unacked, 40, "nothing was acked before the crash");
+
+    let mut child = spawn_bridge(&cfg, None, &log);
+    wait_accepted(&cem, 40, 30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(accepted_once_each(&cem), 40, "every survey exactly once");
+    assert_eq!(cem.requests().len(), 40, "no repeated HTTP request either");
+    let store = open_store(&setup).await;
+    let audit = store.audit(None).await.unwrap();
+    let dups = audit.iter().filter(|a| a.action == "duplicate").count() as i64;
+    assert_eq!(dups, committed, "each redelivery of a committed message counted as duplicate");
+    assert!(store.jobs().await.unwrap().iter().all(|j| j.status == "sent"));
+    store.close().await;
+    assert_eq!(queue_depth(&setup.queue).await, Some(0));
+    cleanup(&setup).await;
+}
+
+/// Killed after consuming and before the commit: nothing durable, everything redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_consume_and_commit_loses_nothing() {
+    let cem = Recorder::start().await;
+    let setup = crash_setup("before-commit", &cem);
+    let cfg = setup.write_config();
+    let log = setup.dir.join("bridge.log");
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    publish_many(&setup.queue, &registrations(20, "bc")).await;
+
+    let mut child = spawn_bridge(&cfg, Some("before_commit:1"), &log);
+    assert_eq!(wait_exit(&mut child, 30).await.code(), Some(86));
+    let store = open_store(&setup).await;
+    assert_eq!(store.inbox_count().await.unwrap(), 0, "the crashed transaction left nothing");
+    store.close().await;
+
+    let mut child = spawn_bridge(&cfg, None, &log);
+    wait_accepted(&cem, 20, 30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(accepted_once_each(&cem), 20);
+    assert_eq!(cem.requests().len(), 20);
+    cleanup(&setup).await;
+}
+
+/// Killed after the CEM accepted a push and before the job was marked sent: the job is
+/// claimed again after its lease and re-sent with the same idempotency key, which the CEM
+/// answers with 409; the bridge records that as sent. The CEM took each survey once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_push_before_mark_sent_resends_with_the_same_key_only() {
+    let cem = Recorder::start().await;
+    let setup = crash_setup("after-push", &cem);
+    let cfg = setup.write_config();
+    let log = setup.dir.join("bridge.log");
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    publish_many(&setup.queue, &registrations(5, "ap")).await;
+
+    let mut child = spawn_bridge(&cfg, Some("after_push:1"), &log);
+    assert_eq!(wait_exit(&mut child, 30).await.code(), Some(86));
+    let first = cem.accepted();
+    assert!(!first.is_empty(), "the crashed run pushed at least once");
+
+    let mut child = spawn_bridge(&cfg, None, &log);
+    let store_path = setup.clone();
+    wait_for(30, "all 5 jobs sent", || {
+        let s = store_path.clone();
+        async move {
+            let store = open_store(&s).await;
+            let jobs = store.jobs().await.ok()?;
+            store.close().await;
+            (jobs.len() == 5 && jobs.iter().all(|j| j.status == "sent")).then_some(())
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(accepted_once_each(&cem), 5, "the CEM accepted each survey once");
+    let repeats: Vec<_> = cem.requests().into_iter().filter(|r| r.status == 409).collect();
+    assert!(!repeats.is_empty(), "the in-flight push was repeated with its key");
+    for r in repeats {
+        assert!(
+            first.iter().any(|f| f.idempotency_key == r.idempotency_key),
+            "only a push that was in flight at the crash is repeated"
+        );
+    }
+    cleanup(&setup).await;
+}
+
+/// SIGKILL at an arbitrary moment while 300 messages stream through, then restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_gives_every_survey_exactly_once() {
+    let cem = Recorder::start().await;
+    let setup = crash_setup("sigkill", &cem);
+    let cfg = setup.write_config();
+    let log = setup.dir.join("bridge.log");
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    publish_many(&setup.queue, &registrations(300, "sk")).await;
+
+    let mut child = spawn_bridge(&cfg, None, &log);
+    wait_accepted(&cem, 30, 30).await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let before = cem.accepted().len();
+    let mut child = spawn_bridge(&cfg, None, &log);
+    wait_accepted(&cem, 300, 60).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(accepted_once_each(&cem), 300, "killed after {before} accepted");
+    cleanup(&setup).await;
+}
+
+/// SIGTERM: the bridge finishes in-flight work and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly() {
+    let cem = Recorder::start().await;
+    let setup = crash_setup("sigterm", &cem);
+    let cfg = setup.write_config();
+    let log = setup.dir.join("bridge.log");
+    let mut child = spawn_bridge(&cfg, None, &log);
+    setup.wait_declared().await;
+    publish_many(&setup.queue, &registrations(10, "st")).await;
+    wait_accepted(&cem, 10, 30).await;
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(ok.success());
+    let status = wait_exit(&mut child, 15).await;
+    assert!(status.success(), "exit status {status:?}; log: {}", log.display());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("cem-bridge stopped"), "{text}");
+    cleanup(&setup).await;
+}
