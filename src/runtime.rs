@@ -108,6 +108,7 @@ pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
         &StoreOptions {
             max_connections: cfg.store.max_connections,
             sqlite_synchronous: cfg.store.sqlite_synchronous.clone(),
+            ..Default::default()
         },
     )
     .await?;

@@ -63,6 +63,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// SQLite `synchronous` (`full` or `normal`).
     pub sqlite_synchronous: String,
+    /// How long to wait for a connection (also at start: an unreachable server fails then).
+    pub connect_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -70,6 +72,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 4,
             sqlite_synchronous: "full".into(),
+            connect_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -230,7 +233,7 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(opts.connect_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
