@@ -72,7 +72,7 @@ fn amqp_config(src: &SourceConfig, instance: &str) -> AmqpSourceConfig {
             QueueTypeConfig::Classic => QueueType::Classic,
         },
         prefetch: src.prefetch,
-        consumer_tag: format!("cem-bridge/{instance}/{}", src.name),
+        consumer_tag: format!("cem-bridge/{instance}/{}/{}", src.name, src.queue),
     }
 }
 

@@ -1,0 +1,54 @@
+//! Issue 3 §4: when the broker drops the connection the source reconnects with backoff and
+//! goes on consuming. The connection is closed from the broker side with `rabbitmqctl`.
+
+mod common;
+
+use common::*;
+
+/// Broker-side pids of connections whose client-provided name contains `needle`.
+fn connection_pids(needle: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"])
+        .output()
+        .expect("rabbitmqctl on PATH (the local RabbitMQ's CLI)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split('\t').next().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_reconnects_after_the_broker_closes_its_connection() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("reconnect", &cem.url());
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    let bodies = registrations(2, "rc");
+    publish(&setup.queue, &bodies[0], "before").await;
+    wait_for(20, "first push", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 1).then_some(()) }
+    })
+    .await;
+
+    let pids = connection_pids(&setup.queue);
+    assert_eq!(pids.len(), 1, "one bridge connection for this queue");
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pids[0], "test: simulated broker-side disconnect"])
+        .status()
+        .expect("rabbitmqctl close_connection");
+    assert!(closed.success());
+
+    publish(&setup.queue, &bodies[1], "after").await;
+    wait_for(30, "a push after reconnecting", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 2).then_some(()) }
+    })
+    .await;
+    let now = connection_pids(&setup.queue);
+    assert_eq!(now.len(), 1, "reconnected once");
+    assert_ne!(now[0], pids[0], "a new connection");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
