@@ -439,7 +439,10 @@ inpatient_template = "IP-SAT-01"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("conf/b.toml: "), "{e}");
-        assert!(e.contains("prefech") && e.contains("line 11, column 1"), "{e}");
+        assert!(
+            e.contains("prefech") && e.contains("line 11, column 1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -40,10 +40,11 @@ fn configured() -> &'static Option<(String, u64)> {
 /// Exit the process abruptly if this point is the configured one and its count is reached.
 pub fn hit(point: Point) {
     static HITS: AtomicU64 = AtomicU64::new(0);
-    if let Some((name, n)) = configured() {
-        if name == point.name() && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= *n {
-            eprintln!("cem-bridge: fault injection: exiting at {}", point.name());
-            std::process::exit(86);
-        }
+    if let Some((name, n)) = configured()
+        && name == point.name()
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= *n
+    {
+        eprintln!("cem-bridge: fault injection: exiting at {}", point.name());
+        std::process::exit(86);
     }
 }

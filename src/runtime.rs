@@ -36,7 +36,7 @@ impl std::fmt::Debug for Secrets {
 /// Decode a key from the environment: 64+ hex digits are decoded, anything else is raw bytes.
 pub fn key_bytes(value: &str) -> Vec<u8> {
     let v = value.trim();
-    if v.len() >= 64 && v.len() % 2 == 0 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if v.len() >= 64 && v.len().is_multiple_of(2) && v.bytes().all(|b| b.is_ascii_hexdigit()) {
         (0..v.len())
             .step_by(2)
             .filter_map(|i| u8::from_str_radix(&v[i..i + 2], 16).ok())

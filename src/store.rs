@@ -198,16 +198,14 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     };
-    if path != ":memory:" {
-        if let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                dir: dir.display().to_string(),
-                source,
-            })?;
-        }
+    let parent = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && path != ":memory:");
+    if let Some(dir) = parent {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.display().to_string(),
+            source,
+        })?;
     }
     Ok(match query {
         Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),

@@ -13,21 +13,28 @@ use common::*;
 fn crash_setup(name: &str, cem: &Recorder) -> Setup {
     let mut s = Setup::new(name, &cem.url());
     // Short lease so a job claimed by the crashed process is claimed again quickly.
-    s.scheduler = "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nlease_ms = 1000\n".into();
+    s.scheduler =
+        "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nlease_ms = 1000\n"
+            .into();
     s
 }
 
 async fn open_store(s: &Setup) -> Store {
-    Store::open(&format!("sqlite://{}", s.db.display()), &StoreOptions::default())
-        .await
-        .expect("store")
+    Store::open(
+        &format!("sqlite://{}", s.db.display()),
+        &StoreOptions::default(),
+    )
+    .await
+    .expect("store")
 }
 
 /// Every idempotency key accepted (2xx) exactly once, and how many keys there are.
 fn accepted_once_each(cem: &Recorder) -> usize {
     let mut per_key: HashMap<String, usize> = HashMap::new();
     for r in cem.accepted() {
-        *per_key.entry(r.idempotency_key.unwrap_or_default()).or_default() += 1;
+        *per_key
+            .entry(r.idempotency_key.unwrap_or_default())
+            .or_default() += 1;
     }
     for (k, n) in &per_key {
         assert_eq!(*n, 1, "survey {k} was accepted {n} times");
@@ -62,14 +69,19 @@ async fn killed_between_commit_and_ack_loses_nothing_and_pushes_nothing_twice() 
 
     let mut child = spawn_bridge(&cfg, Some("after_commit:1"), &log);
     let status = wait_exit(&mut child, 30).await;
-    assert_eq!(status.code(), Some(86), "exited at the fault point; log: {}", log.display());
+    assert_eq!(
+        status.code(),
+        Some(86),
+        "exited at the fault point; log: {}",
+        log.display()
+    );
     let store = open_store(&setup).await;
     let committed = store.inbox_count().await.unwrap();
     assert!(committed >= 1, "the crashed run committed a batch");
     store.close().await;
     let unacked = wait_for(10, "unacked deliveries back on the queue", || {
         let q = setup.queue.clone();
-        async move { queue_depth(&q).await.filter(|&d| d == 40).map(|d| d) }
+        async move { queue_depth(&q).await.filter(|&d| d == 40) }
     })
     .await;
     assert_eq!(unacked, 40, "nothing was acked before the crash");
@@ -84,8 +96,18 @@ async fn killed_between_commit_and_ack_loses_nothing_and_pushes_nothing_twice() 
     let store = open_store(&setup).await;
     let audit = store.audit(None).await.unwrap();
     let dups = audit.iter().filter(|a| a.action == "duplicate").count() as i64;
-    assert_eq!(dups, committed, "each redelivery of a committed message counted as duplicate");
-    assert!(store.jobs().await.unwrap().iter().all(|j| j.status == "sent"));
+    assert_eq!(
+        dups, committed,
+        "each redelivery of a committed message counted as duplicate"
+    );
+    assert!(
+        store
+            .jobs()
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.status == "sent")
+    );
     store.close().await;
     assert_eq!(queue_depth(&setup.queue).await, Some(0));
     cleanup(&setup).await;
@@ -106,7 +128,11 @@ async fn killed_between_consume_and_commit_loses_nothing() {
     let mut child = spawn_bridge(&cfg, Some("before_commit:1"), &log);
     assert_eq!(wait_exit(&mut child, 30).await.code(), Some(86));
     let store = open_store(&setup).await;
-    assert_eq!(store.inbox_count().await.unwrap(), 0, "the crashed transaction left nothing");
+    assert_eq!(
+        store.inbox_count().await.unwrap(),
+        0,
+        "the crashed transaction left nothing"
+    );
     store.close().await;
 
     let mut child = spawn_bridge(&cfg, None, &log);
@@ -152,9 +178,20 @@ async fn killed_after_push_before_mark_sent_resends_with_the_same_key_only() {
     .await;
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(accepted_once_each(&cem), 5, "the CEM accepted each survey once");
-    let repeats: Vec<_> = cem.requests().into_iter().filter(|r| r.status == 409).collect();
-    assert!(!repeats.is_empty(), "the in-flight push was repeated with its key");
+    assert_eq!(
+        accepted_once_each(&cem),
+        5,
+        "the CEM accepted each survey once"
+    );
+    let repeats: Vec<_> = cem
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 409)
+        .collect();
+    assert!(
+        !repeats.is_empty(),
+        "the in-flight push was repeated with its key"
+    );
     for r in repeats {
         assert!(
             first.iter().any(|f| f.idempotency_key == r.idempotency_key),
@@ -186,7 +223,11 @@ async fn sigkill_mid_stream_then_restart_gives_every_survey_exactly_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(accepted_once_each(&cem), 300, "killed after {before} accepted");
+    assert_eq!(
+        accepted_once_each(&cem),
+        300,
+        "killed after {before} accepted"
+    );
     cleanup(&setup).await;
 }
 
@@ -207,7 +248,11 @@ async fn sigterm_exits_cleanly() {
         .expect("kill -TERM");
     assert!(ok.success());
     let status = wait_exit(&mut child, 15).await;
-    assert!(status.success(), "exit status {status:?}; log: {}", log.display());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log: {}",
+        log.display()
+    );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("cem-bridge stopped"), "{text}");
     cleanup(&setup).await;

@@ -8,7 +8,13 @@ use common::*;
 /// Broker-side pids of connections whose client-provided name contains `needle`.
 fn connection_pids(needle: &str) -> Vec<String> {
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"])
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
         .output()
         .expect("rabbitmqctl on PATH (the local RabbitMQ's CLI)");
     String::from_utf8_lossy(&out.stdout)
@@ -35,7 +41,11 @@ async fn source_reconnects_after_the_broker_closes_its_connection() {
     let pids = connection_pids(&setup.queue);
     assert_eq!(pids.len(), 1, "one bridge connection for this queue");
     let closed = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pids[0], "test: simulated broker-side disconnect"])
+        .args([
+            "close_connection",
+            &pids[0],
+            "test: simulated broker-side disconnect",
+        ])
         .status()
         .expect("rabbitmqctl close_connection");
     assert!(closed.success());

@@ -16,7 +16,12 @@ async fn a03_sample_gives_one_push_with_expected_fields_and_no_personal_data() {
     let setup = Setup::new("a03", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(&setup.queue, &read_fixture("hl7v2/adt_a03_discharge.hl7"), "a03").await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
+        "a03",
+    )
+    .await;
 
     let reqs = wait_for(20, "one push", || {
         let cem = cem.clone();
@@ -30,7 +35,10 @@ async fn a03_sample_gives_one_push_with_expected_fields_and_no_personal_data() {
     assert_eq!(reqs_after.len(), 1, "exactly one push");
     let r = &reqs_after[0];
     let b = &r.json;
-    assert_eq!(b["templateId"], "IP-SAT-01", "R-SRV-1: A03 → inpatient survey");
+    assert_eq!(
+        b["templateId"], "IP-SAT-01",
+        "R-SRV-1: A03 → inpatient survey"
+    );
     assert_eq!(b["channel"], "sms");
     assert_eq!(b["keyId"], "t1");
     assert_eq!(b["patient"]["nameMasked"], "王*英", "R-ANO-3");
@@ -42,12 +50,23 @@ async fn a03_sample_gives_one_push_with_expected_fields_and_no_personal_data() {
     assert_eq!(b["visit"]["visitClass"], "I");
     assert_eq!(b["visit"]["deptCode"], "CAT02");
     assert_eq!(b["visit"]["doctorCode"], "D2048");
-    assert_eq!(b["visit"]["visitTime"], "2026-11-20T15:00:00+08:00", "R-ANO-1: to the hour");
+    assert_eq!(
+        b["visit"]["visitTime"], "2026-11-20T15:00:00+08:00",
+        "R-ANO-1: to the hour"
+    );
     assert!(b["visit"]["vk"].as_str().unwrap().starts_with("vk_"));
     let job_id = b["jobId"].as_str().unwrap();
-    assert_eq!(r.idempotency_key.as_deref(), Some(format!("sv:{job_id}").as_str()), "R-SRV-5");
+    assert_eq!(
+        r.idempotency_key.as_deref(),
+        Some(format!("sv:{job_id}").as_str()),
+        "R-SRV-5"
+    );
     for pii in SAMPLE_PII {
-        assert!(!r.body.contains(pii), "R-ANO-1: {pii:?} leaked into the CEM body: {}", r.body);
+        assert!(
+            !r.body.contains(pii),
+            "R-ANO-1: {pii:?} leaked into the CEM body: {}",
+            r.body
+        );
     }
 
     let jobs = bridge.store.jobs().await.unwrap();
@@ -56,7 +75,11 @@ async fn a03_sample_gives_one_push_with_expected_fields_and_no_personal_data() {
     assert_eq!(jobs[0].last_status, Some(200));
     assert_eq!(queue_depth(&setup.queue).await, Some(0), "queue drained");
     bridge.shutdown().await;
-    assert_eq!(queue_depth(&setup.queue).await, Some(0), "nothing unacked came back");
+    assert_eq!(
+        queue_depth(&setup.queue).await,
+        Some(0),
+        "nothing unacked came back"
+    );
     cleanup(&setup).await;
 }
 
@@ -87,7 +110,11 @@ async fn same_message_twice_gives_one_push() {
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(cem.requests().len(), 1, "one push for two deliveries");
-    assert_eq!(cem.accepted()[0].json["templateId"], "OP-SAT-01", "A04 → outpatient");
+    assert_eq!(
+        cem.accepted()[0].json["templateId"],
+        "OP-SAT-01",
+        "A04 → outpatient"
+    );
     assert_eq!(bridge.store.jobs().await.unwrap().len(), 1);
     assert_eq!(bridge.store.inbox_count().await.unwrap(), 1);
     assert_eq!(queue_depth(&setup.queue).await, Some(0));
@@ -102,7 +129,8 @@ async fn same_visit_new_control_id_is_the_same_job() {
     let setup = Setup::new("resent", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    let body = String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7")).unwrap();
+    let body =
+        String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7")).unwrap();
     publish(&setup.queue, body.as_bytes(), "a").await;
     let resent = body.replace("MSG20261120093015001", "MSG20261120093015777");
     publish(&setup.queue, resent.as_bytes(), "b").await;
@@ -117,7 +145,10 @@ async fn same_visit_new_control_id_is_the_same_job() {
     .await;
     assert_eq!(audit[0].action, "no_op");
     assert!(
-        matches!(audit[0].reason.as_deref(), Some("already_scheduled" | "already_sent")),
+        matches!(
+            audit[0].reason.as_deref(),
+            Some("already_scheduled" | "already_sent")
+        ),
         "{audit:?}"
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -154,11 +185,18 @@ async fn every_bad_input_is_dead_lettered_with_a_reason_and_consuming_continues(
     publish(&setup.queue, &big, "oversized").await;
     publish(&setup.queue, b"", "empty").await;
     // A well-formed XML event: no mapping for XML yet on this connector.
-    publish(&setup.queue, &read_fixture("xml/registration_utf8.xml"), "xml").await;
+    publish(
+        &setup.queue,
+        &read_fixture("xml/registration_utf8.xml"),
+        "xml",
+    )
+    .await;
     // Same MSH-3/4/10 as the A04 sample, different content: duplicate_id_conflict.
     let a04 = read_fixture("hl7v2/adt_a04_outpatient_registration.hl7");
     publish(&setup.queue, &a04, "a04").await;
-    let conflicting = String::from_utf8(a04.clone()).unwrap().replace("OPH01^^^", "OPH02^^^");
+    let conflicting = String::from_utf8(a04.clone())
+        .unwrap()
+        .replace("OPH01^^^", "OPH02^^^");
     publish(&setup.queue, conflicting.as_bytes(), "a04-conflict").await;
     expected.extend([
         ("oversized", "oversized"),
@@ -191,26 +229,49 @@ async fn every_bad_input_is_dead_lettered_with_a_reason_and_consuming_continues(
         .collect();
     assert_eq!(got, want);
     for l in &letters {
-        assert_eq!(l.headers.get("x-cem-connector").map(String::as_str), Some("adt"));
+        assert_eq!(
+            l.headers.get("x-cem-connector").map(String::as_str),
+            Some("adt")
+        );
         let detail = l.headers.get("x-cem-detail").cloned().unwrap_or_default();
         assert!(!detail.is_empty(), "a detail explains the reason");
         for pii in SAMPLE_PII {
-            assert!(!detail.contains(pii), "R-ANO-8: {pii} in dead-letter header {detail}");
+            assert!(
+                !detail.contains(pii),
+                "R-ANO-8: {pii} in dead-letter header {detail}"
+            );
         }
     }
     // The dead-letter body is the original, untouched.
-    let trunc = letters.iter().find(|l| l.message_id.as_deref() == Some("bad/truncated.hl7")).unwrap();
+    let trunc = letters
+        .iter()
+        .find(|l| l.message_id.as_deref() == Some("bad/truncated.hl7"))
+        .unwrap();
     assert_eq!(trunc.body, read_fixture("bad/truncated.hl7"));
 
     let stored = bridge.store.dead_letters().await.unwrap();
-    assert_eq!(stored.len(), expected.len(), "every dead letter recorded in the store");
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "every dead letter recorded in the store"
+    );
     assert_eq!(queue_depth(&setup.queue).await, Some(0), "queue drained");
 
     // Still consuming: a good message after all that is pushed.
-    publish(&setup.queue, &read_fixture("hl7v2/adt_a03_discharge.hl7"), "good").await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
+        "good",
+    )
+    .await;
     wait_for(20, "a push after the bad input", || {
         let cem = cem.clone();
-        async move { cem.accepted().iter().any(|r| r.json["templateId"] == "IP-SAT-01").then_some(()) }
+        async move {
+            cem.accepted()
+                .iter()
+                .any(|r| r.json["templateId"] == "IP-SAT-01")
+                .then_some(())
+        }
     })
     .await;
     bridge.shutdown().await;
@@ -225,7 +286,12 @@ async fn cem_503_twice_then_200_gives_one_successful_push() {
     let setup = Setup::new("retry", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(&setup.queue, &read_fixture("hl7v2/adt_a03_discharge.hl7"), "a03").await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
+        "a03",
+    )
+    .await;
     wait_for(20, "a successful push", || {
         let cem = cem.clone();
         async move { (!cem.accepted().is_empty()).then_some(()) }
@@ -236,7 +302,11 @@ async fn cem_503_twice_then_200_gives_one_successful_push() {
     let statuses: Vec<u16> = reqs.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![503, 503, 200]);
     let keys: BTreeSet<_> = reqs.iter().map(|r| r.idempotency_key.clone()).collect();
-    assert_eq!(keys.len(), 1, "every retry carries the same idempotency key");
+    assert_eq!(
+        keys.len(),
+        1,
+        "every retry carries the same idempotency key"
+    );
     let jobs = bridge.store.jobs().await.unwrap();
     assert_eq!((jobs[0].status.as_str(), jobs[0].attempts), ("sent", 3));
     bridge.shutdown().await;
@@ -251,7 +321,12 @@ async fn http_200_with_error_code_is_retried_until_code_0() {
     let setup = Setup::new("code", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(&setup.queue, &read_fixture("hl7v2/adt_a03_discharge.hl7"), "a03").await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
+        "a03",
+    )
+    .await;
     let store = bridge.store.clone();
     wait_for(20, "job sent", || {
         let store = store.clone();
@@ -261,7 +336,11 @@ async fn http_200_with_error_code_is_retried_until_code_0() {
         }
     })
     .await;
-    assert_eq!(cem.requests().len(), 2, "the code-50001 answer did not count as sent");
+    assert_eq!(
+        cem.requests().len(),
+        2,
+        "the code-50001 answer did not count as sent"
+    );
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
@@ -274,7 +353,12 @@ async fn http_400_makes_the_job_dead_without_retries() {
     let setup = Setup::new("perm", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(&setup.queue, &read_fixture("hl7v2/adt_a03_discharge.hl7"), "a03").await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
+        "a03",
+    )
+    .await;
     let store = bridge.store.clone();
     let job = wait_for(20, "job dead", || {
         let store = store.clone();
@@ -304,19 +388,37 @@ async fn message_redelivered_more_than_5_times_is_poison() {
     let bridge = setup.start().await;
     setup.wait_declared().await;
     bridge.shutdown().await;
-    publish(&setup.queue, &read_fixture("hl7v2/adt_a03_discharge.hl7"), "loop").await;
-    let conn = cem_connectors::amqp::connect(&amqp_url(), "test-poison").await.unwrap();
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
+        "loop",
+    )
+    .await;
+    let conn = cem_connectors::amqp::connect(&amqp_url(), "test-poison")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let mut consumer = ch
-        .basic_consume(setup.queue.as_str().into(), "failing".into(), BasicConsumeOptions::default(), Default::default())
+        .basic_consume(
+            setup.queue.as_str().into(),
+            "failing".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
         .await
         .unwrap();
     for _ in 0..6 {
         let d = consumer.next().await.unwrap().unwrap();
-        ch.basic_nack(d.delivery_tag, BasicNackOptions { multiple: false, requeue: true })
-            .await
-            .unwrap();
+        ch.basic_nack(
+            d.delivery_tag,
+            BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            },
+        )
+        .await
+        .unwrap();
     }
     let _ = ch.close(200, "bye".into()).await;
     let _ = conn.close(200, "bye".into()).await;
@@ -331,8 +433,16 @@ async fn message_redelivered_more_than_5_times_is_poison() {
     let letters = drain(&dlq).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].headers["x-cem-reason"], "poison");
-    assert!(letters[0].headers["x-cem-delivery-count"].parse::<u64>().unwrap() >= 6);
-    assert!(cem.requests().is_empty(), "a poison message is not processed");
+    assert!(
+        letters[0].headers["x-cem-delivery-count"]
+            .parse::<u64>()
+            .unwrap()
+            >= 6
+    );
+    assert!(
+        cem.requests().is_empty(),
+        "a poison message is not processed"
+    );
     assert!(bridge.store.jobs().await.unwrap().is_empty());
     bridge.shutdown().await;
     cleanup(&setup).await;
@@ -349,7 +459,11 @@ async fn shutdown_leaves_unconsumed_messages_on_the_queue() {
     let body = read_fixture("hl7v2/adt_a04_outpatient_registration.hl7");
     publish(&setup.queue, &body, "after-stop").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(queue_depth(&setup.queue).await, Some(1), "still on the queue after shutdown");
+    assert_eq!(
+        queue_depth(&setup.queue).await,
+        Some(1),
+        "still on the queue after shutdown"
+    );
     // A restart picks it up.
     let bridge = setup.start().await;
     wait_for(20, "push after restart", || {

@@ -5,7 +5,9 @@ mod common;
 
 use std::collections::HashSet;
 
-use cem_bridge::store::{AuditEntry, InboxResult, JobInsert, NewJob, Store, StoreError, StoreOptions};
+use cem_bridge::store::{
+    AuditEntry, InboxResult, JobInsert, NewJob, Store, StoreError, StoreOptions,
+};
 use common::*;
 use sqlx::Executor;
 
@@ -32,15 +34,22 @@ impl Db {
 
     async fn postgres(name: &str) -> Self {
         sqlx::any::install_default_drivers();
-        let db = unique(&format!("cem_{name}")).replace('-', "_").to_lowercase();
-        let admin = sqlx::AnyPool::connect(&pg_admin_url()).await.expect("PostgreSQL at 127.0.0.1:5432");
+        let db = unique(&format!("cem_{name}"))
+            .replace('-', "_")
+            .to_lowercase();
+        let admin = sqlx::AnyPool::connect(&pg_admin_url())
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432");
         admin
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
             .await
             .expect("create database");
         admin.close().await;
         let base = pg_admin_url();
-        let root = base.rsplit_once('/').map(|(r, _)| r.to_string()).unwrap_or(base);
+        let root = base
+            .rsplit_once('/')
+            .map(|(r, _)| r.to_string())
+            .unwrap_or(base);
         Self {
             url: format!("{root}/{db}"),
             pg_name: Some(db),
@@ -48,17 +57,21 @@ impl Db {
     }
 
     async fn open(&self) -> Store {
-        Store::open(&self.url, &StoreOptions::default()).await.expect("store opens")
+        Store::open(&self.url, &StoreOptions::default())
+            .await
+            .expect("store opens")
     }
 
     async fn cleanup(self) {
-        if let Some(db) = self.pg_name {
-            if let Ok(admin) = sqlx::AnyPool::connect(&pg_admin_url()).await {
-                let _ = admin
-                    .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-                    .await;
-                admin.close().await;
-            }
+        if let Some(db) = self.pg_name
+            && let Ok(admin) = sqlx::AnyPool::connect(&pg_admin_url()).await
+        {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                )))
+                .await;
+            admin.close().await;
         }
     }
 }
@@ -80,16 +93,48 @@ fn job<'a>(id: &'a str, due: i64) -> NewJob<'a> {
 async fn dedupe_and_job_identity(db: Db) {
     let store = db.open().await;
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(tx.record_inbox("adt", "HIS|H|1", "h1", "1", "REGISTERED", 1).await.unwrap(), InboxResult::New);
-    assert_eq!(tx.record_inbox("adt", "HIS|H|1", "h1", "1", "REGISTERED", 2).await.unwrap(), InboxResult::Duplicate);
-    assert_eq!(tx.record_inbox("adt", "HIS|H|1", "h2", "1", "REGISTERED", 3).await.unwrap(), InboxResult::Conflict);
-    assert_eq!(tx.record_inbox("other", "HIS|H|1", "h2", "1", "REGISTERED", 3).await.unwrap(), InboxResult::New, "per connector");
-    assert_eq!(tx.insert_job(&job("j1", 10), 1).await.unwrap(), JobInsert::Created);
+    assert_eq!(
+        tx.record_inbox("adt", "HIS|H|1", "h1", "1", "REGISTERED", 1)
+            .await
+            .unwrap(),
+        InboxResult::New
+    );
+    assert_eq!(
+        tx.record_inbox("adt", "HIS|H|1", "h1", "1", "REGISTERED", 2)
+            .await
+            .unwrap(),
+        InboxResult::Duplicate
+    );
+    assert_eq!(
+        tx.record_inbox("adt", "HIS|H|1", "h2", "1", "REGISTERED", 3)
+            .await
+            .unwrap(),
+        InboxResult::Conflict
+    );
+    assert_eq!(
+        tx.record_inbox("other", "HIS|H|1", "h2", "1", "REGISTERED", 3)
+            .await
+            .unwrap(),
+        InboxResult::New,
+        "per connector"
+    );
+    assert_eq!(
+        tx.insert_job(&job("j1", 10), 1).await.unwrap(),
+        JobInsert::Created
+    );
     assert_eq!(
         tx.insert_job(&job("j1", 99), 2).await.unwrap(),
-        JobInsert::Exists { status: "pending".into() }
+        JobInsert::Exists {
+            status: "pending".into()
+        }
     );
-    tx.audit(&AuditEntry { action: "scheduled", job_id: Some("j1"), ..Default::default() }).await.unwrap();
+    tx.audit(&AuditEntry {
+        action: "scheduled",
+        job_id: Some("j1"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let jobs = store.jobs().await.unwrap();
     assert_eq!(jobs.len(), 1);
@@ -97,7 +142,9 @@ async fn dedupe_and_job_identity(db: Db) {
     assert_eq!(store.inbox_count().await.unwrap(), 2);
     // A rolled-back transaction leaves nothing.
     let mut tx = store.begin().await.unwrap();
-    tx.record_inbox("adt", "HIS|H|2", "h", "2", "REGISTERED", 1).await.unwrap();
+    tx.record_inbox("adt", "HIS|H|2", "h", "2", "REGISTERED", 1)
+        .await
+        .unwrap();
     drop(tx);
     assert_eq!(store.inbox_count().await.unwrap(), 2);
     store.close().await;
@@ -120,7 +167,10 @@ async fn concurrent_claims_never_double_claim(db: Db) {
         handles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store.claim_due(&format!("w{w}"), 100, 10_000, 7).await.unwrap();
+                let got = store
+                    .claim_due(&format!("w{w}"), 100, 10_000, 7)
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     break;
                 }
@@ -136,21 +186,53 @@ async fn concurrent_claims_never_double_claim(db: Db) {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 200, "every job claimed");
     assert_eq!(unique.len(), 200, "no job claimed twice");
-    assert!(store.claim_due("late", 9_999, 20_000, 10).await.unwrap().is_empty(), "lease holds");
+    assert!(
+        store
+            .claim_due("late", 9_999, 20_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "lease holds"
+    );
     let again = store.claim_due("late", 10_000, 20_000, 500).await.unwrap();
     assert_eq!(again.len(), 200, "claimable again once the lease ended");
     assert!(again.iter().all(|j| j.attempts == 2));
     // Only the lease owner can finish a job.
-    assert!(!store.mark_sent("job000", "w0", 10_001, 200).await.unwrap(), "not the owner any more");
-    assert!(store.mark_sent("job000", "late", 10_001, 200).await.unwrap());
-    store.reschedule("job001", "late", 10_001, 50_000, Some(503), "HTTP 503").await.unwrap();
-    store.mark_dead("job002", "late", 10_001, Some(400), "rejected", "HTTP 400").await.unwrap();
+    assert!(
+        !store.mark_sent("job000", "w0", 10_001, 200).await.unwrap(),
+        "not the owner any more"
+    );
+    assert!(
+        store
+            .mark_sent("job000", "late", 10_001, 200)
+            .await
+            .unwrap()
+    );
+    store
+        .reschedule("job001", "late", 10_001, 50_000, Some(503), "HTTP 503")
+        .await
+        .unwrap();
+    store
+        .mark_dead("job002", "late", 10_001, Some(400), "rejected", "HTTP 400")
+        .await
+        .unwrap();
     let jobs = store.jobs().await.unwrap();
     let by = |id: &str| jobs.iter().find(|j| j.job_id == id).unwrap().clone();
     assert_eq!(by("job000").status, "sent");
     assert_eq!(by("job001").status, "pending");
-    assert_eq!((by("job002").status.as_str(), by("job002").reason.as_deref()), ("dead", Some("rejected")));
-    assert!(store.claim_due("x", 49_999, 60_000, 500).await.unwrap().iter().all(|j| j.job_id != "job001"), "backoff respected");
+    assert_eq!(
+        (by("job002").status.as_str(), by("job002").reason.as_deref()),
+        ("dead", Some("rejected"))
+    );
+    assert!(
+        store
+            .claim_due("x", 49_999, 60_000, 500)
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.job_id != "job001"),
+        "backoff respected"
+    );
     store.close().await;
     db.cleanup().await;
 }
@@ -162,9 +244,15 @@ async fn migrations_are_idempotent_and_newer_schema_is_refused(db: Db) {
     let store = db.open().await;
     store.close().await;
     sqlx::any::install_default_drivers();
-    let url = if db.url.starts_with("sqlite") { format!("{}?mode=rw", db.url) } else { db.url.clone() };
+    let url = if db.url.starts_with("sqlite") {
+        format!("{}?mode=rw", db.url)
+    } else {
+        db.url.clone()
+    };
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-    pool.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)").await.unwrap();
+    pool.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
+        .await
+        .unwrap();
     pool.close().await;
     match Store::open(&db.url, &StoreOptions::default()).await {
         Err(e @ StoreError::SchemaTooNew { found: 999, .. }) => {
@@ -206,7 +294,10 @@ async fn postgres_migrations_and_newer_schema() {
 async fn sqlite_store_uses_wal() {
     let db = Db::sqlite("s-wal").await;
     let store = db.open().await;
-    assert_eq!(store.sqlite_journal_mode().await.unwrap().as_deref(), Some("wal"));
+    assert_eq!(
+        store.sqlite_journal_mode().await.unwrap().as_deref(),
+        Some("wal")
+    );
     store.close().await;
 }
 
@@ -221,6 +312,9 @@ async fn unreachable_postgres_is_a_clear_error() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("port 1 has no PostgreSQL"),
     };
-    assert!(e.contains("cannot open") && e.contains("u:***@127.0.0.1:1"), "{e}");
+    assert!(
+        e.contains("cannot open") && e.contains("u:***@127.0.0.1:1"),
+        "{e}"
+    );
     assert!(!e.contains("secret"), "{e}");
 }

@@ -393,18 +393,10 @@ async fn confirm(
         )
         .await
         .map_err(ctx("publish", target))?;
-    let c = pending.await.map_err(ctx("publisher confirm", target))?;
-    if c.is_nack() {
-        return Err(PublishError::Nacked {
-            target: target.to_string(),
-        });
-    }
-    if c.take_message().is_some() {
-        return Err(PublishError::Unroutable {
-            target: target.to_string(),
-        });
-    }
-    Ok(())
+    check_confirm(
+        pending.await.map_err(ctx("publisher confirm", target))?,
+        target,
+    )
 }
 
 /// A message to publish.
@@ -498,12 +490,12 @@ impl AmqpPublisher {
                 .await
                 .map_err(ctx("publish", queue))?;
             in_flight.push_back(pending);
-            if in_flight.len() >= window.max(1) {
-                if let Some(p) = in_flight.pop_front() {
-                    check_confirm(p.await.map_err(ctx("publisher confirm", queue))?, queue)?;
-                    done += 1;
-                    progress();
-                }
+            if in_flight.len() >= window.max(1)
+                && let Some(p) = in_flight.pop_front()
+            {
+                check_confirm(p.await.map_err(ctx("publisher confirm", queue))?, queue)?;
+                done += 1;
+                progress();
             }
         }
         while let Some(p) = in_flight.pop_front() {

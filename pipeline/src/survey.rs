@@ -34,7 +34,7 @@ pub const DEATH_DISPOSITIONS: [&str; 4] = ["20", "40", "41", "42"];
 #[derive(Debug, Clone, PartialEq)]
 pub enum SurveyDecision {
     /// Create (or keep) this job.
-    Schedule(SurveyJob),
+    Schedule(Box<SurveyJob>),
     /// A survey would apply but a rule stops it; recorded with the reason.
     Suppress {
         reason: &'static str,
@@ -204,14 +204,14 @@ pub fn decide(event: &PatientEvent, rules: &SurveyRules, pseudo: &Pseudonymizer)
             visit_time: rfc3339_in(truncate_to_hour(anchor, &rules.zone), &rules.zone),
         },
     };
-    SurveyDecision::Schedule(SurveyJob {
+    SurveyDecision::Schedule(Box::new(SurveyJob {
         job_id,
         template: template.clone(),
         due_at,
         patient_key: pk,
         visit_key: vk,
         payload,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -48,7 +48,9 @@ pub fn read_fixture(rel: &str) -> Vec<u8> {
 
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join("cem-bridge-tests").join(unique(name));
+    let d = std::env::temp_dir()
+        .join("cem-bridge-tests")
+        .join(unique(name));
     std::fs::create_dir_all(&d).expect("scratch dir");
     d
 }
@@ -105,7 +107,9 @@ impl Recorder {
         let app = Router::new()
             .route("/surveys/dispatch", post(record))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -142,7 +146,12 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let key = h("idempotency-key");
     let text = String::from_utf8_lossy(&body).into_owned();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
@@ -150,14 +159,18 @@ async fn record(
     let (status, reply) = if let Some(scripted) = s.script.pop_front() {
         scripted
     } else if key.as_ref().is_some_and(|k| s.accepted.contains(k)) {
-        (409, r#"{"code":409,"msg":"idempotency key already used"}"#.to_string())
+        (
+            409,
+            r#"{"code":409,"msg":"idempotency key already used"}"#.to_string(),
+        )
     } else {
         (200, r#"{"code":0,"data":{"deliveryId":"d-1"}}"#.to_string())
     };
-    if (200..300).contains(&status) && reply.contains("\"code\":0") {
-        if let Some(k) = &key {
-            s.accepted.insert(k.clone());
-        }
+    if (200..300).contains(&status)
+        && reply.contains("\"code\":0")
+        && let Some(k) = &key
+    {
+        s.accepted.insert(k.clone());
     }
     s.requests.push(Recorded {
         idempotency_key: key,
@@ -197,7 +210,8 @@ impl Setup {
             cem_url: cem_url.to_string(),
             extra_source: String::new(),
             extra_top: String::new(),
-            scheduler: "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n".into(),
+            scheduler: "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n"
+                .into(),
         }
     }
 
@@ -282,7 +296,9 @@ delay_minutes = 0
 // Broker helpers
 
 pub async fn publisher() -> AmqpPublisher {
-    AmqpPublisher::connect(&amqp_url()).await.expect("publisher connects")
+    AmqpPublisher::connect(&amqp_url())
+        .await
+        .expect("publisher connects")
 }
 
 pub async fn publish(queue: &str, body: &[u8], message_id: &str) {
@@ -340,7 +356,12 @@ pub async fn drain(queue: &str) -> Vec<DeadLetter> {
             }
         }
         out.push(DeadLetter {
-            message_id: m.delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+            message_id: m
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
             body: m.delivery.data,
             headers,
         });
@@ -354,7 +375,9 @@ pub async fn cleanup(setup: &Setup) {
     if let Ok(conn) = cem_connectors::amqp::connect(&amqp_url(), "test-cleanup").await {
         if let Ok(ch) = conn.create_channel().await {
             for q in [setup.queue.clone(), setup.dlq()] {
-                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
             let _ = ch
                 .exchange_delete(
@@ -371,15 +394,42 @@ pub async fn cleanup(setup: &Setup) {
 /// Raw personal values of the shared samples, which must never reach the CEM.
 pub const SAMPLE_PII: &[&str] = &[
     // adt_a03_discharge / a01 / a08 / a13: 王秀英
-    "王秀英", "王^秀英", "秀英", "P00067890", "31010419551212002X", "13998765432", "13711112222",
-    "Z2026111500087", "中山北路",
+    "王秀英",
+    "王^秀英",
+    "秀英",
+    "P00067890",
+    "31010419551212002X",
+    "13998765432",
+    "13711112222",
+    "Z2026111500087",
+    "中山北路",
     // adt_a04_outpatient_registration / a11 / a40: 张三明
-    "张三明", "三明", "P00012345", "110101199003071233", "13812345678", "V20261120001",
+    "张三明",
+    "三明",
+    "P00012345",
+    "110101199003071233",
+    "13812345678",
+    "V20261120001",
     "P00054321",
     // escapes, gbk, deceased
-    "欧阳", "娜娜", "P00011111", "13512345678", "02161234567", "V20261120077",
-    "李娜", "P00022222", "320102198807074326", "13822223333", "V20261120002",
-    "刘德华", "德华", "中山南路", "P00099999", "440106194801010019", "13600000001", "Z2026111000123",
+    "欧阳",
+    "娜娜",
+    "P00011111",
+    "13512345678",
+    "02161234567",
+    "V20261120077",
+    "李娜",
+    "P00022222",
+    "320102198807074326",
+    "13822223333",
+    "V20261120002",
+    "刘德华",
+    "德华",
+    "中山南路",
+    "P00099999",
+    "440106194801010019",
+    "13600000001",
+    "Z2026111000123",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -401,7 +451,10 @@ pub fn spawn_bridge(config: &Path, fault: Option<&str>, log: &Path) -> std::proc
     cmd.arg("run")
         .arg("-c")
         .arg(config)
-        .env("CEM_BRIDGE_TEST_KEY", String::from_utf8_lossy(TEST_KEY).into_owned())
+        .env(
+            "CEM_BRIDGE_TEST_KEY",
+            String::from_utf8_lossy(TEST_KEY).into_owned(),
+        )
         .env("RUST_LOG", "info")
         .stdout(out.try_clone().expect("log"))
         .stderr(out);
@@ -442,6 +495,8 @@ pub async fn publish_many(queue: &str, bodies: &[Vec<u8>]) {
         message_id: Some(format!("m{i}")),
         headers: BTreeMap::new(),
     });
-    p.publish_all(queue, msgs, 128, || {}).await.expect("publish_all");
+    p.publish_all(queue, msgs, 128, || {})
+        .await
+        .expect("publish_all");
     p.close().await;
 }

@@ -63,13 +63,12 @@ pub fn unescape(seps: &Separators, raw: &str) -> String {
             "R" => out.push(seps.repetition),
             "E" => out.push(esc),
             ".br" => out.push('\n'),
-            _ if code.starts_with('X') => match hex_bytes(&code[1..]) {
-                Some(bytes) => match String::from_utf8(bytes) {
-                    Ok(s) => out.push_str(&s.replace('\r', "\n")),
-                    Err(_) => {} // not text in our charset: dropped rather than corrupted
-                },
-                None => {}
-            },
+            // Hex bytes that are not UTF-8 text are dropped rather than corrupted.
+            _ if code.starts_with('X') => {
+                if let Some(s) = hex_bytes(&code[1..]).and_then(|b| String::from_utf8(b).ok()) {
+                    out.push_str(&s.replace('\r', "\n"));
+                }
+            }
             // \H\ \N\ \.sp\ \Cxxyy\ \Mxxyyzz\ \Zxx\: formatting or charset switches, dropped.
             _ => {}
         }
@@ -80,7 +79,7 @@ pub fn unescape(seps: &Separators, raw: &str) -> String {
 }
 
 fn hex_bytes(h: &str) -> Option<Vec<u8>> {
-    if h.is_empty() || h.len() % 2 != 0 || !h.is_ascii() {
+    if h.is_empty() || !h.len().is_multiple_of(2) || !h.is_ascii() {
         return None;
     }
     (0..h.len())
