@@ -36,7 +36,10 @@ fn digits(s: &str) -> Result<i32, TimeError> {
 /// Parse an HL7 `DT` (first 8 digits) into a civil date.
 pub fn parse_hl7_date(value: &str) -> Result<Date, TimeError> {
     let v = value.trim();
-    let head = v.get(..8).ok_or(TimeError::Format)?;
+    let head = v
+        .get(..8)
+        .filter(|h| h.is_ascii())
+        .ok_or(TimeError::Format)?;
     let (y, m, d) = (
         digits(&head[..4])?,
         digits(&head[4..6])?,
@@ -93,7 +96,7 @@ pub fn parse_hl7_ts(value: &str, zone: &TimeZone) -> Result<Timestamp, TimeError
         Some(o) => {
             let sign = if o.starts_with('-') { -1 } else { 1 };
             let hhmm = &o[1..];
-            if hhmm.len() != 4 {
+            if hhmm.len() != 4 || !hhmm.is_ascii() {
                 return Err(TimeError::Format);
             }
             let (oh, om) = (digits(&hhmm[..2])?, digits(&hhmm[2..])?);
@@ -170,6 +173,11 @@ mod tests {
         }
         assert!(parse_hl7_date("1990030").is_err());
         assert!(parse_hl7_date("19900230").is_err());
+        assert!(
+            parse_hl7_date("1990é307").is_err(),
+            "found by proptest: no panic"
+        );
+        assert!(parse_hl7_ts("202611201555+1é2", &sh()).is_err());
         assert_eq!(
             parse_hl7_date("19900307").unwrap(),
             jiff::civil::date(1990, 3, 7)
