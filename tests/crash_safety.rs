@@ -231,15 +231,34 @@ async fn sigkill_mid_stream_then_restart_gives_every_survey_exactly_once() {
     cleanup(&setup).await;
 }
 
-/// SIGTERM: the bridge finishes in-flight work and exits 0.
+/// SIGTERM: the bridge finishes in-flight work and exits 0. Its debug-level log of every shared
+/// sample (good and bad) holds no personal value (R-ANO-8).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_cleanly() {
+async fn sigterm_exits_cleanly_and_debug_logs_hold_no_personal_data() {
     let cem = Recorder::start().await;
     let setup = crash_setup("sigterm", &cem);
     let cfg = setup.write_config();
     let log = setup.dir.join("bridge.log");
-    let mut child = spawn_bridge(&cfg, None, &log);
+    let mut child = spawn_bridge_at_level(&cfg, None, &log, "debug");
     setup.wait_declared().await;
+    let mut samples = Vec::new();
+    for dir in ["hl7v2", "bad", "xml", "json"] {
+        for entry in std::fs::read_dir(fixture(dir)).unwrap() {
+            samples.push(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+    }
+    publish_many(&setup.queue, &samples).await;
+    let n = samples.len() as u32;
+    let dlq = setup.dlq();
+    wait_for(30, "every sample processed", || {
+        let (q, dlq) = (setup.queue.clone(), dlq.clone());
+        async move {
+            let left = queue_depth(&q).await?;
+            let dead = queue_depth(&dlq).await?;
+            (left == 0 && dead >= 1 && dead < n).then_some(())
+        }
+    })
+    .await;
     publish_many(&setup.queue, &registrations(10, "st")).await;
     wait_accepted(&cem, 10, 30).await;
     let ok = std::process::Command::new("kill")
@@ -255,5 +274,13 @@ async fn sigterm_exits_cleanly() {
     );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("cem-bridge stopped"), "{text}");
+    assert!(text.contains("DEBUG"), "the log ran at debug level");
+    for pii in SAMPLE_PII {
+        assert!(
+            !text.contains(pii),
+            "R-ANO-8: {pii:?} in the log {}",
+            log.display()
+        );
+    }
     cleanup(&setup).await;
 }

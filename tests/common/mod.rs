@@ -442,6 +442,16 @@ pub fn bridge_bin() -> PathBuf {
 
 /// Start `cem-bridge run` as a child; `fault` sets `CEM_BRIDGE_FAULT`. Logs go to `log`.
 pub fn spawn_bridge(config: &Path, fault: Option<&str>, log: &Path) -> std::process::Child {
+    spawn_bridge_at_level(config, fault, log, "info")
+}
+
+/// [`spawn_bridge`] with a log filter (`RUST_LOG`).
+pub fn spawn_bridge_at_level(
+    config: &Path,
+    fault: Option<&str>,
+    log: &Path,
+    level: &str,
+) -> std::process::Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -455,7 +465,7 @@ pub fn spawn_bridge(config: &Path, fault: Option<&str>, log: &Path) -> std::proc
             "CEM_BRIDGE_TEST_KEY",
             String::from_utf8_lossy(TEST_KEY).into_owned(),
         )
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", level)
         .stdout(out.try_clone().expect("log"))
         .stderr(out);
     match fault {
