@@ -207,6 +207,10 @@ fn prepare(
     }
 }
 
+/// Consecutive failures of one write before the store's health is checked and, if it is fine,
+/// the batch is written message by message to isolate a message the store refuses.
+const FAILURES_BEFORE_ISOLATION: u32 = 3;
+
 async fn commit_with_retry(
     ctx: &IngestContext,
     src: &SourceConfig,
@@ -214,12 +218,18 @@ async fn commit_with_retry(
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<Option<Vec<Disposition>>> {
     let mut backoff = Duration::from_millis(200);
+    let mut failures = 0;
     loop {
         match write_batch(ctx, src, prepared).await {
             Ok(d) => return Ok(Some(d)),
             Err(e) => {
+                failures += 1;
                 warn!(connector = %src.name, error = %e, retry_in_ms = backoff.as_millis() as u64,
                       "store write failed; holding the batch unacked and retrying");
+                if failures >= FAILURES_BEFORE_ISOLATION && ctx.store.ping().await.is_ok() {
+                    // The store answers, yet this batch keeps failing: one message is to blame.
+                    return isolate(ctx, src, prepared, shutdown).await;
+                }
                 if shutdown.sleep(backoff).await {
                     return Ok(None);
                 }
@@ -227,6 +237,51 @@ async fn commit_with_retry(
             }
         }
     }
+}
+
+/// Write each delivery in its own transaction. One the store keeps refusing while it answers
+/// other queries is dead-lettered as `poison` (a NUL byte in an id is refused by PostgreSQL,
+/// say) so it cannot block the feed; if the store itself is down, wait for it as usual.
+async fn isolate(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    prepared: &[Prepared],
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<Option<Vec<Disposition>>> {
+    let mut out = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let mut failures = 0;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match write_batch(ctx, src, std::slice::from_ref(p)).await {
+                Ok(mut d) => {
+                    out.append(&mut d);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= FAILURES_BEFORE_ISOLATION && ctx.store.ping().await.is_ok() {
+                        let mid = message_id_of(p).unwrap_or_default();
+                        warn!(connector = %src.name, message_id = %mid, error = %e,
+                              "the store refuses this message's effects; dead-lettering it as poison (not recorded in the store)");
+                        out.push(Disposition::DeadLetter {
+                            reason: DeadLetterReason::Poison,
+                            detail: format!(
+                                "the store refused this message's effects ({}); see the bridge log",
+                                e.op()
+                            ),
+                        });
+                        break;
+                    }
+                    if shutdown.sleep(backoff).await {
+                        return Ok(None);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 fn message_id_of(p: &Prepared) -> Option<String> {
@@ -431,6 +486,7 @@ async fn finish(
     prepared: &[Prepared],
     dispositions: Vec<Disposition>,
 ) -> anyhow::Result<()> {
+    let mut rejected = Vec::new();
     for (p, d) in prepared.iter().zip(&dispositions) {
         if let Disposition::DeadLetter { reason, detail } = d {
             let mid = message_id_of(p).unwrap_or_default();
@@ -443,13 +499,21 @@ async fn finish(
                 warn!(connector = %src.name, message_id = %mid, error = %e,
                       "cannot republish to the dead-letter exchange; rejecting to it instead (no reason header)");
                 source.reject(p.msg.tag).await?;
+                rejected.push(p.msg.tag);
             }
         }
     }
-    if let Some(last) = prepared.last() {
-        source.ack_through(last.msg.tag).await?;
+    // Ack up to the last delivery still outstanding (an ack of a rejected tag is a channel
+    // error); the multiple-ack skips the rejected ones before it.
+    let acked: Vec<u64> = prepared
+        .iter()
+        .map(|p| p.msg.tag)
+        .filter(|t| !rejected.contains(t))
+        .collect();
+    if let Some(last) = acked.last() {
+        source.ack_through(*last).await?;
         counter!("cem_bridge_messages_acked_total", "connector" => src.name.clone())
-            .increment(prepared.len() as u64);
+            .increment(acked.len() as u64);
     }
     Ok(())
 }

@@ -42,6 +42,17 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// What was being done, for messages that must not carry database text.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Db { op, .. } => op,
+            Self::Open { .. } | Self::UnsupportedUrl(_) | Self::CreateDir { .. } => "open",
+            Self::SchemaTooNew { .. } => "migrate",
+        }
+    }
+}
+
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
 }
@@ -253,6 +264,15 @@ impl Store {
         let store = Self { pool, backend };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// A trivial query: is the database answering?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db("ping"))
     }
 
     pub fn backend(&self) -> Backend {

@@ -474,3 +474,48 @@ async fn shutdown_leaves_unconsumed_messages_on_the_queue() {
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+/// A message whose effects the store refuses (PostgreSQL rejects a NUL byte in text) does not
+/// block the feed: once the store proves healthy, the batch is written message by message,
+/// the refused one is dead-lettered as `poison`, and the others are processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_store_refuses_is_isolated_and_the_feed_goes_on() {
+    let cem = Recorder::start().await;
+    let mut setup = Setup::new("isolate", &cem.url());
+    let (url, db) = pg_database("isolate").await;
+    setup.store_url = Some(url);
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    let good = registrations(2, "iso");
+    // A NUL byte in MSH-10: valid UTF-8, accepted by the decoder, refused by PostgreSQL.
+    let bad = String::from_utf8(good[0].clone())
+        .unwrap()
+        .replace("MSG-iso-00000", "MSG-iso-\u{0}-bad")
+        .into_bytes();
+    publish_many(&setup.queue, &[bad, good[1].clone()]).await;
+
+    let bridge = setup.start().await;
+    let dlq = setup.dlq();
+    wait_for(60, "the refused message dead-lettered", || {
+        let dlq = dlq.clone();
+        async move { (queue_depth(&dlq).await? >= 1).then_some(()) }
+    })
+    .await;
+    let letters = drain(&dlq).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].headers["x-cem-reason"], "poison");
+    wait_for(20, "the good message pushed", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        queue_depth(&setup.queue).await,
+        Some(0),
+        "nothing stuck on the queue"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+    drop_pg_database(&db).await;
+}

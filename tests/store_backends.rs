@@ -11,12 +11,6 @@ use cem_bridge::store::{
 use common::*;
 use sqlx::Executor;
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn pg_admin_url() -> String {
-    std::env::var("PG_URL").unwrap_or_else(|_| PG_ADMIN.to_string())
-}
-
 /// A scratch database on one backend, dropped by `cleanup`.
 struct Db {
     url: String,
@@ -33,25 +27,9 @@ impl Db {
     }
 
     async fn postgres(name: &str) -> Self {
-        sqlx::any::install_default_drivers();
-        let db = unique(&format!("cem_{name}"))
-            .replace('-', "_")
-            .to_lowercase();
-        let admin = sqlx::AnyPool::connect(&pg_admin_url())
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432");
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .await
-            .expect("create database");
-        admin.close().await;
-        let base = pg_admin_url();
-        let root = base
-            .rsplit_once('/')
-            .map(|(r, _)| r.to_string())
-            .unwrap_or(base);
+        let (url, db) = pg_database(name).await;
         Self {
-            url: format!("{root}/{db}"),
+            url,
             pg_name: Some(db),
         }
     }
@@ -63,15 +41,8 @@ impl Db {
     }
 
     async fn cleanup(self) {
-        if let Some(db) = self.pg_name
-            && let Ok(admin) = sqlx::AnyPool::connect(&pg_admin_url()).await
-        {
-            let _ = admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-                )))
-                .await;
-            admin.close().await;
+        if let Some(db) = self.pg_name {
+            drop_pg_database(&db).await;
         }
     }
 }

@@ -198,6 +198,8 @@ pub struct Setup {
     pub extra_source: String,
     pub extra_top: String,
     pub scheduler: String,
+    /// Store URL; a SQLite file in `dir` unless set.
+    pub store_url: Option<String>,
 }
 
 impl Setup {
@@ -212,6 +214,7 @@ impl Setup {
             extra_top: String::new(),
             scheduler: "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n"
                 .into(),
+            store_url: None,
         }
     }
 
@@ -228,7 +231,7 @@ tenant = "test"
 key_env = "CEM_BRIDGE_TEST_KEY"
 key_id = "t1"
 [store]
-url = "sqlite://{db}"
+url = "{store}"
 [[source]]
 name = "adt"
 url = "{amqp}"
@@ -249,7 +252,10 @@ inpatient_template = "IP-SAT-01"
 delay_minutes = 0
 "#,
             extra_top = self.extra_top,
-            db = self.db.display(),
+            store = self
+                .store_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", self.db.display())),
             amqp = amqp_url(),
             queue = self.queue,
             extra_source = self.extra_source,
@@ -509,4 +515,47 @@ pub async fn publish_many(queue: &str, bodies: &[Vec<u8>]) {
         .await
         .expect("publish_all");
     p.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL scratch databases
+
+pub fn pg_admin_url() -> String {
+    std::env::var("PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Create a fresh database on the local PostgreSQL; returns (url, name).
+pub async fn pg_database(name: &str) -> (String, String) {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let db = unique(&format!("cem_{name}"))
+        .replace(['-', '.'], "_")
+        .to_lowercase();
+    let admin = sqlx::AnyPool::connect(&pg_admin_url())
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .expect("create database");
+    admin.close().await;
+    let base = pg_admin_url();
+    let root = base
+        .rsplit_once('/')
+        .map(|(r, _)| r.to_string())
+        .unwrap_or(base);
+    (format!("{root}/{db}"), db)
+}
+
+/// Drop a database made by [`pg_database`] (best effort).
+pub async fn drop_pg_database(db: &str) {
+    use sqlx::Executor;
+    if let Ok(admin) = sqlx::AnyPool::connect(&pg_admin_url()).await {
+        let _ = admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+            )))
+            .await;
+        admin.close().await;
+    }
 }
