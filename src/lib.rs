@@ -10,6 +10,7 @@
 //! - [`shutdown`] — the one signal every task listens to.
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
 
+pub mod bench;
 pub mod config;
 pub mod fault;
 pub mod ingest;

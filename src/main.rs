@@ -1,10 +1,11 @@
-//! `cem-bridge` command line: run, check, publish.
+//! `cem-bridge` command line: run, check, publish, bench.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cem_bridge::bench;
 use cem_bridge::config::{Config, LogFormat};
 use cem_bridge::publish::{PublishRequest, publish_files};
 use cem_bridge::runtime::{self, Secrets};
@@ -66,6 +67,24 @@ enum Cmd {
         /// Files to send, one message each.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Measure throughput on this machine and print the figures (needs RabbitMQ).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Decode+decide in memory, raw RabbitMQ consume+ack, and the bridge's ingest and push rates.
+    Ingest {
+        /// Messages per broker measurement.
+        #[arg(long, default_value_t = bench::DEFAULT_COUNT)]
+        count: usize,
+        /// Broker URL; the bench creates and deletes its own uniquely named queues.
+        #[arg(long, default_value = bench::DEFAULT_AMQP)]
+        amqp: String,
     },
 }
 
@@ -185,6 +204,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             .await?;
             println!("published {n} message(s) to {queue} (persistent, confirmed)");
             Ok(())
+        }
+        Cmd::Bench {
+            what: BenchCmd::Ingest { count, amqp },
+        } => {
+            bench::init_logs();
+            bench::ingest(&bench::IngestBench { count, amqp }).await
         }
     }
 }
