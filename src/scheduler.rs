@@ -13,7 +13,7 @@ use std::time::Duration;
 use cem_connectors::http_sink::SendOutcome;
 use cem_pipeline::survey::idempotency_key;
 use metrics::{counter, histogram};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -21,7 +21,7 @@ use crate::config::SchedulerConfig;
 use crate::fault::{self, Point};
 use crate::shutdown::Shutdown;
 use crate::sink::CemSink;
-use crate::store::{ClaimedJob, Store, now_ms};
+use crate::store::{ClaimedJob, JobOutcome, Store, now_ms};
 
 /// Delay before attempt `attempts + 1`: initial × 2^(attempts−1), capped, with ±20 % jitter
 /// derived from the job id (deterministic, so tests can reason about it).
@@ -39,7 +39,18 @@ pub fn backoff(cfg: &SchedulerConfig, job_id: &str, attempts: i64) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Run until shutdown; in-flight pushes are finished before returning.
+/// A finished push on its way to the outcome recorder; the permit is released once recorded,
+/// so claimed-but-unrecorded jobs stay bounded by `concurrency`.
+struct Finished {
+    job: ClaimedJob,
+    outcome: SendOutcome,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Outcomes written per store transaction at most.
+const RECORD_BATCH: usize = 256;
+
+/// Run until shutdown; in-flight pushes are finished and recorded before returning.
 pub async fn run(
     store: Store,
     sink: CemSink,
@@ -49,6 +60,13 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.concurrency.max(1) * 2);
+    let recorder = tokio::spawn(record_outcomes(
+        store.clone(),
+        cfg.clone(),
+        owner.clone(),
+        done_rx,
+    ));
     let mut tasks = JoinSet::new();
     info!(sink = %sink.describe(), owner = %owner, "scheduler started");
     loop {
@@ -82,11 +100,21 @@ pub async fn run(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let (store, sink, cfg, owner) =
-                (store.clone(), sink.clone(), cfg.clone(), owner.clone());
+            let (sink, done_tx) = (sink.clone(), done_tx.clone());
             tasks.spawn(async move {
-                push_one(&store, &sink, &cfg, &owner, job).await;
-                drop(permit);
+                let outcome = sink
+                    .push(&idempotency_key(&job.job_id), job.payload.as_bytes())
+                    .await;
+                if matches!(outcome, SendOutcome::Accepted { .. }) {
+                    fault::hit(Point::AfterPush);
+                }
+                let _ = done_tx
+                    .send(Finished {
+                        job,
+                        outcome,
+                        _permit: permit,
+                    })
+                    .await;
             });
         }
         if got == 0 {
@@ -96,75 +124,140 @@ pub async fn run(
                 _ = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = shutdown.wait() => {}
             }
+        } else if free > 0 && got < free.min(cfg.claim_batch) as usize {
+            // Fewer due jobs than capacity: wait for new work instead of re-polling at once.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(cfg.poll_interval_ms)) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.wait() => {}
+            }
+        } else if permits.available_permits() == 0 {
+            // All permits busy: wait until one comes back.
+            tokio::select! {
+                _ = permits.clone().acquire_owned() => {}
+                _ = shutdown.wait() => {}
+            }
         }
     }
     while tasks.join_next().await.is_some() {}
+    drop(done_tx);
+    let _ = recorder.await;
     info!("scheduler stopped");
 }
 
-async fn push_one(
-    store: &Store,
-    sink: &CemSink,
+/// What the store should record for a push, given the job's attempts so far.
+fn decide_outcome(
     cfg: &SchedulerConfig,
-    owner: &str,
-    job: ClaimedJob,
-) {
-    let key = idempotency_key(&job.job_id);
-    let outcome = sink.push(&key, job.payload.as_bytes()).await;
-    counter!("cem_bridge_sink_requests_total", "sink" => "cem", "outcome" => outcome.label())
-        .increment(1);
-    let now = now_ms();
-    let result = match &outcome {
-        SendOutcome::Accepted { status } => {
-            fault::hit(Point::AfterPush);
-            let r = store.mark_sent(&job.job_id, owner, now, *status).await;
-            if let Ok(true) = r {
-                counter!("cem_bridge_survey_decisions_total", "decision" => "sent", "reason" => "sent").increment(1);
-                histogram!("cem_bridge_survey_send_delay_seconds", "template" => job.template.clone())
-                    .record(((now - job.due_at).max(0) as f64) / 1000.0);
-                info!(job_id = %job.job_id, message_id = %job.message_id, status, attempt = job.attempts, "survey pushed");
+    job: &ClaimedJob,
+    outcome: &SendOutcome,
+    now: i64,
+) -> JobOutcome {
+    let job_id = job.job_id.clone();
+    match outcome {
+        SendOutcome::Accepted { status } => JobOutcome::Sent {
+            job_id,
+            status: *status,
+        },
+        SendOutcome::Retryable { status, detail, .. }
+            if job.attempts >= i64::from(cfg.max_attempts) =>
+        {
+            JobOutcome::Dead {
+                job_id,
+                status: *status,
+                reason: "max_attempts",
+                error: detail.clone(),
             }
-            r.map(|_| ())
         }
         SendOutcome::Retryable {
             status,
             retry_after,
             detail,
         } => {
-            if job.attempts >= i64::from(cfg.max_attempts) {
-                warn!(job_id = %job.job_id, attempts = job.attempts, detail = %detail, "survey push failed too often; job is dead");
-                counter!("cem_bridge_survey_decisions_total", "decision" => "dead", "reason" => "max_attempts").increment(1);
-                store
-                    .mark_dead(&job.job_id, owner, now, *status, "max_attempts", detail)
-                    .await
-            } else {
-                let wait = retry_after
-                    .map(|r| r.max(Duration::from_millis(cfg.backoff_initial_ms)))
-                    .unwrap_or_else(|| backoff(cfg, &job.job_id, job.attempts));
-                debug!(job_id = %job.job_id, attempt = job.attempts, detail = %detail, retry_in_ms = wait.as_millis() as u64, "survey push will be retried");
-                store
-                    .reschedule(
-                        &job.job_id,
-                        owner,
-                        now,
-                        now + wait.as_millis() as i64,
-                        *status,
-                        detail,
-                    )
-                    .await
+            let wait = retry_after
+                .map(|r| r.max(Duration::from_millis(cfg.backoff_initial_ms)))
+                .unwrap_or_else(|| backoff(cfg, &job.job_id, job.attempts));
+            JobOutcome::Retry {
+                job_id,
+                next_at: now + wait.as_millis() as i64,
+                status: *status,
+                error: detail.clone(),
             }
         }
-        SendOutcome::Permanent { status, detail } => {
-            warn!(job_id = %job.job_id, status, detail = %detail, "CEM refused the survey push; job is dead");
-            counter!("cem_bridge_survey_decisions_total", "decision" => "dead", "reason" => "rejected").increment(1);
-            store
-                .mark_dead(&job.job_id, owner, now, Some(*status), "rejected", detail)
-                .await
+        SendOutcome::Permanent { status, detail } => JobOutcome::Dead {
+            job_id,
+            status: Some(*status),
+            reason: "rejected",
+            error: detail.clone(),
+        },
+    }
+}
+
+/// Collect finished pushes and record them in batches (one transaction each).
+async fn record_outcomes(
+    store: Store,
+    cfg: SchedulerConfig,
+    owner: String,
+    mut rx: mpsc::Receiver<Finished>,
+) {
+    let mut batch: Vec<Finished> = Vec::with_capacity(RECORD_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
         }
-    };
-    if let Err(e) = result {
-        // The lease expires and the job is claimed again; the idempotency key makes that safe.
-        warn!(job_id = %job.job_id, error = %e, "cannot record the push outcome; the job will be retried after its lease");
+        let now = now_ms();
+        let outcomes: Vec<JobOutcome> = batch
+            .iter()
+            .map(|f| decide_outcome(&cfg, &f.job, &f.outcome, now))
+            .collect();
+        match store.record_outcomes(&owner, now, &outcomes).await {
+            Ok(applied) => {
+                for ((f, o), ok) in batch.iter().zip(&outcomes).zip(applied) {
+                    observe(f, o, ok, now);
+                }
+            }
+            Err(e) => {
+                // The leases expire and the jobs are claimed again; the idempotency key makes
+                // a repeated push safe.
+                warn!(jobs = batch.len(), error = %e, "cannot record push outcomes; the jobs will be retried after their lease");
+            }
+        }
+        batch.clear(); // releases the permits
+    }
+}
+
+/// Metrics and logs for one recorded outcome.
+fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
+    let job = &f.job;
+    counter!("cem_bridge_sink_requests_total", "sink" => "cem", "outcome" => f.outcome.label())
+        .increment(1);
+    if !applied {
+        debug!(job_id = %job.job_id, "outcome not recorded: the lease had passed to another claim");
+        return;
+    }
+    match o {
+        JobOutcome::Sent { status, .. } => {
+            counter!("cem_bridge_survey_decisions_total", "decision" => "sent", "reason" => "sent")
+                .increment(1);
+            histogram!("cem_bridge_survey_send_delay_seconds", "template" => job.template.clone())
+                .record(((now - job.due_at).max(0) as f64) / 1000.0);
+            info!(job_id = %job.job_id, message_id = %job.message_id, status, attempt = job.attempts, "survey pushed");
+        }
+        JobOutcome::Retry { next_at, error, .. } => {
+            debug!(job_id = %job.job_id, attempt = job.attempts, detail = %error, retry_in_ms = next_at - now, "survey push will be retried");
+        }
+        JobOutcome::Dead {
+            reason,
+            error,
+            status,
+            ..
+        } => {
+            counter!("cem_bridge_survey_decisions_total", "decision" => "dead", "reason" => *reason).increment(1);
+            warn!(job_id = %job.job_id, attempts = job.attempts, status = ?status, reason, detail = %error, "survey push given up; job is dead");
+        }
     }
 }
 

@@ -160,6 +160,27 @@ pub struct ClaimedJob {
     pub message_id: String,
 }
 
+/// What a push came to, as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Accepted by the CEM (2xx passing the success rule, or 409).
+    Sent { job_id: String, status: u16 },
+    /// Try again at `next_at`.
+    Retry {
+        job_id: String,
+        next_at: i64,
+        status: Option<u16>,
+        error: String,
+    },
+    /// Given up: `rejected` (permanent 4xx) or `max_attempts`.
+    Dead {
+        job_id: String,
+        status: Option<u16>,
+        reason: &'static str,
+        error: String,
+    },
+}
+
 /// A job as stored (for tests, `trace` and the ops page).
 #[derive(Debug, Clone)]
 pub struct JobRow {
@@ -380,6 +401,92 @@ impl Store {
             .map_err(db("read claimed jobs"))
     }
 
+    /// Record the outcomes of many pushes in one transaction (one fsync, one write lock).
+    /// Each applies only while `owner` still holds the job's lease; the result says which did.
+    pub async fn record_outcomes(
+        &self,
+        owner: &str,
+        now: i64,
+        outcomes: &[JobOutcome],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut applied = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            let n = match o {
+                JobOutcome::Sent { job_id, status } => sqlx::query(
+                    "UPDATE survey_jobs SET status = 'sent', sent_at = $1, updated_at = $1, last_status = $2, \
+                     locked_until = 0, last_error = NULL WHERE job_id = $3 AND lock_owner = $4 AND status = 'pending'",
+                )
+                .bind(now)
+                .bind(i64::from(*status))
+                .bind(job_id.as_str())
+                .bind(owner),
+                JobOutcome::Retry { job_id, next_at, status, error } => sqlx::query(
+                    "UPDATE survey_jobs SET next_attempt_at = $1, locked_until = 0, updated_at = $2, \
+                     last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
+                )
+                .bind(*next_at)
+                .bind(now)
+                .bind(status.map(i64::from))
+                .bind(error.as_str())
+                .bind(job_id.as_str())
+                .bind(owner),
+                JobOutcome::Dead { job_id, status, reason, error } => sqlx::query(
+                    "UPDATE survey_jobs SET status = 'dead', reason = $1, locked_until = 0, updated_at = $2, \
+                     last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
+                )
+                .bind(*reason)
+                .bind(now)
+                .bind(status.map(i64::from))
+                .bind(error.as_str())
+                .bind(job_id.as_str())
+                .bind(owner),
+            }
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(db("record push outcome"))?
+            .rows_affected();
+            if n == 1 {
+                let (job_id, action, rule, reason, detail) = match o {
+                    JobOutcome::Sent { job_id, status } => (
+                        job_id,
+                        "sent",
+                        Some("R-SRV-5"),
+                        None,
+                        format!("HTTP {status}"),
+                    ),
+                    JobOutcome::Retry { job_id, error, .. } => {
+                        (job_id, "retry", None, None, error.clone())
+                    }
+                    JobOutcome::Dead {
+                        job_id,
+                        reason,
+                        error,
+                        ..
+                    } => (
+                        job_id,
+                        "dead",
+                        Some("R-SRV-6"),
+                        Some(*reason),
+                        error.clone(),
+                    ),
+                };
+                tx.audit(&AuditEntry {
+                    job_id: Some(job_id),
+                    action,
+                    rule,
+                    reason,
+                    detail: Some(&detail),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            applied.push(n == 1);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
     /// The CEM accepted the job: mark it sent (only if this owner still holds it).
     pub async fn mark_sent(
         &self,
@@ -388,31 +495,11 @@ impl Store {
         now: i64,
         status: u16,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE survey_jobs SET status = 'sent', sent_at = $1, updated_at = $1, last_status = $2, \
-             locked_until = 0, last_error = NULL WHERE job_id = $3 AND lock_owner = $4 AND status = 'pending'",
-        )
-        .bind(now)
-        .bind(i64::from(status))
-        .bind(job_id)
-        .bind(owner)
-        .execute(&mut *tx.tx)
-        .await
-        .map_err(db("mark job sent"))?
-        .rows_affected();
-        if n == 1 {
-            tx.audit(&AuditEntry {
-                job_id: Some(job_id),
-                action: "sent",
-                rule: Some("R-SRV-5"),
-                detail: Some(&format!("HTTP {status}")),
-                ..Default::default()
-            })
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        let o = JobOutcome::Sent {
+            job_id: job_id.to_string(),
+            status,
+        };
+        Ok(self.record_outcomes(owner, now, &[o]).await?[0])
     }
 
     /// A retryable failure: try again at `next_at`.
@@ -425,28 +512,13 @@ impl Store {
         status: Option<u16>,
         error: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE survey_jobs SET next_attempt_at = $1, locked_until = 0, updated_at = $2, \
-             last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
-        )
-        .bind(next_at)
-        .bind(now)
-        .bind(status.map(i64::from))
-        .bind(error)
-        .bind(job_id)
-        .bind(owner)
-        .execute(&mut *tx.tx)
-        .await
-        .map_err(db("reschedule job"))?;
-        tx.audit(&AuditEntry {
-            job_id: Some(job_id),
-            action: "retry",
-            detail: Some(error),
-            ..Default::default()
-        })
-        .await?;
-        tx.commit().await
+        let o = JobOutcome::Retry {
+            job_id: job_id.to_string(),
+            next_at,
+            status,
+            error: error.to_string(),
+        };
+        self.record_outcomes(owner, now, &[o]).await.map(|_| ())
     }
 
     /// A permanent failure or too many attempts: the job is `dead(reason)`.
@@ -456,33 +528,16 @@ impl Store {
         owner: &str,
         now: i64,
         status: Option<u16>,
-        reason: &str,
+        reason: &'static str,
         error: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE survey_jobs SET status = 'dead', reason = $1, locked_until = 0, updated_at = $2, \
-             last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(status.map(i64::from))
-        .bind(error)
-        .bind(job_id)
-        .bind(owner)
-        .execute(&mut *tx.tx)
-        .await
-        .map_err(db("mark job dead"))?;
-        tx.audit(&AuditEntry {
-            job_id: Some(job_id),
-            action: "dead",
-            rule: Some("R-SRV-6"),
-            reason: Some(reason),
-            detail: Some(error),
-            ..Default::default()
-        })
-        .await?;
-        tx.commit().await
+        let o = JobOutcome::Dead {
+            job_id: job_id.to_string(),
+            status,
+            reason,
+            error: error.to_string(),
+        };
+        self.record_outcomes(owner, now, &[o]).await.map(|_| ())
     }
 
     pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {

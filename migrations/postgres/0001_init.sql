@@ -34,7 +34,7 @@ CREATE TABLE survey_jobs (
     last_status     BIGINT,
     last_error      TEXT
 );
-CREATE INDEX survey_jobs_claim ON survey_jobs (status, next_attempt_at);
+CREATE INDEX survey_jobs_claim ON survey_jobs (status, next_attempt_at, job_id);
 
 -- R-GEN-2: every decision with its rule and reason.
 CREATE TABLE audit (
