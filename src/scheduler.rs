@@ -39,8 +39,8 @@ pub fn backoff(cfg: &SchedulerConfig, job_id: &str, attempts: i64) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// A finished push on its way to the outcome recorder; the permit is released once recorded,
-/// so claimed-but-unrecorded jobs stay bounded by `concurrency`.
+/// A finished push on its way to the outcome recorder; its claim slot is released once the
+/// outcome is recorded, so claimed-but-unrecorded jobs stay bounded.
 struct Finished {
     job: ClaimedJob,
     outcome: SendOutcome,
@@ -59,8 +59,10 @@ pub async fn run(
     wake: Arc<Notify>,
     mut shutdown: Shutdown,
 ) {
-    let permits = Arc::new(Semaphore::new(cfg.concurrency));
-    let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.concurrency.max(1) * 2);
+    // `slots` bounds jobs claimed but not yet recorded; `http` bounds pushes in flight.
+    let slots = Arc::new(Semaphore::new(cfg.claim_batch as usize * 2));
+    let http = Arc::new(Semaphore::new(cfg.concurrency));
+    let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.claim_batch as usize * 2);
     let recorder = tokio::spawn(record_outcomes(
         store.clone(),
         cfg.clone(),
@@ -74,18 +76,13 @@ pub async fn run(
             break;
         }
         while tasks.try_join_next().is_some() {}
-        let free = permits.available_permits() as u32;
+        let want = (slots.available_permits() as u32).min(cfg.claim_batch);
         let now = now_ms();
-        let claimed = if free == 0 {
+        let claimed = if want == 0 {
             Vec::new()
         } else {
             match store
-                .claim_due(
-                    &owner,
-                    now,
-                    now + cfg.lease_ms as i64,
-                    free.min(cfg.claim_batch),
-                )
+                .claim_due(&owner, now, now + cfg.lease_ms as i64, want)
                 .await
             {
                 Ok(j) => j,
@@ -97,14 +94,18 @@ pub async fn run(
         };
         let got = claimed.len();
         for job in claimed {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
-            let (sink, done_tx) = (sink.clone(), done_tx.clone());
+            let (sink, done_tx, http) = (sink.clone(), done_tx.clone(), http.clone());
             tasks.spawn(async move {
-                let outcome = sink
-                    .push(&idempotency_key(&job.job_id), job.payload.as_bytes())
-                    .await;
+                let outcome = match http.acquire_owned().await {
+                    Ok(_in_flight) => {
+                        sink.push(&idempotency_key(&job.job_id), job.payload.as_bytes())
+                            .await
+                    }
+                    Err(_) => return,
+                };
                 if matches!(outcome, SendOutcome::Accepted { .. }) {
                     fault::hit(Point::AfterPush);
                 }
@@ -112,29 +113,22 @@ pub async fn run(
                     .send(Finished {
                         job,
                         outcome,
-                        _permit: permit,
+                        _permit: slot,
                     })
                     .await;
             });
         }
-        if got == 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(cfg.poll_interval_ms)) => {}
-                _ = wake.notified() => {}
-                _ = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = shutdown.wait() => {}
-            }
-        } else if free > 0 && got < free.min(cfg.claim_batch) as usize {
-            // Fewer due jobs than capacity: wait for new work instead of re-polling at once.
+        if want > 0 && got < want as usize {
+            // Every due job is claimed: wait for new work (or the next due time).
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(cfg.poll_interval_ms)) => {}
                 _ = wake.notified() => {}
                 _ = shutdown.wait() => {}
             }
-        } else if permits.available_permits() == 0 {
-            // All permits busy: wait until one comes back.
+        } else if want == 0 {
+            // All slots taken: wait until an outcome is recorded.
             tokio::select! {
-                _ = permits.clone().acquire_owned() => {}
+                _ = slots.clone().acquire_owned() => {}
                 _ = shutdown.wait() => {}
             }
         }
