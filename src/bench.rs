@@ -30,10 +30,12 @@ use cem_connectors::amqp::{
 };
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::decode::{DecodeOptions, decode};
-use cem_pipeline::survey::{SurveyDecision, SurveyRules, decide};
+use cem_pipeline::policy::SurveyPolicy;
+use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
+
+use crate::clock::Clock;
 use futures_lite::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use jiff::SignedDuration;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
     ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -262,15 +264,13 @@ fn check_stop(stop: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn survey_rules() -> SurveyRules {
-    SurveyRules {
-        tenant: "bench".into(),
-        outpatient_template: "OP-SAT-01".into(),
-        inpatient_template: "IP-SAT-01".into(),
-        channel: "sms".into(),
-        delay: SignedDuration::ZERO,
-        zone: cem_pipeline::time::default_zone(),
-    }
+/// The instant the bench's clock starts at: the day after the A04 sample's visit, so its
+/// survey is due at once and not yet stale.
+const BENCH_CLOCK_START: &str = "2026-11-21T10:30:00+08:00";
+
+fn bench_clock() -> anyhow::Result<Clock> {
+    let start: jiff::Timestamp = BENCH_CLOCK_START.parse().context("the bench clock start")?;
+    Ok(Clock::starting_at(start))
 }
 
 /// Calls per second of `f` on this thread over about `PURE_ROUND`.
@@ -304,11 +304,18 @@ fn best_rates(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
 fn pure_pipeline() -> anyhow::Result<Pure> {
     let text = std::str::from_utf8(A04).context("the built-in A04 sample is not UTF-8")?;
     let opts = DecodeOptions::default();
-    let rules = survey_rules();
+    let policy = SurveyPolicy::default();
     let pseudo = Pseudonymizer::new(BENCH_KEY, "bench").context("the bench pseudonym key")?;
+    let zone = cem_pipeline::time::default_zone();
+    let ctx = SurveyContext {
+        tenant: "bench",
+        zone: &zone,
+        pseudo: &pseudo,
+        now: bench_clock()?.now(),
+    };
     // Measure the path the bridge takes for this message, not a rejection.
     match decode(A04, &opts) {
-        Ok((_, event)) => match decide(&event, &rules, &pseudo) {
+        Ok((_, event)) => match decide(&event, &policy, &ctx) {
             SurveyDecision::Schedule(_) => {}
             SurveyDecision::Suppress { reason, .. } | SurveyDecision::Record { reason } => {
                 bail!(
@@ -333,7 +340,7 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
             ));
         },
         || {
-            let r = decode(black_box(A04), &opts).map(|(_, e)| decide(&e, &rules, &pseudo));
+            let r = decode(black_box(A04), &opts).map(|(_, e)| decide(&e, &policy, &ctx));
             let _ = black_box(r);
         },
     );
@@ -492,10 +499,6 @@ batch_size = {BRIDGE_BATCH}
 [cem]
 mode = "shadow"
 shadow_file = {shadow}
-[surveys]
-outpatient_template = "OP-SAT-01"
-inpatient_template = "IP-SAT-01"
-delay_minutes = 0
 "#,
         store = toml_str(&format!("sqlite://{}", db.display())),
         amqp = toml_str(&args.amqp),
@@ -558,12 +561,13 @@ async fn bridge_ingest(
     let cfg = bridge_config(args, names)?;
     let scheduler = cfg.scheduler.clone();
     let t = Instant::now();
-    let bridge = runtime::start(
+    let bridge = runtime::start_with_clock(
         cfg,
         Secrets {
             pseudonym_key: Some(BENCH_KEY.to_vec()),
             cem_token: None,
         },
+        bench_clock()?,
     )
     .await
     .context("starting the bridge")?;

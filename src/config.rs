@@ -42,7 +42,9 @@ pub struct Config {
     pub cem: CemConfig,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
-    pub surveys: SurveysConfig,
+    /// Survey policy (R-SRV, R-EXC); every key has the default of the domain rules.
+    #[serde(default)]
+    pub surveys: cem_pipeline::policy::SurveyPolicy,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -227,22 +229,6 @@ impl Default for SchedulerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SurveysConfig {
-    pub outpatient_template: String,
-    pub inpatient_template: String,
-    #[serde(default = "default_channel")]
-    pub channel: String,
-    /// Minutes after the anchor time (visit start / discharge).
-    #[serde(default)]
-    pub delay_minutes: i64,
-}
-
-fn default_channel() -> String {
-    "sms".into()
-}
-
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -361,19 +347,11 @@ impl Config {
                 "concurrency and claim_batch must be ≥ 1".into(),
             ));
         }
-        for (k, v) in [
-            (
-                "surveys.outpatient_template",
-                &self.surveys.outpatient_template,
-            ),
-            (
-                "surveys.inpatient_template",
-                &self.surveys.inpatient_template,
-            ),
-        ] {
-            if v.trim().is_empty() {
-                return Err(bad(k, "must name a CEM template id".into()));
-            }
+        if let Some(first) = self.surveys.check().into_iter().next() {
+            let (field, message) = first
+                .split_once(": ")
+                .unwrap_or(("surveys", first.as_str()));
+            return Err(bad(field, message.to_string()));
         }
         Ok(())
     }
@@ -418,9 +396,6 @@ url = "amqp://127.0.0.1"
 queue = "q"
 [cem]
 mode = "shadow"
-[surveys]
-outpatient_template = "OP-SAT-01"
-inpatient_template = "IP-SAT-01"
 "#;
 
     #[test]

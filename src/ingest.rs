@@ -14,14 +14,16 @@ use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueTy
 use cem_pipeline::anonymize::{Pseudonymizer, hex};
 use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
 use cem_pipeline::event::PatientEvent;
+use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
-use cem_pipeline::survey::{SurveyDecision, SurveyRules, decide};
+use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
 use jiff::tz::TimeZone;
 use metrics::{counter, histogram};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::clock::Clock;
 use crate::config::{QueueTypeConfig, SourceConfig};
 use crate::fault::{self, Point};
 use crate::shutdown::Shutdown;
@@ -33,8 +35,10 @@ use crate::store::{
 pub struct IngestContext {
     pub store: Store,
     pub pseudo: Pseudonymizer,
-    pub rules: SurveyRules,
+    pub tenant: String,
+    pub policy: SurveyPolicy,
     pub zone: TimeZone,
+    pub clock: Clock,
     /// Woken after a commit that created jobs, so due jobs go out without waiting for a poll.
     pub scheduler_wake: Arc<Notify>,
 }
@@ -179,16 +183,23 @@ fn prepare(
             ),
         ))
     } else {
+        let now = ctx.clock.now();
         let opts = DecodeOptions {
             max_bytes: src.max_message_bytes,
             default_charset: Charset::from_label(&src.charset).unwrap_or_default(),
             zone: ctx.zone.clone(),
-            now: jiff::Timestamp::now(),
+            now,
+        };
+        let survey = SurveyContext {
+            tenant: &ctx.tenant,
+            zone: &ctx.zone,
+            pseudo: &ctx.pseudo,
+            now,
         };
         // Defence in depth: a panic in a decoder must not take the process down.
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
             decode(&msg.body, &opts).map(|(f, e)| {
-                let d = decide(&e, &ctx.rules, &ctx.pseudo);
+                let d = decide(&e, &ctx.policy, &survey);
                 (f, e, d)
             })
         })) {

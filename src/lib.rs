@@ -2,6 +2,7 @@
 //!
 //! The work lives in two crates: `cem-pipeline` (pure: decode, anonymise, decide) and
 //! `cem-connectors` (I/O edges: RabbitMQ, HTTP). This crate wires them:
+//! - [`clock`] — the injectable clock every time rule reads.
 //! - [`config`] — `bridge.toml`, typed and checked.
 //! - [`store`] — SQLite/PostgreSQL through sqlx `Any`: dedupe, jobs, audit, dead letters.
 //! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
@@ -11,6 +12,7 @@
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
 
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod fault;
 pub mod ingest;

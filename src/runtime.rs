@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cem_pipeline::anonymize::Pseudonymizer;
-use cem_pipeline::survey::SurveyRules;
-use jiff::SignedDuration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::ingest::{IngestContext, run_source};
 use crate::shutdown::{self, ShutdownTrigger};
@@ -100,8 +99,20 @@ fn instance_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Start every task. Fails fast (before consuming anything) on a bad key, store or sink.
+/// Start every task on the clock of `CEM_BRIDGE_CLOCK_START` (else the system clock).
 pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
+    start_with_clock(cfg, secrets, Clock::from_env()?).await
+}
+
+/// Start every task. Fails fast (before consuming anything) on a bad key, store or sink.
+pub async fn start_with_clock(
+    cfg: Config,
+    secrets: Secrets,
+    clock: Clock,
+) -> anyhow::Result<Bridge> {
+    if clock.is_shifted() {
+        warn!(now = %clock.now(), "the clock is shifted (CEM_BRIDGE_CLOCK_START): for tests and demos only");
+    }
     let pseudo = pseudonymizer(&cfg, &secrets)?;
     let store = Store::open(
         &cfg.store.url,
@@ -117,15 +128,10 @@ pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
     let ctx = Arc::new(IngestContext {
         store: store.clone(),
         pseudo,
-        rules: SurveyRules {
-            tenant: cfg.tenant.clone(),
-            outpatient_template: cfg.surveys.outpatient_template.clone(),
-            inpatient_template: cfg.surveys.inpatient_template.clone(),
-            channel: cfg.surveys.channel.clone(),
-            delay: SignedDuration::from_mins(cfg.surveys.delay_minutes),
-            zone: zone.clone(),
-        },
+        tenant: cfg.tenant.clone(),
+        policy: cfg.surveys.clone(),
         zone,
+        clock,
         scheduler_wake: Arc::new(Notify::new()),
     });
     let (trigger, _) = shutdown::channel();
@@ -146,6 +152,7 @@ pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
         store.clone(),
         sink,
         cfg.scheduler.clone(),
+        clock,
         instance,
         ctx.scheduler_wake.clone(),
         trigger.subscribe(),

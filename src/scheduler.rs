@@ -17,11 +17,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::clock::Clock;
 use crate::config::SchedulerConfig;
 use crate::fault::{self, Point};
 use crate::shutdown::Shutdown;
 use crate::sink::CemSink;
-use crate::store::{ClaimedJob, JobOutcome, Store, now_ms};
+use crate::store::{ClaimedJob, JobOutcome, Store};
 
 /// Delay before attempt `attempts + 1`: initial × 2^(attempts−1), capped, with ±20 % jitter
 /// derived from the job id (deterministic, so tests can reason about it).
@@ -55,6 +56,7 @@ pub async fn run(
     store: Store,
     sink: CemSink,
     cfg: SchedulerConfig,
+    clock: Clock,
     owner: String,
     wake: Arc<Notify>,
     mut shutdown: Shutdown,
@@ -66,6 +68,7 @@ pub async fn run(
     let recorder = tokio::spawn(record_outcomes(
         store.clone(),
         cfg.clone(),
+        clock,
         owner.clone(),
         done_rx,
     ));
@@ -77,7 +80,7 @@ pub async fn run(
         }
         while tasks.try_join_next().is_some() {}
         let want = (slots.available_permits() as u32).min(cfg.claim_batch);
-        let now = now_ms();
+        let now = clock.now_ms();
         let claimed = if want == 0 {
             Vec::new()
         } else {
@@ -190,6 +193,7 @@ fn decide_outcome(
 async fn record_outcomes(
     store: Store,
     cfg: SchedulerConfig,
+    clock: Clock,
     owner: String,
     mut rx: mpsc::Receiver<Finished>,
 ) {
@@ -202,7 +206,7 @@ async fn record_outcomes(
                 Err(_) => break,
             }
         }
-        let now = now_ms();
+        let now = clock.now_ms();
         let outcomes: Vec<JobOutcome> = batch
             .iter()
             .map(|f| decide_outcome(&cfg, &f.job, &f.outcome, now))

@@ -36,8 +36,12 @@ async fn a03_sample_gives_one_push_with_expected_fields_and_no_personal_data() {
     let r = &reqs_after[0];
     let b = &r.json;
     assert_eq!(
-        b["templateId"], "IP-SAT-01",
-        "R-SRV-1: A03 → inpatient survey"
+        b["templateId"], "IP-SURG-01",
+        "R-SRV-1: A03 on the surgical ward CAT02"
+    );
+    assert_eq!(
+        b["dueAt"], "2026-11-21T10:30:00+08:00",
+        "R-SRV-2/4: due 10:00 the day after discharge; processed late, so at once"
     );
     assert_eq!(b["channel"], "sms");
     assert_eq!(b["keyId"], "t1");
@@ -269,7 +273,7 @@ async fn every_bad_input_is_dead_lettered_with_a_reason_and_consuming_continues(
         async move {
             cem.accepted()
                 .iter()
-                .any(|r| r.json["templateId"] == "IP-SAT-01")
+                .any(|r| r.json["templateId"] == "IP-SURG-01")
                 .then_some(())
         }
     })

@@ -182,6 +182,12 @@ pub struct Patient {
     pub city: Option<String>,
     /// PID-30 = Y or PID-29 set (R-EXC-1).
     pub deceased: bool,
+    /// PD1-11 publicity code, raw (R-EXC-5).
+    pub publicity_code: Option<String>,
+    /// PD1-12 protection indicator = Y (R-EXC-5).
+    pub protected: bool,
+    /// First NK1 with relationship MTH/FTH/PAR/GRD and a valid mobile (R-EXC-6, R-GEN-3).
+    pub guardian_mobile: Option<Pii<String>>,
 }
 
 /// The visit (门诊) or stay (住院) the event belongs to.
@@ -202,6 +208,8 @@ pub struct Visit {
     pub discharge: Option<Timestamp>,
     /// PV1-36 raw code (R-EXC-8).
     pub disposition: Option<String>,
+    /// PV1-16 VIP indicator, raw (R-EXC-5).
+    pub vip_indicator: Option<String>,
 }
 
 /// Non-fatal findings counted as `cem_bridge_identity_warnings_total{kind}`.

@@ -20,6 +20,7 @@ pub mod anonymize;
 pub mod decode;
 pub mod event;
 pub mod identifiers;
+pub mod policy;
 pub mod reason;
 pub mod survey;
 pub mod time;

@@ -1,34 +1,53 @@
-//! Survey decisions for the foundation slice: which survey an event triggers, when, or why not,
-//! and the anonymised CEM dispatch payload (R-SRV-1/2/5 in part, R-EXC-1, R-EVT-5, R-ANO-1/7).
+//! Survey decisions: which survey an event triggers (R-SRV-1), when (R-SRV-2..4), or which
+//! exclusion stops it (R-EVT-5, R-EXC-1..8, checked in the order of domain rules §2.2, the first
+//! match being the recorded reason), and the anonymised CEM dispatch payload (R-ANO-1, R-ANO-7).
 //!
-//! The slice's rules: REGISTERED with class O → the outpatient template; DISCHARGED with class I
-//! → the inpatient template; due = anchor (PV1-44 resp. PV1-45, else the event time) + a
-//! configured delay. Quiet hours, DND, cancellations and the other exclusions come with the
-//! survey engine.
+//! Not decided here, because they need stored state: do-not-disturb (R-DND, at send time in the
+//! store), cancellations and merges (R-CAN), persisted deceased flags, opt-out and staff lists.
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::anonymize::{Pseudonymizer, age_band, hex, mask_name};
-use crate::event::{EventKind, PatientClass, PatientEvent};
+use crate::anonymize::{Pseudonymizer, age_band, age_on, hex, mask_name};
+use crate::event::{EventKind, PatientEvent};
+use crate::policy::{RuleEvent, SurveyPolicy};
 use crate::time::{rfc3339_in, truncate_to_hour};
 
-/// Slice survey rules (from config).
-#[derive(Debug, Clone)]
-pub struct SurveyRules {
-    pub tenant: String,
-    pub outpatient_template: String,
-    pub inpatient_template: String,
-    pub channel: String,
-    /// Added to the anchor time.
-    pub delay: SignedDuration,
-    pub zone: TimeZone,
+/// What a decision needs besides the event and the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct SurveyContext<'a> {
+    pub tenant: &'a str,
+    pub zone: &'a TimeZone,
+    pub pseudo: &'a Pseudonymizer,
+    /// Processing time (injectable clock).
+    pub now: Timestamp,
 }
 
-/// Disposition codes (UB-04) of class DEATH (R-EXC-8).
-pub const DEATH_DISPOSITIONS: [&str; 4] = ["20", "40", "41", "42"];
+/// Discharge disposition classes of R-EXC-8 (UB-04 codes, as the samples use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispositionClass {
+    Routine,
+    Transfer,
+    Death,
+    StillIn,
+}
+
+impl DispositionClass {
+    /// Class of a PV1-36 code; `None` for a code the table does not know (counted
+    /// `unknown_disposition`, treated as ROUTINE).
+    pub fn of_ub04(code: &str) -> Option<Self> {
+        Some(match code {
+            "01" | "06" | "07" => Self::Routine,
+            "02" | "03" | "04" | "05" | "43" | "50" | "51" | "61" | "62" | "63" | "64" | "65"
+            | "66" | "70" => Self::Transfer,
+            "20" | "40" | "41" | "42" => Self::Death,
+            "30" => Self::StillIn,
+            _ => return None,
+        })
+    }
+}
 
 /// What to do with an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +72,10 @@ pub struct SurveyJob {
     pub due_at: Timestamp,
     pub patient_key: String,
     pub visit_key: String,
+    /// `ik_…` of a valid 身份证号 (R-DND-1).
+    pub id_card_key: Option<String>,
+    /// `mk_…` of the mobile the survey goes to (the guardian's for minors) (R-DND-1).
+    pub mobile_key: String,
     pub payload: SurveyDispatch,
 }
 
@@ -126,63 +149,169 @@ pub fn job_id(tenant: &str, visit_key: &str, template: &str) -> String {
     hex(&h.finalize()[..16])
 }
 
+fn suppress(reason: &'static str, rule: &'static str) -> SurveyDecision {
+    SurveyDecision::Suppress { reason, rule }
+}
+
+/// The due time of R-SRV-2..3, and the stale deadline of R-SRV-4, for a visit event.
+fn due_and_stale(
+    event: &PatientEvent,
+    visit: &crate::event::Visit,
+    policy: &SurveyPolicy,
+    zone: &TimeZone,
+    now: Timestamp,
+) -> (Timestamp, Timestamp, Timestamp) {
+    let (anchor, due, stale_after) = if event.kind == EventKind::Registered {
+        let anchor = visit.start.unwrap_or(event.event_time);
+        let due = anchor
+            .checked_add(SignedDuration::from_mins(policy.outpatient_delay_minutes))
+            .unwrap_or(anchor);
+        let stale = anchor
+            .checked_add(SignedDuration::from_hours(policy.stale_outpatient_hours))
+            .unwrap_or(anchor);
+        (anchor, due, stale)
+    } else {
+        let anchor = visit.discharge.unwrap_or(event.event_time);
+        let day = anchor.to_zoned(zone.clone()).date();
+        let due = day
+            .tomorrow()
+            .ok()
+            .and_then(|d| {
+                d.to_datetime(policy.inpatient_send_time)
+                    .to_zoned(zone.clone())
+                    .ok()
+            })
+            .map(|z| z.timestamp())
+            .unwrap_or(anchor);
+        let stale = anchor
+            .checked_add(SignedDuration::from_hours(policy.stale_inpatient_days * 24))
+            .unwrap_or(anchor);
+        (anchor, due, stale)
+    };
+    // R-SRV-4: a due time in the past means "at the next allowed time after processing".
+    let due = shift_out_of_quiet_hours(due.max(now), policy, zone);
+    (anchor, due, stale_after)
+}
+
+/// R-SRV-3: a time inside the quiet hours moves to `resume` — the same morning if it is before
+/// the end of the quiet hours, else the next morning.
+pub fn shift_out_of_quiet_hours(t: Timestamp, policy: &SurveyPolicy, zone: &TimeZone) -> Timestamp {
+    let q = &policy.quiet_hours;
+    if !q.enabled {
+        return t;
+    }
+    let z = t.to_zoned(zone.clone());
+    if !crate::policy::in_window(z.time(), q.start, q.end) {
+        return t;
+    }
+    let day = if q.start > q.end && z.time() >= q.start {
+        z.date().tomorrow().unwrap_or(z.date())
+    } else {
+        z.date()
+    };
+    day.to_datetime(q.resume)
+        .to_zoned(zone.clone())
+        .map(|z| z.timestamp())
+        .unwrap_or(t)
+}
+
 /// Decide what an event means for surveys.
-pub fn decide(event: &PatientEvent, rules: &SurveyRules, pseudo: &Pseudonymizer) -> SurveyDecision {
-    let (template, anchor_of) = match event.kind {
-        EventKind::Registered => (&rules.outpatient_template, PatientClass::Outpatient),
-        EventKind::Discharged => (&rules.inpatient_template, PatientClass::Inpatient),
+pub fn decide(
+    event: &PatientEvent,
+    policy: &SurveyPolicy,
+    ctx: &SurveyContext<'_>,
+) -> SurveyDecision {
+    let rule_event = match event.kind {
+        EventKind::Registered => RuleEvent::Registered,
+        EventKind::Discharged => RuleEvent::Discharged,
         _ => {
             return SurveyDecision::Record {
                 reason: "no_survey_for_event",
             };
         }
     };
+    // 1 non_production (R-EVT-5)
     if !event.production {
-        return SurveyDecision::Suppress {
-            reason: "non_production",
-            rule: "R-EVT-5",
-        };
+        return suppress("non_production", "R-EVT-5");
     }
+    // 2 no_rule (R-SRV-1)
     let Some(visit) = &event.visit else {
-        // Decoders refuse visit events without a visit number; keep the core total anyway.
-        return SurveyDecision::Suppress {
-            reason: "no_rule",
-            rule: "R-SRV-1",
-        };
+        return suppress("no_rule", "R-SRV-1");
     };
-    if visit.class != anchor_of {
-        return SurveyDecision::Suppress {
-            reason: "no_rule",
-            rule: "R-SRV-1",
-        };
-    }
-    let death_disposition = visit
+    let Some(rule) = policy.rule_for(rule_event, visit.class.code(), visit.dept_code.as_deref())
+    else {
+        return suppress("no_rule", "R-SRV-1");
+    };
+    let disposition = visit
         .disposition
         .as_deref()
-        .is_some_and(|d| DEATH_DISPOSITIONS.contains(&d));
-    if event.patient.deceased || death_disposition {
-        return SurveyDecision::Suppress {
-            reason: "deceased",
-            rule: "R-EXC-1",
-        };
+        .and_then(DispositionClass::of_ub04);
+    // 3 deceased (R-EXC-1)
+    if event.patient.deceased || disposition == Some(DispositionClass::Death) {
+        return suppress("deceased", "R-EXC-1");
     }
-    let anchor = match event.kind {
-        EventKind::Registered => visit.start,
-        _ => visit.discharge,
+    // 4 disposition_excluded (R-EXC-2)
+    if matches!(
+        disposition,
+        Some(DispositionClass::Transfer | DispositionClass::StillIn)
+    ) {
+        return suppress("disposition_excluded", "R-EXC-2");
     }
-    .unwrap_or(event.event_time);
-    let due_at = anchor.checked_add(rules.delay).unwrap_or(anchor);
+    // 5 opted_out, 6 staff: lists held in the store (not decided here).
+    // 7 vip (R-EXC-5)
+    let vip =
+        visit.vip_indicator.as_deref().is_some_and(|v| {
+            policy.vip_values.is_empty() || policy.vip_values.iter().any(|x| x == v)
+        }) || event.patient.protected
+            || event
+                .patient
+                .publicity_code
+                .as_deref()
+                .is_some_and(|c| policy.no_publicity_codes.iter().any(|x| x == c));
+    if vip {
+        return suppress("vip", "R-EXC-5");
+    }
+    // 8 minor_no_guardian (R-EXC-6): unknown age counts as adult.
+    let event_date = event.event_time.to_zoned(ctx.zone.clone()).date();
+    let minor = event
+        .patient
+        .birth_date
+        .and_then(|b| age_on(b, event_date))
+        .is_some_and(|age| age < policy.adult_age);
+    let contact = if minor {
+        match &event.patient.guardian_mobile {
+            Some(m) => Some(m),
+            None => return suppress("minor_no_guardian", "R-EXC-6"),
+        }
+    } else {
+        event.patient.mobile.as_ref()
+    };
+    // 9 no_mobile (R-EXC-7)
+    let Some(contact) = contact else {
+        return suppress("no_mobile", "R-EXC-7");
+    };
+    // 10 stale_event (R-SRV-4)
+    let (anchor, due_at, stale_after) = due_and_stale(event, visit, policy, ctx.zone, ctx.now);
+    if ctx.now > stale_after {
+        return suppress("stale_event", "R-SRV-4");
+    }
+    let pseudo = ctx.pseudo;
+    let template = &rule.template;
+    let channel = rule
+        .channel
+        .clone()
+        .unwrap_or_else(|| policy.channel.clone());
     let pk = pseudo.patient_key(&event.patient.id);
     let vk = pseudo.visit_key(&visit.facility, visit.number.expose());
-    let job_id = job_id(&rules.tenant, &vk, template);
-    let event_date = event.event_time.to_zoned(rules.zone.clone()).date();
+    let job_id = job_id(ctx.tenant, &vk, template);
+    let zone = ctx.zone;
     let payload = SurveyDispatch {
         request_id: idempotency_key(&job_id),
         job_id: job_id.clone(),
         template_id: template.clone(),
-        channel: rules.channel.clone(),
+        channel,
         key_id: pseudo.key_id().to_string(),
-        due_at: rfc3339_in(due_at, &rules.zone),
+        due_at: rfc3339_in(due_at, zone),
         patient: DispatchPatient {
             pk: pk.clone(),
             name_masked: event.patient.name.as_ref().map(|n| mask_name(n.expose())),
@@ -201,7 +330,7 @@ pub fn decide(event: &PatientEvent, rules: &SurveyRules, pseudo: &Pseudonymizer)
             dept_code: visit.dept_code.clone(),
             dept_name: visit.dept_name.clone(),
             doctor_code: visit.doctor_code.clone(),
-            visit_time: rfc3339_in(truncate_to_hour(anchor, &rules.zone), &rules.zone),
+            visit_time: rfc3339_in(truncate_to_hour(anchor, zone), zone),
         },
     };
     SurveyDecision::Schedule(Box::new(SurveyJob {
@@ -210,31 +339,40 @@ pub fn decide(event: &PatientEvent, rules: &SurveyRules, pseudo: &Pseudonymizer)
         due_at,
         patient_key: pk,
         visit_key: vk,
+        id_card_key: event
+            .patient
+            .id_card
+            .as_ref()
+            .map(|i| pseudo.id_card_key(i.expose())),
+        mobile_key: pseudo.mobile_key(contact.expose()),
         payload,
     }))
 }
 
 #[cfg(test)]
 mod tests {
+    //! Worked examples of domain rules §2.4 that need no stored state, on the shared samples.
     use super::*;
     use crate::decode::{DecodeOptions, decode};
 
-    const A04: &str = "MSH|^~\\&|HIS|HXEYE_SH01|CEM-BRIDGE|CEM|20261120093015||ADT^A04^ADT_A01|MSG20261120093015001|P|2.5|||AL|NE||UNICODE UTF-8\rEVN|A04|20261120093000\rPID|1||P00012345^^^HXEYE^PI~110101199003071233^^^CHN^NI||张^三明||19900307|M|||中山北路100号^^上海市^^200010^CHN||13812345678^PRN^CP|||||||||||||||||N\rPV1|1|O|OPH01^^^HXEYE_SH01^^^^^眼科门诊||||D1024^李^建国|||OPH01|||||||||V20261120001|||||||||||||||||||||||||20261120093000\r";
+    const A04: &str =
+        include_str!("../../tests/fixtures/samples/hl7v2/adt_a04_outpatient_registration.hl7");
+    const A03: &str = include_str!("../../tests/fixtures/samples/hl7v2/adt_a03_discharge.hl7");
+    const A03_DEAD: &str =
+        include_str!("../../tests/fixtures/samples/hl7v2/adt_a03_discharge_deceased.hl7");
+    const A04_ESC: &str = include_str!("../../tests/fixtures/samples/hl7v2/adt_a04_escapes.hl7");
 
-    fn rules(delay_min: i64) -> SurveyRules {
-        SurveyRules {
-            tenant: "hxeye".into(),
-            outpatient_template: "OP-SAT-01".into(),
-            inpatient_template: "IP-SAT-01".into(),
-            channel: "sms".into(),
-            delay: SignedDuration::from_mins(delay_min),
-            zone: crate::time::default_zone(),
-        }
+    fn zone() -> TimeZone {
+        crate::time::default_zone()
+    }
+
+    fn at(local: &str) -> Timestamp {
+        crate::time::parse_hl7_ts(local, &zone()).unwrap()
     }
 
     fn event(s: &str) -> PatientEvent {
         let opts = DecodeOptions {
-            now: "2026-11-23T00:00:00Z".parse().unwrap(),
+            now: at("20261120120000"),
             ..Default::default()
         };
         decode(s.as_bytes(), &opts).unwrap().1
@@ -244,19 +382,53 @@ mod tests {
         Pseudonymizer::new(&[3u8; 32], "k1").unwrap()
     }
 
-    #[test]
-    fn r_srv_1_a04_outpatient_schedules_op_template_due_at_anchor_plus_delay() {
-        let SurveyDecision::Schedule(job) = decide(&event(A04), &rules(120), &pseudo()) else {
-            panic!("expected a job");
+    /// Decide `msg` as processed at local time `now` (YYYYMMDDHHMM).
+    fn decide_at(msg: &str, now: &str) -> SurveyDecision {
+        decide_with(msg, now, &SurveyPolicy::default())
+    }
+
+    fn decide_with(msg: &str, now: &str, policy: &SurveyPolicy) -> SurveyDecision {
+        let (z, p) = (zone(), pseudo());
+        let ctx = SurveyContext {
+            tenant: "hxeye",
+            zone: &z,
+            pseudo: &p,
+            now: at(now),
         };
-        assert_eq!(job.template, "OP-SAT-01");
-        assert_eq!(
-            rfc3339_in(job.due_at, &crate::time::default_zone()),
-            "2026-11-20T11:30:00+08:00",
-            "EX-01: PV1-44 09:30 + 2 h"
+        decide(&event(msg), policy, &ctx)
+    }
+
+    fn job(d: SurveyDecision) -> SurveyJob {
+        match d {
+            SurveyDecision::Schedule(j) => *j,
+            other => panic!("expected a job, got {other:?}"),
+        }
+    }
+
+    fn local(t: Timestamp) -> String {
+        rfc3339_in(t, &zone())
+    }
+
+    fn suppressed(d: SurveyDecision) -> &'static str {
+        match d {
+            SurveyDecision::Suppress { reason, .. } => reason,
+            other => panic!("expected a suppression, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ex_01_a04_op_sat_due_two_hours_after_the_visit_start() {
+        let j = job(decide_at(A04, "202611200931"));
+        assert_eq!(j.template, "OP-SAT-01");
+        assert_eq!(local(j.due_at), "2026-11-20T11:30:00+08:00");
+        assert_eq!(j.idempotency_key(), format!("sv:{}", j.job_id));
+        assert!(
+            j.id_card_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("ik_"))
         );
-        assert_eq!(job.idempotency_key(), format!("sv:{}", job.job_id));
-        let body = serde_json::to_string(&job.payload).unwrap();
+        assert_eq!(j.mobile_key, pseudo().mobile_key("13812345678"));
+        let body = serde_json::to_string(&j.payload).unwrap();
         assert!(body.contains("\"nameMasked\":\"张*明\""), "{body}");
         assert!(body.contains("\"ageBand\":\"30-39\""), "{body}");
         assert!(
@@ -276,65 +448,158 @@ mod tests {
     }
 
     #[test]
-    fn r_srv_5_same_visit_same_job_other_template_other_job() {
-        let a = decide(&event(A04), &rules(0), &pseudo());
-        let b = decide(
-            &event(&A04.replace("MSG20261120093015001", "MSG-RESENT")),
-            &rules(0),
-            &pseudo(),
-        );
-        let (SurveyDecision::Schedule(a), SurveyDecision::Schedule(b)) = (a, b) else {
-            panic!()
-        };
-        assert_eq!(a.job_id, b.job_id, "EX-04 / R-CAN-4");
-        let mut r = rules(0);
-        r.outpatient_template = "OP-REF-01".into();
-        let SurveyDecision::Schedule(c) = decide(&event(A04), &r, &pseudo()) else {
-            panic!()
-        };
+    fn ex_05_a03_surgical_ward_gets_ip_surg_at_10_next_day() {
+        let j = job(decide_at(A03, "202611201600"));
+        assert_eq!(j.template, "IP-SURG-01", "CAT02 is a surgical ward");
+        assert_eq!(local(j.due_at), "2026-11-21T10:00:00+08:00");
+    }
+
+    #[test]
+    fn r_srv_5_ex_04_same_visit_same_job_other_template_other_job() {
+        let a = job(decide_at(A04, "202611200931"));
+        let b = job(decide_at(
+            &A04.replace("MSG20261120093015001", "MSG-RESENT"),
+            "202611200940",
+        ));
+        assert_eq!(a.job_id, b.job_id);
+        let mut p = SurveyPolicy::default();
+        p.rules[0].template = "OP-SAT-02".into();
+        let c = job(decide_with(A04, "202611200931", &p));
         assert_ne!(a.job_id, c.job_id);
-        assert_eq!(a.job_id.len(), 32);
     }
 
     #[test]
-    fn r_evt_5_non_production_and_r_srv_1_wrong_class() {
+    fn ex_08_deceased_and_ex_09_transfer() {
+        assert_eq!(suppressed(decide_at(A03_DEAD, "202611210900")), "deceased");
+        let transfer = A03.replace("|||01||||||||", "|||02||||||||");
+        assert_eq!(
+            suppressed(decide_at(&transfer, "202611201600")),
+            "disposition_excluded"
+        );
+        let still_in = A03.replace("|||01||||||||", "|||30||||||||");
+        assert_eq!(
+            suppressed(decide_at(&still_in, "202611201600")),
+            "disposition_excluded"
+        );
+        let died_code = A03.replace("|||01||||||||", "|||41||||||||");
+        assert_eq!(
+            suppressed(decide_at(&died_code, "202611201600")),
+            "deceased"
+        );
+    }
+
+    #[test]
+    fn ex_10_minor_without_guardian_then_with_one() {
+        assert_eq!(
+            suppressed(decide_at(A04_ESC, "202611200931")),
+            "minor_no_guardian"
+        );
+        let with = A04_ESC.replace("\rPV1|", "\rNK1|1|欧阳^丽|MTH||13900001111\rPV1|");
+        let j = job(decide_at(&with, "202611200931"));
+        assert_eq!(j.template, "OP-PED-01");
+        assert_eq!(
+            j.mobile_key,
+            pseudo().mobile_key("13900001111"),
+            "sent to the guardian"
+        );
+    }
+
+    #[test]
+    fn ex_11_quiet_hours_move_to_nine() {
+        let evening = A04.replace(
+            "|||||||||||||||||||||||||20261120093000",
+            "|||||||||||||||||||||||||20261120194000",
+        );
+        let j = job(decide_at(&evening, "202611201941"));
+        assert_eq!(
+            local(j.due_at),
+            "2026-11-21T09:00:00+08:00",
+            "21:40 → next day 09:00"
+        );
+        let early = A04.replace(
+            "|||||||||||||||||||||||||20261120093000",
+            "|||||||||||||||||||||||||20261120053000",
+        );
+        let j = job(decide_at(&early, "202611200531"));
+        assert_eq!(
+            local(j.due_at),
+            "2026-11-20T09:00:00+08:00",
+            "07:30 → same day 09:00"
+        );
+    }
+
+    #[test]
+    fn r_srv_4_late_event_is_due_at_processing_time_and_stale_after_72h() {
+        let j = job(decide_at(A04, "202611201300"));
+        assert_eq!(
+            local(j.due_at),
+            "2026-11-20T13:00:00+08:00",
+            "late: next allowed time"
+        );
+        let j = job(decide_at(A04, "202611202300"));
+        assert_eq!(
+            local(j.due_at),
+            "2026-11-21T09:00:00+08:00",
+            "late, at night: 09:00"
+        );
+        assert_eq!(
+            suppressed(decide_at(A04, "202611250930")),
+            "stale_event",
+            "EX-19"
+        );
+        assert_eq!(
+            suppressed(decide_at(A03, "202611280000")),
+            "stale_event",
+            "inpatient: 7 days"
+        );
+    }
+
+    #[test]
+    fn ex_17_landline_only_is_no_mobile() {
+        let m = A04.replace("13812345678^PRN^CP", "02161234567^WPN^PH");
+        assert_eq!(suppressed(decide_at(&m, "202611200931")), "no_mobile");
+    }
+
+    #[test]
+    fn ex_18_vip_and_protection() {
+        let vip = A04.replace("|OPH01|||||||||V2026", "|OPH01||||||Y|||V2026");
+        assert_eq!(suppressed(decide_at(&vip, "202611200931")), "vip");
+        let protected = A04.replace("\rPV1|", &format!("\rPD1{}Y\rPV1|", "|".repeat(12)));
+        assert_eq!(suppressed(decide_at(&protected, "202611200931")), "vip");
+        let mut p = SurveyPolicy::default();
+        p.vip_values = vec!["V1".into()];
+        assert!(
+            matches!(
+                decide_with(&vip, "202611200931", &p),
+                SurveyDecision::Schedule(_)
+            ),
+            "Y is not in the list"
+        );
+    }
+
+    #[test]
+    fn ex_20_test_message_and_emergency_class() {
         let t = A04.replace("|P|2.5|", "|T|2.5|");
-        assert_eq!(
-            decide(&event(&t), &rules(0), &pseudo()),
-            SurveyDecision::Suppress {
-                reason: "non_production",
-                rule: "R-EVT-5"
-            }
-        );
+        assert_eq!(suppressed(decide_at(&t, "202611200931")), "non_production");
         let e = A04.replace("PV1|1|O|", "PV1|1|E|");
-        assert_eq!(
-            decide(&event(&e), &rules(0), &pseudo()),
-            SurveyDecision::Suppress {
-                reason: "no_rule",
-                rule: "R-SRV-1"
-            },
-            "EX-20"
-        );
+        assert_eq!(suppressed(decide_at(&e, "202611200931")), "no_rule");
     }
 
     #[test]
-    fn r_exc_1_deceased_and_other_kinds() {
-        let d = A04.replace(
-            "||||||||||||||||N\rPV1",
-            "|||||||||||||||20261121083000|Y\rPV1",
-        );
-        assert_eq!(
-            decide(&event(&d), &rules(0), &pseudo()),
-            SurveyDecision::Suppress {
-                reason: "deceased",
-                rule: "R-EXC-1"
-            }
-        );
+    fn exclusion_order_deceased_before_vip_before_minor() {
+        let m = A04_ESC
+            .replace("|||||||||||||||||N\r", "|||||||||||||||20261121083000|Y\r")
+            .replace("|PED01|||||||||V2026", "|PED01||||||Y|||V2026");
+        assert_eq!(suppressed(decide_at(&m, "202611200931")), "deceased");
+    }
+
+    #[test]
+    fn other_events_are_recorded_only() {
         let a11 = A04
             .replace("ADT^A04^ADT_A01", "ADT^A11^ADT_A09")
             .replace("EVN|A04", "EVN|A11");
         assert_eq!(
-            decide(&event(&a11), &rules(0), &pseudo()),
+            decide_at(&a11, "202611200931"),
             SurveyDecision::Record {
                 reason: "no_survey_for_event"
             }

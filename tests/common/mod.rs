@@ -14,6 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use cem_bridge::clock::Clock;
 use cem_bridge::config::Config;
 use cem_bridge::runtime::{self, Bridge, Secrets};
 use cem_connectors::amqp::{AmqpPublisher, OutboundMessage};
@@ -22,6 +23,10 @@ use lapin::types::AMQPValue;
 
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const TEST_KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test-key";
+
+/// Where the bridges under test start their clock: the day after the samples' visits
+/// (2026-11-20), so outpatient and inpatient surveys are due at once and not yet stale.
+pub const CLOCK_START: &str = "2026-11-21T10:30:00+08:00";
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_ADDR").unwrap_or_else(|_| AMQP.to_string())
@@ -246,10 +251,6 @@ url = "{cem}"
 timeout_ms = 2000
 [scheduler]
 {scheduler}
-[surveys]
-outpatient_template = "OP-SAT-01"
-inpatient_template = "IP-SAT-01"
-delay_minutes = 0
 "#,
             extra_top = self.extra_top,
             store = self
@@ -274,14 +275,15 @@ delay_minutes = 0
         p
     }
 
-    /// Start the bridge in this process.
+    /// Start the bridge in this process, on the test clock ([`CLOCK_START`]).
     pub async fn start(&self) -> Bridge {
-        runtime::start(
+        runtime::start_with_clock(
             self.config(),
             Secrets {
                 pseudonym_key: Some(TEST_KEY.to_vec()),
                 cem_token: None,
             },
+            Clock::starting_at(CLOCK_START.parse().expect("clock start")),
         )
         .await
         .expect("bridge starts")
@@ -472,6 +474,7 @@ pub fn spawn_bridge_at_level(
             String::from_utf8_lossy(TEST_KEY).into_owned(),
         )
         .env("RUST_LOG", level)
+        .env("CEM_BRIDGE_CLOCK_START", CLOCK_START)
         .stdout(out.try_clone().expect("log"))
         .stderr(out);
     match fault {

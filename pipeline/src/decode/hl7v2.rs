@@ -325,6 +325,7 @@ pub fn decode(body: &[u8], opts: &DecodeOptions) -> Result<PatientEvent, Rejecti
         start: ts("PV1", 44),
         discharge: ts("PV1", 45),
         disposition: v.get("PV1", 36, 1),
+        vip_indicator: v.get("PV1", 16, 1),
     });
 
     let merged_from = if kind == EventKind::Merged {
@@ -350,6 +351,11 @@ pub fn decode(body: &[u8], opts: &DecodeOptions) -> Result<PatientEvent, Rejecti
             mobile: mobile.map(Pii::new),
             city: v.get("PID", 11, 3),
             deceased,
+            publicity_code: v.get("PD1", 11, 1),
+            protected: v
+                .get("PD1", 12, 1)
+                .is_some_and(|s| s.eq_ignore_ascii_case("Y")),
+            guardian_mobile: select_guardian_mobile(&v).map(Pii::new),
         },
         visit,
         merged_from,
@@ -381,6 +387,26 @@ fn select_patient_id(v: &View<'_>, reps: &[&Repeat<'_>], facility: &str) -> Opti
     Some(PatientId {
         authority: v.comp(pick, 4).unwrap_or_else(|| facility.to_string()),
         id: Pii::new(v.comp(pick, 1)?),
+    })
+}
+
+/// R-EXC-6 / R-GEN-3: the first NK1 whose relationship (NK1-3) is MTH, FTH, PAR or GRD and
+/// whose phone (NK1-5, any repeat) is a valid mobile.
+fn select_guardian_mobile(v: &View<'_>) -> Option<String> {
+    let count = v.msg.segment_count("NK1");
+    (1..=count).find_map(|n| {
+        let seg = v.msg.segment_n("NK1", n)?;
+        let rel = field(seg, 3)
+            .and_then(|f| f.repeat(1))
+            .and_then(|r| v.comp(r, 1))?;
+        if !matches!(rel.as_str(), "MTH" | "FTH" | "PAR" | "GRD") {
+            return None;
+        }
+        field(seg, 5)?.repeats.iter().find_map(|r| {
+            v.comp(r, 12)
+                .and_then(|n| normalize_mobile(&n))
+                .or_else(|| v.comp(r, 1).and_then(|n| normalize_mobile(&n)))
+        })
     })
 }
 
@@ -521,6 +547,25 @@ mod tests {
         assert_eq!(e.patient.mobile.unwrap().expose(), "13911112222");
         let m = A03.replace("13998765432^PRN^CP", "02161234567^WPN^PH");
         assert!(dec(&m).unwrap().patient.mobile.is_none(), "EX-17");
+    }
+
+    #[test]
+    fn r_exc_5_and_r_exc_6_vip_publicity_and_guardian() {
+        let m = A03
+            .replace("\rPV1|1|I|", "\rPD1|||||||||||02|Y\rNK1|1|欧阳^丽|SPO||13900002222\rNK1|2|欧阳^丽|MTH||13900001111\rPV1|1|I|")
+            .replace("|CAT02|||||||||Z2026", "|CAT02||||||Y|||Z2026");
+        let e = dec(&m).unwrap();
+        assert_eq!(e.patient.publicity_code.as_deref(), Some("02"));
+        assert!(e.patient.protected);
+        assert_eq!(
+            e.patient.guardian_mobile.unwrap().expose(),
+            "13900001111",
+            "SPO is not a guardian"
+        );
+        assert_eq!(e.visit.unwrap().vip_indicator.as_deref(), Some("Y"));
+        let plain = dec(A03).unwrap();
+        assert!(!plain.patient.protected && plain.patient.guardian_mobile.is_none());
+        assert!(plain.visit.unwrap().vip_indicator.is_none());
     }
 
     #[test]
