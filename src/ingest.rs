@@ -428,6 +428,8 @@ async fn apply_decision(
                         template: &job.template,
                         patient_key: &job.patient_key,
                         visit_key: &job.visit_key,
+                        id_card_key: job.id_card_key.as_deref(),
+                        mobile_key: Some(&job.mobile_key),
                         due_at: job.due_at.as_millisecond(),
                         payload: &payload,
                         connector: conn,

@@ -149,12 +149,15 @@ pub async fn start_with_clock(
         })
         .collect();
     let scheduler = tokio::spawn(crate::scheduler::run(
-        store.clone(),
-        sink,
-        cfg.scheduler.clone(),
-        clock,
-        instance,
-        ctx.scheduler_wake.clone(),
+        crate::scheduler::Scheduler {
+            store: store.clone(),
+            sink,
+            cfg: cfg.scheduler.clone(),
+            dnd_days: cfg.surveys.dnd_days,
+            clock,
+            owner: instance,
+            wake: ctx.scheduler_wake.clone(),
+        },
         trigger.subscribe(),
     ));
     info!(tenant = %cfg.tenant, store = ?store.backend(), sources = cfg.sources.len(), "cem-bridge started");

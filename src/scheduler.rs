@@ -22,7 +22,7 @@ use crate::config::SchedulerConfig;
 use crate::fault::{self, Point};
 use crate::shutdown::Shutdown;
 use crate::sink::CemSink;
-use crate::store::{ClaimedJob, JobOutcome, Store};
+use crate::store::{Claimed, ClaimedJob, JobOutcome, Store};
 
 /// Delay before attempt `attempts + 1`: initial × 2^(attempts−1), capped, with ±20 % jitter
 /// derived from the job id (deterministic, so tests can reason about it).
@@ -51,16 +51,31 @@ struct Finished {
 /// Outcomes written per store transaction at most.
 const RECORD_BATCH: usize = 256;
 
+/// What the scheduler works with.
+pub struct Scheduler {
+    pub store: Store,
+    pub sink: CemSink,
+    pub cfg: SchedulerConfig,
+    /// The do-not-disturb window (R-DND-1).
+    pub dnd_days: u32,
+    pub clock: Clock,
+    /// This instance's lease owner name.
+    pub owner: String,
+    /// Woken when ingest created jobs.
+    pub wake: Arc<Notify>,
+}
+
 /// Run until shutdown; in-flight pushes are finished and recorded before returning.
-pub async fn run(
-    store: Store,
-    sink: CemSink,
-    cfg: SchedulerConfig,
-    clock: Clock,
-    owner: String,
-    wake: Arc<Notify>,
-    mut shutdown: Shutdown,
-) {
+pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
+    let Scheduler {
+        store,
+        sink,
+        cfg,
+        dnd_days,
+        clock,
+        owner,
+        wake,
+    } = scheduler;
     // `slots` bounds jobs claimed but not yet recorded; `http` bounds pushes in flight.
     let slots = Arc::new(Semaphore::new(cfg.claim_batch as usize * 2));
     let http = Arc::new(Semaphore::new(cfg.concurrency));
@@ -72,6 +87,8 @@ pub async fn run(
         owner.clone(),
         done_rx,
     ));
+    // R-DND-1: a touch blocks every key for this long (rolling window, R-DND-4).
+    let dnd_window_ms = i64::from(dnd_days) * 24 * 3_600_000;
     let mut tasks = JoinSet::new();
     info!(sink = %sink.describe(), owner = %owner, "scheduler started");
     loop {
@@ -82,21 +99,31 @@ pub async fn run(
         let want = (slots.available_permits() as u32).min(cfg.claim_batch);
         let now = clock.now_ms();
         let claimed = if want == 0 {
-            Vec::new()
+            Claimed::default()
         } else {
             match store
-                .claim_due(&owner, now, now + cfg.lease_ms as i64, want)
+                .claim_due(
+                    &owner,
+                    now,
+                    now + cfg.lease_ms as i64,
+                    want,
+                    Some(dnd_window_ms),
+                )
                 .await
             {
                 Ok(j) => j,
                 Err(e) => {
                     warn!(error = %e, "cannot claim due jobs; retrying");
-                    Vec::new()
+                    Claimed::default()
                 }
             }
         };
-        let got = claimed.len();
-        for job in claimed {
+        if claimed.suppressed > 0 {
+            counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => "dnd")
+                .increment(claimed.suppressed as u64);
+        }
+        let got = claimed.jobs.len() + claimed.suppressed;
+        for job in claimed.jobs {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };

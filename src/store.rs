@@ -111,6 +111,8 @@ pub struct NewJob<'a> {
     pub template: &'a str,
     pub patient_key: &'a str,
     pub visit_key: &'a str,
+    pub id_card_key: Option<&'a str>,
+    pub mobile_key: Option<&'a str>,
     pub due_at: i64,
     pub payload: &'a str,
     pub connector: &'a str,
@@ -179,6 +181,13 @@ pub enum JobOutcome {
         reason: &'static str,
         error: String,
     },
+}
+
+/// The result of one claim: jobs to push, and how many claimed jobs do-not-disturb stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub jobs: Vec<ClaimedJob>,
+    pub suppressed: usize,
 }
 
 /// A job as stored (for tests, `trace` and the ops page).
@@ -360,14 +369,17 @@ impl Store {
         })
     }
 
-    /// Claim up to `limit` due pending jobs for `owner` until `lease_until`.
+    /// Claim up to `limit` due pending jobs for `owner` until `lease_until`. With a DND window,
+    /// each job's keys are checked and reserved in the same transaction (R-DND-3); a job whose
+    /// patient, ID card or mobile had a touch inside the window is `suppressed(dnd)` instead.
     pub async fn claim_due(
         &self,
         owner: &str,
         now: i64,
         lease_until: i64,
         limit: u32,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        dnd_window_ms: Option<i64>,
+    ) -> Result<Claimed, StoreError> {
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -376,29 +388,86 @@ impl Store {
             "UPDATE survey_jobs SET locked_until = $1, lock_owner = $2, attempts = attempts + 1, updated_at = $3 \
              WHERE job_id IN (SELECT job_id FROM survey_jobs WHERE status = 'pending' AND next_attempt_at <= $3 \
              AND locked_until <= $3 ORDER BY next_attempt_at, job_id LIMIT $4{lock}) \
-             RETURNING job_id, template, payload, attempts, due_at, message_id"
+             RETURNING job_id, template, payload, attempts, due_at, message_id, patient_key, id_card_key, mobile_key"
         );
+        let mut tx = self.pool.begin().await.map_err(db("begin claim"))?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(lease_until)
             .bind(owner)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db("claim due jobs"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedJob {
-                    job_id: r.try_get("job_id")?,
-                    template: r.try_get("template")?,
-                    payload: r.try_get("payload")?,
-                    attempts: r.try_get("attempts")?,
-                    due_at: r.try_get("due_at")?,
-                    message_id: r.try_get("message_id")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("read claimed jobs"))
+        let mut claimed = Claimed {
+            jobs: Vec::with_capacity(rows.len()),
+            suppressed: 0,
+        };
+        if dnd_window_ms.is_some() && self.backend == Backend::Postgres {
+            // Two instances reserving overlapping keys in different orders would deadlock on
+            // the touches rows: take transaction-scoped advisory locks on every key of the batch
+            // first, in one global order.
+            let mut all: Vec<String> = rows.iter().flat_map(dnd_keys).collect();
+            all.sort();
+            all.dedup();
+            for k in &all {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(k.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("lock do-not-disturb key"))?;
+            }
+        }
+        for r in &rows {
+            let job = ClaimedJob {
+                job_id: r.try_get("job_id").map_err(db("read claimed jobs"))?,
+                template: r.try_get("template").map_err(db("read claimed jobs"))?,
+                payload: r.try_get("payload").map_err(db("read claimed jobs"))?,
+                attempts: r.try_get("attempts").map_err(db("read claimed jobs"))?,
+                due_at: r.try_get("due_at").map_err(db("read claimed jobs"))?,
+                message_id: r.try_get("message_id").map_err(db("read claimed jobs"))?,
+            };
+            let Some(window) = dnd_window_ms else {
+                claimed.jobs.push(job);
+                continue;
+            };
+            let mut keys = dnd_keys(r);
+            keys.sort();
+            keys.dedup();
+            match reserve_touches(&mut tx, &job.job_id, &keys, now, now - window).await? {
+                None => claimed.jobs.push(job),
+                Some(blocking) => {
+                    claimed.suppressed += 1;
+                    sqlx::query(
+                        "UPDATE survey_jobs SET status = 'suppressed', reason = 'dnd', locked_until = 0, updated_at = $1 \
+                         WHERE job_id = $2",
+                    )
+                    .bind(now)
+                    .bind(job.job_id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("suppress job"))?;
+                    let kind = blocking.get(..2).unwrap_or("key");
+                    audit_in(
+                        &mut tx,
+                        &AuditEntry {
+                            message_id: Some(&job.message_id),
+                            job_id: Some(&job.job_id),
+                            action: "suppressed",
+                            rule: Some("R-DND-1"),
+                            reason: Some("dnd"),
+                            detail: Some(&format!(
+                                "a survey reached this {kind} pseudonym within the do-not-disturb window"
+                            )),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await.map_err(db("commit claim"))?;
+        Ok(claimed)
     }
 
     /// Record the outcomes of many pushes in one transaction (one fsync, one write lock).
@@ -480,6 +549,9 @@ impl Store {
                     ..Default::default()
                 })
                 .await?;
+            }
+            if n == 1 {
+                touch_follow_up(&mut tx, o, now).await?;
             }
             applied.push(n == 1);
         }
@@ -692,8 +764,8 @@ impl StoreTx {
     ) -> Result<JobInsert, StoreError> {
         let n = sqlx::query(
             "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, next_attempt_at, \
-             payload, connector, message_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9) ON CONFLICT (job_id) DO NOTHING",
+             payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9, $10, $11) ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(job.job_id)
         .bind(job.template)
@@ -704,6 +776,8 @@ impl StoreTx {
         .bind(job.connector)
         .bind(job.message_id)
         .bind(now)
+        .bind(job.id_card_key)
+        .bind(job.mobile_key)
         .execute(&mut *self.tx)
         .await
         .map_err(db("insert job"))?
@@ -721,23 +795,7 @@ impl StoreTx {
     }
 
     pub async fn audit(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (at, connector, message_id, job_id, patient_key, action, rule, reason, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(now_ms())
-        .bind(e.connector)
-        .bind(e.message_id)
-        .bind(e.job_id)
-        .bind(e.patient_key)
-        .bind(e.action)
-        .bind(e.rule)
-        .bind(e.reason)
-        .bind(e.detail)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(db("write audit"))?;
-        Ok(())
+        audit_in(&mut self.tx, e).await
     }
 
     pub async fn dead_letter(
@@ -766,6 +824,100 @@ impl StoreTx {
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await.map_err(db("commit"))
     }
+}
+
+/// The do-not-disturb keys of a claimed job row: `pk_`, `ik_` (if any), `mk_` (R-DND-1).
+fn dnd_keys(r: &AnyRow) -> Vec<String> {
+    ["patient_key", "id_card_key", "mobile_key"]
+        .iter()
+        .filter_map(|c| r.try_get::<Option<String>, _>(*c).ok().flatten())
+        .collect()
+}
+
+/// R-DND-3: reserve every key for `job_id` inside a savepoint, or roll back and name the first
+/// key touched after `since` by another job. The upsert is the check: on PostgreSQL a
+/// concurrent reservation of the same key waits for the other transaction, then sees its row.
+async fn reserve_touches(
+    tx: &mut Transaction<'static, Any>,
+    job_id: &str,
+    keys: &[String],
+    now: i64,
+    since: i64,
+) -> Result<Option<String>, StoreError> {
+    use sqlx::Acquire;
+    let mut sp = tx.begin().await.map_err(db("begin reservation"))?;
+    for k in keys {
+        let n = sqlx::query(
+            "INSERT INTO touches (dnd_key, last_sent, job_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (dnd_key) DO UPDATE SET last_sent = excluded.last_sent, job_id = excluded.job_id \
+             WHERE touches.last_sent <= $4 OR touches.job_id = excluded.job_id",
+        )
+        .bind(k.as_str())
+        .bind(now)
+        .bind(job_id)
+        .bind(since)
+        .execute(&mut *sp)
+        .await
+        .map_err(db("reserve do-not-disturb key"))?
+        .rows_affected();
+        if n == 0 {
+            sp.rollback().await.map_err(db("release reservation"))?;
+            return Ok(Some(k.clone()));
+        }
+    }
+    sp.commit().await.map_err(db("keep reservation"))?;
+    Ok(None)
+}
+
+/// R-DND-3 after the push: accepted → the reservation becomes the touch at the send time; a
+/// permanent refusal → released (the CEM never had it). Retries keep it.
+async fn touch_follow_up(tx: &mut StoreTx, o: &JobOutcome, now: i64) -> Result<(), StoreError> {
+    match o {
+        JobOutcome::Sent { job_id, .. } => {
+            sqlx::query("UPDATE touches SET last_sent = $1 WHERE job_id = $2")
+                .bind(now)
+                .bind(job_id.as_str())
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(db("record touch"))?;
+        }
+        JobOutcome::Dead {
+            job_id,
+            reason: "rejected",
+            ..
+        } => {
+            sqlx::query("DELETE FROM touches WHERE job_id = $1")
+                .bind(job_id.as_str())
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(db("release touch"))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn audit_in(
+    tx: &mut Transaction<'static, Any>,
+    e: &AuditEntry<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit (at, connector, message_id, job_id, patient_key, action, rule, reason, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(now_ms())
+    .bind(e.connector)
+    .bind(e.message_id)
+    .bind(e.job_id)
+    .bind(e.patient_key)
+    .bind(e.action)
+    .bind(e.rule)
+    .bind(e.reason)
+    .bind(e.detail)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("write audit"))?;
+    Ok(())
 }
 
 /// Wall-clock epoch milliseconds.

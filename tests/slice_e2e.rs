@@ -523,3 +523,50 @@ async fn a_message_the_store_refuses_is_isolated_and_the_feed_goes_on() {
     cleanup(&setup).await;
     drop_pg_database(&db).await;
 }
+
+/// EX-12 / R-DND-1 end to end: two visits of one patient a few minutes apart give one survey;
+/// the second job is suppressed `dnd` with the rule recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_visit_inside_the_dnd_window_is_suppressed() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("dnd", &cem.url());
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    let first =
+        String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7")).unwrap();
+    publish(&setup.queue, first.as_bytes(), "v1").await;
+    wait_for(20, "the first survey", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 1).then_some(()) }
+    })
+    .await;
+    let second = first
+        .replace("MSG20261120093015001", "MSG20261120093015777")
+        .replace("V20261120001", "V20261120999");
+    publish(&setup.queue, second.as_bytes(), "v2").await;
+    let store = bridge.store.clone();
+    let job = wait_for(20, "the second job decided", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.jobs().await.ok()?;
+            jobs.into_iter()
+                .find(|j| j.message_id == "MSG20261120093015777" && j.status != "pending")
+        }
+    })
+    .await;
+    assert_eq!(
+        (job.status.as_str(), job.reason.as_deref()),
+        ("suppressed", Some("dnd"))
+    );
+    let audit = bridge.store.audit(Some(&job.job_id)).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.rule.as_deref() == Some("R-DND-1") && a.reason.as_deref() == Some("dnd")),
+        "{audit:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(cem.requests().len(), 1, "one survey for two visits");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}

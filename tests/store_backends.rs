@@ -53,6 +53,8 @@ fn job<'a>(id: &'a str, due: i64) -> NewJob<'a> {
         template: "OP-SAT-01",
         patient_key: "pk_x",
         visit_key: "vk_x",
+        id_card_key: None,
+        mobile_key: None,
         due_at: due,
         payload: "{}",
         connector: "adt",
@@ -139,9 +141,10 @@ async fn concurrent_claims_never_double_claim(db: Db) {
             let mut mine = Vec::new();
             loop {
                 let got = store
-                    .claim_due(&format!("w{w}"), 100, 10_000, 7)
+                    .claim_due(&format!("w{w}"), 100, 10_000, 7, None)
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .jobs;
                 if got.is_empty() {
                     break;
                 }
@@ -159,13 +162,18 @@ async fn concurrent_claims_never_double_claim(db: Db) {
     assert_eq!(unique.len(), 200, "no job claimed twice");
     assert!(
         store
-            .claim_due("late", 9_999, 20_000, 10)
+            .claim_due("late", 9_999, 20_000, 10, None)
             .await
             .unwrap()
+            .jobs
             .is_empty(),
         "lease holds"
     );
-    let again = store.claim_due("late", 10_000, 20_000, 500).await.unwrap();
+    let again = store
+        .claim_due("late", 10_000, 20_000, 500, None)
+        .await
+        .unwrap()
+        .jobs;
     assert_eq!(again.len(), 200, "claimable again once the lease ended");
     assert!(again.iter().all(|j| j.attempts == 2));
     // Only the lease owner can finish a job.
@@ -197,9 +205,10 @@ async fn concurrent_claims_never_double_claim(db: Db) {
     );
     assert!(
         store
-            .claim_due("x", 49_999, 60_000, 500)
+            .claim_due("x", 49_999, 60_000, 500, None)
             .await
             .unwrap()
+            .jobs
             .iter()
             .all(|j| j.job_id != "job001"),
         "backoff respected"
@@ -233,6 +242,227 @@ async fn migrations_are_idempotent_and_newer_schema_is_refused(db: Db) {
         Ok(_) => panic!("a newer schema must be refused"),
     }
     db.cleanup().await;
+}
+
+const DAY: i64 = 24 * 3_600_000;
+const WINDOW: Option<i64> = Some(30 * DAY);
+
+async fn insert_jobs(store: &Store, jobs: &[(String, String, Option<String>, String)], due: i64) {
+    let mut tx = store.begin().await.unwrap();
+    for (id, pk, ik, mk) in jobs {
+        let j = NewJob {
+            job_id: id,
+            patient_key: pk,
+            id_card_key: ik.as_deref(),
+            mobile_key: Some(mk),
+            ..job(id, due)
+        };
+        tx.insert_job(&j, 1).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// R-DND-3 / issue 5 §3: two schedulers on separate connection pools claim concurrently many
+/// jobs for few patients; each patient gets exactly one survey, the rest are `dnd`.
+async fn two_schedulers_never_both_touch_a_patient(db: Db) {
+    let a = db.open().await;
+    let b = db.open().await; // a second instance: its own pool
+    let jobs: Vec<_> = (0..120)
+        .map(|i| {
+            (
+                format!("job{i:03}"),
+                format!("pk_{}", i % 6),
+                None,
+                format!("mk_{i}"),
+            )
+        })
+        .collect();
+    insert_jobs(&a, &jobs, 5).await;
+    let mut handles = Vec::new();
+    for (n, store) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store
+                    .claim_due(&format!("i{n}"), 100, 10_000, 5, WINDOW)
+                    .await
+                    .unwrap();
+                if got.jobs.is_empty() && got.suppressed == 0 {
+                    break;
+                }
+                mine.extend(got.jobs.into_iter().map(|j| j.job_id));
+            }
+            mine
+        }));
+    }
+    let mut claimed = Vec::new();
+    for h in handles {
+        claimed.extend(h.await.unwrap());
+    }
+    let patients: HashSet<String> = claimed
+        .iter()
+        .map(|id| jobs.iter().find(|j| &j.0 == id).unwrap().1.clone())
+        .collect();
+    assert_eq!(claimed.len(), 6, "one job per patient: {claimed:?}");
+    assert_eq!(patients.len(), 6);
+    let all = a.jobs().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .filter(|j| j.status == "suppressed" && j.reason.as_deref() == Some("dnd"))
+            .count(),
+        114
+    );
+    let audit = a.audit(None).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.rule.as_deref() == Some("R-DND-1"))
+            .count(),
+        114
+    );
+    a.close().await;
+    b.close().await;
+    db.cleanup().await;
+}
+
+/// R-DND-1 keys: a shared mobile (family phone) or ID card (EX-16: one person, two hospitals)
+/// blocks too; R-DND-4: a touch older than the window does not; R-DND-3: a permanent refusal
+/// releases the reservation.
+async fn dnd_keys_window_and_release(db: Db) {
+    let s = db.open().await;
+    let jobs = vec![
+        (
+            "fam1".to_string(),
+            "pk_mum".to_string(),
+            None,
+            "mk_home".to_string(),
+        ),
+        (
+            "fam2".to_string(),
+            "pk_kid".to_string(),
+            None,
+            "mk_home".to_string(),
+        ),
+        (
+            "h1".to_string(),
+            "pk_h1".to_string(),
+            Some("ik_same".to_string()),
+            "mk_a".to_string(),
+        ),
+        (
+            "h2".to_string(),
+            "pk_h2".to_string(),
+            Some("ik_same".to_string()),
+            "mk_b".to_string(),
+        ),
+    ];
+    insert_jobs(&s, &jobs, 5).await;
+    let got: Vec<String> = s
+        .claim_due("o", 100, 1_000, 10, WINDOW)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got.contains(&"fam1".to_string()) ^ got.contains(&"fam2".to_string()),
+        "one per shared mobile"
+    );
+    assert!(
+        got.contains(&"h1".to_string()) ^ got.contains(&"h2".to_string()),
+        "one per shared ID card"
+    );
+    // The accepted one becomes a touch at its send time (day 0 + 100 ms).
+    let sent = got.iter().find(|j| j.starts_with("fam")).unwrap().clone();
+    assert!(s.mark_sent(&sent, "o", 100, 200).await.unwrap());
+    // A permanent refusal releases the reservation: the patient can be surveyed again.
+    let refused = got.iter().find(|j| j.starts_with('h')).unwrap().clone();
+    s.mark_dead(&refused, "o", 100, Some(400), "rejected", "HTTP 400")
+        .await
+        .unwrap();
+    let later = vec![
+        (
+            "h3".to_string(),
+            "pk_h1".to_string(),
+            Some("ik_same".to_string()),
+            "mk_a".to_string(),
+        ),
+        (
+            "mum2".to_string(),
+            "pk_mum".to_string(),
+            None,
+            "mk_mum2".to_string(),
+        ),
+        (
+            "mum3".to_string(),
+            "pk_mum2".to_string(),
+            None,
+            "mk_home".to_string(),
+        ),
+    ];
+    insert_jobs(&s, &later, 200).await;
+    let got: Vec<String> = s
+        .claim_due("o", 300, 1_000, 10, WINDOW)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(
+        got,
+        vec!["h3".to_string()],
+        "ik released; mum's pk and the home mobile still blocked"
+    );
+    assert!(s.mark_sent("h3", "o", 300, 200).await.unwrap());
+    // R-DND-4: at exactly 30 days after the touch the window is over.
+    let next = vec![(
+        "mum4".to_string(),
+        "pk_mum".to_string(),
+        None,
+        "mk_home".to_string(),
+    )];
+    insert_jobs(&s, &next, 100 + 30 * DAY).await;
+    let early = s
+        .claim_due("o", 100 + 30 * DAY - 1, 200 + 30 * DAY, 10, WINDOW)
+        .await
+        .unwrap()
+        .jobs;
+    assert!(early.is_empty(), "not due yet");
+    let got = s
+        .claim_due("o", 100 + 30 * DAY, 200 + 30 * DAY, 10, WINDOW)
+        .await
+        .unwrap()
+        .jobs;
+    assert_eq!(
+        got.len(),
+        1,
+        "due at or after the end of the window may send"
+    );
+    s.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_schedulers_never_both_touch_a_patient() {
+    two_schedulers_never_both_touch_a_patient(Db::sqlite("s-dnd2").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_schedulers_never_both_touch_a_patient() {
+    two_schedulers_never_both_touch_a_patient(Db::postgres("p_dnd2").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_dnd_keys_window_and_release() {
+    dnd_keys_window_and_release(Db::sqlite("s-dndk").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dnd_keys_window_and_release() {
+    dnd_keys_window_and_release(Db::postgres("p_dndk").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ CREATE TABLE survey_jobs (
     template        TEXT    NOT NULL,
     patient_key     TEXT    NOT NULL,
     visit_key       TEXT    NOT NULL,
+    id_card_key     TEXT,
+    mobile_key      TEXT,
     status          TEXT    NOT NULL,
     reason          TEXT,
     due_at          INTEGER NOT NULL,
@@ -35,6 +37,15 @@ CREATE TABLE survey_jobs (
     last_error      TEXT
 );
 CREATE INDEX survey_jobs_claim ON survey_jobs (status, next_attempt_at, job_id);
+
+-- R-DND-1..4: the last survey touch per pseudonymous key (pk_, ik_, mk_); a job reserves its
+-- keys when claimed (job_id), the reservation becomes the touch when the CEM accepts.
+CREATE TABLE touches (
+    dnd_key   TEXT    PRIMARY KEY,
+    last_sent INTEGER NOT NULL,
+    job_id    TEXT    NOT NULL
+);
+CREATE INDEX touches_job ON touches (job_id);
 
 -- R-GEN-2: every decision with its rule and reason.
 CREATE TABLE audit (

@@ -493,7 +493,8 @@ pub async fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::proce
     .await
 }
 
-/// `n` distinct outpatient registrations (own MSH-10 and visit number each).
+/// `n` distinct outpatient registrations of `n` distinct patients (own MSH-10, visit number,
+/// patient id and mobile each; no ID card), so do-not-disturb does not join them.
 pub fn registrations(n: usize, tag: &str) -> Vec<Vec<u8>> {
     let base = String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"))
         .expect("utf-8 sample");
@@ -501,6 +502,9 @@ pub fn registrations(n: usize, tag: &str) -> Vec<Vec<u8>> {
         .map(|i| {
             base.replace("MSG20261120093015001", &format!("MSG-{tag}-{i:05}"))
                 .replace("V20261120001", &format!("V{tag}{i:05}"))
+                .replace("P00012345", &format!("P{tag}{i:05}"))
+                .replace("13812345678", &format!("139{i:08}"))
+                .replace("~110101199003071233^^^CHN^NI", "")
                 .into_bytes()
         })
         .collect()
