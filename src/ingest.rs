@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueType};
 use cem_pipeline::anonymize::{Pseudonymizer, hex};
 use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
-use cem_pipeline::event::PatientEvent;
+use cem_pipeline::event::{EventKind, PatientEvent};
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
 use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
@@ -28,8 +28,11 @@ use crate::config::{QueueTypeConfig, SourceConfig};
 use crate::fault::{self, Point};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, Store, StoreError, now_ms,
+    AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, Store, StoreError,
 };
+
+/// How long a cancel that came before its registration is remembered (R-CAN-2).
+const TOMBSTONE_MS: i64 = 7 * 24 * 3_600_000;
 
 /// What ingest needs from the runtime.
 pub struct IngestContext {
@@ -307,7 +310,7 @@ async fn write_batch(
     src: &SourceConfig,
     prepared: &[Prepared],
 ) -> Result<Vec<Disposition>, StoreError> {
-    let now = now_ms();
+    let now = ctx.clock.now_ms();
     let conn = src.name.as_str();
     let mut tx = ctx.store.begin().await?;
     let mut out = Vec::with_capacity(prepared.len());
@@ -420,6 +423,20 @@ async fn apply_decision(
     let mid = event.message_id.as_str();
     match decision {
         SurveyDecision::Schedule(job) => {
+            // R-CAN-2: the visit was cancelled before this registration arrived.
+            if event.kind == EventKind::Registered
+                && let Some(reason) = tx.tombstone(&job.visit_key, now).await?
+            {
+                let decision = SurveyDecision::Suppress {
+                    reason: if reason == "visit_cancelled" {
+                        "visit_cancelled"
+                    } else {
+                        "cancelled"
+                    },
+                    rule: "R-CAN-2",
+                };
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
             let payload = serde_json::to_string(&job.payload).unwrap_or_default();
             let r = tx
                 .insert_job(
@@ -440,6 +457,7 @@ async fn apply_decision(
                 .await?;
             let (action, reason) = match &r {
                 JobInsert::Created => ("scheduled", None),
+                JobInsert::Reactivated => ("reactivated", Some("discharge_recorded_again")),
                 JobInsert::Exists { status } if status == "sent" => ("no_op", Some("already_sent")),
                 JobInsert::Exists { .. } => ("no_op", Some("already_scheduled")),
             };
@@ -450,7 +468,11 @@ async fn apply_decision(
                 job_id: Some(&job.job_id),
                 patient_key: Some(&pk),
                 action,
-                rule: Some("R-SRV-5"),
+                rule: Some(if r == JobInsert::Reactivated {
+                    "R-CAN-3"
+                } else {
+                    "R-SRV-5"
+                }),
                 reason,
                 detail: Some(&format!("template {} due {due}", job.template)),
             })
@@ -459,7 +481,60 @@ async fn apply_decision(
                      "reason" => reason.unwrap_or("scheduled"))
             .increment(1);
             debug!(connector = conn, message_id = mid, patient_key = %pk, job_id = %job.job_id, action, "survey decision");
-            Ok(r == JobInsert::Created)
+            Ok(matches!(r, JobInsert::Created | JobInsert::Reactivated))
+        }
+        SurveyDecision::Cancel {
+            visit_key,
+            reason,
+            rule,
+        } => {
+            let result = tx.cancel_visit(visit_key, reason, now).await?;
+            for job_id in &result.cancelled {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    job_id: Some(job_id),
+                    patient_key: Some(&pk),
+                    action: "cancelled",
+                    rule: Some(rule),
+                    reason: Some(reason),
+                    ..Default::default()
+                })
+                .await?;
+                counter!("cem_bridge_survey_decisions_total", "decision" => "cancelled", "reason" => *reason)
+                    .increment(1);
+            }
+            for job_id in &result.sent {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    job_id: Some(job_id),
+                    patient_key: Some(&pk),
+                    action: "recorded",
+                    rule: Some("R-CAN-1"),
+                    reason: Some("cancel_after_send"),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            if result.cancelled.is_empty() && result.sent.is_empty() && *reason == "visit_cancelled"
+            {
+                tx.put_tombstone(visit_key, reason, now + TOMBSTONE_MS)
+                    .await?;
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    patient_key: Some(&pk),
+                    action: "recorded",
+                    rule: Some("R-CAN-2"),
+                    reason: Some("cancel_before_registration"),
+                    detail: Some("tombstone kept 7 days"),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            debug!(connector = conn, message_id = mid, patient_key = %pk, cancelled = result.cancelled.len(), reason, "visit cancelled");
+            Ok(false)
         }
         SurveyDecision::Suppress { reason, rule } => {
             tx.audit(&AuditEntry {

@@ -123,7 +123,21 @@ pub struct NewJob<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobInsert {
     Created,
-    Exists { status: String },
+    /// The job was cancelled by a discharge cancellation (A13) and a new discharge brought it
+    /// back with the new due time (R-CAN-3).
+    Reactivated,
+    Exists {
+        status: String,
+    },
+}
+
+/// What cancelling a visit did (R-CAN-1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VisitCancel {
+    /// Pending jobs now cancelled.
+    pub cancelled: Vec<String>,
+    /// Jobs of the visit already sent (the cancel is only recorded for them).
+    pub sent: Vec<String>,
 }
 
 /// One audit row (R-GEN-2). No personal data: pseudonyms and message ids only.
@@ -785,6 +799,23 @@ impl StoreTx {
         if n == 1 {
             return Ok(JobInsert::Created);
         }
+        let revived = sqlx::query(
+            "UPDATE survey_jobs SET status = 'pending', reason = NULL, due_at = $1, next_attempt_at = $1, \
+             payload = $2, message_id = $3, locked_until = 0, updated_at = $4 \
+             WHERE job_id = $5 AND status = 'cancelled' AND reason = 'discharge_cancelled'",
+        )
+        .bind(job.due_at)
+        .bind(job.payload)
+        .bind(job.message_id)
+        .bind(now)
+        .bind(job.job_id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("reactivate job"))?
+        .rows_affected();
+        if revived == 1 {
+            return Ok(JobInsert::Reactivated);
+        }
         let status: String = sqlx::query("SELECT status FROM survey_jobs WHERE job_id = $1")
             .bind(job.job_id)
             .fetch_one(&mut *self.tx)
@@ -796,6 +827,85 @@ impl StoreTx {
 
     pub async fn audit(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
         audit_in(&mut self.tx, e).await
+    }
+
+    /// Cancel the visit's pending jobs (R-CAN-1, R-CAN-3), releasing any do-not-disturb
+    /// reservation they held, and list the jobs already sent.
+    pub async fn cancel_visit(
+        &mut self,
+        visit_key: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<VisitCancel, StoreError> {
+        let cancelled: Vec<String> = sqlx::query(
+            "UPDATE survey_jobs SET status = 'cancelled', reason = $1, locked_until = 0, updated_at = $2 \
+             WHERE visit_key = $3 AND status = 'pending' RETURNING job_id",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(visit_key)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(db("cancel jobs"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>("job_id"))
+        .collect::<Result<_, _>>()
+        .map_err(db("cancel jobs"))?;
+        for id in &cancelled {
+            sqlx::query("DELETE FROM touches WHERE job_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db("release touch"))?;
+        }
+        let sent =
+            sqlx::query("SELECT job_id FROM survey_jobs WHERE visit_key = $1 AND status = 'sent'")
+                .bind(visit_key)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(db("read sent jobs"))?
+                .iter()
+                .map(|r| r.try_get::<String, _>("job_id"))
+                .collect::<Result<_, _>>()
+                .map_err(db("read sent jobs"))?;
+        Ok(VisitCancel { cancelled, sent })
+    }
+
+    /// Remember a cancel that came before its visit's registration (R-CAN-2).
+    pub async fn put_tombstone(
+        &mut self,
+        visit_key: &str,
+        reason: &str,
+        until: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tombstones (visit_key, reason, until) VALUES ($1, $2, $3) \
+             ON CONFLICT (visit_key) DO UPDATE SET reason = excluded.reason, until = excluded.until",
+        )
+        .bind(visit_key)
+        .bind(reason)
+        .bind(until)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("write tombstone"))?;
+        Ok(())
+    }
+
+    /// The reason of a live tombstone for this visit, if any (R-CAN-2).
+    pub async fn tombstone(
+        &mut self,
+        visit_key: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        sqlx::query("SELECT reason FROM tombstones WHERE visit_key = $1 AND until > $2")
+            .bind(visit_key)
+            .bind(now)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db("read tombstone"))?
+            .map(|r| r.try_get::<String, _>("reason"))
+            .transpose()
+            .map_err(db("read tombstone"))
     }
 
     pub async fn dead_letter(

@@ -47,6 +47,13 @@ CREATE TABLE touches (
 );
 CREATE INDEX touches_job ON touches (job_id);
 
+-- R-CAN-2: a cancel that arrived before its registration, remembered until `until`.
+CREATE TABLE tombstones (
+    visit_key TEXT    PRIMARY KEY,
+    reason    TEXT    NOT NULL,
+    until     INTEGER NOT NULL
+);
+
 -- R-GEN-2: every decision with its rule and reason.
 CREATE TABLE audit (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -61,6 +61,12 @@ pub enum SurveyDecision {
     },
     /// The event kind triggers no survey; recorded only.
     Record { reason: &'static str },
+    /// A11 / A13: cancel the visit's pending surveys (R-CAN-1, R-CAN-3).
+    Cancel {
+        visit_key: String,
+        reason: &'static str,
+        rule: &'static str,
+    },
 }
 
 /// A survey to send: identity (R-SRV-5), time and the anonymised payload.
@@ -224,6 +230,23 @@ pub fn decide(
     let rule_event = match event.kind {
         EventKind::Registered => RuleEvent::Registered,
         EventKind::Discharged => RuleEvent::Discharged,
+        EventKind::VisitCancelled | EventKind::DischargeCancelled if event.production => {
+            let Some(visit) = &event.visit else {
+                return SurveyDecision::Record {
+                    reason: "no_survey_for_event",
+                };
+            };
+            let (reason, rule) = if event.kind == EventKind::VisitCancelled {
+                ("visit_cancelled", "R-CAN-1")
+            } else {
+                ("discharge_cancelled", "R-CAN-3")
+            };
+            return SurveyDecision::Cancel {
+                visit_key: ctx.pseudo.visit_key(&visit.facility, visit.number.expose()),
+                reason,
+                rule,
+            };
+        }
         _ => {
             return SurveyDecision::Record {
                 reason: "no_survey_for_event",
@@ -594,12 +617,42 @@ mod tests {
     }
 
     #[test]
+    fn r_can_1_and_r_can_3_cancels_name_the_visit_key() {
+        let a11 =
+            include_str!("../../tests/fixtures/samples/hl7v2/adt_a11_cancel_registration.hl7");
+        let a13 = include_str!("../../tests/fixtures/samples/hl7v2/adt_a13_cancel_discharge.hl7");
+        let reg = job(decide_at(A04, "202611200931"));
+        match decide_at(a11, "202611201016") {
+            SurveyDecision::Cancel {
+                visit_key,
+                reason,
+                rule,
+            } => {
+                assert_eq!(
+                    (visit_key, reason, rule),
+                    (reg.visit_key, "visit_cancelled", "R-CAN-1")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let dis = job(decide_at(A03, "202611201600"));
+        match decide_at(a13, "202611201701") {
+            SurveyDecision::Cancel {
+                visit_key, reason, ..
+            } => {
+                assert_eq!((visit_key, reason), (dis.visit_key, "discharge_cancelled"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn other_events_are_recorded_only() {
-        let a11 = A04
-            .replace("ADT^A04^ADT_A01", "ADT^A11^ADT_A09")
-            .replace("EVN|A04", "EVN|A11");
+        let a08 = A04
+            .replace("ADT^A04^ADT_A01", "ADT^A08^ADT_A01")
+            .replace("EVN|A04", "EVN|A08");
         assert_eq!(
-            decide_at(&a11, "202611200931"),
+            decide_at(&a08, "202611200931"),
             SurveyDecision::Record {
                 reason: "no_survey_for_event"
             }

@@ -1,0 +1,172 @@
+//! Cancellations end to end (R-CAN-1..3, EX-02, EX-07, EX-14): the messages are queued before
+//! the bridge starts, so they arrive in order in one batch, before any push.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Start a bridge on `msgs` (queued first), wait until all are acked, return the bridge.
+async fn run_sequence(
+    name: &str,
+    cem: &Recorder,
+    msgs: &[&str],
+) -> (Setup, cem_bridge::runtime::Bridge) {
+    let setup = Setup::new(name, &cem.url());
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    let bodies: Vec<Vec<u8>> = msgs.iter().map(|m| m.as_bytes().to_vec()).collect();
+    publish_many(&setup.queue, &bodies).await;
+    let bridge = setup.start().await;
+    let store = bridge.store.clone();
+    let n = msgs.len() as i64;
+    wait_for(20, "every message processed", || {
+        let store = store.clone();
+        async move { (store.inbox_count().await.ok()? == n).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // let a wrong push show up
+    (setup, bridge)
+}
+
+fn sample(rel: &str) -> String {
+    String::from_utf8(read_fixture(rel)).unwrap()
+}
+
+/// EX-02 / R-CAN-1: a registration cancelled (A11) before its survey was sent → nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ex_02_cancel_before_send_sends_nothing() {
+    let cem = Recorder::start().await;
+    let a04 = sample("hl7v2/adt_a04_outpatient_registration.hl7");
+    let a11 = sample("hl7v2/adt_a11_cancel_registration.hl7");
+    let (setup, bridge) = run_sequence("ex02", &cem, &[&a04, &a11]).await;
+    let jobs = bridge.store.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].status.as_str(), jobs[0].reason.as_deref()),
+        ("cancelled", Some("visit_cancelled"))
+    );
+    assert!(cem.requests().is_empty(), "nothing sent");
+    let audit = bridge.store.audit(Some(&jobs[0].job_id)).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "cancelled" && a.rule.as_deref() == Some("R-CAN-1"))
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// EX-14 / R-CAN-2: the cancel arrives before the registration → the registration is suppressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ex_14_cancel_before_registration_suppresses_it() {
+    let cem = Recorder::start().await;
+    let a04 = sample("hl7v2/adt_a04_outpatient_registration.hl7");
+    let a11 = sample("hl7v2/adt_a11_cancel_registration.hl7");
+    let (setup, bridge) = run_sequence("ex14", &cem, &[&a11, &a04]).await;
+    assert!(bridge.store.jobs().await.unwrap().is_empty(), "no job");
+    let audit = bridge
+        .store
+        .audit(Some("MSG20261120093015001"))
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().any(|a| a.action == "suppressed"
+            && a.reason.as_deref() == Some("visit_cancelled")
+            && a.rule.as_deref() == Some("R-CAN-2")),
+        "{audit:?}"
+    );
+    assert!(cem.requests().is_empty());
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// EX-07 / R-CAN-3: A03, A13, A03 (new discharge time) → one job, active again with the new
+/// due time; at most one survey.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ex_07_discharge_cancelled_and_discharged_again_is_one_job_with_the_new_time() {
+    let cem = Recorder::start().await;
+    let a03 = sample("hl7v2/adt_a03_discharge.hl7");
+    let a13 = sample("hl7v2/adt_a13_cancel_discharge.hl7");
+    let again = a03
+        .replace("MSG20261120160000004", "MSG20261122090000009")
+        .replace(
+            "|20261115075500|20261120155500",
+            "|20261115075500|20261122090000",
+        );
+    let (setup, bridge) = run_sequence("ex07", &cem, &[&a03, &a13, &again]).await;
+    let jobs = bridge.store.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1, "one job for the stay");
+    let j = &jobs[0];
+    assert_eq!(j.status, "pending", "re-activated, not yet due");
+    let due = jiff::Timestamp::from_millisecond(j.due_at).unwrap();
+    assert_eq!(
+        cem_pipeline::time::rfc3339_in(due, &cem_pipeline::time::default_zone()),
+        "2026-11-23T10:00:00+08:00"
+    );
+    let actions: Vec<String> = bridge
+        .store
+        .audit(Some(&j.job_id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(actions, vec!["scheduled", "cancelled", "reactivated"]);
+    assert!(
+        cem.requests().is_empty(),
+        "nothing due yet on the test clock"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// R-CAN-1: a cancel after the survey was sent is recorded as `cancel_after_send` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_send_is_recorded_only() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("after-send", &cem.url());
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"),
+        "a04",
+    )
+    .await;
+    wait_for(20, "the survey", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 1).then_some(()) }
+    })
+    .await;
+    let store = bridge.store.clone();
+    wait_for(10, "marked sent", || {
+        let store = store.clone();
+        async move { (store.jobs().await.ok()?.first()?.status == "sent").then_some(()) }
+    })
+    .await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a11_cancel_registration.hl7"),
+        "a11",
+    )
+    .await;
+    let audit = wait_for(20, "the cancel recorded", || {
+        let store = store.clone();
+        async move {
+            let a = store.audit(Some("MSG20261120101500002")).await.ok()?;
+            (!a.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(audit[0].reason.as_deref(), Some("cancel_after_send"));
+    assert_eq!(
+        bridge.store.jobs().await.unwrap()[0].status,
+        "sent",
+        "stays sent"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
