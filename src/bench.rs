@@ -317,13 +317,9 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
     match decode(A04, &opts) {
         Ok((_, event)) => match decide(&event, &policy, &ctx) {
             SurveyDecision::Schedule(_) => {}
-            SurveyDecision::Suppress { reason, .. }
-            | SurveyDecision::Record { reason }
-            | SurveyDecision::Cancel { reason, .. } => {
-                bail!(
-                    "the A04 sample schedules no survey ({reason}); the bench would measure the wrong path"
-                )
-            }
+            other => bail!(
+                "the A04 sample schedules no survey ({other:?}); the bench would measure the wrong path"
+            ),
         },
         Err(r) => bail!(
             "the built-in A04 sample does not decode: {} ({})",

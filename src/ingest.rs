@@ -437,6 +437,14 @@ async fn apply_decision(
                 };
                 return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
             }
+            // R-EXC-1: a patient flagged deceased earlier stays excluded.
+            if tx.is_deceased(&job.patient_key).await? {
+                let decision = SurveyDecision::Suppress {
+                    reason: "deceased",
+                    rule: "R-EXC-1",
+                };
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
             let payload = serde_json::to_string(&job.payload).unwrap_or_default();
             let r = tx
                 .insert_job(
@@ -483,6 +491,41 @@ async fn apply_decision(
             debug!(connector = conn, message_id = mid, patient_key = %pk, job_id = %job.job_id, action, "survey decision");
             Ok(matches!(r, JobInsert::Created | JobInsert::Reactivated))
         }
+        SurveyDecision::Update {
+            patient_key,
+            mobile_key,
+            deceased,
+            event_time,
+        } => {
+            let applied = tx
+                .update_contact(
+                    patient_key,
+                    mobile_key.as_deref(),
+                    event_time.as_millisecond(),
+                )
+                .await?;
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(patient_key),
+                action: "recorded",
+                rule: Some("R-CAN-5"),
+                reason: Some(if applied {
+                    "demographics_updated"
+                } else {
+                    "older_update_ignored"
+                }),
+                ..Default::default()
+            })
+            .await?;
+            if *deceased {
+                for job_id in tx.mark_deceased(patient_key, now).await? {
+                    audit_cancel(tx, conn, mid, &job_id, patient_key, "R-EXC-1", "deceased")
+                        .await?;
+                }
+            }
+            Ok(false)
+        }
         SurveyDecision::Cancel {
             visit_key,
             reason,
@@ -490,19 +533,7 @@ async fn apply_decision(
         } => {
             let result = tx.cancel_visit(visit_key, reason, now).await?;
             for job_id in &result.cancelled {
-                tx.audit(&AuditEntry {
-                    connector: Some(conn),
-                    message_id: Some(mid),
-                    job_id: Some(job_id),
-                    patient_key: Some(&pk),
-                    action: "cancelled",
-                    rule: Some(rule),
-                    reason: Some(reason),
-                    ..Default::default()
-                })
-                .await?;
-                counter!("cem_bridge_survey_decisions_total", "decision" => "cancelled", "reason" => *reason)
-                    .increment(1);
+                audit_cancel(tx, conn, mid, job_id, &pk, rule, reason).await?;
             }
             for job_id in &result.sent {
                 tx.audit(&AuditEntry {
@@ -537,6 +568,11 @@ async fn apply_decision(
             Ok(false)
         }
         SurveyDecision::Suppress { reason, rule } => {
+            if *reason == "deceased" {
+                for job_id in tx.mark_deceased(&pk, now).await? {
+                    audit_cancel(tx, conn, mid, &job_id, &pk, "R-EXC-1", "deceased").await?;
+                }
+            }
             tx.audit(&AuditEntry {
                 connector: Some(conn),
                 message_id: Some(mid),
@@ -565,6 +601,32 @@ async fn apply_decision(
             Ok(false)
         }
     }
+}
+
+/// Audit and count one cancelled job.
+async fn audit_cancel(
+    tx: &mut crate::store::StoreTx,
+    conn: &str,
+    message_id: &str,
+    job_id: &str,
+    patient_key: &str,
+    rule: &str,
+    reason: &'static str,
+) -> Result<(), StoreError> {
+    tx.audit(&AuditEntry {
+        connector: Some(conn),
+        message_id: Some(message_id),
+        job_id: Some(job_id),
+        patient_key: Some(patient_key),
+        action: "cancelled",
+        rule: Some(rule),
+        reason: Some(reason),
+        ..Default::default()
+    })
+    .await?;
+    counter!("cem_bridge_survey_decisions_total", "decision" => "cancelled", "reason" => reason)
+        .increment(1);
+    Ok(())
 }
 
 /// After the commit: republish dead letters, then ack everything up to the last tag.

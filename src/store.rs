@@ -218,6 +218,8 @@ pub struct JobRow {
     pub sent_at: Option<i64>,
     pub last_status: Option<i64>,
     pub message_id: String,
+    /// `mk_…` the survey goes to (R-DND-1, R-CAN-5).
+    pub mobile_key: Option<String>,
 }
 
 /// A stored dead letter.
@@ -628,7 +630,7 @@ impl Store {
 
     pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT job_id, template, patient_key, status, reason, due_at, attempts, payload, sent_at, last_status, message_id \
+            "SELECT job_id, template, patient_key, status, reason, due_at, attempts, payload, sent_at, last_status, message_id, mobile_key \
              FROM survey_jobs ORDER BY created_at, job_id",
         )
         .fetch_all(&self.pool)
@@ -719,6 +721,7 @@ fn job_row(r: &AnyRow) -> Result<JobRow, sqlx::Error> {
         sent_at: r.try_get("sent_at")?,
         last_status: r.try_get("last_status")?,
         message_id: r.try_get("message_id")?,
+        mobile_key: r.try_get("mobile_key")?,
     })
 }
 
@@ -869,6 +872,95 @@ impl StoreTx {
                 .collect::<Result<_, _>>()
                 .map_err(db("read sent jobs"))?;
         Ok(VisitCancel { cancelled, sent })
+    }
+
+    /// Is this patient flagged deceased (R-EXC-1, persisted per `pk`)?
+    pub async fn is_deceased(&mut self, patient_key: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT deceased FROM patients WHERE patient_key = $1")
+                .bind(patient_key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db("read patient"))?
+                .map(|r| r.try_get::<i64, _>("deceased"))
+                .transpose()
+                .map_err(db("read patient"))?
+                .unwrap_or(0)
+                == 1,
+        )
+    }
+
+    /// Flag a patient deceased (never cleared) and cancel their pending surveys (R-EXC-1,
+    /// EX-21); returns the cancelled job ids.
+    pub async fn mark_deceased(
+        &mut self,
+        patient_key: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query(
+            "INSERT INTO patients (patient_key, deceased) VALUES ($1, 1) \
+             ON CONFLICT (patient_key) DO UPDATE SET deceased = 1",
+        )
+        .bind(patient_key)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("flag deceased"))?;
+        let cancelled: Vec<String> = sqlx::query(
+            "UPDATE survey_jobs SET status = 'cancelled', reason = 'deceased', locked_until = 0, updated_at = $1 \
+             WHERE patient_key = $2 AND status = 'pending' RETURNING job_id",
+        )
+        .bind(now)
+        .bind(patient_key)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(db("cancel jobs"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>("job_id"))
+        .collect::<Result<_, _>>()
+        .map_err(db("cancel jobs"))?;
+        for id in &cancelled {
+            sqlx::query("DELETE FROM touches WHERE job_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db("release touch"))?;
+        }
+        Ok(cancelled)
+    }
+
+    /// R-CAN-5: store newer demographics (the contact mobile's pseudonym) and point the
+    /// patient's pending surveys at it; an older update changes nothing (EX-22). Returns
+    /// whether it applied.
+    pub async fn update_contact(
+        &mut self,
+        patient_key: &str,
+        mobile_key: Option<&str>,
+        event_time: i64,
+    ) -> Result<bool, StoreError> {
+        let applied = sqlx::query(
+            "INSERT INTO patients (patient_key, mobile_key, demographics_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (patient_key) DO UPDATE SET mobile_key = excluded.mobile_key, \
+             demographics_at = excluded.demographics_at WHERE patients.demographics_at <= excluded.demographics_at",
+        )
+        .bind(patient_key)
+        .bind(mobile_key)
+        .bind(event_time)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("update patient"))?
+        .rows_affected()
+            == 1;
+        if applied {
+            sqlx::query(
+                "UPDATE survey_jobs SET mobile_key = $1 WHERE patient_key = $2 AND status = 'pending'",
+            )
+            .bind(mobile_key)
+            .bind(patient_key)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("update pending jobs"))?;
+        }
+        Ok(applied)
     }
 
     /// Remember a cancel that came before its visit's registration (R-CAN-2).

@@ -47,6 +47,15 @@ CREATE TABLE touches (
 );
 CREATE INDEX touches_job ON touches (job_id);
 
+-- R-CAN-5 / R-EXC-1: what the store knows of a patient (pseudonyms only). `deceased` is 0/1 and
+-- is never cleared; demographics apply only if not older than `demographics_at` (EX-22).
+CREATE TABLE patients (
+    patient_key     TEXT    PRIMARY KEY,
+    deceased        BIGINT  NOT NULL DEFAULT 0,
+    mobile_key      TEXT,
+    demographics_at BIGINT  NOT NULL DEFAULT 0
+);
+
 -- R-CAN-2: a cancel that arrived before its registration, remembered until `until`.
 CREATE TABLE tombstones (
     visit_key TEXT    PRIMARY KEY,

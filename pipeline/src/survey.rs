@@ -61,6 +61,15 @@ pub enum SurveyDecision {
     },
     /// The event kind triggers no survey; recorded only.
     Record { reason: &'static str },
+    /// A08: new demographics for the patient (R-CAN-5); stored only if not older than what is
+    /// stored (EX-22).
+    Update {
+        patient_key: String,
+        /// `mk_…` of the current contact mobile (the guardian's for minors), if any.
+        mobile_key: Option<String>,
+        deceased: bool,
+        event_time: Timestamp,
+    },
     /// A11 / A13: cancel the visit's pending surveys (R-CAN-1, R-CAN-3).
     Cancel {
         visit_key: String,
@@ -230,6 +239,25 @@ pub fn decide(
     let rule_event = match event.kind {
         EventKind::Registered => RuleEvent::Registered,
         EventKind::Discharged => RuleEvent::Discharged,
+        EventKind::Updated if event.production => {
+            let event_date = event.event_time.to_zoned(ctx.zone.clone()).date();
+            let minor = event
+                .patient
+                .birth_date
+                .and_then(|b| age_on(b, event_date))
+                .is_some_and(|age| age < policy.adult_age);
+            let contact = if minor {
+                event.patient.guardian_mobile.as_ref()
+            } else {
+                event.patient.mobile.as_ref()
+            };
+            return SurveyDecision::Update {
+                patient_key: ctx.pseudo.patient_key(&event.patient.id),
+                mobile_key: contact.map(|m| ctx.pseudo.mobile_key(m.expose())),
+                deceased: event.patient.deceased,
+                event_time: event.event_time,
+            };
+        }
         EventKind::VisitCancelled | EventKind::DischargeCancelled if event.production => {
             let Some(visit) = &event.visit else {
                 return SurveyDecision::Record {
@@ -647,12 +675,42 @@ mod tests {
     }
 
     #[test]
+    fn r_can_5_a08_carries_the_new_mobile_key_and_death() {
+        let a08 = include_str!("../../tests/fixtures/samples/hl7v2/adt_a08_update_phone.hl7");
+        match decide_at(a08, "202611201631") {
+            SurveyDecision::Update {
+                patient_key,
+                mobile_key,
+                deceased,
+                ..
+            } => {
+                assert_eq!(patient_key, job(decide_at(A03, "202611201600")).patient_key);
+                assert_eq!(
+                    mobile_key,
+                    Some(pseudo().mobile_key("13711112222")),
+                    "EX-06"
+                );
+                assert!(!deceased);
+            }
+            other => panic!("{other:?}"),
+        }
+        let dead = a08.replace("|||||||||||||||||N\r", "|||||||||||||||20261121083000|Y\r");
+        assert!(
+            matches!(
+                decide_at(&dead, "202611201631"),
+                SurveyDecision::Update { deceased: true, .. }
+            ),
+            "EX-21"
+        );
+    }
+
+    #[test]
     fn other_events_are_recorded_only() {
-        let a08 = A04
-            .replace("ADT^A04^ADT_A01", "ADT^A08^ADT_A01")
-            .replace("EVN|A04", "EVN|A08");
+        let a01 = A04
+            .replace("ADT^A04^ADT_A01", "ADT^A01^ADT_A01")
+            .replace("EVN|A04", "EVN|A01");
         assert_eq!(
-            decide_at(&a08, "202611200931"),
+            decide_at(&a01, "202611200931"),
             SurveyDecision::Record {
                 reason: "no_survey_for_event"
             }

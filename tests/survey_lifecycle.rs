@@ -1,4 +1,4 @@
-//! Cancellations end to end (R-CAN-1..3, EX-02, EX-07, EX-14): the messages are queued before
+//! Survey lifecycle end to end (R-CAN-1..5, R-EXC-1; EX-02, 06, 07, 08, 14, 21, 22): messages are queued before
 //! the bridge starts, so they arrive in order in one batch, before any push.
 
 mod common;
@@ -167,6 +167,79 @@ async fn cancel_after_send_is_recorded_only() {
         "sent",
         "stays sent"
     );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// The A03 sample discharged on 2026-11-21 09:00, so its survey is due 11-22 10:00 and stays
+/// pending on the test clock.
+fn a03_pending() -> String {
+    sample("hl7v2/adt_a03_discharge.hl7").replace(
+        "|20261115075500|20261120155500",
+        "|20261115075500|20261121090000",
+    )
+}
+
+/// EX-06 / R-CAN-5: an A08 with a new phone points the pending survey at the new mobile's
+/// pseudonym; EX-22: an older A08 afterwards changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ex_06_and_ex_22_a08_updates_the_pending_contact_only_when_newer() {
+    let cem = Recorder::start().await;
+    let a03 = a03_pending();
+    let a08 = sample("hl7v2/adt_a08_update_phone.hl7");
+    let older = a08
+        .replace("MSG20261120163000006", "MSG20261120160000777")
+        .replace("EVN|A08|20261120163000", "EVN|A08|20261120160000")
+        .replace("13711112222", "13755556666");
+    let (setup, bridge) = run_sequence("ex06", &cem, &[&a03, &a08, &older]).await;
+    let jobs = bridge.store.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let keys = cem_pipeline::anonymize::Pseudonymizer::new(TEST_KEY, "t1").unwrap();
+    assert_eq!(
+        jobs[0].mobile_key.as_deref(),
+        Some(keys.mobile_key("13711112222").as_str()),
+        "EX-06"
+    );
+    let older_audit = bridge
+        .store
+        .audit(Some("MSG20261120160000777"))
+        .await
+        .unwrap();
+    assert_eq!(
+        older_audit[0].reason.as_deref(),
+        Some("older_update_ignored"),
+        "EX-22"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// EX-21 / R-EXC-1: an A08 saying the patient died cancels the pending survey; EX-08: later
+/// events for that patient are suppressed `deceased`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ex_21_and_ex_08_death_cancels_pending_and_suppresses_later_events() {
+    let cem = Recorder::start().await;
+    let a03 = a03_pending();
+    let died = sample("hl7v2/adt_a08_update_phone.hl7")
+        .replace("|||||||||||||||||N\r", "|||||||||||||||20261121083000|Y\r");
+    let later = sample("hl7v2/adt_a04_outpatient_registration.hl7")
+        .replace("P00012345", "P00067890")
+        .replace("MSG20261120093015001", "MSG-LATER-1");
+    let (setup, bridge) = run_sequence("ex21", &cem, &[&a03, &died, &later]).await;
+    let jobs = bridge.store.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1, "no job for the later visit");
+    assert_eq!(
+        (jobs[0].status.as_str(), jobs[0].reason.as_deref()),
+        ("cancelled", Some("deceased"))
+    );
+    let audit = bridge.store.audit(Some("MSG-LATER-1")).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "suppressed" && a.reason.as_deref() == Some("deceased")),
+        "{audit:?}"
+    );
+    assert!(cem.requests().is_empty());
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
