@@ -423,6 +423,15 @@ async fn apply_decision(
     let mid = event.message_id.as_str();
     match decision {
         SurveyDecision::Schedule(job) => {
+            // R-CAN-6: events for a merged patient count for the survivor.
+            let survivor = tx.resolve_patient(&job.patient_key).await?;
+            if survivor != job.patient_key {
+                let mut moved = job.clone();
+                moved.patient_key = survivor.clone();
+                moved.payload.patient.pk = survivor;
+                let decision = SurveyDecision::Schedule(moved);
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
             // R-CAN-2: the visit was cancelled before this registration arrived.
             if event.kind == EventKind::Registered
                 && let Some(reason) = tx.tombstone(&job.visit_key, now).await?
@@ -490,6 +499,26 @@ async fn apply_decision(
             .increment(1);
             debug!(connector = conn, message_id = mid, patient_key = %pk, job_id = %job.job_id, action, "survey decision");
             Ok(matches!(r, JobInsert::Created | JobInsert::Reactivated))
+        }
+        SurveyDecision::Merge {
+            survivor_key,
+            merged_key,
+        } => {
+            let moved = tx.merge_patients(merged_key, survivor_key).await?;
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(merged_key),
+                action: "merged",
+                rule: Some("R-CAN-6"),
+                detail: Some(&format!(
+                    "into {survivor_key}; {} pending survey(s) moved",
+                    moved.len()
+                )),
+                ..Default::default()
+            })
+            .await?;
+            Ok(false)
         }
         SurveyDecision::Update {
             patient_key,

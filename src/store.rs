@@ -963,6 +963,84 @@ impl StoreTx {
         Ok(applied)
     }
 
+    /// The survivor a patient pseudonym was merged into, or the pseudonym itself (R-CAN-6).
+    pub async fn resolve_patient(&mut self, patient_key: &str) -> Result<String, StoreError> {
+        Ok(
+            sqlx::query("SELECT survivor_key FROM patient_aliases WHERE alias_key = $1")
+                .bind(patient_key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db("read alias"))?
+                .map(|r| r.try_get::<String, _>("survivor_key"))
+                .transpose()
+                .map_err(db("read alias"))?
+                .unwrap_or_else(|| patient_key.to_string()),
+        )
+    }
+
+    /// R-CAN-6: `merged` becomes an alias of `survivor`; its touches (the later of both per key
+    /// counts), pending jobs and deceased flag move to the survivor. Returns the moved job ids.
+    pub async fn merge_patients(
+        &mut self,
+        merged: &str,
+        survivor: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let survivor = self.resolve_patient(survivor).await?;
+        if merged == survivor {
+            return Ok(Vec::new());
+        }
+        sqlx::query(
+            "INSERT INTO patient_aliases (alias_key, survivor_key) VALUES ($1, $2) \
+             ON CONFLICT (alias_key) DO UPDATE SET survivor_key = excluded.survivor_key",
+        )
+        .bind(merged)
+        .bind(survivor.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("write alias"))?;
+        // Aliases of the merged patient now point at the survivor too.
+        sqlx::query("UPDATE patient_aliases SET survivor_key = $1 WHERE survivor_key = $2")
+            .bind(survivor.as_str())
+            .bind(merged)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("update aliases"))?;
+        sqlx::query(
+            "INSERT INTO touches (dnd_key, last_sent, job_id) \
+             SELECT $1, last_sent, job_id FROM touches WHERE dnd_key = $2 \
+             ON CONFLICT (dnd_key) DO UPDATE SET last_sent = excluded.last_sent, job_id = excluded.job_id \
+             WHERE touches.last_sent < excluded.last_sent",
+        )
+        .bind(survivor.as_str())
+        .bind(merged)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("merge touches"))?;
+        let moved: Vec<String> = sqlx::query(
+            "UPDATE survey_jobs SET patient_key = $1 WHERE patient_key = $2 AND status = 'pending' RETURNING job_id",
+        )
+        .bind(survivor.as_str())
+        .bind(merged)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(db("move jobs"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>("job_id"))
+        .collect::<Result<_, _>>()
+        .map_err(db("move jobs"))?;
+        sqlx::query(
+            "INSERT INTO patients (patient_key, deceased) \
+             SELECT $1, deceased FROM patients WHERE patient_key = $2 AND deceased = 1 \
+             ON CONFLICT (patient_key) DO UPDATE SET deceased = 1",
+        )
+        .bind(survivor.as_str())
+        .bind(merged)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("merge deceased flag"))?;
+        Ok(moved)
+    }
+
     /// Remember a cancel that came before its visit's registration (R-CAN-2).
     pub async fn put_tombstone(
         &mut self,

@@ -243,3 +243,90 @@ async fn ex_21_and_ex_08_death_cancels_pending_and_suppresses_later_events() {
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+/// EX-13 / R-CAN-6: P00054321 was surveyed; it is merged (A40) into P00012345, whose own next
+/// visit is then inside the do-not-disturb window; an event for P00054321 maps to P00012345.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ex_13_merge_moves_touches_and_maps_later_events_to_the_survivor() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("ex13", &cem.url());
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    let a04 = sample("hl7v2/adt_a04_outpatient_registration.hl7");
+    // P00054321's own visit: other id, other mobile, no ID card, other visit.
+    let merged_visit = a04
+        .replace(
+            "P00012345^^^HXEYE^PI~110101199003071233^^^CHN^NI",
+            "P00054321^^^HXEYE^PI",
+        )
+        .replace("13812345678", "13600005555")
+        .replace("V20261120001", "V20261119001")
+        .replace("MSG20261120093015001", "MSG-EX13-1");
+    publish(&setup.queue, merged_visit.as_bytes(), "m1").await;
+    wait_for(20, "P00054321 surveyed", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 1).then_some(()) }
+    })
+    .await;
+    let store = bridge.store.clone();
+    wait_for(10, "marked sent", || {
+        let store = store.clone();
+        async move { (store.jobs().await.ok()?.first()?.status == "sent").then_some(()) }
+    })
+    .await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a40_merge.hl7"),
+        "a40",
+    )
+    .await;
+    // The survivor's own visit, with a mobile and ID card never touched: only pk links it.
+    let survivor_visit = a04
+        .replace("13812345678", "13600006666")
+        .replace("~110101199003071233^^^CHN^NI", "")
+        .replace("MSG20261120093015001", "MSG-EX13-2");
+    publish(&setup.queue, survivor_visit.as_bytes(), "s1").await;
+    let job = wait_for(20, "the survivor's job decided", || {
+        let store = store.clone();
+        async move {
+            store
+                .jobs()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|j| j.message_id == "MSG-EX13-2" && j.status != "pending")
+        }
+    })
+    .await;
+    assert_eq!(
+        (job.status.as_str(), job.reason.as_deref()),
+        ("suppressed", Some("dnd")),
+        "EX-13"
+    );
+    // A later event for the merged id is scheduled under the survivor's pseudonym.
+    let again = merged_visit
+        .replace("V20261119001", "V20261121777")
+        .replace("MSG-EX13-1", "MSG-EX13-3");
+    publish(&setup.queue, again.as_bytes(), "m2").await;
+    let j3 = wait_for(20, "the merged id's new job", || {
+        let store = store.clone();
+        async move {
+            store
+                .jobs()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|j| j.message_id == "MSG-EX13-3")
+        }
+    })
+    .await;
+    assert_eq!(j3.patient_key, job.patient_key, "maps to the survivor");
+    assert!(
+        j3.payload.contains(&job.patient_key),
+        "the CEM sees the survivor's pk"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cem.accepted().len(), 1, "still one survey");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}

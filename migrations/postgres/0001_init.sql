@@ -56,6 +56,12 @@ CREATE TABLE patients (
     demographics_at BIGINT  NOT NULL DEFAULT 0
 );
 
+-- R-CAN-6: a merged (non-surviving) patient pseudonym and the survivor it maps to.
+CREATE TABLE patient_aliases (
+    alias_key    TEXT PRIMARY KEY,
+    survivor_key TEXT NOT NULL
+);
+
 -- R-CAN-2: a cancel that arrived before its registration, remembered until `until`.
 CREATE TABLE tombstones (
     visit_key TEXT    PRIMARY KEY,

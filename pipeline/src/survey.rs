@@ -70,6 +70,11 @@ pub enum SurveyDecision {
         deceased: bool,
         event_time: Timestamp,
     },
+    /// A40: the merged patient becomes an alias of the survivor (R-CAN-6).
+    Merge {
+        survivor_key: String,
+        merged_key: String,
+    },
     /// A11 / A13: cancel the visit's pending surveys (R-CAN-1, R-CAN-3).
     Cancel {
         visit_key: String,
@@ -239,6 +244,17 @@ pub fn decide(
     let rule_event = match event.kind {
         EventKind::Registered => RuleEvent::Registered,
         EventKind::Discharged => RuleEvent::Discharged,
+        EventKind::Merged if event.production => {
+            return match &event.merged_from {
+                Some(merged) => SurveyDecision::Merge {
+                    survivor_key: ctx.pseudo.patient_key(&event.patient.id),
+                    merged_key: ctx.pseudo.patient_key(merged),
+                },
+                None => SurveyDecision::Record {
+                    reason: "merge_without_mrg",
+                },
+            };
+        }
         EventKind::Updated if event.production => {
             let event_date = event.event_time.to_zoned(ctx.zone.clone()).date();
             let minor = event
@@ -701,6 +717,21 @@ mod tests {
                 SurveyDecision::Update { deceased: true, .. }
             ),
             "EX-21"
+        );
+    }
+
+    #[test]
+    fn r_can_6_a40_names_survivor_and_merged_keys() {
+        let a40 = include_str!("../../tests/fixtures/samples/hl7v2/adt_a40_merge.hl7");
+        let survivor = job(decide_at(A04, "202611200931")).patient_key;
+        let other = A04.replace("P00012345^^^HXEYE^PI", "P00054321^^^HXEYE^PI");
+        let merged = job(decide_at(&other, "202611200931")).patient_key;
+        assert_eq!(
+            decide_at(a40, "202611211000"),
+            SurveyDecision::Merge {
+                survivor_key: survivor,
+                merged_key: merged
+            }
         );
     }
 
