@@ -840,20 +840,46 @@ impl StoreTx {
         reason: &str,
         now: i64,
     ) -> Result<VisitCancel, StoreError> {
-        let cancelled: Vec<String> = sqlx::query(
-            "UPDATE survey_jobs SET status = 'cancelled', reason = $1, locked_until = 0, updated_at = $2 \
-             WHERE visit_key = $3 AND status = 'pending' RETURNING job_id",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(visit_key)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(db("cancel jobs"))?
-        .iter()
-        .map(|r| r.try_get::<String, _>("job_id"))
-        .collect::<Result<_, _>>()
-        .map_err(db("cancel jobs"))?;
+        let cancelled = self
+            .cancel_pending(JobsOf::Visit, visit_key, reason, now)
+            .await?;
+        let rows =
+            sqlx::query("SELECT job_id FROM survey_jobs WHERE visit_key = $1 AND status = 'sent'")
+                .bind(visit_key)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(db("read sent jobs"))?;
+        let sent = job_ids(&rows).map_err(db("read sent jobs"))?;
+        Ok(VisitCancel { cancelled, sent })
+    }
+
+    /// Cancel the pending jobs of one visit or patient with `reason`, releasing any
+    /// do-not-disturb reservation they held; returns their ids.
+    async fn cancel_pending(
+        &mut self,
+        of: JobsOf,
+        key: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = match of {
+            JobsOf::Visit => {
+                "UPDATE survey_jobs SET status = 'cancelled', reason = $1, locked_until = 0, updated_at = $2 \
+                 WHERE visit_key = $3 AND status = 'pending' RETURNING job_id"
+            }
+            JobsOf::Patient => {
+                "UPDATE survey_jobs SET status = 'cancelled', reason = $1, locked_until = 0, updated_at = $2 \
+                 WHERE patient_key = $3 AND status = 'pending' RETURNING job_id"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(reason)
+            .bind(now)
+            .bind(key)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db("cancel jobs"))?;
+        let cancelled = job_ids(&rows).map_err(db("cancel jobs"))?;
         for id in &cancelled {
             sqlx::query("DELETE FROM touches WHERE job_id = $1")
                 .bind(id.as_str())
@@ -861,17 +887,7 @@ impl StoreTx {
                 .await
                 .map_err(db("release touch"))?;
         }
-        let sent =
-            sqlx::query("SELECT job_id FROM survey_jobs WHERE visit_key = $1 AND status = 'sent'")
-                .bind(visit_key)
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(db("read sent jobs"))?
-                .iter()
-                .map(|r| r.try_get::<String, _>("job_id"))
-                .collect::<Result<_, _>>()
-                .map_err(db("read sent jobs"))?;
-        Ok(VisitCancel { cancelled, sent })
+        Ok(cancelled)
     }
 
     /// Is this patient flagged deceased (R-EXC-1, persisted per `pk`)?
@@ -905,26 +921,9 @@ impl StoreTx {
         .execute(&mut *self.tx)
         .await
         .map_err(db("flag deceased"))?;
-        let cancelled: Vec<String> = sqlx::query(
-            "UPDATE survey_jobs SET status = 'cancelled', reason = 'deceased', locked_until = 0, updated_at = $1 \
-             WHERE patient_key = $2 AND status = 'pending' RETURNING job_id",
-        )
-        .bind(now)
-        .bind(patient_key)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(db("cancel jobs"))?
-        .iter()
-        .map(|r| r.try_get::<String, _>("job_id"))
-        .collect::<Result<_, _>>()
-        .map_err(db("cancel jobs"))?;
-        for id in &cancelled {
-            sqlx::query("DELETE FROM touches WHERE job_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db("release touch"))?;
-        }
+        let cancelled = self
+            .cancel_pending(JobsOf::Patient, patient_key, "deceased", now)
+            .await?;
         Ok(cancelled)
     }
 
@@ -1016,18 +1015,15 @@ impl StoreTx {
         .execute(&mut *self.tx)
         .await
         .map_err(db("merge touches"))?;
-        let moved: Vec<String> = sqlx::query(
+        let rows = sqlx::query(
             "UPDATE survey_jobs SET patient_key = $1 WHERE patient_key = $2 AND status = 'pending' RETURNING job_id",
         )
         .bind(survivor.as_str())
         .bind(merged)
         .fetch_all(&mut *self.tx)
         .await
-        .map_err(db("move jobs"))?
-        .iter()
-        .map(|r| r.try_get::<String, _>("job_id"))
-        .collect::<Result<_, _>>()
         .map_err(db("move jobs"))?;
+        let moved = job_ids(&rows).map_err(db("move jobs"))?;
         sqlx::query(
             "INSERT INTO patients (patient_key, deceased) \
              SELECT $1, deceased FROM patients WHERE patient_key = $2 AND deceased = 1 \
@@ -1104,6 +1100,20 @@ impl StoreTx {
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await.map_err(db("commit"))
     }
+}
+
+/// Which jobs a cancellation applies to.
+#[derive(Debug, Clone, Copy)]
+enum JobsOf {
+    Visit,
+    Patient,
+}
+
+/// The `job_id` column of rows.
+fn job_ids(rows: &[AnyRow]) -> Result<Vec<String>, sqlx::Error> {
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("job_id"))
+        .collect()
 }
 
 /// The do-not-disturb keys of a claimed job row: `pk_`, `ik_` (if any), `mk_` (R-DND-1).

@@ -235,6 +235,16 @@ pub fn shift_out_of_quiet_hours(t: Timestamp, policy: &SurveyPolicy, zone: &Time
         .unwrap_or(t)
 }
 
+/// Younger than `adult_age` at the event date (R-EXC-6); an unknown age counts as adult.
+fn is_minor(event: &PatientEvent, policy: &SurveyPolicy, zone: &TimeZone) -> bool {
+    let event_date = event.event_time.to_zoned(zone.clone()).date();
+    event
+        .patient
+        .birth_date
+        .and_then(|b| age_on(b, event_date))
+        .is_some_and(|age| age < policy.adult_age)
+}
+
 /// Decide what an event means for surveys.
 pub fn decide(
     event: &PatientEvent,
@@ -256,13 +266,7 @@ pub fn decide(
             };
         }
         EventKind::Updated if event.production => {
-            let event_date = event.event_time.to_zoned(ctx.zone.clone()).date();
-            let minor = event
-                .patient
-                .birth_date
-                .and_then(|b| age_on(b, event_date))
-                .is_some_and(|age| age < policy.adult_age);
-            let contact = if minor {
+            let contact = if is_minor(event, policy, ctx.zone) {
                 event.patient.guardian_mobile.as_ref()
             } else {
                 event.patient.mobile.as_ref()
@@ -340,12 +344,7 @@ pub fn decide(
     }
     // 8 minor_no_guardian (R-EXC-6): unknown age counts as adult.
     let event_date = event.event_time.to_zoned(ctx.zone.clone()).date();
-    let minor = event
-        .patient
-        .birth_date
-        .and_then(|b| age_on(b, event_date))
-        .is_some_and(|age| age < policy.adult_age);
-    let contact = if minor {
+    let contact = if is_minor(event, policy, ctx.zone) {
         match &event.patient.guardian_mobile {
             Some(m) => Some(m),
             None => return suppress("minor_no_guardian", "R-EXC-6"),
