@@ -497,6 +497,8 @@ batch_size = {BRIDGE_BATCH}
 [cem]
 mode = "shadow"
 shadow_file = {shadow}
+[ops]
+listen = ""
 "#,
         store = toml_str(&format!("sqlite://{}", db.display())),
         amqp = toml_str(&args.amqp),

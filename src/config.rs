@@ -47,6 +47,8 @@ pub struct Config {
     pub surveys: cem_pipeline::policy::SurveyPolicy,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub ops: OpsConfig,
 }
 
 fn default_zone() -> String {
@@ -260,6 +262,33 @@ fn default_level() -> String {
     "info".into()
 }
 
+/// The operations HTTP server: `/metrics`, `/health`, `/ready`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// `host:port` to listen on (port 0 picks a free port); `""` disables the server.
+    pub listen: String,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_OPS_LISTEN.into(),
+        }
+    }
+}
+
+/// Where the ops server listens unless configured (Prometheus exporters' port range).
+pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9464";
+
+impl OpsConfig {
+    /// The address to listen on, or `None` when the server is disabled.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        let l = self.listen.trim();
+        if l.is_empty() { None } else { l.parse().ok() }
+    }
+}
+
 impl Config {
     /// Read, parse and check a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -347,6 +376,15 @@ impl Config {
                 "concurrency and claim_batch must be ≥ 1".into(),
             ));
         }
+        if !self.ops.listen.trim().is_empty() && self.ops.listen_addr().is_none() {
+            return Err(bad(
+                "ops.listen",
+                format!(
+                    "{:?} is not an address with a port such as \"127.0.0.1:9464\"; use \"\" to disable the ops server",
+                    self.ops.listen
+                ),
+            ));
+        }
         if let Some(first) = self.surveys.check().into_iter().next() {
             let (field, message) = first
                 .split_once(": ")
@@ -405,6 +443,22 @@ mode = "shadow"
         assert_eq!(c.sources[0].dlq(), "q.dlq");
         assert_eq!(c.sources[0].poison_after, 5);
         assert_eq!(c.time_zone, "Asia/Shanghai");
+        assert_eq!(
+            c.ops.listen_addr(),
+            Some(DEFAULT_OPS_LISTEN.parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn ops_listen_can_be_disabled_and_must_be_an_address() {
+        let text = format!("{MIN}[ops]\nlisten = \"\"\n");
+        let c = Config::parse(&text, Path::new("b.toml")).unwrap();
+        assert_eq!(c.ops.listen_addr(), None);
+        let text = format!("{MIN}[ops]\nlisten = \"localhost\"\n");
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ops.listen"), "{e}");
     }
 
     #[test]

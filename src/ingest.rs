@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::clock::Clock;
 use crate::config::{QueueTypeConfig, SourceConfig};
 use crate::fault::{self, Point};
+use crate::ops::SourceHealth;
 use crate::shutdown::Shutdown;
 use crate::store::{
     AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, Store, StoreError,
@@ -44,6 +45,8 @@ pub struct IngestContext {
     pub clock: Clock,
     /// Woken after a commit that created jobs, so due jobs go out without waiting for a poll.
     pub scheduler_wake: Arc<Notify>,
+    /// Where each source says whether it is consuming (read by `/ready`).
+    pub health: SourceHealth,
 }
 
 /// A delivery after the pure work: decoded and decided, or rejected.
@@ -92,6 +95,8 @@ pub async fn run_source(
 ) {
     let amqp = amqp_config(&src, &instance);
     let mut backoff = Duration::from_millis(500);
+    // Present from the start (at 0), so a feed that never delivers is visible as silent.
+    counter!("cem_bridge_messages_acked_total", "connector" => src.name.clone()).increment(0);
     loop {
         if shutdown.is_triggered() {
             break;
@@ -99,8 +104,10 @@ pub async fn run_source(
         match AmqpSource::connect(&amqp).await {
             Ok(mut source) => {
                 info!(connector = %src.name, queue = %src.queue, dlq = %amqp.dead_letter_queue, "consuming");
+                ctx.health.set_connected(&src.name, true);
                 backoff = Duration::from_millis(500);
                 let r = consume(&ctx, &src, &mut source, &mut shutdown).await;
+                ctx.health.set_connected(&src.name, false);
                 source.close().await;
                 match r {
                     Ok(()) => break,

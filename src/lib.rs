@@ -7,6 +7,8 @@
 //! - [`store`] — SQLite/PostgreSQL through sqlx `Any`: dedupe, jobs, audit, dead letters.
 //! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
 //! - [`scheduler`] — claims due jobs and pushes them to the CEM sink with retries.
+//! - [`ops`] — the ops HTTP server: Prometheus `/metrics`, `/health`, `/ready`.
+//! - [`store_ops`] — store queries for operations (gauges).
 //! - [`runtime`] — starts everything, handles shutdown and secrets.
 //! - [`shutdown`] — the one signal every task listens to.
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
@@ -16,9 +18,11 @@ pub mod clock;
 pub mod config;
 pub mod fault;
 pub mod ingest;
+pub mod ops;
 pub mod publish;
 pub mod runtime;
 pub mod scheduler;
 pub mod shutdown;
 pub mod sink;
 pub mod store;
+pub mod store_ops;

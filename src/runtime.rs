@@ -1,6 +1,7 @@
-//! Starts the bridge from a [`Config`]: secrets, store, sink, one ingest task per source and
-//! the scheduler; stops them in order on shutdown.
+//! Starts the bridge from a [`Config`]: secrets, store, sink, the ops server, one ingest task
+//! per source and the scheduler; stops them in order on shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::ingest::{IngestContext, run_source};
+use crate::ops::{self, SourceHealth};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::sink::CemSink;
 use crate::store::{Store, StoreOptions};
@@ -87,6 +89,9 @@ pub struct Bridge {
     trigger: ShutdownTrigger,
     sources: Vec<JoinHandle<()>>,
     scheduler: JoinHandle<()>,
+    /// The ops server and the background tasks (gauges), stopped last.
+    background: Vec<JoinHandle<()>>,
+    ops_addr: Option<SocketAddr>,
     pub store: Store,
 }
 
@@ -124,6 +129,12 @@ pub async fn start_with_clock(
     )
     .await?;
     let sink = CemSink::from_config(&cfg.cem, secrets.cem_token.clone()).await?;
+    let health = SourceHealth::new(cfg.sources.iter().map(|s| s.name.as_str()));
+    // Bound before anything is consumed: a taken port fails the start.
+    let ops_listener = match cfg.ops.listen_addr() {
+        Some(addr) => Some((ops::metrics_handle()?, ops::bind(addr).await?)),
+        None => None,
+    };
     let zone = cfg.zone();
     let ctx = Arc::new(IngestContext {
         store: store.clone(),
@@ -133,8 +144,27 @@ pub async fn start_with_clock(
         zone,
         clock,
         scheduler_wake: Arc::new(Notify::new()),
+        health: health.clone(),
     });
     let (trigger, _) = shutdown::channel();
+    let mut background = Vec::new();
+    let mut ops_addr = None;
+    if let Some((prom, listener)) = ops_listener {
+        ops_addr = listener.local_addr().ok();
+        background.push(tokio::spawn(ops::run_gauges(
+            store.clone(),
+            prom.clone(),
+            clock,
+            trigger.subscribe(),
+        )));
+        background.push(ops::serve(
+            listener,
+            prom,
+            store.clone(),
+            health,
+            trigger.subscribe(),
+        ));
+    }
     let instance = instance_id();
     let sources = cfg
         .sources
@@ -160,16 +190,23 @@ pub async fn start_with_clock(
         },
         trigger.subscribe(),
     ));
-    info!(tenant = %cfg.tenant, store = ?store.backend(), sources = cfg.sources.len(), "cem-bridge started");
+    info!(tenant = %cfg.tenant, store = ?store.backend(), sources = cfg.sources.len(), ops = ?ops_addr, "cem-bridge started");
     Ok(Bridge {
         trigger,
         sources,
         scheduler,
+        background,
+        ops_addr,
         store,
     })
 }
 
 impl Bridge {
+    /// Where the ops server listens (the bound port when the config said port 0), if enabled.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
     /// Stop consuming, finish in-flight batches and pushes, close the store.
     pub async fn shutdown(self) {
         self.trigger.trigger();
@@ -177,6 +214,9 @@ impl Bridge {
             let _ = s.await;
         }
         let _ = self.scheduler.await;
+        for t in self.background {
+            let _ = t.await;
+        }
         self.store.close().await;
         info!("cem-bridge stopped");
     }

@@ -90,8 +90,8 @@ impl Default for StoreOptions {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
 }
 
 /// Result of recording a message key (R-EVT-4).

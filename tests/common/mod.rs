@@ -205,6 +205,8 @@ pub struct Setup {
     pub scheduler: String,
     /// Store URL; a SQLite file in `dir` unless set.
     pub store_url: Option<String>,
+    /// Body of the `[ops]` section; a free loopback port by default (tests run in parallel).
+    pub ops: String,
 }
 
 impl Setup {
@@ -220,6 +222,7 @@ impl Setup {
             scheduler: "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n"
                 .into(),
             store_url: None,
+            ops: "listen = \"127.0.0.1:0\"\n".into(),
         }
     }
 
@@ -251,7 +254,10 @@ url = "{cem}"
 timeout_ms = 2000
 [scheduler]
 {scheduler}
+[ops]
+{ops}
 "#,
+            ops = self.ops,
             extra_top = self.extra_top,
             store = self
                 .store_url

@@ -1,0 +1,415 @@
+//! The operations surface against the real local RabbitMQ (and PostgreSQL where named), with
+//! the bridge in-process and an in-process CEM recorder: `/metrics` (R-MET-1 names, labels and
+//! real values; no personal data, R-ANO-8), `/health` and `/ready`.
+//!
+//! Metrics are per process. `cargo nextest` (what CI runs) gives every test its own process, so
+//! the exact counter values asserted here are this test's traffic only.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use common::*;
+
+/// One sample line of the Prometheus text format.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parse the text exposition format (comments skipped; label values unescaped).
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (head, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("sample line without a value: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match head.split_once('{') {
+            None => (head.to_string(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unterminated labels in {line:?}"));
+                (name.to_string(), parse_labels(body, line))
+            }
+        };
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn parse_labels(body: &str, line: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        assert_eq!(
+            chars.next(),
+            Some('"'),
+            "label value not quoted in {line:?}"
+        );
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                Some('\\') => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(c) => value.push(c),
+                    None => panic!("dangling escape in {line:?}"),
+                },
+                Some('"') => break,
+                Some(c) => value.push(c),
+                None => panic!("unterminated label value in {line:?}"),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_string(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels
+}
+
+/// The value of the series `name` with exactly these labels.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels == want)
+        .map(|s| s.value)
+}
+
+/// A series to find: name, labels, expected value.
+type Expect<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+async fn metrics(addr: SocketAddr) -> Vec<Sample> {
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "/metrics: {text}");
+    parse_metrics(&text)
+}
+
+fn ops_addr(bridge: &cem_bridge::runtime::Bridge) -> SocketAddr {
+    let addr = bridge.ops_addr().expect("the ops server is enabled");
+    assert_ne!(
+        addr.port(),
+        0,
+        "port 0 in the config is resolved to the bound port"
+    );
+    addr
+}
+
+/// R-MET-1 / R-ANO-8: after good and bad samples, `/metrics` counts exactly what happened with
+/// the rule's names and labels, and no line holds any personal value of the samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_met_1_metrics_count_the_real_flow_and_hold_no_personal_data() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("ops-metrics", &cem.url());
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    setup.wait_declared().await;
+    let sent = [
+        "hl7v2/adt_a03_discharge.hl7",
+        "hl7v2/adt_a04_outpatient_registration.hl7",
+        "hl7v2/adt_a03_discharge_deceased.hl7",
+        "bad/truncated.hl7",
+        "bad/missing_patient_id.hl7",
+        "hl7v2/adt_a04_outpatient_registration.hl7", // again: a duplicate
+    ];
+    for f in sent {
+        publish(&setup.queue, &read_fixture(f), f).await;
+    }
+    wait_for(20, "two surveys accepted", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 2).then_some(()) }
+    })
+    .await;
+    // Acks and the survey gauge follow the commit and the next refresh.
+    let m = wait_for(
+        20,
+        "every delivery acked and no survey pending",
+        || async move {
+            let m = metrics(addr).await;
+            let acked = value(
+                &m,
+                "cem_bridge_messages_acked_total",
+                &[("connector", "adt")],
+            );
+            let pending = value(&m, "cem_bridge_survey_pending", &[]);
+            (acked == Some(6.0) && pending == Some(0.0)).then_some(m)
+        },
+    )
+    .await;
+
+    let adt = ("connector", "adt");
+    let cases: &[Expect] = &[
+        (
+            "cem_bridge_messages_in_total",
+            &[adt, ("format", "hl7v2"), ("event", "DISCHARGED")],
+            2.0,
+        ),
+        (
+            "cem_bridge_messages_in_total",
+            &[adt, ("format", "hl7v2"), ("event", "REGISTERED")],
+            1.0,
+        ),
+        ("cem_bridge_messages_duplicate_total", &[adt], 1.0),
+        (
+            "cem_bridge_dead_letters_total",
+            &[adt, ("reason", "truncated")],
+            1.0,
+        ),
+        (
+            "cem_bridge_dead_letters_total",
+            &[adt, ("reason", "missing_patient_id")],
+            1.0,
+        ),
+        (
+            "cem_bridge_sink_requests_total",
+            &[("sink", "cem"), ("outcome", "2xx")],
+            2.0,
+        ),
+        (
+            "cem_bridge_survey_decisions_total",
+            &[("decision", "scheduled"), ("reason", "scheduled")],
+            2.0,
+        ),
+        (
+            "cem_bridge_survey_decisions_total",
+            &[("decision", "sent"), ("reason", "sent")],
+            2.0,
+        ),
+        (
+            "cem_bridge_survey_decisions_total",
+            &[("decision", "suppressed"), ("reason", "deceased")],
+            1.0,
+        ),
+        ("cem_bridge_ingest_latency_seconds_count", &[adt], 6.0),
+        (
+            // R-SRV-1: the A03 sample's ward CAT02 gets the surgery template.
+            "cem_bridge_survey_send_delay_seconds_count",
+            &[("template", "IP-SURG-01")],
+            1.0,
+        ),
+        (
+            "cem_bridge_survey_send_delay_seconds_count",
+            &[("template", "OP-SAT-01")],
+            1.0,
+        ),
+        ("cem_bridge_survey_oldest_overdue_seconds", &[], 0.0),
+    ];
+    for (name, labels, want) in cases {
+        assert_eq!(
+            value(&m, name, labels),
+            Some(*want),
+            "{name}{labels:?} in {m:#?}"
+        );
+    }
+    // Histograms are rendered with buckets (not as summaries), and the +Inf bucket holds all.
+    assert_eq!(
+        value(
+            &m,
+            "cem_bridge_ingest_latency_seconds_bucket",
+            &[adt, ("le", "+Inf")]
+        ),
+        Some(6.0)
+    );
+    assert!(
+        m.iter()
+            .any(|s| s.name == "cem_bridge_ingest_latency_seconds_bucket"
+                && s.labels.get("le").map(String::as_str) == Some("0.005")),
+        "the configured latency buckets are used"
+    );
+    let rss = value(&m, "cem_bridge_process_resident_memory_bytes", &[]).unwrap_or(0.0);
+    assert!(rss > 1_000_000.0, "resident memory {rss} bytes");
+    // Only the label names of R-MET-1 are used.
+    for s in &m {
+        for k in s.labels.keys() {
+            assert!(
+                [
+                    "connector",
+                    "format",
+                    "event",
+                    "reason",
+                    "sink",
+                    "outcome",
+                    "decision",
+                    "template",
+                    "kind",
+                    "le"
+                ]
+                .contains(&k.as_str()),
+                "unexpected label {k} on {}",
+                s.name
+            );
+        }
+    }
+    // R-ANO-8: nothing personal anywhere in the exposition, labels and help text included.
+    let (_, text) = get(addr, "/metrics").await;
+    for line in text.lines() {
+        for pii in SAMPLE_PII {
+            assert!(!line.contains(pii), "{pii:?} in /metrics line {line:?}");
+        }
+    }
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// `cem_bridge_survey_pending` and `_oldest_overdue_seconds` come from the store: a survey the
+/// CEM cannot take stays pending and overdue, measured on the bridge's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survey_gauges_show_a_job_the_cem_cannot_take_as_pending_and_overdue() {
+    // Nothing listens on port 9: every push fails before a response.
+    let mut setup = Setup::new("ops-gauges", "http://127.0.0.1:9/surveys/dispatch");
+    setup.scheduler = "poll_interval_ms = 50\nbackoff_initial_ms = 600000\n".into();
+    // The bridge's clock, as `Setup::start` sets it (within milliseconds).
+    let clock = cem_bridge::clock::Clock::starting_at(CLOCK_START.parse().unwrap());
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    setup.wait_declared().await;
+    publish(
+        &setup.queue,
+        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
+        "a03",
+    )
+    .await;
+    // The refresh after the push failed shows the job (every 5 s).
+    let m = wait_for(20, "the pending gauge at 1 and overdue", || async move {
+        let m = metrics(addr).await;
+        let overdue = value(&m, "cem_bridge_survey_oldest_overdue_seconds", &[]);
+        (value(&m, "cem_bridge_survey_pending", &[]) == Some(1.0) && overdue > Some(0.0))
+            .then_some(m)
+    })
+    .await;
+    let job = &bridge.store.jobs().await.unwrap()[0];
+    let expected = (clock.now_ms() - job.due_at) as f64 / 1000.0;
+    let overdue = value(&m, "cem_bridge_survey_oldest_overdue_seconds", &[]).unwrap_or(0.0);
+    assert!(
+        expected > 0.0 && overdue <= expected && expected - overdue < 6.0,
+        "overdue {overdue} s, expected about {expected} s (refreshed every 5 s)"
+    );
+    let failed = value(
+        &m,
+        "cem_bridge_sink_requests_total",
+        &[("sink", "cem"), ("outcome", "timeout")],
+    );
+    assert_eq!(failed, Some(1.0), "one failed push, retry far away");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// `/health` answers while the process runs; `/ready` is 200 once the source consumes and
+/// the store answers, with a JSON body saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_ok_and_ready_is_200_when_consuming() {
+    let setup = Setup::new("ops-ready", "http://127.0.0.1:9/unused");
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    assert_eq!(get(addr, "/health").await, (200, "ok".to_string()));
+    let body = wait_for(15, "/ready 200", || async move {
+        let (status, body) = get(addr, "/ready").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["store"], "ok");
+    assert_eq!(v["sources"]["adt"], "connected");
+    assert_eq!(v["not_ready"], serde_json::json!([]));
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// `/ready` is 503 and names the source that cannot reach RabbitMQ, while the other consumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_naming_a_source_that_cannot_reach_rabbitmq() {
+    let mut setup = Setup::new("ops-notready", "http://127.0.0.1:9/unused");
+    let lab_queue = unique("t.ops-lab");
+    // Nothing listens on port 1: the `lab` source never connects.
+    setup.extra_source = format!(
+        "\n[[source]]\nname = \"lab\"\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nqueue = \"{lab_queue}\"\n"
+    );
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    setup.wait_declared().await;
+    let body = wait_for(15, "the adt source connected", || async move {
+        let (status, body) = get(addr, "/ready").await;
+        assert_eq!(status, 503, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (v["sources"]["adt"] == "connected").then_some(v)
+    })
+    .await;
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["sources"]["lab"], "disconnected");
+    assert_eq!(body["store"], "ok");
+    assert_eq!(body["not_ready"], serde_json::json!(["source lab"]));
+    assert_eq!(get(addr, "/health").await.0, 200, "alive though not ready");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// `/ready` turns 503 and names the store when the database goes away (PostgreSQL database
+/// dropped under the running bridge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_naming_the_store_when_the_database_goes_away() {
+    let (url, db) = pg_database("ops_ready").await;
+    let mut setup = Setup::new("ops-store", "http://127.0.0.1:9/unused");
+    setup.store_url = Some(url);
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    wait_for(15, "/ready 200", || async move {
+        (get(addr, "/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    drop_pg_database(&db).await;
+    let v = wait_for(20, "/ready 503 naming the store", || async move {
+        let (status, body) = get(addr, "/ready").await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 503 && v["not_ready"] == serde_json::json!(["store"])).then_some(v)
+    })
+    .await;
+    assert_eq!(v["sources"]["adt"], "connected");
+    assert_ne!(v["store"], "ok");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+#[test]
+fn the_metrics_parser_reads_labels_and_escapes() {
+    let m = parse_metrics(
+        "# HELP x y\nx_total{a=\"1\",b=\"q\\\"z\"} 3\ny 0.5\nz_bucket{le=\"+Inf\"} 2\n",
+    );
+    assert_eq!(
+        value(&m, "x_total", &[("a", "1"), ("b", "q\"z")]),
+        Some(3.0)
+    );
+    assert_eq!(value(&m, "y", &[]), Some(0.5));
+    assert_eq!(value(&m, "z_bucket", &[("le", "+Inf")]), Some(2.0));
+    assert_eq!(value(&m, "x_total", &[("a", "1")]), None, "exact label set");
+}
