@@ -8,7 +8,8 @@
 //! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
 //! - [`scheduler`] — claims due jobs and pushes them to the CEM sink with retries.
 //! - [`ops`] — the ops HTTP server: Prometheus `/metrics`, `/health`, `/ready`.
-//! - [`store_ops`] — store queries for operations (gauges).
+//! - [`store_ops`] — store queries for operations (gauges, dead letters, traces).
+//! - [`inspect`] — `dlq` and `trace` views of the store, as text or JSON.
 //! - [`runtime`] — starts everything, handles shutdown and secrets.
 //! - [`shutdown`] — the one signal every task listens to.
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod fault;
 pub mod ingest;
+pub mod inspect;
 pub mod ops;
 pub mod publish;
 pub mod runtime;

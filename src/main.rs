@@ -1,4 +1,4 @@
-//! `cem-bridge` command line: run, check, publish, bench.
+//! `cem-bridge` command line: run, check, publish, dlq, trace, bench.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cem_bridge::bench;
 use cem_bridge::config::{Config, LogFormat};
+use cem_bridge::inspect;
 use cem_bridge::publish::{PublishRequest, publish_files};
 use cem_bridge::runtime::{self, Secrets};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -68,10 +69,63 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Dead letters recorded in the store (the bodies stay in the dead-letter queues).
+    Dlq {
+        #[command(subcommand)]
+        what: DlqCmd,
+    },
+    /// Everything the store knows about a message id, survey job id or patient pseudonym (pk_…):
+    /// decisions with rule and reason, jobs with status and attempts, dead letters.
+    Trace {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Message id (MSH-10), job id, or patient pseudonym `pk_…`.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput on this machine and print the figures (needs RabbitMQ).
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
+    },
+}
+
+/// The config naming the store to read.
+#[derive(Args)]
+struct ConfigArg {
+    #[arg(
+        short,
+        long,
+        env = "CEM_BRIDGE_CONFIG",
+        default_value = "config/bridge.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// The newest dead letters: id, time, connector, reason, message id, detail.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter in full, and where its body is.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The id `dlq list` shows.
+        id: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -112,6 +166,10 @@ fn init_logs(cfg: Option<&Config>) {
     let level = cfg
         .map(|c| c.log.level.clone())
         .unwrap_or_else(|| "info".into());
+    init_logs_at(&level, cfg);
+}
+
+fn init_logs_at(level: &str, cfg: Option<&Config>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
@@ -145,6 +203,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Load the config for a read-only command; logs only warnings, to stderr.
+fn load_for_reading(path: &std::path::Path) -> anyhow::Result<Config> {
+    let cfg = Config::load(path)?;
+    init_logs_at("warn", Some(&cfg));
+    Ok(cfg)
 }
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
@@ -203,6 +268,58 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             })
             .await?;
             println!("published {n} message(s) to {queue} (persistent, confirmed)");
+            Ok(())
+        }
+        Cmd::Dlq {
+            what:
+                DlqCmd::List {
+                    config,
+                    limit,
+                    json,
+                },
+        } => {
+            let cfg = load_for_reading(&config.config)?;
+            let store = inspect::open_store(&cfg).await?;
+            let rows = store.recent_dead_letters(limit).await?;
+            let total = store.dead_letter_count().await?;
+            store.close().await;
+            print!(
+                "{}",
+                inspect::dead_letter_list(&rows, total, &cfg.zone(), json)
+            );
+            Ok(())
+        }
+        Cmd::Dlq {
+            what: DlqCmd::Show { config, id, json },
+        } => {
+            let cfg = load_for_reading(&config.config)?;
+            let store = inspect::open_store(&cfg).await?;
+            let row = store.dead_letter_by_id(id).await?;
+            store.close().await;
+            let row = row.ok_or(inspect::InspectError::NoDeadLetter(id))?;
+            let dlq = cfg
+                .sources
+                .iter()
+                .find(|s| s.name == row.connector)
+                .map(|s| s.dlq());
+            println!(
+                "{}",
+                inspect::dead_letter_detail(&row, dlq.as_deref(), &cfg.zone(), json).trim_end()
+            );
+            Ok(())
+        }
+        Cmd::Trace { config, id, json } => {
+            let cfg = load_for_reading(&config.config)?;
+            let store = inspect::open_store(&cfg).await?;
+            let trace = store.trace(&id).await?;
+            store.close().await;
+            if trace.is_empty() {
+                return Err(inspect::InspectError::NothingFound(id).into());
+            }
+            println!(
+                "{}",
+                inspect::trace_report(&id, &trace, &cfg.zone(), json).trim_end()
+            );
             Ok(())
         }
         Cmd::Bench {

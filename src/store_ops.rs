@@ -1,9 +1,14 @@
-//! Store queries for operations: the survey gauges behind `/metrics`.
+//! Store queries for operations: the survey gauges behind `/metrics`, and the read-only views
+//! behind `cem-bridge dlq` and `cem-bridge trace`.
 //!
 //! Kept apart from `store.rs` (the ingest and scheduler write paths) so operations work and
 //! pipeline work do not collide; same `Store`, same sqlx `Any` code path on both backends.
 
-use sqlx::Row;
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::store::{Store, StoreError};
 
@@ -42,6 +47,265 @@ impl Store {
             oldest_due_at: row
                 .try_get::<Option<i64>, _>("oldest")
                 .map_err(db("summarise pending jobs"))?,
+        })
+    }
+}
+
+/// A dead letter as recorded (metadata only: the body stays in the broker's dead-letter queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterRecord {
+    pub id: i64,
+    /// Epoch milliseconds.
+    pub at: i64,
+    pub connector: String,
+    pub message_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub content_hash: String,
+    pub size_bytes: i64,
+    pub delivery_count: i64,
+}
+
+/// A survey job as `trace` shows it (no payload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceJob {
+    pub job_id: String,
+    pub template: String,
+    pub patient_key: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub due_at: i64,
+    pub next_attempt_at: i64,
+    pub sent_at: Option<i64>,
+    pub created_at: i64,
+    pub connector: String,
+    pub message_id: String,
+}
+
+/// An audit row as `trace` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceAudit {
+    pub id: i64,
+    pub at: i64,
+    pub connector: Option<String>,
+    pub message_id: Option<String>,
+    pub job_id: Option<String>,
+    pub patient_key: Option<String>,
+    pub action: String,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Everything the store holds about one message id, job id or patient pseudonym.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Trace {
+    pub jobs: Vec<TraceJob>,
+    pub audit: Vec<TraceAudit>,
+    pub dead_letters: Vec<DeadLetterRecord>,
+}
+
+impl Trace {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.audit.is_empty() && self.dead_letters.is_empty()
+    }
+}
+
+/// At most this many jobs are followed from one trace (a patient with years of visits).
+const TRACE_MAX_JOBS: usize = 500;
+
+const DEAD_LETTER_COLUMNS: &str =
+    "id, at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count";
+const TRACE_JOB_COLUMNS: &str = "job_id, template, patient_key, status, reason, attempts, \
+     last_status, last_error, due_at, next_attempt_at, sent_at, created_at, connector, message_id";
+const TRACE_AUDIT_COLUMNS: &str =
+    "id, at, connector, message_id, job_id, patient_key, action, rule, reason, detail";
+
+fn dead_letter_record(r: &AnyRow) -> Result<DeadLetterRecord, sqlx::Error> {
+    Ok(DeadLetterRecord {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        connector: r.try_get("connector")?,
+        message_id: r.try_get("message_id")?,
+        reason: r.try_get("reason")?,
+        detail: r.try_get("detail")?,
+        content_hash: r.try_get("content_hash")?,
+        size_bytes: r.try_get("size_bytes")?,
+        delivery_count: r.try_get("delivery_count")?,
+    })
+}
+
+fn trace_job(r: &AnyRow) -> Result<TraceJob, sqlx::Error> {
+    Ok(TraceJob {
+        job_id: r.try_get("job_id")?,
+        template: r.try_get("template")?,
+        patient_key: r.try_get("patient_key")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        attempts: r.try_get("attempts")?,
+        last_status: r.try_get("last_status")?,
+        last_error: r.try_get("last_error")?,
+        due_at: r.try_get("due_at")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        sent_at: r.try_get("sent_at")?,
+        created_at: r.try_get("created_at")?,
+        connector: r.try_get("connector")?,
+        message_id: r.try_get("message_id")?,
+    })
+}
+
+fn trace_audit(r: &AnyRow) -> Result<TraceAudit, sqlx::Error> {
+    Ok(TraceAudit {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        connector: r.try_get("connector")?,
+        message_id: r.try_get("message_id")?,
+        job_id: r.try_get("job_id")?,
+        patient_key: r.try_get("patient_key")?,
+        action: r.try_get("action")?,
+        rule: r.try_get("rule")?,
+        reason: r.try_get("reason")?,
+        detail: r.try_get("detail")?,
+    })
+}
+
+/// `$first, $first+1, …` for `n` bound values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// The newest `limit` dead letters, newest first.
+    pub async fn recent_dead_letters(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let sql =
+            format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id DESC LIMIT $1");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list dead letters"))?;
+        rows.iter()
+            .map(dead_letter_record)
+            .collect::<Result<_, _>>()
+            .map_err(db("read dead letters"))
+    }
+
+    /// Dead letters recorded in total.
+    pub async fn dead_letter_count(&self) -> Result<i64, StoreError> {
+        sqlx::query("SELECT COUNT(*) AS n FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .map_err(db("count dead letters"))
+    }
+
+    /// One dead letter by its id.
+    pub async fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetterRecord>, StoreError> {
+        let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read dead letter"))?;
+        row.as_ref()
+            .map(dead_letter_record)
+            .transpose()
+            .map_err(db("read dead letter"))
+    }
+
+    /// Everything about `id`, which may be a message id (MSH-10), a survey job id or a patient
+    /// pseudonym (`pk_…`): its audit rows, the jobs it led to (and their later audit rows:
+    /// pushes, retries, death) and its dead letters.
+    pub async fn trace(&self, id: &str) -> Result<Trace, StoreError> {
+        let sql = format!(
+            "SELECT {TRACE_AUDIT_COLUMNS} FROM audit \
+             WHERE message_id = $1 OR job_id = $1 OR patient_key = $1 ORDER BY id"
+        );
+        let direct: Vec<TraceAudit> = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("trace: read audit"))?
+            .iter()
+            .map(trace_audit)
+            .collect::<Result<_, _>>()
+            .map_err(db("trace: read audit"))?;
+
+        // Jobs named by the id itself, or by the audit rows found (a re-sent message with a
+        // new message id is recorded as a no-op on the job the first one created).
+        let mut job_ids: BTreeSet<String> =
+            direct.iter().filter_map(|a| a.job_id.clone()).collect();
+        job_ids.insert(id.to_string());
+        let job_ids: Vec<String> = job_ids.into_iter().take(TRACE_MAX_JOBS).collect();
+        let sql = format!(
+            "SELECT {TRACE_JOB_COLUMNS} FROM survey_jobs \
+             WHERE message_id = $1 OR patient_key = $1 OR job_id IN ({}) \
+             ORDER BY created_at, job_id LIMIT {TRACE_MAX_JOBS}",
+            placeholders(2, job_ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(id);
+        for j in &job_ids {
+            q = q.bind(j.as_str());
+        }
+        let jobs: Vec<TraceJob> = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("trace: read jobs"))?
+            .iter()
+            .map(trace_job)
+            .collect::<Result<_, _>>()
+            .map_err(db("trace: read jobs"))?;
+
+        let mut audit = direct;
+        if !jobs.is_empty() {
+            let sql = format!(
+                "SELECT {TRACE_AUDIT_COLUMNS} FROM audit WHERE job_id IN ({}) ORDER BY id",
+                placeholders(1, jobs.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for j in &jobs {
+                q = q.bind(j.job_id.as_str());
+            }
+            let seen: BTreeSet<i64> = audit.iter().map(|a| a.id).collect();
+            for r in q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("trace: read job audit"))?
+                .iter()
+            {
+                let a = trace_audit(r).map_err(db("trace: read job audit"))?;
+                if !seen.contains(&a.id) {
+                    audit.push(a);
+                }
+            }
+        }
+        audit.sort_by_key(|a| (a.at, a.id));
+
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE message_id = $1 ORDER BY id"
+        );
+        let dead_letters = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("trace: read dead letters"))?
+            .iter()
+            .map(dead_letter_record)
+            .collect::<Result<_, _>>()
+            .map_err(db("trace: read dead letters"))?;
+        Ok(Trace {
+            jobs,
+            audit,
+            dead_letters,
         })
     }
 }

@@ -413,3 +413,173 @@ fn the_metrics_parser_reads_labels_and_escapes() {
     assert_eq!(value(&m, "z_bucket", &[("le", "+Inf")]), Some(2.0));
     assert_eq!(value(&m, "x_total", &[("a", "1")]), None, "exact label set");
 }
+
+/// Run the binary with only the config (no pseudonym key is needed to read the store).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bridge_bin())
+        .args(args)
+        .env_remove("CEM_BRIDGE_PSEUDONYM_KEY")
+        .env_remove("CEM_BRIDGE_TEST_KEY")
+        .env_remove("CEM_BRIDGE_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run cem-bridge");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_no_pii(what: &str, text: &str) {
+    for pii in SAMPLE_PII {
+        assert!(!text.contains(pii), "R-ANO-8: {pii:?} in {what}: {text}");
+    }
+}
+
+/// `dlq list|show` and `trace` read what the running bridge recorded: reasons, details,
+/// decisions with rule and reason, job status, attempts and HTTP status, in the configured
+/// zone; a re-sent visit (new MSH-10) shows up in the first message's trace through its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_and_trace_commands_show_what_the_store_recorded() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("ops-cli", &cem.url());
+    let config = setup.write_config();
+    let config = config.to_str().unwrap();
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    let a04 = String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7")).unwrap();
+    publish(&setup.queue, a04.as_bytes(), "a04").await;
+    publish(
+        &setup.queue,
+        &read_fixture("bad/truncated.hl7"),
+        "bad/truncated.hl7",
+    )
+    .await;
+    let resent = a04.replace("MSG20261120093015001", "MSG-OPS-RESENT");
+    publish(&setup.queue, resent.as_bytes(), "a04-resent").await;
+    let store = bridge.store.clone();
+    wait_for(20, "the survey sent and the re-send recorded", || {
+        let store = store.clone();
+        async move {
+            let sent = store.jobs().await.ok()?.iter().any(|j| j.status == "sent");
+            let resent = store
+                .audit(Some("MSG-OPS-RESENT"))
+                .await
+                .ok()?
+                .iter()
+                .any(|a| a.action == "no_op");
+            (sent && resent).then_some(())
+        }
+    })
+    .await;
+    let job = bridge.store.jobs().await.unwrap().remove(0);
+
+    // dlq list: one dead letter, text and JSON.
+    let (ok, out, err) = cli(&["dlq", "list", "-c", config]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ID  TIME"), "{out}");
+    let line = out.lines().nth(1).unwrap_or_default();
+    for want in ["adt", "truncated", "bad/truncated.hl7", "MSH-9", "+08:00"] {
+        assert!(line.contains(want), "{want} in {line:?}");
+    }
+    assert!(out.contains("1 of 1 dead letter(s)"), "{out}");
+    let (ok, out, err) = cli(&["dlq", "list", "-c", config, "--json", "--limit", "5"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"], 1);
+    let dl = &v["dead_letters"][0];
+    assert_eq!(dl["reason"], "truncated");
+    assert_eq!(dl["connector"], "adt");
+    assert_eq!(dl["message_id"], "bad/truncated.hl7");
+    assert!(dl["at"].as_str().unwrap().ends_with("+08:00"), "{dl}");
+    let id = dl["id"].as_i64().unwrap().to_string();
+
+    // dlq show: the record and where the body is.
+    let (ok, out, err) = cli(&["dlq", "show", &id, "-c", config]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("RabbitMQ queue {}", setup.dlq())),
+        "{out}"
+    );
+    assert!(out.contains("reason              truncated"), "{out}");
+    let (ok, _, err) = cli(&["dlq", "show", "999999", "-c", config]);
+    assert!(!ok);
+    assert!(err.contains("no dead letter with id 999999"), "{err}");
+
+    // trace by message id: the decision, the re-send's no-op, the push.
+    let (ok, out, err) = cli(&["trace", "MSG20261120093015001", "-c", config, "--json"]);
+    assert!(ok, "{err}");
+    let t: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let audit = t["audit"].as_array().unwrap();
+    let mut actions: Vec<&str> = audit
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions[0], "scheduled", "{out}");
+    let times: Vec<i64> = audit.iter().map(|a| a["at_ms"].as_i64().unwrap()).collect();
+    assert!(times.is_sorted(), "oldest first: {times:?}");
+    actions.sort_unstable();
+    assert_eq!(actions, ["no_op", "scheduled", "sent"], "{out}");
+    let no_op = audit.iter().find(|a| a["action"] == "no_op").unwrap();
+    assert!(
+        ["already_scheduled", "already_sent"].contains(&no_op["reason"].as_str().unwrap()),
+        "{no_op}"
+    );
+    assert_eq!(no_op["message_id"], "MSG-OPS-RESENT");
+    assert_eq!(audit[0]["rule"], "R-SRV-5");
+    assert_eq!(t["jobs"].as_array().unwrap().len(), 1);
+    let j = &t["jobs"][0];
+    assert_eq!(j["job_id"], job.job_id.as_str());
+    assert_eq!(j["status"], "sent");
+    assert_eq!(j["attempts"], 1);
+    assert_eq!(j["last_status"], 200);
+    let due = jiff::Timestamp::from_millisecond(job.due_at)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").unwrap())
+        .strftime("%Y-%m-%dT%H:%M:%S%.3f%:z")
+        .to_string();
+    assert_eq!(j["due_at"], due.as_str(), "R-GEN-1: in the configured zone");
+    assert!(due.ends_with("+08:00"), "{due}");
+    assert!(j["sent_at"].as_str().unwrap().ends_with("+08:00"));
+    assert!(j.get("payload").is_none(), "no payload in traces");
+
+    // trace by job id and by pseudonym, as text.
+    for key in [job.job_id.as_str(), job.patient_key.as_str()] {
+        let (ok, out, err) = cli(&["trace", key, "-c", config]);
+        assert!(ok, "{err}");
+        assert!(out.starts_with(&format!("trace {key}: 1 job(s)")), "{out}");
+        assert!(out.contains("times in Asia/Shanghai"), "{out}");
+        for want in [
+            "scheduled",
+            "sent",
+            "OP-SAT-01",
+            "HTTP 200",
+            "MSG20261120093015001",
+        ] {
+            assert!(out.contains(want), "{want} in trace {key}: {out}");
+        }
+        assert_no_pii("trace", &out);
+    }
+    // trace of the dead letter's message id shows its record.
+    let (ok, out, err) = cli(&["trace", "bad/truncated.hl7", "-c", config]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("dead_letter") && out.contains("R-EVT-6"),
+        "{out}"
+    );
+    assert_no_pii("trace", &out);
+    // Unknown ids are an error that says what an id can be.
+    let (ok, _, err) = cli(&["trace", "no-such-id", "-c", config]);
+    assert!(!ok);
+    assert!(err.contains("pk_"), "{err}");
+
+    bridge.shutdown().await;
+    // A config whose SQLite file does not exist is refused, not given a fresh empty store.
+    std::fs::remove_file(&setup.db).unwrap();
+    let (ok, _, err) = cli(&["dlq", "list", "-c", config]);
+    assert!(!ok);
+    assert!(err.contains("there is no store at"), "{err}");
+    assert!(!setup.db.exists(), "no store was created");
+    cleanup(&setup).await;
+}

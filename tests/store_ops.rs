@@ -1,0 +1,262 @@
+//! The operations queries of the store (`src/store_ops.rs`) on both backends: embedded SQLite
+//! and the local PostgreSQL (a fresh database per test). Same SQL, same expectations.
+
+mod common;
+
+use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, StoreOptions};
+use cem_bridge::store_ops::PendingSummary;
+use common::*;
+use sqlx::Executor;
+
+/// A scratch database on one backend, dropped by `cleanup`.
+struct Db {
+    url: String,
+    pg_name: Option<String>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Db {
+    async fn sqlite(name: &str) -> Self {
+        let dir = scratch_dir(name);
+        Self {
+            url: format!("sqlite://{}", dir.join("store.db").display()),
+            pg_name: None,
+            dir: Some(dir),
+        }
+    }
+
+    async fn postgres(name: &str) -> Self {
+        let (url, db) = pg_database(name).await;
+        Self {
+            url,
+            pg_name: Some(db),
+            dir: None,
+        }
+    }
+
+    async fn open(&self) -> Store {
+        Store::open(&self.url, &StoreOptions::default())
+            .await
+            .expect("store opens")
+    }
+
+    /// Run SQL directly (to set up states the write paths reach only through time or pushes).
+    async fn exec(&self, sql: &str) {
+        let pool = sqlx::AnyPool::connect(&self.url).await.expect("connect");
+        pool.execute(sqlx::AssertSqlSafe(sql.to_string()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+    }
+
+    async fn cleanup(self) {
+        if let Some(db) = self.pg_name {
+            drop_pg_database(&db).await;
+        }
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn job<'a>(id: &'a str, patient: &'a str, message: &'a str, due: i64) -> NewJob<'a> {
+    NewJob {
+        job_id: id,
+        template: "OP-SAT-01",
+        patient_key: patient,
+        visit_key: "vk_x",
+        id_card_key: None,
+        mobile_key: None,
+        due_at: due,
+        payload: "{}",
+        connector: "adt",
+        message_id: message,
+    }
+}
+
+fn dead_letter<'a>(message_id: Option<&'a str>, reason: &'a str) -> DeadLetterEntry<'a> {
+    DeadLetterEntry {
+        connector: "adt",
+        message_id,
+        reason,
+        detail: "MSH-9 (message type) is missing",
+        content_hash: "h",
+        size_bytes: 49,
+        delivery_count: 0,
+    }
+}
+
+/// Two patients: m1 creates j1 (pk_a), m2 re-sends the same visit (a no-op on j1), j1 is sent;
+/// m3 creates j2 (pk_b); m4 is dead-lettered.
+async fn seed(store: &Store, db: &Db) {
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_job(&job("j1", "pk_a", "m1", 1_000), 1)
+        .await
+        .unwrap();
+    for (mid, action, reason) in [
+        ("m1", "scheduled", None),
+        ("m2", "no_op", Some("already_scheduled")),
+    ] {
+        tx.audit(&AuditEntry {
+            connector: Some("adt"),
+            message_id: Some(mid),
+            job_id: Some("j1"),
+            patient_key: Some("pk_a"),
+            action,
+            rule: Some("R-SRV-5"),
+            reason,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    tx.audit(&AuditEntry {
+        job_id: Some("j1"),
+        action: "sent",
+        detail: Some("HTTP 200"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.insert_job(&job("j2", "pk_b", "m3", 2_000), 2)
+        .await
+        .unwrap();
+    tx.audit(&AuditEntry {
+        connector: Some("adt"),
+        message_id: Some("m3"),
+        job_id: Some("j2"),
+        patient_key: Some("pk_b"),
+        action: "scheduled",
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.dead_letter(&dead_letter(Some("m4"), "truncated"), 10)
+        .await
+        .unwrap();
+    tx.audit(&AuditEntry {
+        connector: Some("adt"),
+        message_id: Some("m4"),
+        action: "dead_letter",
+        reason: Some("truncated"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.dead_letter(&dead_letter(None, "unknown_format"), 20)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    db.exec("UPDATE survey_jobs SET status = 'sent', sent_at = 5000, last_status = 200, attempts = 1 WHERE job_id = 'j1'")
+        .await;
+}
+
+/// `trace` follows a message id, a job id or a pseudonym to the same job and its whole history,
+/// including the re-send recorded under another message id, and nothing of other patients.
+async fn trace_follows_message_job_and_pseudonym(db: Db) {
+    let store = db.open().await;
+    seed(&store, &db).await;
+    for key in ["m1", "j1", "pk_a"] {
+        let t = store.trace(key).await.unwrap();
+        assert_eq!(
+            t.jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(),
+            ["j1"],
+            "{key}"
+        );
+        let j = &t.jobs[0];
+        assert_eq!(
+            (j.status.as_str(), j.attempts, j.last_status, j.sent_at),
+            ("sent", 1, Some(200), Some(5000))
+        );
+        assert_eq!(
+            t.audit
+                .iter()
+                .map(|a| a.action.as_str())
+                .collect::<Vec<_>>(),
+            ["scheduled", "no_op", "sent"],
+            "{key}"
+        );
+        assert!(t.dead_letters.is_empty());
+    }
+    // Following m2 leads to j1 through its audit row.
+    let t = store.trace("m2").await.unwrap();
+    assert_eq!(t.jobs.len(), 1);
+    assert_eq!(t.audit.len(), 3);
+    let t = store.trace("m4").await.unwrap();
+    assert!(t.jobs.is_empty());
+    assert_eq!(t.audit.len(), 1);
+    assert_eq!(t.dead_letters.len(), 1);
+    assert_eq!(t.dead_letters[0].reason, "truncated");
+    assert!(store.trace("nothing").await.unwrap().is_empty());
+    store.close().await;
+    db.cleanup().await;
+}
+
+/// `dlq list` is newest first with a total; `dlq show` finds one by id.
+async fn dead_letters_newest_first_and_by_id(db: Db) {
+    let store = db.open().await;
+    seed(&store, &db).await;
+    assert_eq!(store.dead_letter_count().await.unwrap(), 2);
+    let rows = store.recent_dead_letters(10).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(),
+        ["unknown_format", "truncated"]
+    );
+    assert_eq!(store.recent_dead_letters(1).await.unwrap().len(), 1);
+    let one = store.dead_letter_by_id(rows[1].id).await.unwrap().unwrap();
+    assert_eq!(one.message_id.as_deref(), Some("m4"));
+    assert_eq!((one.at, one.size_bytes), (10, 49));
+    assert_eq!(store.dead_letter_by_id(-1).await.unwrap(), None);
+    store.close().await;
+    db.cleanup().await;
+}
+
+/// The survey gauges: pending jobs and the earliest due time among them.
+async fn pending_summary_counts_pending_jobs_only(db: Db) {
+    let store = db.open().await;
+    assert_eq!(
+        store.pending_summary().await.unwrap(),
+        PendingSummary {
+            pending: 0,
+            oldest_due_at: None
+        }
+    );
+    seed(&store, &db).await;
+    assert_eq!(
+        store.pending_summary().await.unwrap(),
+        PendingSummary {
+            pending: 1,
+            oldest_due_at: Some(2_000)
+        },
+        "j1 is sent"
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::sqlite(stringify!($name)).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::postgres(stringify!($name)).await).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    trace_follows_message_job_and_pseudonym,
+    dead_letters_newest_first_and_by_id,
+    pending_summary_counts_pending_jobs_only,
+);
