@@ -49,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub ops: OpsConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 fn default_zone() -> String {
@@ -281,6 +283,39 @@ impl Default for OpsConfig {
 /// Where the ops server listens unless configured (Prometheus exporters' port range).
 pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9464";
 
+/// How long rows are kept in the store; a background task deletes older ones in batches.
+/// `0` days keeps a table's rows forever. Pending survey jobs are never pruned.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Dedupe records (R-EVT-4: at least 90 days).
+    pub inbox_days: u32,
+    /// Survey jobs that are `sent`, `dead` or `cancelled`, by their last change.
+    pub jobs_days: u32,
+    pub audit_days: u32,
+    pub dead_letters_days: u32,
+    /// How often the pruning runs (first run at start).
+    pub interval_minutes: u64,
+    /// Rows deleted per statement: small batches keep write locks short.
+    pub batch_rows: u32,
+}
+
+/// R-EVT-4: message keys are kept at least this long.
+pub const MIN_INBOX_DAYS: u32 = 90;
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            inbox_days: MIN_INBOX_DAYS,
+            jobs_days: 180,
+            audit_days: 180,
+            dead_letters_days: 90,
+            interval_minutes: 60,
+            batch_rows: 1000,
+        }
+    }
+}
+
 impl OpsConfig {
     /// The address to listen on, or `None` when the server is disabled.
     pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
@@ -385,6 +420,22 @@ impl Config {
                 ),
             ));
         }
+        let r = &self.retention;
+        if r.inbox_days != 0 && r.inbox_days < MIN_INBOX_DAYS {
+            return Err(bad(
+                "retention.inbox_days",
+                format!(
+                    "{} is too short: message keys are kept at least {MIN_INBOX_DAYS} days so redeliveries are recognised (R-EVT-4); use {MIN_INBOX_DAYS} or more, or 0 to keep them forever",
+                    r.inbox_days
+                ),
+            ));
+        }
+        if r.interval_minutes == 0 || r.batch_rows == 0 {
+            return Err(bad(
+                "retention",
+                "interval_minutes and batch_rows must be ≥ 1".into(),
+            ));
+        }
         if let Some(first) = self.surveys.check().into_iter().next() {
             let (field, message) = first
                 .split_once(": ")
@@ -447,6 +498,28 @@ mode = "shadow"
             c.ops.listen_addr(),
             Some(DEFAULT_OPS_LISTEN.parse().unwrap())
         );
+    }
+
+    #[test]
+    fn retention_defaults_and_r_evt_4_minimum() {
+        let c = Config::parse(MIN, Path::new("b.toml")).unwrap();
+        let r = &c.retention;
+        assert_eq!(
+            (r.inbox_days, r.jobs_days, r.audit_days, r.dead_letters_days),
+            (90, 180, 180, 90)
+        );
+        assert_eq!(r.interval_minutes, 60);
+        let text = format!("{MIN}[retention]\ninbox_days = 30\n");
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retention.inbox_days") && e.contains("R-EVT-4"),
+            "{e}"
+        );
+        let text = format!("{MIN}[retention]\ninbox_days = 0\naudit_days = 7\n");
+        let c = Config::parse(&text, Path::new("b.toml")).unwrap();
+        assert_eq!((c.retention.inbox_days, c.retention.audit_days), (0, 7));
     }
 
     #[test]

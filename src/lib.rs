@@ -8,8 +8,9 @@
 //! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
 //! - [`scheduler`] — claims due jobs and pushes them to the CEM sink with retries.
 //! - [`ops`] — the ops HTTP server: Prometheus `/metrics`, `/health`, `/ready`.
-//! - [`store_ops`] — store queries for operations (gauges, dead letters, traces).
+//! - [`store_ops`] — store queries for operations (gauges, dead letters, traces, pruning).
 //! - [`inspect`] — `dlq` and `trace` views of the store, as text or JSON.
+//! - [`retention`] — prunes old store rows in batches on a timer (never pending jobs).
 //! - [`runtime`] — starts everything, handles shutdown and secrets.
 //! - [`shutdown`] — the one signal every task listens to.
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
@@ -22,6 +23,7 @@ pub mod ingest;
 pub mod inspect;
 pub mod ops;
 pub mod publish;
+pub mod retention;
 pub mod runtime;
 pub mod scheduler;
 pub mod shutdown;

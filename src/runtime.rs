@@ -89,7 +89,7 @@ pub struct Bridge {
     trigger: ShutdownTrigger,
     sources: Vec<JoinHandle<()>>,
     scheduler: JoinHandle<()>,
-    /// The ops server and the background tasks (gauges), stopped last.
+    /// The ops server and the background tasks (gauges, retention), stopped last.
     background: Vec<JoinHandle<()>>,
     ops_addr: Option<SocketAddr>,
     pub store: Store,
@@ -147,7 +147,11 @@ pub async fn start_with_clock(
         health: health.clone(),
     });
     let (trigger, _) = shutdown::channel();
-    let mut background = Vec::new();
+    let mut background = vec![tokio::spawn(crate::retention::run(
+        store.clone(),
+        cfg.retention.clone(),
+        trigger.subscribe(),
+    ))];
     let mut ops_addr = None;
     if let Some((prom, listener)) = ops_listener {
         ops_addr = listener.local_addr().ok();

@@ -1,5 +1,5 @@
-//! Store queries for operations: the survey gauges behind `/metrics`, and the read-only views
-//! behind `cem-bridge dlq` and `cem-bridge trace`.
+//! Store queries for operations: the survey gauges behind `/metrics`, the read-only views
+//! behind `cem-bridge dlq` and `cem-bridge trace`, and retention's batched deletes.
 //!
 //! Kept apart from `store.rs` (the ingest and scheduler write paths) so operations work and
 //! pipeline work do not collide; same `Store`, same sqlx `Any` code path on both backends.
@@ -307,5 +307,73 @@ impl Store {
             audit,
             dead_letters,
         })
+    }
+}
+
+/// A table retention prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrunedTable {
+    /// Dedupe records, by `received_at`.
+    Inbox,
+    /// Finished survey jobs (`sent`, `dead`, `cancelled`), by `updated_at`; never `pending`.
+    Jobs,
+    /// Audit rows, by `at`.
+    Audit,
+    /// Dead-letter records, by `at`.
+    DeadLetters,
+}
+
+impl PrunedTable {
+    pub const ALL: [PrunedTable; 4] = [Self::Inbox, Self::Jobs, Self::Audit, Self::DeadLetters];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Inbox => "inbox",
+            Self::Jobs => "survey_jobs",
+            Self::Audit => "audit",
+            Self::DeadLetters => "dead_letters",
+        }
+    }
+
+    /// One batch: rows older than `$1`, at most `$2` of them.
+    fn delete_sql(self) -> &'static str {
+        match self {
+            Self::Inbox => {
+                "DELETE FROM inbox WHERE (connector, message_key) IN \
+                 (SELECT connector, message_key FROM inbox WHERE received_at < $1 LIMIT $2)"
+            }
+            Self::Jobs => {
+                "DELETE FROM survey_jobs WHERE job_id IN \
+                 (SELECT job_id FROM survey_jobs WHERE status IN ('sent', 'dead', 'cancelled') \
+                 AND updated_at < $1 LIMIT $2)"
+            }
+            Self::Audit => {
+                "DELETE FROM audit WHERE id IN \
+                 (SELECT id FROM audit WHERE at < $1 ORDER BY id LIMIT $2)"
+            }
+            Self::DeadLetters => {
+                "DELETE FROM dead_letters WHERE id IN \
+                 (SELECT id FROM dead_letters WHERE at < $1 ORDER BY id LIMIT $2)"
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Delete at most `limit` rows of `table` older than `cutoff` (epoch ms); how many went.
+    /// Each call is its own short transaction, so ingest is never blocked for long.
+    pub async fn prune_batch(
+        &self,
+        table: PrunedTable,
+        cutoff: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        sqlx::query(table.delete_sql())
+            .bind(cutoff)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(db("prune old rows"))
     }
 }

@@ -583,3 +583,80 @@ async fn dlq_and_trace_commands_show_what_the_store_recorded() {
     assert!(!setup.db.exists(), "no store was created");
     cleanup(&setup).await;
 }
+
+/// The bridge prunes at start (then every `interval_minutes`): old dead letters and finished
+/// jobs go, a pending job of the same age stays, and so do recent rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_runs_in_the_bridge_and_keeps_pending_jobs() {
+    use cem_bridge::store::{DeadLetterEntry, NewJob, Store, StoreOptions, now_ms};
+    let mut setup = Setup::new("ops-retention", "http://127.0.0.1:9/unused");
+    setup.extra_top = "[retention]\ndead_letters_days = 30\njobs_days = 30\n".into();
+    // Nothing is due: the pending job must survive retention, not be pushed.
+    setup.scheduler = "poll_interval_ms = 60000\n".into();
+    let old = now_ms() - 45 * 86_400_000;
+    let store = Store::open(
+        &format!("sqlite://{}", setup.db.display()),
+        &StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    for (job_id, due) in [("old-sent", old), ("old-pending", now_ms() + 86_400_000)] {
+        let job = NewJob {
+            job_id,
+            template: "OP-SAT-01",
+            patient_key: "pk_x",
+            visit_key: "vk_x",
+            id_card_key: None,
+            mobile_key: None,
+            due_at: due,
+            payload: "{}",
+            connector: "adt",
+            message_id: job_id,
+        };
+        tx.insert_job(&job, old).await.unwrap();
+    }
+    for (at, mid) in [(old, "old-dl"), (now_ms(), "new-dl")] {
+        let dl = DeadLetterEntry {
+            connector: "adt",
+            message_id: Some(mid),
+            reason: "truncated",
+            detail: "MSH-9 (message type) is missing",
+            content_hash: "h",
+            size_bytes: 1,
+            delivery_count: 0,
+        };
+        tx.dead_letter(&dl, at).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", setup.db.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE survey_jobs SET status = 'sent' WHERE job_id = 'old-sent'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    store.close().await;
+
+    let bridge = setup.start().await;
+    let store = bridge.store.clone();
+    wait_for(15, "the old dead letter and sent job pruned", || {
+        let store = store.clone();
+        async move {
+            let dls = store.dead_letters().await.ok()?;
+            let jobs = store.jobs().await.ok()?;
+            (dls.len() == 1 && jobs.len() == 1).then_some(())
+        }
+    })
+    .await;
+    let dls = bridge.store.dead_letters().await.unwrap();
+    assert_eq!(dls[0].message_id.as_deref(), Some("new-dl"));
+    let jobs = bridge.store.jobs().await.unwrap();
+    assert_eq!(
+        (jobs[0].job_id.as_str(), jobs[0].status.as_str()),
+        ("old-pending", "pending")
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}

@@ -3,10 +3,12 @@
 
 mod common;
 
-use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, StoreOptions};
+use cem_bridge::config::RetentionConfig;
+use cem_bridge::retention::{Pruned, prune_once};
+use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, StoreOptions, now_ms};
 use cem_bridge::store_ops::PendingSummary;
 use common::*;
-use sqlx::Executor;
+use sqlx::{Executor, Row};
 
 /// A scratch database on one backend, dropped by `cleanup`.
 struct Db {
@@ -47,6 +49,18 @@ impl Db {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         pool.close().await;
+    }
+
+    /// `SELECT COUNT(*) AS n …` or any query returning one BIGINT column `n`.
+    async fn count(&self, sql: &str) -> i64 {
+        let pool = sqlx::AnyPool::connect(&self.url).await.expect("connect");
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+        n
     }
 
     async fn cleanup(self) {
@@ -234,6 +248,155 @@ async fn pending_summary_counts_pending_jobs_only(db: Db) {
     db.cleanup().await;
 }
 
+const DAY: i64 = 86_400_000;
+
+/// Rows 200 days old, 100 days old and 1 day old in every table, and finished and pending jobs.
+async fn seed_ages(store: &Store, db: &Db, now: i64) {
+    let (old, mid, new) = (now - 200 * DAY, now - 100 * DAY, now - DAY);
+    let mut tx = store.begin().await.unwrap();
+    for (key, at) in [("k-old", old), ("k-mid", mid), ("k-new", new)] {
+        tx.record_inbox("adt", key, "h", key, "REGISTERED", at)
+            .await
+            .unwrap();
+    }
+    for (id, at) in [
+        ("sent-old", old),
+        ("dead-old", old),
+        ("cancelled-old", old),
+        ("pending-old", old),
+        ("sent-mid", mid),
+        ("sent-new", new),
+    ] {
+        tx.insert_job(&job(id, "pk_a", id, at), at).await.unwrap();
+    }
+    for (tag, n) in [("old", 3), ("mid", 2), ("new", 1)] {
+        for _ in 0..n {
+            tx.audit(&AuditEntry {
+                action: "recorded",
+                detail: Some(tag),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for at in [old, old, mid, new] {
+        tx.dead_letter(&dead_letter(Some("m"), "truncated"), at)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    for sql in [
+        "UPDATE survey_jobs SET status = 'sent' WHERE job_id LIKE 'sent-%'".to_string(),
+        "UPDATE survey_jobs SET status = 'dead', reason = 'rejected' WHERE job_id = 'dead-old'"
+            .to_string(),
+        "UPDATE survey_jobs SET status = 'cancelled' WHERE job_id = 'cancelled-old'".to_string(),
+        format!("UPDATE audit SET at = {old} WHERE detail = 'old'"),
+        format!("UPDATE audit SET at = {mid} WHERE detail = 'mid'"),
+    ] {
+        db.exec(&sql).await;
+    }
+}
+
+/// Rows per table: (inbox, jobs, audit, dead letters).
+async fn rows(db: &Db) -> (i64, i64, i64, i64) {
+    (
+        db.count("SELECT COUNT(*) AS n FROM inbox").await,
+        db.count("SELECT COUNT(*) AS n FROM survey_jobs").await,
+        db.count("SELECT COUNT(*) AS n FROM audit").await,
+        db.count("SELECT COUNT(*) AS n FROM dead_letters").await,
+    )
+}
+
+/// R-EVT-4 and issue 8 §6: rows older than their table's retention are deleted in batches;
+/// pending jobs never are, whatever their age; `0` days keeps a table; a second pass finds
+/// nothing.
+async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
+    let store = db.open().await;
+    let now = now_ms();
+    seed_ages(&store, &db, now).await;
+    assert_eq!(rows(&db).await, (3, 6, 6, 4));
+    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    let defaults = RetentionConfig {
+        batch_rows: 2, // three old rows in a table take two batches
+        ..Default::default()
+    };
+
+    // Inbox and dead letters kept forever with 0 days; jobs and audit pruned at 180 days.
+    let keep = RetentionConfig {
+        inbox_days: 0,
+        dead_letters_days: 0,
+        ..defaults.clone()
+    };
+    let p = prune_once(&store, &keep, now, &mut shutdown).await.unwrap();
+    assert_eq!(
+        p,
+        Pruned {
+            inbox: 0,
+            jobs: 3,
+            audit: 3,
+            dead_letters: 0
+        }
+    );
+    assert_eq!(rows(&db).await, (3, 3, 3, 4));
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM survey_jobs WHERE job_id IN ('pending-old', 'sent-mid', 'sent-new')")
+            .await,
+        3,
+        "the pending job and the younger finished ones stay"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM audit WHERE detail = 'old'")
+            .await,
+        0
+    );
+
+    // Defaults: inbox and dead letters at 90 days.
+    let p = prune_once(&store, &defaults, now, &mut shutdown)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Pruned {
+            inbox: 2,
+            jobs: 0,
+            audit: 0,
+            dead_letters: 3
+        }
+    );
+    assert_eq!(rows(&db).await, (1, 3, 3, 1));
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM inbox WHERE message_key = 'k-new'")
+            .await,
+        1
+    );
+    // Nothing is left to prune; years later, the pending job is still there.
+    let p = prune_once(&store, &defaults, now, &mut shutdown)
+        .await
+        .unwrap();
+    assert_eq!(p.total(), 0);
+    let p = prune_once(&store, &defaults, now + 3650 * DAY, &mut shutdown)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Pruned {
+            inbox: 1,
+            jobs: 2,
+            audit: 3,
+            dead_letters: 1
+        }
+    );
+    assert_eq!(rows(&db).await, (0, 1, 0, 0));
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM survey_jobs WHERE job_id = 'pending-old' AND status = 'pending'")
+            .await,
+        1
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -259,4 +422,5 @@ both_backends!(
     trace_follows_message_job_and_pseudonym,
     dead_letters_newest_first_and_by_id,
     pending_summary_counts_pending_jobs_only,
+    retention_prunes_old_rows_in_batches_and_never_pending_jobs,
 );

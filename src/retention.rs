@@ -1,0 +1,110 @@
+//! Retention: deletes store rows older than `[retention]` allows, in small batches, on a
+//! timer, so the store's disk use stays bounded. Pending survey jobs are never pruned; message
+//! keys are kept at least 90 days (R-EVT-4, enforced by the config check).
+
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use crate::config::RetentionConfig;
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError, now_ms};
+use crate::store_ops::PrunedTable;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Pause between batches: lets ingest take the (SQLite) write lock in between.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
+/// Rows deleted by one pass, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub inbox: u64,
+    pub jobs: u64,
+    pub audit: u64,
+    pub dead_letters: u64,
+}
+
+impl Pruned {
+    fn add(&mut self, table: PrunedTable, n: u64) {
+        let slot = match table {
+            PrunedTable::Inbox => &mut self.inbox,
+            PrunedTable::Jobs => &mut self.jobs,
+            PrunedTable::Audit => &mut self.audit,
+            PrunedTable::DeadLetters => &mut self.dead_letters,
+        };
+        *slot += n;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.inbox + self.jobs + self.audit + self.dead_letters
+    }
+}
+
+/// Days kept for `table`; 0 keeps rows forever.
+fn days(cfg: &RetentionConfig, table: PrunedTable) -> u32 {
+    match table {
+        PrunedTable::Inbox => cfg.inbox_days,
+        PrunedTable::Jobs => cfg.jobs_days,
+        PrunedTable::Audit => cfg.audit_days,
+        PrunedTable::DeadLetters => cfg.dead_letters_days,
+    }
+}
+
+/// One pass at `now`: every table, batch after batch until a batch comes back short.
+/// Stops early (with what was done) when shutdown is requested.
+pub async fn prune_once(
+    store: &Store,
+    cfg: &RetentionConfig,
+    now: i64,
+    shutdown: &mut Shutdown,
+) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+    for table in PrunedTable::ALL {
+        let days = days(cfg, table);
+        if days == 0 {
+            continue;
+        }
+        let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+        loop {
+            let n = store.prune_batch(table, cutoff, cfg.batch_rows).await?;
+            pruned.add(table, n);
+            if n < u64::from(cfg.batch_rows) || shutdown.sleep(BATCH_PAUSE).await {
+                break;
+            }
+        }
+        if shutdown.is_triggered() {
+            break;
+        }
+    }
+    Ok(pruned)
+}
+
+/// Prune at start and then every `interval_minutes` until shutdown.
+pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
+    let interval = Duration::from_secs(cfg.interval_minutes.saturating_mul(60));
+    info!(
+        inbox_days = cfg.inbox_days,
+        jobs_days = cfg.jobs_days,
+        audit_days = cfg.audit_days,
+        dead_letters_days = cfg.dead_letters_days,
+        every_minutes = cfg.interval_minutes,
+        "retention started"
+    );
+    loop {
+        match prune_once(&store, &cfg, now_ms(), &mut shutdown).await {
+            Ok(p) if p.total() > 0 => info!(
+                inbox = p.inbox,
+                survey_jobs = p.jobs,
+                audit = p.audit,
+                dead_letters = p.dead_letters,
+                "retention pruned old rows"
+            ),
+            Ok(_) => debug!("retention: nothing to prune"),
+            Err(e) => warn!(error = %e, "retention could not prune; trying again next interval"),
+        }
+        if shutdown.sleep(interval).await {
+            break;
+        }
+    }
+}
