@@ -660,3 +660,97 @@ async fn retention_runs_in_the_bridge_and_keeps_pending_jobs() {
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+/// `/ready` follows the source: 503 naming it while the broker has dropped its connection,
+/// 200 again once it has reconnected. The connection is closed from the broker side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_a_source_through_a_broker_side_disconnect() {
+    let setup = Setup::new("ops-reconnect", "http://127.0.0.1:9/unused");
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    wait_for(15, "/ready 200", || async move {
+        (get(addr, "/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    let list = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl on PATH");
+    let pids: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|l| l.contains(&setup.queue))
+        .filter_map(|l| l.split('\t').next().map(str::to_string))
+        .collect();
+    assert_eq!(pids.len(), 1, "one bridge connection for this queue");
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pids[0], "test: broker-side disconnect"])
+        .status()
+        .expect("rabbitmqctl close_connection");
+    assert!(closed.success());
+    // The source waits at least 0.5 s before reconnecting: poll faster than that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = get(addr, "/ready").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never turned 503"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["not_ready"], serde_json::json!(["source adt"]), "{v}");
+    assert_eq!(v["sources"]["adt"], "disconnected");
+    wait_for(15, "/ready 200 after reconnecting", || async move {
+        (get(addr, "/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// `[ops] listen = ""` runs without the server; a port already taken fails the start with a
+/// message naming the address and the setting, before anything is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_server_can_be_disabled_and_a_taken_port_fails_the_start() {
+    let mut setup = Setup::new("ops-listen", "http://127.0.0.1:9/unused");
+    setup.ops = "listen = \"\"\n".into();
+    let bridge = setup.start().await;
+    assert_eq!(bridge.ops_addr(), None);
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut setup = Setup::new("ops-taken", "http://127.0.0.1:9/unused");
+    setup.ops = format!("listen = \"{addr}\"\n");
+    let secrets = cem_bridge::runtime::Secrets {
+        pseudonym_key: Some(TEST_KEY.to_vec()),
+        cem_token: None,
+    };
+    let err = match cem_bridge::runtime::start(setup.config(), secrets).await {
+        Ok(b) => {
+            b.shutdown().await;
+            panic!("started on a taken port");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("[ops] listen"),
+        "{err}"
+    );
+    assert_eq!(
+        queue_depth(&setup.queue).await,
+        None,
+        "nothing was declared or consumed"
+    );
+    cleanup(&setup).await;
+}
