@@ -95,8 +95,6 @@ pub async fn run_source(
 ) {
     let amqp = amqp_config(&src, &instance);
     let mut backoff = Duration::from_millis(500);
-    // Present from the start (at 0), so a feed that never delivers is visible as silent.
-    counter!("cem_bridge_messages_acked_total", "connector" => src.name.clone()).increment(0);
     loop {
         if shutdown.is_triggered() {
             break;

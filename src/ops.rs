@@ -18,7 +18,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use cem_pipeline::reason::DeadLetterReason;
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -179,6 +180,25 @@ fn describe_metrics() {
         Unit::Bytes,
         "Resident memory of the bridge process (VmRSS)"
     );
+}
+
+/// Outcomes of `cem_bridge_sink_requests_total` the CEM sink can report (R-MET-1).
+const SINK_OUTCOMES: &[&str] = &["2xx", "4xx", "5xx", "429", "timeout"];
+
+/// Create the series alerts rely on at 0, so that `increase()` also sees the first event after
+/// a start (a series that first appears at 1 shows no increase) and a silent feed is visible.
+pub fn register_zero_series<'a>(connectors: impl IntoIterator<Item = &'a str>) {
+    for c in connectors {
+        counter!("cem_bridge_messages_acked_total", "connector" => c.to_string()).increment(0);
+        counter!("cem_bridge_messages_duplicate_total", "connector" => c.to_string()).increment(0);
+        for r in DeadLetterReason::ALL {
+            counter!("cem_bridge_dead_letters_total", "connector" => c.to_string(), "reason" => r.code())
+                .increment(0);
+        }
+    }
+    for o in SINK_OUTCOMES {
+        counter!("cem_bridge_sink_requests_total", "sink" => "cem", "outcome" => *o).increment(0);
+    }
 }
 
 /// The process's resident memory from `/proc/self/status`, where available.

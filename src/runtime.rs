@@ -155,6 +155,7 @@ pub async fn start_with_clock(
     let mut ops_addr = None;
     if let Some((prom, listener)) = ops_listener {
         ops_addr = listener.local_addr().ok();
+        ops::register_zero_series(cfg.sources.iter().map(|s| s.name.as_str()));
         background.push(tokio::spawn(ops::run_gauges(
             store.clone(),
             prom.clone(),

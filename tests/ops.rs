@@ -246,6 +246,23 @@ async fn r_met_1_metrics_count_the_real_flow_and_hold_no_personal_data() {
                 && s.labels.get("le").map(String::as_str) == Some("0.005")),
         "the configured latency buckets are used"
     );
+    // Series alerts rely on exist from the start at 0.
+    assert_eq!(
+        value(
+            &m,
+            "cem_bridge_dead_letters_total",
+            &[adt, ("reason", "poison")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "cem_bridge_sink_requests_total",
+            &[("sink", "cem"), ("outcome", "5xx")]
+        ),
+        Some(0.0)
+    );
     let rss = value(&m, "cem_bridge_process_resident_memory_bytes", &[]).unwrap_or(0.0);
     assert!(rss > 1_000_000.0, "resident memory {rss} bytes");
     // Only the label names of R-MET-1 are used.
