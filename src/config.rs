@@ -290,7 +290,7 @@ pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9464";
 pub struct RetentionConfig {
     /// Dedupe records (R-EVT-4: at least 90 days).
     pub inbox_days: u32,
-    /// Survey jobs that are `sent`, `dead` or `cancelled`, by their last change.
+    /// Survey jobs that are `sent`, `dead`, `cancelled` or `suppressed`, by their last change.
     pub jobs_days: u32,
     pub audit_days: u32,
     pub dead_letters_days: u32,

@@ -315,7 +315,8 @@ impl Store {
 pub enum PrunedTable {
     /// Dedupe records, by `received_at`.
     Inbox,
-    /// Finished survey jobs (`sent`, `dead`, `cancelled`), by `updated_at`; never `pending`.
+    /// Finished survey jobs (`sent`, `dead`, `cancelled`, `suppressed`), by `updated_at`; never
+    /// `pending`.
     Jobs,
     /// Audit rows, by `at`.
     Audit,
@@ -344,7 +345,7 @@ impl PrunedTable {
             }
             Self::Jobs => {
                 "DELETE FROM survey_jobs WHERE job_id IN \
-                 (SELECT job_id FROM survey_jobs WHERE status IN ('sent', 'dead', 'cancelled') \
+                 (SELECT job_id FROM survey_jobs WHERE status IN ('sent', 'dead', 'cancelled', 'suppressed') \
                  AND updated_at < $1 LIMIT $2)"
             }
             Self::Audit => {

@@ -263,6 +263,7 @@ async fn seed_ages(store: &Store, db: &Db, now: i64) {
         ("sent-old", old),
         ("dead-old", old),
         ("cancelled-old", old),
+        ("suppressed-old", old),
         ("pending-old", old),
         ("sent-mid", mid),
         ("sent-new", new),
@@ -291,6 +292,8 @@ async fn seed_ages(store: &Store, db: &Db, now: i64) {
         "UPDATE survey_jobs SET status = 'dead', reason = 'rejected' WHERE job_id = 'dead-old'"
             .to_string(),
         "UPDATE survey_jobs SET status = 'cancelled' WHERE job_id = 'cancelled-old'".to_string(),
+        "UPDATE survey_jobs SET status = 'suppressed', reason = 'dnd' WHERE job_id = 'suppressed-old'"
+            .to_string(),
         format!("UPDATE audit SET at = {old} WHERE detail = 'old'"),
         format!("UPDATE audit SET at = {mid} WHERE detail = 'mid'"),
     ] {
@@ -315,14 +318,15 @@ async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
     let store = db.open().await;
     let now = now_ms();
     seed_ages(&store, &db, now).await;
-    assert_eq!(rows(&db).await, (3, 6, 6, 4));
+    assert_eq!(rows(&db).await, (3, 7, 6, 4));
     let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
     let defaults = RetentionConfig {
-        batch_rows: 2, // three old rows in a table take two batches
+        batch_rows: 2, // three or four old rows in a table take two batches
         ..Default::default()
     };
 
-    // Inbox and dead letters kept forever with 0 days; jobs and audit pruned at 180 days.
+    // Inbox and dead letters kept forever with 0 days; finished jobs (sent, dead, cancelled,
+    // suppressed) and audit pruned at 180 days.
     let keep = RetentionConfig {
         inbox_days: 0,
         dead_letters_days: 0,
@@ -333,7 +337,7 @@ async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
         p,
         Pruned {
             inbox: 0,
-            jobs: 3,
+            jobs: 4,
             audit: 3,
             dead_letters: 0
         }
