@@ -565,7 +565,7 @@ async fn bridge_ingest(
         cfg,
         Secrets {
             pseudonym_key: Some(BENCH_KEY.to_vec()),
-            cem_token: None,
+            ..Default::default()
         },
         bench_clock()?,
     )

@@ -264,18 +264,22 @@ fn default_level() -> String {
     "info".into()
 }
 
-/// The operations HTTP server: `/metrics`, `/health`, `/ready`.
+/// The operations HTTP server: the ops page, `/metrics`, `/health`, `/ready`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
     /// `host:port` to listen on (port 0 picks a free port); `""` disables the server.
     pub listen: String,
+    /// Environment variable holding the bearer token that `/metrics` and `/api/*` require when
+    /// `listen` is not a loopback address (required then).
+    pub token_env: Option<String>,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_OPS_LISTEN.into(),
+            token_env: None,
         }
     }
 }
@@ -321,6 +325,11 @@ impl OpsConfig {
     pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
         let l = self.listen.trim();
         if l.is_empty() { None } else { l.parse().ok() }
+    }
+
+    /// Whether the server is reachable from other hosts (and so needs a token).
+    pub fn needs_token(&self) -> bool {
+        self.listen_addr().is_some_and(|a| !a.ip().is_loopback())
     }
 }
 
@@ -416,6 +425,21 @@ impl Config {
                 "ops.listen",
                 format!(
                     "{:?} is not an address with a port such as \"127.0.0.1:9464\"; use \"\" to disable the ops server",
+                    self.ops.listen
+                ),
+            ));
+        }
+        if self.ops.needs_token()
+            && self
+                .ops
+                .token_env
+                .as_deref()
+                .is_none_or(|e| e.trim().is_empty())
+        {
+            return Err(bad(
+                "ops.token_env",
+                format!(
+                    "listen = {:?} is reachable from other hosts: name the environment variable holding the ops bearer token (e.g. token_env = \"CEM_BRIDGE_OPS_TOKEN\"), or listen on 127.0.0.1",
                     self.ops.listen
                 ),
             ));
@@ -527,6 +551,25 @@ mode = "shadow"
         let text = format!("{MIN}[ops]\nlisten = \"\"\n");
         let c = Config::parse(&text, Path::new("b.toml")).unwrap();
         assert_eq!(c.ops.listen_addr(), None);
+        let text = format!("{MIN}[ops]\nlisten = \"0.0.0.0:9464\"\n");
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ops.token_env"), "{e}");
+        let text = format!("{MIN}[ops]\nlisten = \"0.0.0.0:9464\"\ntoken_env = \"T\"\n");
+        assert!(
+            Config::parse(&text, Path::new("b.toml"))
+                .unwrap()
+                .ops
+                .needs_token()
+        );
+        let text = format!("{MIN}[ops]\nlisten = \"[::1]:9464\"\n");
+        assert!(
+            !Config::parse(&text, Path::new("b.toml"))
+                .unwrap()
+                .ops
+                .needs_token()
+        );
         let text = format!("{MIN}[ops]\nlisten = \"localhost\"\n");
         let e = Config::parse(&text, Path::new("b.toml"))
             .unwrap_err()

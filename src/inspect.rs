@@ -85,7 +85,7 @@ fn rfc3339_ms(ms: i64, zone: &TimeZone) -> Value {
 const TIME_FIELDS: &[&str] = &["at", "due_at", "sent_at", "next_attempt_at", "created_at"];
 
 /// Serialize a row with its times as RFC 3339 in `zone`; the raw value stays as `{field}_ms`.
-fn json_row<T: serde::Serialize>(row: &T, zone: &TimeZone) -> Value {
+pub(crate) fn json_row<T: serde::Serialize>(row: &T, zone: &TimeZone) -> Value {
     let mut v = serde_json::to_value(row).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut v {
         for field in TIME_FIELDS {

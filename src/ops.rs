@@ -1,9 +1,14 @@
-//! The operations HTTP server: Prometheus `/metrics`, liveness `/health` and readiness `/ready`.
+//! The operations HTTP server: Prometheus `/metrics`, liveness `/health`, readiness `/ready`,
+//! and the ops page at `/` with the JSON it polls (`/api/summary`).
 //!
 //! Counters and histograms are emitted where things happen, through the `metrics` facade, with
 //! the names and labels of domain rule R-MET-1. This module installs the Prometheus recorder
 //! (once per process: tests run several bridges in one process and they share it), refreshes
 //! the gauges that come from the store and the process, and serves the text format.
+//!
+//! The page is static HTML and JavaScript compiled into the binary (no front-end build); it
+//! holds no data itself. When the server listens on a non-loopback address, `/metrics` and
+//! `/api/*` require `Authorization: Bearer <token>` (the token from `[ops] token_env`).
 //!
 //! Labels carry connector names, reason codes, formats, events, templates and outcomes only —
 //! never personal data and never a department (R-ANO-8, R-MET-1).
@@ -14,11 +19,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use cem_pipeline::reason::DeadLetterReason;
+use jiff::tz::TimeZone;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -251,11 +258,23 @@ pub async fn run_gauges(
 
 /// What the handlers need.
 #[derive(Clone)]
-struct OpsState {
-    prom: PrometheusHandle,
-    store: Store,
-    sources: SourceHealth,
+pub struct OpsState {
+    pub prom: PrometheusHandle,
+    pub store: Store,
+    pub sources: SourceHealth,
+    /// Required on the data routes when set (non-loopback listen).
+    pub token: Option<String>,
+    /// For times on the page.
+    pub zone: TimeZone,
+    /// For the overdue figure (the clock due times are computed with).
+    pub clock: Clock,
 }
+
+/// The ops page: static, bilingual, no data of its own.
+const OPS_PAGE: &str = include_str!("ops_page.html");
+
+/// Recent dead letters on the page.
+const PAGE_DEAD_LETTERS: u32 = 20;
 
 /// Bind the listener now, so a taken port fails the start before anything is consumed.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, OpsError> {
@@ -265,21 +284,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, OpsError> {
 }
 
 /// Serve the ops routes on `listener` until shutdown.
-pub fn serve(
-    listener: TcpListener,
-    prom: PrometheusHandle,
-    store: Store,
-    sources: SourceHealth,
-    mut shutdown: Shutdown,
-) -> JoinHandle<()> {
-    let app = router(OpsState {
-        prom,
-        store,
-        sources,
-    });
+pub fn serve(listener: TcpListener, state: OpsState, mut shutdown: Shutdown) -> JoinHandle<()> {
+    let token = state.token.is_some();
+    let app = router(state);
     let addr = listener.local_addr().ok();
     tokio::spawn(async move {
-        info!(addr = ?addr, "ops server listening (/metrics, /health, /ready)");
+        info!(addr = ?addr, bearer_token = token, "ops server listening (/, /metrics, /health, /ready)");
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })
             .await;
@@ -290,11 +300,47 @@ pub fn serve(
 }
 
 fn router(state: OpsState) -> Router {
-    Router::new()
+    let data = Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/summary", get(summary))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(page))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .merge(data)
         .with_state(state)
+}
+
+/// Equal without an early exit on the first differing byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// With a token configured, pass only requests carrying `Authorization: Bearer <token>`.
+async fn require_token(State(s): State<OpsState>, req: Request, next: Next) -> Response {
+    let Some(token) = &s.token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same_secret(g.trim().as_bytes(), token.as_bytes())) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required: Authorization: Bearer <the token in [ops] token_env>",
+        )
+            .into_response()
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    Html(OPS_PAGE)
 }
 
 async fn metrics(State(s): State<OpsState>) -> Response {
@@ -314,6 +360,56 @@ async fn health() -> &'static str {
 
 /// 200 when every source consumes and the store answers; else 503 naming what is not ready.
 async fn ready(State(s): State<OpsState>) -> Response {
+    let (ok, body) = readiness(&s).await;
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// What the page shows from the store: readiness, surveys by status, the most overdue one and
+/// the recent dead letters (reason and detail; no personal data is stored).
+async fn summary(State(s): State<OpsState>) -> Response {
+    let (_, readiness) = readiness(&s).await;
+    let mut errors = Vec::new();
+    let mut note = |e: crate::store::StoreError| errors.push(e.to_string());
+    let jobs = s.store.job_counts().await.map_err(&mut note).ok();
+    let pending = s.store.pending_summary().await.map_err(&mut note).ok();
+    let dead_letters = s
+        .store
+        .recent_dead_letters(PAGE_DEAD_LETTERS)
+        .await
+        .map_err(&mut note)
+        .ok()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| crate::inspect::json_row(r, &s.zone))
+                .collect::<Vec<_>>()
+        });
+    let dead_letters_total = s.store.dead_letter_count().await.map_err(&mut note).ok();
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "time_zone": s.zone.iana_name(),
+        "now": crate::inspect::local_time(s.clock.now_ms(), &s.zone),
+        "readiness": readiness,
+        "jobs": jobs,
+        "pending": pending.map(|p| p.pending),
+        "oldest_overdue_seconds": pending.map(|p| p.oldest_overdue_ms(s.clock.now_ms()) / 1000),
+        "dead_letters": dead_letters,
+        "dead_letters_total": dead_letters_total,
+        "errors": errors,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Whether the bridge is ready, and the JSON saying so.
+async fn readiness(s: &OpsState) -> (bool, serde_json::Value) {
     let mut not_ready = Vec::new();
     let store = match tokio::time::timeout(READY_PING_TIMEOUT, s.store.ping()).await {
         Ok(Ok(())) => "ok".to_string(),
@@ -341,23 +437,27 @@ async fn ready(State(s): State<OpsState>) -> Response {
         };
         sources.insert(name, state.into());
     }
-    let status = if not_ready.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let ok = not_ready.is_empty();
     let body = serde_json::json!({
-        "ready": not_ready.is_empty(),
+        "ready": ok,
         "not_ready": not_ready,
         "store": store,
         "sources": sources,
     });
-    (status, axum::Json(body)).into_response()
+    (ok, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3cres"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"", b"x"));
+    }
 
     #[test]
     fn vm_rss_is_read_in_bytes() {

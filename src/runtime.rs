@@ -26,6 +26,8 @@ const DEMO_KEY: &[u8] = b"cem-bridge-demo-key: public, never use in production";
 pub struct Secrets {
     pub pseudonym_key: Option<Vec<u8>>,
     pub cem_token: Option<String>,
+    /// Bearer token for the ops server's data routes (`[ops] token_env`).
+    pub ops_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -59,6 +61,12 @@ impl Secrets {
                 .token_env
                 .as_ref()
                 .and_then(|e| std::env::var(e).ok()),
+            ops_token: cfg
+                .ops
+                .token_env
+                .as_ref()
+                .and_then(|e| std::env::var(e).ok())
+                .filter(|t| !t.trim().is_empty()),
         }
     }
 }
@@ -130,6 +138,18 @@ pub async fn start_with_clock(
     .await?;
     let sink = CemSink::from_config(&cfg.cem, secrets.cem_token.clone()).await?;
     let health = SourceHealth::new(cfg.sources.iter().map(|s| s.name.as_str()));
+    let ops_token = match (&secrets.ops_token, cfg.ops.needs_token()) {
+        (Some(t), true) => Some(t.clone()),
+        (None, true) => anyhow::bail!(
+            "[ops] listen = {:?} is reachable from other hosts, so the ops data routes need a bearer token: set the environment variable {}",
+            cfg.ops.listen,
+            cfg.ops
+                .token_env
+                .as_deref()
+                .unwrap_or("named by [ops] token_env")
+        ),
+        (_, false) => None,
+    };
     // Bound before anything is consumed: a taken port fails the start.
     let ops_listener = match cfg.ops.listen_addr() {
         Some(addr) => Some((ops::metrics_handle()?, ops::bind(addr).await?)),
@@ -164,9 +184,14 @@ pub async fn start_with_clock(
         )));
         background.push(ops::serve(
             listener,
-            prom,
-            store.clone(),
-            health,
+            ops::OpsState {
+                prom,
+                store: store.clone(),
+                sources: health,
+                token: ops_token,
+                zone: cfg.zone(),
+                clock,
+            },
             trigger.subscribe(),
         ));
     }

@@ -1,5 +1,6 @@
-//! Store queries for operations: the survey gauges behind `/metrics`, the read-only views
-//! behind `cem-bridge dlq` and `cem-bridge trace`, and retention's batched deletes.
+//! Store queries for operations: the survey gauges behind `/metrics`, the ops page's survey
+//! counts, the read-only views behind `cem-bridge dlq` and `cem-bridge trace`, and retention's
+//! batched deletes.
 //!
 //! Kept apart from `store.rs` (the ingest and scheduler write paths) so operations work and
 //! pipeline work do not collide; same `Store`, same sqlx `Any` code path on both backends.
@@ -33,7 +34,36 @@ impl PendingSummary {
     }
 }
 
+/// Survey jobs with one status (and reason, for `dead` and `suppressed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobCount {
+    pub status: String,
+    pub reason: Option<String>,
+    pub count: i64,
+}
+
 impl Store {
+    /// Survey jobs by status and reason.
+    pub async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, reason, COUNT(*) AS n FROM survey_jobs GROUP BY status, reason \
+             ORDER BY status, reason",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("count jobs by status"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobCount {
+                    status: r.try_get("status")?,
+                    reason: r.try_get("reason")?,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("count jobs by status"))
+    }
+
     /// Count pending jobs and find the earliest due time among them.
     pub async fn pending_summary(&self) -> Result<PendingSummary, StoreError> {
         let row = sqlx::query(

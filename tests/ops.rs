@@ -751,7 +751,7 @@ async fn ops_server_can_be_disabled_and_a_taken_port_fails_the_start() {
     setup.ops = format!("listen = \"{addr}\"\n");
     let secrets = cem_bridge::runtime::Secrets {
         pseudonym_key: Some(TEST_KEY.to_vec()),
-        cem_token: None,
+        ..Default::default()
     };
     let err = match cem_bridge::runtime::start(setup.config(), secrets).await {
         Ok(b) => {
@@ -769,5 +769,151 @@ async fn ops_server_can_be_disabled_and_a_taken_port_fails_the_start() {
         None,
         "nothing was declared or consumed"
     );
+    cleanup(&setup).await;
+}
+
+/// The ops page at `/` is the static bilingual page; `/api/summary`, which it polls, shows
+/// readiness, surveys by status and the recent dead letters with their reasons — and nothing
+/// personal (R-ANO-8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_page_and_its_summary_show_surveys_and_dead_letters_without_personal_data() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("ops-page", &cem.url());
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    setup.wait_declared().await;
+    for f in [
+        "hl7v2/adt_a03_discharge.hl7",
+        "hl7v2/adt_a04_outpatient_registration.hl7",
+        "bad/truncated.hl7",
+        "bad/missing_patient_id.hl7",
+    ] {
+        publish(&setup.queue, &read_fixture(f), f).await;
+    }
+    wait_for(20, "two surveys accepted", || {
+        let cem = cem.clone();
+        async move { (cem.accepted().len() == 2).then_some(()) }
+    })
+    .await;
+
+    let r = reqwest::get(format!("http://{addr}/")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let ct = r.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(ct.starts_with("text/html"), "{ct}");
+    let html = r.text().await.unwrap();
+    for label in [
+        "最近死信",
+        "Recent dead letters",
+        "接入流量",
+        "Connector flow",
+        "问卷任务",
+        "Surveys",
+        "api/summary",
+        "setInterval",
+    ] {
+        assert!(html.contains(label), "the page has {label:?}");
+    }
+
+    let summary = wait_for(15, "the summary with both surveys sent", || async move {
+        let (status, body) = get(addr, "/api/summary").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let sent = v["jobs"]
+            .as_array()?
+            .iter()
+            .find(|j| j["status"] == "sent")
+            .and_then(|j| j["count"].as_i64());
+        (sent == Some(2)).then_some((v, body))
+    })
+    .await;
+    let (v, body) = summary;
+    assert_eq!(v["readiness"]["ready"], true);
+    assert_eq!(v["readiness"]["sources"]["adt"], "connected");
+    assert_eq!(v["pending"], 0);
+    assert_eq!(v["dead_letters_total"], 2);
+    let reasons: Vec<&str> = v["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["missing_patient_id", "truncated"], "newest first");
+    assert_eq!(v["dead_letters"][1]["message_id"], "bad/truncated.hl7");
+    assert!(
+        v["dead_letters"][0]["at"]
+            .as_str()
+            .unwrap()
+            .ends_with("+08:00")
+    );
+    assert_eq!(v["time_zone"], "Asia/Shanghai");
+    assert_no_pii("/api/summary", &body);
+    assert_no_pii("/", &html);
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// Listening beyond loopback, `/metrics` and `/api/summary` need `Authorization: Bearer` with
+/// the token from `[ops] token_env`; the page itself (no data), `/health` and `/ready` do not.
+/// Without the token in the environment the bridge refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_loopback_ops_needs_the_bearer_token_for_data() {
+    let mut setup = Setup::new("ops-token", "http://127.0.0.1:9/unused");
+    setup.ops = "listen = \"0.0.0.0:0\"\ntoken_env = \"CEM_BRIDGE_TEST_OPS_TOKEN\"\n".into();
+    let secrets = |ops_token: Option<&str>| cem_bridge::runtime::Secrets {
+        pseudonym_key: Some(TEST_KEY.to_vec()),
+        ops_token: ops_token.map(str::to_string),
+        ..Default::default()
+    };
+    let err = match cem_bridge::runtime::start(setup.config(), secrets(None)).await {
+        Ok(b) => {
+            b.shutdown().await;
+            panic!("started without the ops token");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("CEM_BRIDGE_TEST_OPS_TOKEN"), "{err}");
+
+    let bridge = cem_bridge::runtime::start(setup.config(), secrets(Some("s3cret-t0ken")))
+        .await
+        .unwrap();
+    let bound = bridge.ops_addr().unwrap();
+    assert!(bound.ip().is_unspecified(), "{bound}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], bound.port()));
+    let client = reqwest::Client::new();
+    let status = |path: &'static str, auth: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut req = client.get(format!("http://{addr}{path}"));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    for path in ["/metrics", "/api/summary"] {
+        assert_eq!(status(path, None).await, 401, "{path} without a token");
+        assert_eq!(status(path, Some("Bearer wrong")).await, 401, "{path}");
+        assert_eq!(
+            status(path, Some("s3cret-t0ken")).await,
+            401,
+            "{path}: no scheme"
+        );
+        assert_eq!(
+            status(path, Some("Bearer s3cret-t0ken")).await,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(status("/", None).await, 200, "the page has no data");
+    assert_eq!(status("/health", None).await, 200);
+    wait_for(15, "/ready 200 without a token", || {
+        let s = status("/ready", None);
+        async move { (s.await == 200).then_some(()) }
+    })
+    .await;
+    bridge.shutdown().await;
     cleanup(&setup).await;
 }

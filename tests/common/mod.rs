@@ -287,7 +287,7 @@ timeout_ms = 2000
             self.config(),
             Secrets {
                 pseudonym_key: Some(TEST_KEY.to_vec()),
-                cem_token: None,
+                ..Default::default()
             },
             Clock::starting_at(CLOCK_START.parse().expect("clock start")),
         )
