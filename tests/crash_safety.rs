@@ -260,13 +260,13 @@ async fn sigterm_exits_cleanly_and_debug_logs_hold_no_personal_data() {
     })
     .await;
     publish_many(&setup.queue, &registrations(10, "st")).await;
-    wait_accepted(&cem, 10, 30).await;
+    wait_accepted(&cem, 10, 60).await;
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(ok.success());
-    let status = wait_exit(&mut child, 15).await;
+    let status = wait_exit(&mut child, 30).await;
     assert!(
         status.success(),
         "exit status {status:?}; log: {}",

@@ -85,11 +85,12 @@ impl SendOutcome {
                 status: Some(429), ..
             } => "429",
             Self::Retryable {
-                status: Some(s), ..
-            } if *s >= 500 => "5xx",
+                status: Some(408), ..
+            } => "timeout",
+            // 5xx, and a 2xx whose body carries an error code: the peer failed to take it.
             Self::Retryable {
                 status: Some(_), ..
-            } => "2xx",
+            } => "5xx",
             Self::Retryable { status: None, .. } => "timeout",
             Self::Permanent { .. } => "4xx",
         }
@@ -328,6 +329,12 @@ mod tests {
             matches!(o, SendOutcome::Retryable { retry_after: Some(d), .. } if d.as_secs() == 7)
         );
         assert_eq!(classify(503, None, b"", &code0()).label(), "5xx");
+        assert_eq!(classify(408, None, b"", &code0()).label(), "timeout");
+        assert_eq!(
+            classify(200, None, br#"{"code":1}"#, &code0()).label(),
+            "5xx",
+            "an error code in a 2xx body is not counted as 2xx"
+        );
         assert!(matches!(
             classify(400, None, b"", &code0()),
             SendOutcome::Permanent { status: 400, .. }

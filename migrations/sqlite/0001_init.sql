@@ -11,6 +11,7 @@ CREATE TABLE inbox (
     received_at  INTEGER NOT NULL,
     PRIMARY KEY (connector, message_key)
 );
+CREATE INDEX inbox_received ON inbox (received_at);
 
 -- R-SRV-5/R-SRV-6: one row per survey job id; payload is the anonymised CEM body.
 CREATE TABLE survey_jobs (
@@ -37,6 +38,9 @@ CREATE TABLE survey_jobs (
     last_error      TEXT
 );
 CREATE INDEX survey_jobs_claim ON survey_jobs (status, next_attempt_at, job_id);
+CREATE INDEX survey_jobs_finished ON survey_jobs (status, updated_at);
+CREATE INDEX survey_jobs_visit ON survey_jobs (visit_key);
+CREATE INDEX survey_jobs_patient ON survey_jobs (patient_key);
 
 -- R-DND-1..4: the last survey touch per pseudonymous key (pk_, ik_, mk_); a job reserves its
 -- keys when claimed (job_id), the reservation becomes the touch when the CEM accepts.
@@ -84,6 +88,8 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_message ON audit (message_id);
 CREATE INDEX audit_job ON audit (job_id);
+CREATE INDEX audit_patient ON audit (patient_key);
+CREATE INDEX audit_at ON audit (at);
 
 -- R-EVT-6: dead letters (metadata; the body stays in the broker's dead-letter queue).
 CREATE TABLE dead_letters (
