@@ -6,6 +6,8 @@
 //! Map:
 //! - [`decode`] — format detection (R-EVT-1), charset (R-EVT-2), the HL7 v2 decoder wrapping
 //!   hl7-parser (with its two workarounds), and well-formedness checks for XML and JSON.
+//! - [`mapping`] — mapping files: paths, transforms, checks and test cases (interface
+//!   engineers' YAML → [`event::PatientEvent`]).
 //! - [`event`] — the canonical [`event::PatientEvent`] every decoder produces.
 //! - [`identifiers`] — Chinese identifiers: 身份证号 validation (R-ID-1), mobile numbers (R-ID-2).
 //! - [`anonymize`] — pseudonyms (R-ANO-2), masks (R-ANO-3), age bands (R-ANO-4).
@@ -20,6 +22,7 @@ pub mod anonymize;
 pub mod decode;
 pub mod event;
 pub mod identifiers;
+pub mod mapping;
 pub mod policy;
 pub mod reason;
 pub mod survey;

@@ -34,11 +34,13 @@ pub enum DeadLetterReason {
     DuplicateIdConflict,
     /// A well-formed message of a format this connector has no mapping for.
     NoMapping,
+    /// A field the mapping requires (`required: true`, message.id, event.time) is empty.
+    MissingField,
 }
 
 impl DeadLetterReason {
     /// Every reason, for metrics pre-registration and docs.
-    pub const ALL: [DeadLetterReason; 13] = [
+    pub const ALL: [DeadLetterReason; 14] = [
         Self::UnknownFormat,
         Self::InvalidEncoding,
         Self::Truncated,
@@ -52,6 +54,7 @@ impl DeadLetterReason {
         Self::Poison,
         Self::DuplicateIdConflict,
         Self::NoMapping,
+        Self::MissingField,
     ];
 
     /// The stable snake_case code used in headers, the store and metric labels.
@@ -70,6 +73,7 @@ impl DeadLetterReason {
             Self::Poison => "poison",
             Self::DuplicateIdConflict => "duplicate_id_conflict",
             Self::NoMapping => "no_mapping",
+            Self::MissingField => "missing_field",
         }
     }
 

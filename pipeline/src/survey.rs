@@ -419,7 +419,7 @@ pub fn decide(
 mod tests {
     //! Worked examples of domain rules §2.4 that need no stored state, on the shared samples.
     use super::*;
-    use crate::decode::{DecodeOptions, decode};
+    use crate::decode::DecodeOptions;
 
     const A04: &str =
         include_str!("../../tests/fixtures/samples/hl7v2/adt_a04_outpatient_registration.hl7");
@@ -441,7 +441,7 @@ mod tests {
             now: at("20261120120000"),
             ..Default::default()
         };
-        decode(s.as_bytes(), &opts).unwrap().1
+        crate::mapping::tests::decode_event(s.as_bytes(), &opts).unwrap()
     }
 
     fn pseudo() -> Pseudonymizer {

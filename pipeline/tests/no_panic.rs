@@ -1,11 +1,65 @@
-//! Property tests: no input makes the decoders panic (issue 3 §8, R-EVT-1/6). Random bytes,
-//! and mutations of a real A03 (truncation, splices of separators, escapes and Chinese text).
+//! Property tests: no input makes the decoders or the shipped mappings panic (issue 3 §8,
+//! issue 4 §9, R-EVT-1/6). Random bytes, and mutations of real HL7 v2, XML and JSON samples
+//! (truncation, splices of separators, escapes, markup and Chinese text).
 
-use cem_pipeline::decode::wellformed::{check_json, check_xml};
-use cem_pipeline::decode::{DecodeOptions, decode};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use cem_pipeline::decode::json::check_json;
+use cem_pipeline::decode::{DecodeOptions, decode as decode_with};
+use cem_pipeline::mapping::{Files, MappingSet, compile};
 use proptest::prelude::*;
 
 const A03: &str = include_str!("../../tests/fixtures/samples/hl7v2/adt_a03_discharge.hl7");
+const XML: &str = include_str!("../../tests/fixtures/samples/xml/discharge_utf8.xml");
+const JSON: &str = include_str!("../../tests/fixtures/samples/json/discharge.json");
+
+struct NoFiles;
+impl Files for NoFiles {
+    fn read(&self, _: &str, _: &str) -> Result<Vec<u8>, String> {
+        Err("not in this test".into())
+    }
+}
+
+fn set() -> &'static MappingSet {
+    static SET: OnceLock<MappingSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        let zone = cem_pipeline::time::default_zone();
+        let files = [
+            ("adt.yaml", include_str!("../../mappings/hl7v2/adt.yaml")),
+            ("s0032.yaml", include_str!("../../mappings/xml/s0032_discharge.yaml")),
+            ("events.yaml", include_str!("../../mappings/json/his_events.yaml")),
+        ];
+        MappingSet::new(
+            files
+                .iter()
+                .map(|(n, t)| compile(n, t, &zone, &NoFiles).expect("shipped mapping compiles"))
+                .collect(),
+        )
+    })
+}
+
+fn decode(body: &[u8], opts: &DecodeOptions) {
+    let headers: BTreeMap<String, String> =
+        [("service-code".to_string(), "S0032".to_string())].into();
+    let _ = decode_with(body, opts, set(), &headers);
+}
+
+fn mutate(src: &str, cut: usize, edits: Vec<(usize, String)>) -> (String, usize) {
+    let mut s = src.to_string();
+    for (at, text) in edits {
+        let mut i = at.min(s.len());
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        s.insert_str(i, &text);
+    }
+    let mut c = cut.min(s.len());
+    while !s.is_char_boundary(c) {
+        c -= 1;
+    }
+    (s, c)
+}
 
 fn opts() -> DecodeOptions {
     DecodeOptions {
@@ -40,13 +94,29 @@ fn splice() -> impl Strategy<Value = String> {
     .prop_map(str::to_string)
 }
 
+fn xml_splice() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "<", ">", "/>", "</a>", "&", "&amp;", "&#x0;", "&#12345678;", "&lol;", "\"", "'",
+        "<!DOCTYPE x>", "<![CDATA[", "]]>", "xmlns:v3=\"urn:x\" ", "v3:", "张", "\u{0}",
+        "<?xml version=\"1.0\" encoding=\"GBK\"?>", "",
+    ])
+    .prop_map(str::to_string)
+}
+
+fn json_splice() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "{", "}", "[", "]", "\"", ",", ":", "\\u0000", "\\ud800", "null", "1e999", "-0",
+        "张", "\"eventType\":", "\"OUTPATIENT_REGISTERED\"", "true", "",
+    ])
+    .prop_map(str::to_string)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
 
     #[test]
     fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..600)) {
-        let _ = decode(&body, &opts());
-        let _ = check_xml(&body);
+        decode(&body, &opts());
         let _ = check_json(&body);
     }
 
@@ -54,7 +124,7 @@ proptest! {
     fn random_bytes_after_msh_never_panic(tail in prop::collection::vec(any::<u8>(), 0..400)) {
         let mut body = b"MSH|^~\\&|".to_vec();
         body.extend(tail);
-        let _ = decode(&body, &opts());
+        decode(&body, &opts());
     }
 
     #[test]
@@ -62,22 +132,34 @@ proptest! {
         cut in 0usize..A03.len(),
         edits in prop::collection::vec((0usize..A03.len(), splice()), 0..6),
     ) {
-        let mut s = A03.to_string();
-        for (at, text) in edits {
-            let mut i = at.min(s.len());
-            while !s.is_char_boundary(i) { i -= 1; }
-            s.insert_str(i, &text);
-        }
-        let mut c = cut.min(s.len());
-        while !s.is_char_boundary(c) { c -= 1; }
-        let _ = decode(s.as_bytes(), &opts());
-        let _ = decode(&s.as_bytes()[..c], &opts());
+        let (s, c) = mutate(A03, cut, edits);
+        decode(s.as_bytes(), &opts());
+        decode(&s.as_bytes()[..c], &opts());
     }
 
     #[test]
     fn xml_and_json_shapes_never_panic(s in "[<>/a-z=\"'{}\\[\\]:,&;! ?-]{0,200}") {
-        let _ = check_xml(s.as_bytes());
         let _ = check_json(s.as_bytes());
-        let _ = decode(s.as_bytes(), &opts());
+        decode(s.as_bytes(), &opts());
+    }
+
+    #[test]
+    fn mutated_xml_never_panics(
+        cut in 0usize..XML.len(),
+        edits in prop::collection::vec((0usize..XML.len(), xml_splice()), 0..6),
+    ) {
+        let (s, c) = mutate(XML, cut, edits);
+        decode(s.as_bytes(), &opts());
+        decode(&s.as_bytes()[..c], &opts());
+    }
+
+    #[test]
+    fn mutated_json_never_panics(
+        cut in 0usize..JSON.len(),
+        edits in prop::collection::vec((0usize..JSON.len(), json_splice()), 0..6),
+    ) {
+        let (s, c) = mutate(JSON, cut, edits);
+        decode(s.as_bytes(), &opts());
+        decode(&s.as_bytes()[..c], &opts());
     }
 }

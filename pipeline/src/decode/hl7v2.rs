@@ -1,4 +1,5 @@
-//! HL7 v2 ER7 → [`PatientEvent`], wrapping hl7-parser 0.3 with the two workarounds it needs.
+//! HL7 v2 ER7: format-level checks, then the connector's mapping; wraps hl7-parser 0.3 with
+//! the two workarounds it needs.
 //!
 //! 1. hl7-parser's `Separators::decode` (and every `.display()`) slices bytes with character
 //!    indexes and panics on non-ASCII text before an escape (`北京市\F\朝阳区`). We never call
@@ -6,19 +7,19 @@
 //! 2. Its `MessageBuilder` double-escapes existing escapes; we never rebuild messages.
 //!
 //! Segments may end with `\r`, `\n` or `\r\n` (lenient parsing). Field numbers follow HL7:
-//! `MSH-9` is MSH field 9. Fields used are those of R-EVT-7; identifiers follow R-ID-1..4.
+//! `MSH-9` is MSH field 9. Which fields make the event is the mapping's business
+//! (mappings/hl7v2/adt.yaml ships the R-EVT-7 / R-ID-1..4 mapping).
+
+use std::collections::BTreeMap;
 
 use hl7_parser::Message;
 use hl7_parser::message::{Field, Repeat, Segment, Separators};
-use jiff::Timestamp;
 
-use super::{Charset, DecodeOptions};
-use crate::event::{
-    EventKind, Patient, PatientClass, PatientEvent, PatientId, Pii, Sex, Visit, Warning,
-};
-use crate::identifiers::{id_card_birth_date, normalize_mobile, valid_id_card};
+use super::{Charset, DecodeOptions, Format};
+use crate::event::Warning;
+use crate::mapping::path::{Doc, Env};
+use crate::mapping::{ApplyContext, MappingSet, Outcome};
 use crate::reason::{DeadLetterReason as R, Rejection};
-use crate::time::{parse_hl7_date, parse_hl7_ts};
 
 /// HL7 versions accepted (R-EVT-6).
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["2.3", "2.3.1", "2.4", "2.5", "2.5.1"];
@@ -122,24 +123,19 @@ impl<'a> View<'a> {
         let rep = field(self.seg(seg)?, f)?.repeat(1)?;
         self.text(component_raw(rep, c)?)
     }
-
-    /// Component `c` of a repeat, first sub-component only (e.g. CX.4 `HXEYE&1.2.3&ISO`).
-    fn comp(&self, rep: &Repeat<'_>, c: usize) -> Option<String> {
-        let raw = component_raw(rep, c)?;
-        let first = raw.split(self.seps.subcomponent).next().unwrap_or(raw);
-        self.text(first)
-    }
-
-    fn repeats(&self, seg: &str, f: usize) -> Vec<&'a Repeat<'a>> {
-        self.seg(seg)
-            .and_then(|s| field(s, f))
-            .map(|fl| fl.repeats.iter().collect())
-            .unwrap_or_default()
-    }
 }
 
-/// Decode an HL7 v2 ADT message (framing already stripped).
-pub fn decode(body: &[u8], opts: &DecodeOptions) -> Result<PatientEvent, Rejection> {
+/// Decode an HL7 v2 message (framing already stripped) and apply the connector's mapping.
+///
+/// Format-level rules stay here, whatever the mapping says: the charset of MSH-18 (R-EVT-2), a
+/// parseable structure with MSH-9 and MSH-10 (else `truncated`), MSH-12 within 2.3–2.5.1
+/// (R-EVT-6), and the `trigger_mismatch` warning when MSH-9.2 and EVN-1 differ (R-EVT-3).
+pub fn decode(
+    body: &[u8],
+    opts: &DecodeOptions,
+    set: &MappingSet,
+    headers: &BTreeMap<String, String>,
+) -> Result<(String, Outcome), Rejection> {
     let charset = match declared_charset(body) {
         Some(label) if !label.is_empty() => {
             let label = std::str::from_utf8(label).unwrap_or("");
@@ -187,253 +183,34 @@ pub fn decode(body: &[u8], opts: &DecodeOptions) -> Result<PatientEvent, Rejecti
             format!("MSH-12 version {version:?} is outside 2.3–2.5.1 (message {control_id})"),
         ));
     }
-
-    let mut warnings = Vec::new();
-    let msh_trigger = v.get("MSH", 9, 2);
-    let evn_trigger = v.get("EVN", 1, 1);
-    let trigger = match (&msh_trigger, &evn_trigger) {
-        (Some(m), Some(e)) if m != e => {
-            warnings.push(Warning::TriggerMismatch);
-            m.clone()
-        }
-        (Some(m), _) => m.clone(),
-        (None, Some(e)) => e.clone(),
-        (None, None) => {
-            return Err(Rejection::new(
-                R::Truncated,
-                format!("neither MSH-9.2 nor EVN-1 gives a trigger event (message {control_id})"),
-            ));
-        }
+    let mismatch = matches!(
+        (v.get("MSH", 9, 2), v.get("EVN", 1, 1)),
+        (Some(m), Some(e)) if m != e
+    );
+    let doc = Doc::Hl7(&msg);
+    let env = Env {
+        headers,
+        facility: &opts.facility,
     };
-    let kind = EventKind::from_hl7_trigger(&trigger).ok_or_else(|| {
-        Rejection::new(
-            R::UnknownEvent,
-            format!(
-                "trigger {trigger:?} is not one of A01 A03 A04 A08 A11 A13 A40 (message {control_id})"
-            ),
-        )
-    })?;
-
-    let facility_msh = v.get("MSH", 4, 1).unwrap_or_default();
-    let sending_app = v.get("MSH", 3, 1).unwrap_or_default();
-    let zone = &opts.zone;
-    let ts = |seg: &str, f: usize| -> Option<Timestamp> {
-        v.get(seg, f, 1).and_then(|s| parse_hl7_ts(&s, zone).ok())
+    let mapping = set.choose(Format::Hl7v2, &doc, &env)?;
+    let ctx = ApplyContext {
+        zone: &opts.zone,
+        now: opts.now,
+        headers,
+        facility: &opts.facility,
     };
-    let event_time = ts("EVN", 6)
-        .or_else(|| ts("EVN", 2))
-        .or_else(|| ts("MSH", 7))
-        .ok_or_else(|| {
-            Rejection::new(
-                R::Truncated,
-                format!("no readable event time in EVN-6, EVN-2 or MSH-7 (message {control_id})"),
-            )
-        })?;
-    let today = event_time
-        .to_zoned(zone.clone())
-        .date()
-        .max(opts.now.to_zoned(zone.clone()).date());
-
-    let patient_id =
-        select_patient_id(&v, &v.repeats("PID", 3), &facility_msh).ok_or_else(|| {
-            Rejection::new(
-                R::MissingPatientId,
-                format!("PID-3 holds no patient identifier (message {control_id})"),
-            )
-        })?;
-
-    // 身份证号: a PID-3 repeat typed NI/NNCHN or assigned by CHN, else PID-19 (R-ID-1).
-    let id_card_raw = v
-        .repeats("PID", 3)
-        .into_iter()
-        .find(|r| {
-            matches!(v.comp(r, 5).as_deref(), Some("NI" | "NNCHN"))
-                || v.comp(r, 4).as_deref() == Some("CHN")
-        })
-        .and_then(|r| v.comp(r, 1))
-        .or_else(|| v.get("PID", 19, 1));
-    let id_card = match id_card_raw {
-        Some(raw) => match valid_id_card(&raw, today) {
-            Some(ok) => Some(ok),
-            None => {
-                warnings.push(Warning::IdcardInvalid);
-                None
-            }
-        },
-        None => None,
-    };
-
-    let family = v.get("PID", 5, 1);
-    let given = v.get("PID", 5, 2);
-    let name = match (&family, &given) {
-        (None, None) => None,
-        _ => Some(format!(
-            "{}{}",
-            family.as_deref().unwrap_or(""),
-            given.as_deref().unwrap_or("")
-        )),
-    };
-    let mut birth_date = v.get("PID", 7, 1).and_then(|s| parse_hl7_date(&s).ok());
-    let sex = v
-        .get("PID", 8, 1)
-        .map(|s| Sex::from_hl7(&s))
-        .unwrap_or_default();
-    // R-ID-5: an ID card that disagrees with PID-7/PID-8 is a warning; it fills an empty PID-7.
-    if let Some(idc) = &id_card {
-        let idc_birth = id_card_birth_date(idc);
-        match birth_date {
-            None => birth_date = idc_birth,
-            Some(b) if Some(b) != idc_birth => warnings.push(Warning::IdentityMismatch),
-            _ => {}
-        }
-        let male_digit = idc.as_bytes().get(16).is_some_and(|d| (d - b'0') % 2 == 1);
-        let mismatch = matches!((sex, male_digit), (Sex::Female, true) | (Sex::Male, false));
-        if mismatch && !warnings.contains(&Warning::IdentityMismatch) {
-            warnings.push(Warning::IdentityMismatch);
-        }
+    let mut outcome = mapping.apply(&doc, &ctx)?;
+    if mismatch && let Outcome::Event(e) = &mut outcome {
+        e.warnings.push(Warning::TriggerMismatch);
     }
-    if birth_date.is_none() {
-        warnings.push(Warning::AgeUnknown);
-    }
-
-    let mobile = select_mobile(&v);
-    let deceased = v
-        .get("PID", 30, 1)
-        .is_some_and(|s| s.eq_ignore_ascii_case("Y"))
-        || v.get("PID", 29, 1).is_some();
-
-    let visit_number = v.get("PV1", 19, 1);
-    if kind.needs_visit_number() && visit_number.is_none() {
-        return Err(Rejection::new(
-            R::MissingVisitNumber,
-            format!(
-                "{} needs a visit number in PV1-19 (message {control_id})",
-                kind.code()
-            ),
-        ));
-    }
-    let visit = visit_number.map(|number| Visit {
-        number: Pii::new(number),
-        facility: v.get("PV1", 3, 4).unwrap_or_else(|| facility_msh.clone()),
-        class: v
-            .get("PV1", 2, 1)
-            .map(|c| PatientClass::from_code(&c))
-            .unwrap_or(PatientClass::Unknown),
-        dept_code: v.get("PV1", 3, 1),
-        dept_name: v.get("PV1", 3, 9),
-        doctor_code: v.get("PV1", 7, 1),
-        start: ts("PV1", 44),
-        discharge: ts("PV1", 45),
-        disposition: v.get("PV1", 36, 1),
-        vip_indicator: v.get("PV1", 16, 1),
-    });
-
-    let merged_from = if kind == EventKind::Merged {
-        select_patient_id(&v, &v.repeats("MRG", 1), &facility_msh)
-    } else {
-        None
-    };
-
-    Ok(PatientEvent {
-        message_key: format!("{sending_app}|{facility_msh}|{control_id}"),
-        message_id: control_id,
-        kind,
-        trigger,
-        production: v.get("MSH", 11, 1).as_deref() == Some("P"),
-        event_time,
-        patient: Patient {
-            id: patient_id,
-            id_card: id_card.map(Pii::new),
-            name: name.map(Pii::new),
-            family_name: family.map(Pii::new),
-            birth_date,
-            sex,
-            mobile: mobile.map(Pii::new),
-            city: v.get("PID", 11, 3),
-            deceased,
-            publicity_code: v.get("PD1", 11, 1),
-            protected: v
-                .get("PD1", 12, 1)
-                .is_some_and(|s| s.eq_ignore_ascii_case("Y")),
-            guardian_mobile: select_guardian_mobile(&v).map(Pii::new),
-        },
-        visit,
-        merged_from,
-        warnings,
-    })
-}
-
-/// R-ID-4: the repeat typed PI, else MR, else the first with an id; authority 3.4 else MSH-4.
-fn select_patient_id(v: &View<'_>, reps: &[&Repeat<'_>], facility: &str) -> Option<PatientId> {
-    let with_id: Vec<&Repeat<'_>> = reps
-        .iter()
-        .copied()
-        .filter(|r| v.comp(r, 1).is_some())
-        .collect();
-    let pick = with_id
-        .iter()
-        .find(|r| v.comp(r, 5).as_deref() == Some("PI"))
-        .or_else(|| {
-            with_id
-                .iter()
-                .find(|r| v.comp(r, 5).as_deref() == Some("MR"))
-        })
-        .or_else(|| {
-            with_id.iter().find(|r| {
-                !matches!(v.comp(r, 5).as_deref(), Some("NI" | "NNCHN"))
-                    && v.comp(r, 4).as_deref() != Some("CHN")
-            })
-        })?;
-    Some(PatientId {
-        authority: v.comp(pick, 4).unwrap_or_else(|| facility.to_string()),
-        id: Pii::new(v.comp(pick, 1)?),
-    })
-}
-
-/// R-EXC-6 / R-GEN-3: the first NK1 whose relationship (NK1-3) is MTH, FTH, PAR or GRD and
-/// whose phone (NK1-5, any repeat) is a valid mobile.
-fn select_guardian_mobile(v: &View<'_>) -> Option<String> {
-    let count = v.msg.segment_count("NK1");
-    (1..=count).find_map(|n| {
-        let seg = v.msg.segment_n("NK1", n)?;
-        let rel = field(seg, 3)
-            .and_then(|f| f.repeat(1))
-            .and_then(|r| v.comp(r, 1))?;
-        if !matches!(rel.as_str(), "MTH" | "FTH" | "PAR" | "GRD") {
-            return None;
-        }
-        field(seg, 5)?.repeats.iter().find_map(|r| {
-            v.comp(r, 12)
-                .and_then(|n| normalize_mobile(&n))
-                .or_else(|| v.comp(r, 1).and_then(|n| normalize_mobile(&n)))
-        })
-    })
-}
-
-/// R-ID-2: the first PID-13 repeat with equipment CP holding a valid mobile, else the first
-/// repeat holding one. Number = XTN.12 → XTN.1 → XTN.6 + XTN.7.
-fn select_mobile(v: &View<'_>) -> Option<String> {
-    let reps = v.repeats("PID", 13);
-    let number = |r: &Repeat<'_>| -> Option<String> {
-        v.comp(r, 12)
-            .and_then(|n| normalize_mobile(&n))
-            .or_else(|| v.comp(r, 1).and_then(|n| normalize_mobile(&n)))
-            .or_else(|| {
-                let area = v.comp(r, 6).unwrap_or_default();
-                v.comp(r, 7)
-                    .and_then(|n| normalize_mobile(&format!("{area}{n}")))
-            })
-    };
-    reps.iter()
-        .filter(|r| v.comp(r, 3).as_deref() == Some("CP"))
-        .find_map(|r| number(r))
-        .or_else(|| reps.iter().find_map(|r| number(r)))
+    Ok((mapping.name.clone(), outcome))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{DecodeOptions, decode as decode_any};
+    use crate::decode::DecodeOptions;
+    use crate::event::{EventKind, PatientClass, PatientEvent, Sex};
     use crate::reason::DeadLetterReason;
 
     const A03: &str = "MSH|^~\\&|HIS|HXEYE_SH01|CEM-BRIDGE|CEM|20261120160000||ADT^A03^ADT_A03|MSG20261120160000004|P|2.5|||AL|NE||UNICODE UTF-8\rEVN|A03|20261120155500\rPID|1||P00067890^^^HXEYE^PI~31010419551212002X^^^CHN^NI||王^秀英||19551212|F|||中山北路100号^^上海市^^200010^CHN||13998765432^PRN^CP|||||||||||||||||N\rPV1|1|I|CAT02^^^HXEYE_SH01^^^^^白内障病区||||D2048^陈^明^^^主任医师|||CAT02|||||||||Z2026111500087|||||||||||||||||01||||||||20261115075500|20261120155500\r";
@@ -445,8 +222,12 @@ mod tests {
         }
     }
 
+    fn any(b: &[u8]) -> Result<PatientEvent, Rejection> {
+        crate::mapping::tests::decode_event(b, &opts())
+    }
+
     fn dec(s: &str) -> Result<PatientEvent, Rejection> {
-        decode_any(s.as_bytes(), &opts()).map(|(_, e)| e)
+        any(s.as_bytes())
     }
 
     #[test]
@@ -631,12 +412,12 @@ mod tests {
     fn r_evt_2_gb18030_by_msh_18() {
         let m = A03.replace("UNICODE UTF-8", "GB 18030-2000");
         let (bytes, _, _) = encoding_rs::GB18030.encode(&m);
-        let e = decode_any(&bytes, &opts()).unwrap().1;
+        let e = any(&bytes).unwrap();
         assert_eq!(e.patient.name.unwrap().expose(), "王秀英");
         // The same bytes declared as UTF-8 are invalid, never guessed.
         let m = A03.replace("UNICODE UTF-8", "UNICODE UTF-8");
         let (bytes, _, _) = encoding_rs::GB18030.encode(&m);
-        let e = decode_any(&bytes, &opts()).unwrap_err();
+        let e = any(&bytes).unwrap_err();
         assert_eq!(e.reason, DeadLetterReason::InvalidEncoding);
     }
 

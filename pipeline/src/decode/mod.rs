@@ -1,18 +1,22 @@
-//! Bytes → [`PatientEvent`] or a [`Rejection`] with a dead-letter reason.
+//! Bytes → a mapped [`Outcome`] or a [`Rejection`] with a dead-letter reason.
 //!
 //! Steps (R-EVT-1, R-EVT-2): size limit; strip a UTF-8 BOM and MLLP framing; detect the format
-//! from the first bytes; decode the charset; parse. HL7 v2 ADT is decoded to a canonical event
-//! here; XML and JSON are checked for well-formedness (mapping files for them come with the
-//! mapping language) and otherwise answered with `no_mapping`.
+//! from the first bytes; decode the charset; parse (HL7 v2 via hl7-parser, XML into a small
+//! tree, JSON via serde_json with a depth limit); choose the connector's mapping for the
+//! message and apply it (see [`crate::mapping`]).
 
 pub mod charset;
 pub mod hl7v2;
-pub mod wellformed;
+pub mod json;
+pub mod xml;
+
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::event::PatientEvent;
+use crate::mapping::path::{Doc, Env};
+use crate::mapping::{ApplyContext, MappingSet, Outcome};
 use crate::reason::{DeadLetterReason, Rejection};
 
 pub use charset::Charset;
@@ -49,6 +53,9 @@ pub struct DecodeOptions {
     pub zone: TimeZone,
     /// "Today" for identifier checks (R-ID-1 birth date not in the future).
     pub now: Timestamp,
+    /// The connector's facility: authority and facility when an XML / JSON message carries
+    /// none (R-GEN-3); `$facility` in mappings.
+    pub facility: String,
 }
 
 impl Default for DecodeOptions {
@@ -58,6 +65,7 @@ impl Default for DecodeOptions {
             default_charset: Charset::Utf8,
             zone: crate::time::default_zone(),
             now: Timestamp::now(),
+            facility: String::new(),
         }
     }
 }
@@ -98,8 +106,22 @@ pub fn detect_format(body: &[u8]) -> Result<Format, Rejection> {
     }
 }
 
-/// Decode one message body into a canonical event.
-pub fn decode(body: &[u8], opts: &DecodeOptions) -> Result<(Format, PatientEvent), Rejection> {
+/// A message after decoding and mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub format: Format,
+    /// The name of the mapping that was applied.
+    pub mapping: String,
+    pub outcome: Outcome,
+}
+
+/// Decode one message body with the connector's mappings.
+pub fn decode(
+    body: &[u8],
+    opts: &DecodeOptions,
+    set: &MappingSet,
+    headers: &BTreeMap<String, String>,
+) -> Result<Decoded, Rejection> {
     if body.len() > opts.max_bytes {
         return Err(Rejection::new(
             DeadLetterReason::Oversized,
@@ -112,27 +134,43 @@ pub fn decode(body: &[u8], opts: &DecodeOptions) -> Result<(Format, PatientEvent
     }
     let body = strip_framing(body);
     let format = detect_format(body)?;
-    match format {
-        Format::Hl7v2 => hl7v2::decode(body, opts).map(|e| (format, e)),
+    let (mapping, outcome) = match format {
+        Format::Hl7v2 => hl7v2::decode(body, opts, set, headers)?,
         Format::Xml => {
-            wellformed::check_xml(body)?;
-            Err(no_mapping(format))
+            let doc = xml::parse(body, opts.default_charset)?;
+            apply(format, &Doc::Xml(&doc), opts, set, headers)?
         }
         Format::Json => {
-            wellformed::check_json(body)?;
-            Err(no_mapping(format))
+            let value = json::parse_json(body)?;
+            apply(format, &Doc::Json(&value), opts, set, headers)?
         }
-    }
+    };
+    Ok(Decoded {
+        format,
+        mapping,
+        outcome,
+    })
 }
 
-fn no_mapping(format: Format) -> Rejection {
-    Rejection::new(
-        DeadLetterReason::NoMapping,
-        format!(
-            "well-formed {} message, but this connector has no mapping for the format",
-            format.code()
-        ),
-    )
+fn apply(
+    format: Format,
+    doc: &Doc<'_>,
+    opts: &DecodeOptions,
+    set: &MappingSet,
+    headers: &BTreeMap<String, String>,
+) -> Result<(String, Outcome), Rejection> {
+    let env = Env {
+        headers,
+        facility: &opts.facility,
+    };
+    let mapping = set.choose(format, doc, &env)?;
+    let ctx = ApplyContext {
+        zone: &opts.zone,
+        now: opts.now,
+        headers,
+        facility: &opts.facility,
+    };
+    Ok((mapping.name.clone(), mapping.apply(doc, &ctx)?))
 }
 
 #[cfg(test)]
@@ -167,7 +205,13 @@ mod tests {
             max_bytes: 10,
             ..Default::default()
         };
-        let e = decode(b"MSH|^~\\&|0123456789", &opts).unwrap_err();
+        let e = decode(
+            b"MSH|^~\\&|0123456789",
+            &opts,
+            &MappingSet::default(),
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert_eq!(e.reason, DeadLetterReason::Oversized);
     }
 }

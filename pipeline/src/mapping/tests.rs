@@ -1,0 +1,276 @@
+//! Unit tests of the mapping language; the shipped mappings' own cases run here too.
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+
+use super::*;
+use crate::decode::{DecodeOptions, decode};
+
+/// Files relative to the mapping file, from the real file system (tests only).
+pub(crate) struct DiskFiles;
+
+impl Files for DiskFiles {
+    fn read(&self, relative_to: &str, path: &str) -> Result<Vec<u8>, String> {
+        let base = FsPath::new(relative_to).parent().unwrap_or(FsPath::new("."));
+        std::fs::read(base.join(path)).map_err(|e| e.to_string())
+    }
+}
+
+/// In-memory files for tests.
+struct MemFiles(BTreeMap<&'static str, &'static str>);
+
+impl Files for MemFiles {
+    fn read(&self, _: &str, path: &str) -> Result<Vec<u8>, String> {
+        self.0
+            .get(path)
+            .map(|s| s.as_bytes().to_vec())
+            .ok_or_else(|| "no such file".into())
+    }
+}
+
+fn zone() -> TimeZone {
+    crate::time::default_zone()
+}
+
+fn shipped_dir() -> PathBuf {
+    FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../mappings")
+}
+
+fn shipped_files(dir: &FsPath, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            shipped_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+/// Every shipped mapping, compiled.
+pub(crate) fn shipped() -> MappingSet {
+    let mut files = Vec::new();
+    shipped_files(&shipped_dir(), &mut files);
+    assert!(!files.is_empty(), "no shipped mappings found");
+    let mut ms = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let name = f.to_string_lossy().into_owned();
+        match compile(&name, &text, &zone(), &DiskFiles) {
+            Ok(m) => ms.push(m),
+            Err(errs) => panic!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")),
+        }
+    }
+    MappingSet::new(ms)
+}
+
+/// Decode with the shipped mappings and expect an event (tests of other modules use this).
+pub(crate) fn decode_event(body: &[u8], opts: &DecodeOptions) -> Result<PatientEvent, Rejection> {
+    static SET: std::sync::OnceLock<MappingSet> = std::sync::OnceLock::new();
+    let set = SET.get_or_init(shipped);
+    decode(body, opts, set, &BTreeMap::new()).map(|d| match d.outcome {
+        Outcome::Event(e) => *e,
+        other => panic!("not an event: {other:?}"),
+    })
+}
+
+#[test]
+fn shipped_mappings_pass_their_own_tests() {
+    let set = shipped();
+    let now: jiff::Timestamp = "2026-11-23T00:00:00Z".parse().unwrap();
+    let results = testing::run_all(&set, &DiskFiles, &zone(), now);
+    assert!(results.len() >= 20, "only {} cases", results.len());
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| format!("{}:{} {}: {}", r.file, r.line, r.name, r.failures.join("; ")))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+fn one(text: &str) -> Result<Mapping, Vec<MappingError>> {
+    let files = MemFiles(
+        [("depts.csv", "code,name,extra\nOPH01,眼科门诊,x\n\"CAT,02\",\"白内障\"\"病区\",y\n")].into(),
+    );
+    compile("m.yaml", text, &zone(), &files)
+}
+
+fn first_error(text: &str) -> MappingError {
+    one(text).unwrap_err().remove(0)
+}
+
+const BASE: &str = "name: t\nformat: json\nevent: registration\nfields:\n  message.id: /id\n  event.time: /at\n  patient.id: /p\n";
+
+#[test]
+fn unknown_keys_are_located_with_a_hint() {
+    let e = first_error(&format!("{BASE}  visit.number: {{ paht: /v }}\n"));
+    assert_eq!((e.file.as_str(), e.line), ("m.yaml", 8), "{e}");
+    assert!(e.message.contains("paht"), "{e}");
+    assert!(e.hint.is_some());
+    let e = first_error("name: t\nformat: json\nevnt: registration\n");
+    assert_eq!(e.line, 3, "{e}");
+}
+
+#[test]
+fn unknown_fields_tables_and_events_are_errors() {
+    let e = first_error(&format!("{BASE}  patient.nmae: /n\n"));
+    assert_eq!(e.line, 8);
+    assert!(e.message.contains("unknown field `patient.nmae`"), "{e}");
+    let e = first_error(&format!("{BASE}  patient.mobil: /n\n"));
+    assert!(e.message.contains("patient.mobil"), "{e}");
+    let e = first_error(&format!("{BASE}  visit.number: {{ path: /v, transforms: [{{table: nope}}] }}\n"));
+    assert!(e.message.contains("table `nope`"), "{e}");
+    let e = first_error(&BASE.replace("event: registration", "event: regisration"));
+    assert!(e.message.contains("regisration"), "{e}");
+    assert_eq!(e.line, 3, "{e}");
+}
+
+#[test]
+fn bad_paths_are_located_and_explained() {
+    let e = first_error(&BASE.replace("message.id: /id", "message.id: id"));
+    assert_eq!(e.line, 5);
+    assert!(e.message.contains("JSON pointer"), "{e}");
+    let text = "name: t\nformat: hl7v2\nevent: registration\nfields:\n  message.id: MSH-10\n  event.time: MSH-7\n  patient.id: PID-3[5=PI.1\n";
+    let e = first_error(text);
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.message.contains("closed"), "{e}");
+}
+
+#[test]
+fn missing_required_targets_are_errors() {
+    let e = first_error("name: t\nformat: json\nevent: registration\nfields:\n  message.id: /id\n  event.time: /at\n");
+    assert!(e.message.contains("patient.id"), "{e}");
+}
+
+fn apply_json(m: &Mapping, json: &str, headers: &[(&str, &str)]) -> Result<Outcome, Rejection> {
+    let set = MappingSet::new(vec![]);
+    let _ = set;
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let headers: BTreeMap<String, String> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let z = zone();
+    let ctx = ApplyContext { zone: &z, now: "2026-11-23T00:00:00Z".parse().unwrap(), headers: &headers, facility: "FAC" };
+    m.apply(&Doc::Json(&v), &ctx)
+}
+
+fn event(o: Outcome) -> PatientEvent {
+    match o {
+        Outcome::Event(e) => *e,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+#[test]
+fn transforms_tables_csv_regex_datetime_default_concat() {
+    let m = one(&format!(
+        "{BASE}  visit.number: {{ path: /v, transforms: [trim, upper] }}
+  visit.dept_name: {{ path: /d, transforms: [{{table: depts}}] }}
+  visit.dept_code: {{ path: /d, transforms: [{{map: {{\"CAT,02\": CAT02}}}}] }}
+  visit.doctor_code: {{ path: /doc, transforms: [{{regex: \"^DR-(\\\\d+)$\"}}] }}
+  visit.start: {{ path: /start, transforms: [{{datetime: {{format: \"%Y/%m/%d %H:%M\"}}}}] }}
+  patient.birth_date: {{ path: /born, transforms: [{{date: {{format: \"%d.%m.%Y\"}}}}] }}
+  patient.mobile: {{ path: /tel, transforms: [{{strip_prefix: \"tel:\"}}] }}
+  visit.class: {{ path: /cls, transforms: [{{table: cls}}] }}
+  patient.sex: {{ path: /sex, transforms: [{{only: [F, M]}}], default: U }}
+  message.key: {{ concat: [{{path: /src}}, \"|\", {{path: /id}}] }}
+  visit.facility: $header.facility-code
+tables:
+  depts: {{ csv: depts.csv, key_column: code, value_column: name }}
+  cls: {{ values: {{ \"1\": O, \"3\": I }}, unmatched: drop }}
+"
+    ))
+    .unwrap_or_else(|e| panic!("{}", e[0]));
+    let e = event(
+        apply_json(
+            &m,
+            r#"{"id":"M1","at":"2026-11-20T09:30:00+08:00","p":"P1","v":" v1 ","d":"CAT,02","doc":"DR-42",
+                "start":"2026/11/20 09:30","born":"07.03.1990","tel":"tel:13812345678","cls":3,"sex":"X","src":"HIS"}"#,
+            &[("facility-code", "HX_SH")],
+        )
+        .unwrap(),
+    );
+    let v = e.visit.as_ref().unwrap();
+    assert_eq!(v.number.expose(), "V1");
+    assert_eq!(v.dept_name.as_deref(), Some("白内障\"病区"), "CSV with quotes and commas");
+    assert_eq!(v.dept_code.as_deref(), Some("CAT02"));
+    assert_eq!(v.doctor_code.as_deref(), Some("42"));
+    assert_eq!(v.start.unwrap().to_string(), "2026-11-20T01:30:00Z");
+    assert_eq!(v.class, crate::event::PatientClass::Inpatient);
+    assert_eq!(v.facility, "HX_SH");
+    assert_eq!(e.patient.birth_date.unwrap().to_string(), "1990-03-07");
+    assert_eq!(e.patient.mobile.as_ref().unwrap().expose(), "13812345678");
+    assert_eq!(e.patient.sex, crate::event::Sex::Unknown, "only + default");
+    assert_eq!(e.patient.id.authority, "FAC", "R-GEN-3: connector facility");
+    assert_eq!(e.message_key, "HIS|M1");
+    // Unmatched `drop` and a non-matching regex give no value.
+    let e = event(apply_json(&m, r#"{"id":"M1","at":"2026-11-20","p":"P1","v":"v","cls":9,"doc":"x"}"#, &[]).unwrap());
+    let v = e.visit.unwrap();
+    assert_eq!(v.class, crate::event::PatientClass::Unknown);
+    assert_eq!(v.doctor_code, None);
+    assert_eq!(v.facility, "FAC");
+}
+
+#[test]
+fn required_fields_and_missing_ids_are_dead_letters_naming_the_path() {
+    let m = one(&format!("{BASE}  visit.number: /visit/no\n  visit.dept_code: {{ path: /dept, required: true }}\n")).unwrap();
+    let e = apply_json(&m, r#"{"id":"M1","at":"2026-11-20","p":"P1","visit":{"no":"V"}}"#, &[]).unwrap_err();
+    assert_eq!(e.reason, DeadLetterReason::MissingField);
+    assert!(e.detail.contains("visit.dept_code") && e.detail.contains("/dept") && e.detail.contains("M1"), "{}", e.detail);
+    let e = apply_json(&m, r#"{"id":"M1","at":"2026-11-20","dept":"D","visit":{"no":"V"}}"#, &[]).unwrap_err();
+    assert_eq!(e.reason, DeadLetterReason::MissingPatientId);
+    let e = apply_json(&m, r#"{"id":"M1","at":"2026-11-20","p":"P1","dept":"D"}"#, &[]).unwrap_err();
+    assert_eq!(e.reason, DeadLetterReason::MissingVisitNumber);
+    assert!(e.detail.contains("/visit/no"), "{}", e.detail);
+    let e = apply_json(&m, r#"{"id":"M1","at":"soon","p":"P1","dept":"D","visit":{"no":"V"}}"#, &[]).unwrap_err();
+    assert_eq!(e.reason, DeadLetterReason::MissingField);
+    assert!(e.detail.contains("event.time"), "{}", e.detail);
+}
+
+#[test]
+fn event_lookup_ignore_and_match_conditions() {
+    let text = "name: t\nformat: json\nmatch:\n  - { path: $header.service-code, in: [S1, S2] }\n  - { path: /kind, not_in: [X] }\nevent:\n  path: /type\n  table: { REG: registration, NOISE: ignore }\nfields:\n  message.id: /id\n  event.time: /at\n  patient.id: /p\n  visit.number: /v\n";
+    let m = one(text).unwrap();
+    let set = MappingSet::new(vec![m]);
+    let run = |json: &str, svc: &str| {
+        let headers: BTreeMap<String, String> = [("service-code".to_string(), svc.to_string())].into();
+        let opts = DecodeOptions { facility: "F".into(), ..Default::default() };
+        decode(json.as_bytes(), &opts, &set, &headers)
+    };
+    let ok = r#"{"id":"M1","at":"2026-11-20","p":"P1","v":"V1","type":"REG"}"#;
+    let d = run(ok, "S1").unwrap();
+    assert_eq!(d.mapping, "t");
+    assert!(matches!(d.outcome, Outcome::Event(ref e) if e.kind == crate::event::EventKind::Registered && e.trigger == "REG"));
+    assert_eq!(run(ok, "S9").unwrap_err().reason, DeadLetterReason::NoMapping);
+    let x = ok.replace("\"type\"", "\"kind\":\"X\",\"type\"");
+    assert_eq!(run(&x, "S1").unwrap_err().reason, DeadLetterReason::NoMapping);
+    let noise = ok.replace("REG", "NOISE");
+    assert_eq!(
+        run(&noise, "S2").unwrap().outcome,
+        Outcome::Ignored { message_id: Some("M1".into()), code: Some("NOISE".into()) }
+    );
+    let other = ok.replace("REG", "WHAT");
+    let e = run(&other, "S2").unwrap_err();
+    assert_eq!(e.reason, DeadLetterReason::UnknownEvent);
+    assert!(e.detail.contains("WHAT") && e.detail.contains("REG"), "{}", e.detail);
+    let xml = "<a/>";
+    assert_eq!(run(xml, "S1").unwrap_err().reason, DeadLetterReason::NoMapping);
+}
+
+#[test]
+fn test_case_mismatches_are_readable() {
+    let text = format!(
+        "{BASE}tests:\n  - name: wrong\n    input_text: '{{\"id\":\"M1\",\"at\":\"2026-11-20\",\"p\":\"P1\"}}'\n    expect: {{ event: discharge, fields: {{ patient.id: P2, visit.number: V1 }} }}\n  - name: right\n    input_text: '{{\"id\":\"M1\",\"at\":\"2026-11-20\",\"p\":\"P1\"}}'\n    expect: {{ event: registration, fields: {{ patient.id: P1, visit.number: ~ }} }}\n"
+    );
+    // A registration without a visit number is a dead letter, so use admission semantics.
+    let text = text.replace("event: registration\n", "event: admission\n").replace("event: registration,", "event: admission,");
+    let m = one(&text).unwrap_or_else(|e| panic!("{}", e[0]));
+    let set = MappingSet::new(vec![m]);
+    let r = testing::run_all(&set, &MemFiles(BTreeMap::new()), &zone(), jiff::Timestamp::now());
+    assert_eq!(r.len(), 2);
+    assert!(!r[0].passed());
+    let all = r[0].failures.join("\n");
+    assert!(all.contains("expected event discharge, got admission"), "{all}");
+    assert!(all.contains("patient.id: expected \"P2\", got \"P1\""), "{all}");
+    assert!(all.contains("visit.number: expected \"V1\", got (absent)"), "{all}");
+    assert!(r[1].passed(), "{:?}", r[1].failures);
+}
