@@ -14,10 +14,15 @@ const A03: &str = include_str!("../../tests/fixtures/samples/hl7v2/adt_a03_disch
 const XML: &str = include_str!("../../tests/fixtures/samples/xml/discharge_utf8.xml");
 const JSON: &str = include_str!("../../tests/fixtures/samples/json/discharge.json");
 
-struct NoFiles;
-impl Files for NoFiles {
-    fn read(&self, _: &str, _: &str) -> Result<Vec<u8>, String> {
-        Err("not in this test".into())
+struct Tables;
+impl Files for Tables {
+    fn read(&self, _: &str, path: &str) -> Result<Vec<u8>, String> {
+        match path {
+            "tables/json_disposition.csv" => {
+                Ok(include_bytes!("../../mappings/json/tables/json_disposition.csv").to_vec())
+            }
+            _ => Err(format!("{path} is not embedded in this test")),
+        }
     }
 }
 
@@ -27,13 +32,13 @@ fn set() -> &'static MappingSet {
         let zone = cem_pipeline::time::default_zone();
         let files = [
             ("adt.yaml", include_str!("../../mappings/hl7v2/adt.yaml")),
-            ("s0032.yaml", include_str!("../../mappings/xml/s0032_discharge.yaml")),
+            ("hip_encounter.yaml", include_str!("../../mappings/xml/hip_encounter.yaml")),
             ("events.yaml", include_str!("../../mappings/json/his_events.yaml")),
         ];
         MappingSet::new(
             files
                 .iter()
-                .map(|(n, t)| compile(n, t, &zone, &NoFiles).expect("shipped mapping compiles"))
+                .map(|(n, t)| compile(n, t, &zone, &Tables).expect("shipped mapping compiles"))
                 .collect(),
         )
     })
