@@ -30,6 +30,7 @@ use cem_connectors::amqp::{
 };
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::decode::{DecodeOptions, decode};
+use cem_pipeline::mapping::Outcome;
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
 
@@ -313,14 +314,17 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
         pseudo: &pseudo,
         now: bench_clock()?.now(),
     };
+    let mappings = crate::mappings::builtin(&zone);
+    let headers = BTreeMap::new();
     // Measure the path the bridge takes for this message, not a rejection.
-    match decode(A04, &opts) {
-        Ok((_, event)) => match decide(&event, &policy, &ctx) {
+    match decode(A04, &opts, &mappings, &headers).map(|d| d.outcome) {
+        Ok(Outcome::Event(event)) => match decide(&event, &policy, &ctx) {
             SurveyDecision::Schedule(_) => {}
             other => bail!(
                 "the A04 sample schedules no survey ({other:?}); the bench would measure the wrong path"
             ),
         },
+        Ok(other) => bail!("the built-in A04 sample maps to {other:?}"),
         Err(r) => bail!(
             "the built-in A04 sample does not decode: {} ({})",
             r.reason.code(),
@@ -338,7 +342,10 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
             ));
         },
         || {
-            let r = decode(black_box(A04), &opts).map(|(_, e)| decide(&e, &policy, &ctx));
+            let r = decode(black_box(A04), &opts, &mappings, &headers).map(|d| match d.outcome {
+                Outcome::Event(e) => Some(decide(&e, &policy, &ctx)),
+                Outcome::Ignored { .. } => None,
+            });
             let _ = black_box(r);
         },
     );

@@ -130,6 +130,24 @@ pub struct SourceConfig {
     /// Dead-letter as `poison` after this many earlier deliveries (R-EVT-6).
     #[serde(default = "default_poison")]
     pub poison_after: u64,
+    /// Mapping files or folders, tried in file-name order (default: `mappings`, relative to
+    /// the working directory).
+    #[serde(default = "default_mappings")]
+    pub mappings: Vec<String>,
+    /// Facility / patient-id authority for XML and JSON messages that carry none (R-GEN-3);
+    /// `$facility` in mappings. Default: the connector name.
+    pub facility: Option<String>,
+}
+
+fn default_mappings() -> Vec<String> {
+    vec!["mappings".into()]
+}
+
+impl SourceConfig {
+    /// `facility`, else the connector name.
+    pub fn facility(&self) -> &str {
+        self.facility.as_deref().unwrap_or(&self.name)
+    }
 }
 
 fn default_prefetch() -> u16 {

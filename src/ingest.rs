@@ -6,6 +6,7 @@
 //! crash anywhere before the ack means redelivery; the dedupe record turns that into a counted
 //! `duplicate` with no second effect.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueType};
 use cem_pipeline::anonymize::{Pseudonymizer, hex};
 use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
+use cem_pipeline::mapping::{MappingSet, Outcome};
 use cem_pipeline::event::{EventKind, PatientEvent};
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
@@ -37,6 +39,8 @@ const TOMBSTONE_MS: i64 = 7 * 24 * 3_600_000;
 
 /// What ingest needs from the runtime.
 pub struct IngestContext {
+    /// Each source's compiled mappings, by source name.
+    pub mappings: HashMap<String, Arc<MappingSet>>,
     pub store: Store,
     pub pseudo: Pseudonymizer,
     pub tenant: String,
@@ -54,7 +58,17 @@ struct Prepared {
     msg: InboundMessage,
     received: Instant,
     hash: String,
-    result: Result<(Format, PatientEvent, SurveyDecision), Rejection>,
+    result: Result<Mapped, Rejection>,
+}
+
+/// What the pure work made of a delivery.
+enum Mapped {
+    Event(Format, Box<PatientEvent>, SurveyDecision),
+    /// The mapping said `ignore`: ack, count, audit, no effect.
+    Ignored {
+        message_id: Option<String>,
+        mapping: String,
+    },
 }
 
 /// What the transaction decided for one delivery.
@@ -197,7 +211,10 @@ fn prepare(
             default_charset: Charset::from_label(&src.charset).unwrap_or_default(),
             zone: ctx.zone.clone(),
             now,
+            facility: src.facility().to_string(),
         };
+        let empty = MappingSet::default();
+        let set = ctx.mappings.get(&src.name).map(|s| s.as_ref()).unwrap_or(&empty);
         let survey = SurveyContext {
             tenant: &ctx.tenant,
             zone: &ctx.zone,
@@ -206,9 +223,15 @@ fn prepare(
         };
         // Defence in depth: a panic in a decoder must not take the process down.
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            decode(&msg.body, &opts).map(|(f, e)| {
-                let d = decide(&e, &ctx.policy, &survey);
-                (f, e, d)
+            decode(&msg.body, &opts, set, &msg.headers).map(|d| match d.outcome {
+                Outcome::Event(e) => {
+                    let decision = decide(&e, &ctx.policy, &survey);
+                    Mapped::Event(d.format, e, decision)
+                }
+                Outcome::Ignored { message_id, .. } => Mapped::Ignored {
+                    message_id,
+                    mapping: d.mapping,
+                },
             })
         })) {
             Ok(r) => r,
@@ -305,7 +328,10 @@ async fn isolate(
 
 fn message_id_of(p: &Prepared) -> Option<String> {
     match &p.result {
-        Ok((_, e, _)) => Some(e.message_id.clone()),
+        Ok(Mapped::Event(_, e, _)) => Some(e.message_id.clone()),
+        Ok(Mapped::Ignored { message_id, .. }) => {
+            message_id.clone().or_else(|| p.msg.message_id.clone())
+        }
         Err(_) => p.msg.message_id.clone(),
     }
 }
@@ -325,7 +351,23 @@ async fn write_batch(
         let reject = |tx_reason: DeadLetterReason, detail: String| (tx_reason, detail);
         let dl = match &p.result {
             Err(r) => Some(reject(r.reason, r.detail.clone())),
-            Ok((format, event, decision)) => {
+            Ok(Mapped::Ignored { mapping, .. }) => {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: mid.as_deref(),
+                    action: "ignored",
+                    rule: Some("mapping"),
+                    reason: Some("ignored"),
+                    detail: Some(&format!("mapping {mapping} says ignore")),
+                    ..Default::default()
+                })
+                .await?;
+                counter!("cem_bridge_messages_ignored_total", "connector" => src.name.clone())
+                    .increment(1);
+                debug!(connector = conn, message_id = ?mid, mapping = %mapping, "ignored by the mapping");
+                None
+            }
+            Ok(Mapped::Event(format, event, decision)) => {
                 match tx
                     .record_inbox(
                         conn,

@@ -5,6 +5,8 @@
 //! - [`clock`] — the injectable clock every time rule reads.
 //! - [`config`] — `bridge.toml`, typed and checked.
 //! - [`store`] — SQLite/PostgreSQL through sqlx `Any`: dedupe, jobs, audit, dead letters.
+//! - [`mappings`] — loads the mapping files each connector names.
+//! - [`mapping_cli`] — `cem-bridge test` and `cem-bridge map` for interface engineers.
 //! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
 //! - [`scheduler`] — claims due jobs and pushes them to the CEM sink with retries.
 //! - [`ops`] — the ops HTTP server: Prometheus `/metrics`, `/health`, `/ready`.
@@ -21,6 +23,8 @@ pub mod config;
 pub mod fault;
 pub mod ingest;
 pub mod inspect;
+pub mod mapping_cli;
+pub mod mappings;
 pub mod ops;
 pub mod publish;
 pub mod retention;

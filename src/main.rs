@@ -1,4 +1,4 @@
-//! `cem-bridge` command line: run, check, publish, dlq, trace, bench.
+//! `cem-bridge` command line: run, check, test, map, schema, publish, dlq, trace, bench.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use anyhow::Context;
 use cem_bridge::bench;
 use cem_bridge::config::{Config, LogFormat};
 use cem_bridge::inspect;
+use cem_bridge::mapping_cli;
 use cem_bridge::publish::{PublishRequest, publish_files};
 use cem_bridge::runtime::{self, Secrets};
 use clap::{Args, Parser, Subcommand};
@@ -36,7 +37,8 @@ enum Cmd {
         )]
         config: PathBuf,
     },
-    /// Check a config file (and the pseudonym key in the environment) without running.
+    /// Check a config file, every mapping its sources name, and the pseudonym key in the
+    /// environment, without running. Lists every problem with file:line:column.
     Check {
         #[arg(
             short,
@@ -45,6 +47,48 @@ enum Cmd {
             default_value = "config/bridge.toml"
         )]
         config: PathBuf,
+    },
+    /// Run the test cases of mapping files (folders are searched for *.yaml).
+    Test {
+        /// Mapping files or folders.
+        #[arg(default_value = "mappings")]
+        paths: Vec<String>,
+        /// Also list the cases that pass.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Time zone for local times in messages.
+        #[arg(long, default_value = "Asia/Shanghai")]
+        time_zone: String,
+    },
+    /// Dry-run one message: the event, the anonymised CEM payload and the survey decision.
+    Map {
+        /// Mapping files or folders (default: the mappings of the config's first source).
+        #[arg(short, long = "mapping")]
+        mappings: Vec<String>,
+        /// Config for tenant, pseudonym key, survey policy, facility and time zone.
+        #[arg(
+            short,
+            long,
+            env = "CEM_BRIDGE_CONFIG",
+            default_value = "config/bridge.toml"
+        )]
+        config: PathBuf,
+        /// AMQP header the message would arrive with, e.g. --header service-code=S0032.
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Show personal values in clear (your own test data only; masked by default).
+        #[arg(long)]
+        reveal: bool,
+        /// The message file.
+        file: PathBuf,
+    },
+    /// Print the JSON Schema of mapping files (point your editor at schemas/mapping.schema.json).
+    Schema {
+        #[arg(value_enum, default_value = "mapping")]
+        what: SchemaKind,
     },
     /// Publish files to a queue as persistent messages with publisher confirms.
     Publish {
@@ -90,6 +134,11 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaKind {
+    Mapping,
 }
 
 /// The config naming the store to read.
@@ -228,13 +277,91 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
             runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?;
+            let zone = cfg.zone();
+            let mut problems = 0;
+            let mut counts = Vec::new();
+            for s in &cfg.sources {
+                match cem_bridge::mappings::load(&s.mappings, &zone) {
+                    Ok(set) => counts.push(format!("{}: {} mapping(s)", s.name, set.mappings.len())),
+                    Err(errors) => {
+                        for e in &errors {
+                            eprintln!("{e}");
+                        }
+                        problems += errors.len();
+                    }
+                }
+            }
+            if problems > 0 {
+                anyhow::bail!("{}: {problems} problem(s) in mapping files", config.display());
+            }
             println!(
-                "{}: ok ({} source(s), store {}, cem {:?})",
+                "{}: ok ({} source(s): {}; store {}, cem {:?})",
                 config.display(),
                 cfg.sources.len(),
+                counts.join(", "),
                 cfg.store.url,
                 cfg.cem.mode
             );
+            Ok(())
+        }
+        Cmd::Test {
+            paths,
+            verbose,
+            time_zone,
+        } => {
+            init_logs(None);
+            let zone = jiff::tz::TimeZone::get(&time_zone)
+                .with_context(|| format!("--time-zone {time_zone:?} is not an IANA zone"))?;
+            if mapping_cli::test_command(&paths, &zone, verbose)? {
+                Ok(())
+            } else {
+                anyhow::bail!("mapping tests failed")
+            }
+        }
+        Cmd::Map {
+            mappings,
+            config,
+            headers,
+            json,
+            reveal,
+            file,
+        } => {
+            init_logs(None);
+            let cfg = Config::load(&config).with_context(|| {
+                "`map` reads the tenant, pseudonym key and survey policy from a config; pass -c"
+            })?;
+            let zone = cfg.zone();
+            let src = &cfg.sources[0];
+            let paths = if mappings.is_empty() { src.mappings.clone() } else { mappings };
+            let set = cem_bridge::mappings::load(&paths, &zone).map_err(|errors| {
+                anyhow::anyhow!("{}", errors.join("\n"))
+            })?;
+            let req = mapping_cli::MapRequest {
+                mappings: &set,
+                file: &file,
+                headers: headers.into_iter().collect(),
+                zone: zone.clone(),
+                facility: src.facility().to_string(),
+                charset: cem_pipeline::decode::Charset::from_label(&src.charset).unwrap_or_default(),
+                policy: cfg.surveys.clone(),
+                tenant: cfg.tenant.clone(),
+                pseudo: runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?,
+                now: cem_bridge::clock::Clock::from_env()?.now(),
+                reveal,
+            };
+            let report = mapping_cli::map_report(&req)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", mapping_cli::render_map_report(&report));
+            }
+            Ok(())
+        }
+        Cmd::Schema { what } => {
+            let schema = match what {
+                SchemaKind::Mapping => cem_pipeline::mapping::schema(),
+            };
+            println!("{schema}");
             Ok(())
         }
         Cmd::Publish {

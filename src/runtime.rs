@@ -1,11 +1,13 @@
 //! Starts the bridge from a [`Config`]: secrets, store, sink, the ops server, one ingest task
 //! per source and the scheduler; stops them in order on shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use cem_pipeline::anonymize::Pseudonymizer;
+use cem_pipeline::mapping::MappingSet;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -113,6 +115,34 @@ fn instance_id() -> String {
 }
 
 /// Start every task on the clock of `CEM_BRIDGE_CLOCK_START` (else the system clock).
+/// Compile each source's mappings; every problem in every file is reported at once.
+pub fn load_mappings(
+    cfg: &Config,
+    zone: &jiff::tz::TimeZone,
+) -> anyhow::Result<HashMap<String, Arc<MappingSet>>> {
+    let mut out = HashMap::new();
+    let mut errors = Vec::new();
+    for s in &cfg.sources {
+        match crate::mappings::load(&s.mappings, zone) {
+            Ok(set) => {
+                info!(connector = %s.name, mappings = set.mappings.len(), "mappings loaded");
+                out.insert(s.name.clone(), Arc::new(set));
+            }
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| format!("[source {}] {e}", s.name)))
+            }
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "the mapping files have {} problem(s); fix them (`cem-bridge check` lists them too):\n{}",
+            errors.len(),
+            errors.join("\n")
+        );
+    }
+    Ok(out)
+}
+
 pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
     start_with_clock(cfg, secrets, Clock::from_env()?).await
 }
@@ -156,7 +186,9 @@ pub async fn start_with_clock(
         None => None,
     };
     let zone = cfg.zone();
+    let mappings = load_mappings(&cfg, &zone)?;
     let ctx = Arc::new(IngestContext {
+        mappings,
         store: store.clone(),
         pseudo,
         tenant: cfg.tenant.clone(),

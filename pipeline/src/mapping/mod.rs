@@ -696,6 +696,12 @@ impl Mapping {
     }
 }
 
+/// The JSON Schema of mapping files, pretty-printed (`cem-bridge schema mapping`).
+pub fn schema() -> String {
+    let s = schemars::schema_for!(MappingFile);
+    serde_json::to_string_pretty(&s).unwrap_or_default()
+}
+
 /// The mappings of one connector, tried in order.
 #[derive(Debug, Default, Clone)]
 pub struct MappingSet {
