@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueType};
 use cem_pipeline::anonymize::{Pseudonymizer, hex};
 use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
-use cem_pipeline::mapping::{MappingSet, Outcome};
 use cem_pipeline::event::{EventKind, PatientEvent};
+use cem_pipeline::mapping::{MappingSet, Outcome};
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
 use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
@@ -214,7 +214,11 @@ fn prepare(
             facility: src.facility().to_string(),
         };
         let empty = MappingSet::default();
-        let set = ctx.mappings.get(&src.name).map(|s| s.as_ref()).unwrap_or(&empty);
+        let set = ctx
+            .mappings
+            .get(&src.name)
+            .map(|s| s.as_ref())
+            .unwrap_or(&empty);
         let survey = SurveyContext {
             tenant: &ctx.tenant,
             zone: &ctx.zone,

@@ -282,7 +282,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let mut counts = Vec::new();
             for s in &cfg.sources {
                 match cem_bridge::mappings::load(&s.mappings, &zone) {
-                    Ok(set) => counts.push(format!("{}: {} mapping(s)", s.name, set.mappings.len())),
+                    Ok(set) => {
+                        counts.push(format!("{}: {} mapping(s)", s.name, set.mappings.len()))
+                    }
                     Err(errors) => {
                         for e in &errors {
                             eprintln!("{e}");
@@ -292,7 +294,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 }
             }
             if problems > 0 {
-                anyhow::bail!("{}: {problems} problem(s) in mapping files", config.display());
+                anyhow::bail!(
+                    "{}: {problems} problem(s) in mapping files",
+                    config.display()
+                );
             }
             println!(
                 "{}: ok ({} source(s): {}; store {}, cem {:?})",
@@ -327,22 +332,26 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             file,
         } => {
             init_logs(None);
-            let cfg = Config::load(&config).with_context(|| {
-                "`map` reads the tenant, pseudonym key and survey policy from a config; pass -c"
-            })?;
+            let cfg = Config::load(&config).with_context(
+                || "`map` reads the tenant, pseudonym key and survey policy from a config; pass -c",
+            )?;
             let zone = cfg.zone();
             let src = &cfg.sources[0];
-            let paths = if mappings.is_empty() { src.mappings.clone() } else { mappings };
-            let set = cem_bridge::mappings::load(&paths, &zone).map_err(|errors| {
-                anyhow::anyhow!("{}", errors.join("\n"))
-            })?;
+            let paths = if mappings.is_empty() {
+                src.mappings.clone()
+            } else {
+                mappings
+            };
+            let set = cem_bridge::mappings::load(&paths, &zone)
+                .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
             let req = mapping_cli::MapRequest {
                 mappings: &set,
                 file: &file,
                 headers: headers.into_iter().collect(),
                 zone: zone.clone(),
                 facility: src.facility().to_string(),
-                charset: cem_pipeline::decode::Charset::from_label(&src.charset).unwrap_or_default(),
+                charset: cem_pipeline::decode::Charset::from_label(&src.charset)
+                    .unwrap_or_default(),
                 policy: cfg.surveys.clone(),
                 tenant: cfg.tenant.clone(),
                 pseudo: runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?,

@@ -87,7 +87,8 @@ pub struct MapRequest<'a> {
 
 /// Dry-run one message; the report as JSON (the text form is rendered from it).
 pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
-    let body = std::fs::read(req.file).with_context(|| format!("reading {}", req.file.display()))?;
+    let body =
+        std::fs::read(req.file).with_context(|| format!("reading {}", req.file.display()))?;
     let opts = DecodeOptions {
         zone: req.zone.clone(),
         now: req.now,
@@ -161,7 +162,9 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
             visit_key,
             reason,
             rule,
-        } => json!({ "decision": "cancel", "visit_key": visit_key, "reason": reason, "rule": rule }),
+        } => {
+            json!({ "decision": "cancel", "visit_key": visit_key, "reason": reason, "rule": rule })
+        }
     };
     Ok(json!({
         "file": req.file.display().to_string(),
@@ -210,11 +213,25 @@ pub fn render_map_report(r: &Value) -> String {
             let _ = writeln!(out, "detail    {}", s(&r["detail"]));
         }
         Some("ignored") => {
-            let _ = writeln!(out, "format    {} (mapping {})", s(&r["format"]), s(&r["mapping"]));
-            let _ = writeln!(out, "result    ignored by the mapping (code {})", s(&r["code"]));
+            let _ = writeln!(
+                out,
+                "format    {} (mapping {})",
+                s(&r["format"]),
+                s(&r["mapping"])
+            );
+            let _ = writeln!(
+                out,
+                "result    ignored by the mapping (code {})",
+                s(&r["code"])
+            );
         }
         _ => {
-            let _ = writeln!(out, "format    {} (mapping {})", s(&r["format"]), s(&r["mapping"]));
+            let _ = writeln!(
+                out,
+                "format    {} (mapping {})",
+                s(&r["format"]),
+                s(&r["mapping"])
+            );
             let _ = writeln!(out, "event     {}", s(&r["event"]));
             let _ = writeln!(out, "patient   {}", s(&r["patient_key"]));
             let _ = writeln!(out, "fields (personal values masked; --reveal shows them):");
@@ -228,7 +245,11 @@ pub fn render_map_report(r: &Value) -> String {
             let _ = writeln!(
                 out,
                 "warnings  {}",
-                if warnings == 0 { "none".to_string() } else { s(&r["warnings"]) }
+                if warnings == 0 {
+                    "none".to_string()
+                } else {
+                    s(&r["warnings"])
+                }
             );
             let sv = &r["survey"];
             let _ = writeln!(out, "survey    {}", s(&sv["decision"]));

@@ -144,6 +144,10 @@ fn describe_metrics() {
         "Redeliveries of a message already processed (R-EVT-4), acked without effect"
     );
     describe_counter!(
+        "cem_bridge_messages_ignored_total",
+        "Messages a mapping says to ignore (event: ignore), acked and audited without effect"
+    );
+    describe_counter!(
         "cem_bridge_messages_acked_total",
         "Deliveries acked to RabbitMQ after their effects were committed (all outcomes)"
     );
@@ -198,6 +202,7 @@ pub fn register_zero_series<'a>(connectors: impl IntoIterator<Item = &'a str>) {
     for c in connectors {
         counter!("cem_bridge_messages_acked_total", "connector" => c.to_string()).increment(0);
         counter!("cem_bridge_messages_duplicate_total", "connector" => c.to_string()).increment(0);
+        counter!("cem_bridge_messages_ignored_total", "connector" => c.to_string()).increment(0);
         for r in DeadLetterReason::ALL {
             counter!("cem_bridge_dead_letters_total", "connector" => c.to_string(), "reason" => r.code())
                 .increment(0);

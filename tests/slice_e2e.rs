@@ -194,7 +194,8 @@ async fn every_bad_input_is_dead_lettered_with_a_reason_and_consuming_continues(
     big.extend(std::iter::repeat_n(b'X', 1024 * 1024));
     publish(&setup.queue, &big, "oversized").await;
     publish(&setup.queue, b"", "empty").await;
-    // A well-formed XML event: no mapping for XML yet on this connector.
+    // A well-formed 互联互通 PRPA_IN400001UV without the service-code header: 门诊挂号 and 入院
+    // share the root, so the shipped mapping cannot name the event.
     publish(
         &setup.queue,
         &read_fixture("xml/registration_utf8.xml"),
@@ -211,7 +212,7 @@ async fn every_bad_input_is_dead_lettered_with_a_reason_and_consuming_continues(
     expected.extend([
         ("oversized", "oversized"),
         ("empty", "unknown_format"),
-        ("xml", "no_mapping"),
+        ("xml", "unknown_event"),
         ("a04-conflict", "duplicate_id_conflict"),
     ]);
 
@@ -579,6 +580,134 @@ async fn second_visit_inside_the_dnd_window_is_suppressed() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(cem.requests().len(), 1, "one survey for two visits");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// Issue 4 §6: HIS XML (互联互通, UTF-8 and GBK) and JSON events reach the CEM through the
+/// shipped mappings, anonymised like HL7 v2; an S0024 update that is not a 退号 is ignored
+/// (acked and audited, no dead letter). The GBK sample carries the same 身份证号 as the UTF-8
+/// one, so R-DND-1 (one person across identifiers) suppresses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_and_json_events_reach_the_cem_through_their_mappings() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("xmljson", &cem.url());
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    let sends: [(&str, &[(&str, &str)]); 5] = [
+        ("xml/registration_utf8.xml", &[("service-code", "S0023")]),
+        ("xml/registration_gbk.xml", &[("service-code", "S0023")]),
+        ("xml/discharge_utf8.xml", &[("service-code", "S0032")]),
+        ("json/registration.json", &[]),
+        ("json/discharge.json", &[]),
+    ];
+    for (file, headers) in sends {
+        publish_with_headers(&setup.queue, &read_fixture(file), file, headers).await;
+    }
+    let update = read_fixture("xml/registration_cancelled.xml");
+    let update = String::from_utf8(update)
+        .unwrap()
+        .replace("code=\"cancelled\"", "code=\"active\"")
+        .replace("XMLREG20261120101000003", "XMLREG-UPDATE-1");
+    publish_with_headers(
+        &setup.queue,
+        update.as_bytes(),
+        "s0024-active",
+        &[("service-code", "S0024")],
+    )
+    .await;
+
+    let pushes = wait_for(30, "four pushes", || {
+        let cem = cem.clone();
+        async move {
+            let a = cem.accepted();
+            (a.len() >= 4).then_some(a)
+        }
+    })
+    .await;
+    let mut templates: Vec<(String, String)> = pushes
+        .iter()
+        .map(|r| {
+            let b: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            (
+                b["visit"]["deptCode"].as_str().unwrap_or("").to_string(),
+                b["templateId"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    templates.sort();
+    assert_eq!(
+        templates,
+        [
+            ("GLA05", "IP-SURG-01"),
+            ("OPH01", "OP-SAT-01"),
+            ("OPH01", "OP-SAT-01"),
+            ("REF04", "IP-SURG-01"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    let pii = [
+        "赵丽",
+        "钱进",
+        "孙建华",
+        "周杰",
+        "吴敏",
+        "P00033333",
+        "P00044444",
+        "P00055555",
+        "P00077777",
+        "P00088888",
+        "13933334444",
+        "13944445555",
+        "13655556666",
+        "13577778888",
+        "13688889999",
+        "330106197712123458",
+        "11010519660101111X",
+        "110101200001011232",
+        "31010119850202432X",
+        "V20261120003",
+        "V20261120004",
+        "Z2026111800055",
+        "V20261120005",
+        "Z2026111700031",
+    ];
+    for r in &pushes {
+        for p in pii {
+            assert!(!r.body.contains(p), "R-ANO-1: {p} leaked: {}", r.body);
+        }
+    }
+    let store = bridge.store.clone();
+    wait_for(
+        20,
+        "the S0024 update ignored and the GBK twin suppressed",
+        || {
+            let store = store.clone();
+            async move {
+                let audit = store.audit(None).await.ok()?;
+                let ignored = audit.iter().any(|a| a.action == "ignored");
+                let dnd = audit.iter().any(|a| {
+                    a.message_id.as_deref() == Some("XMLREG20261120093500002")
+                        && a.action == "suppressed"
+                        && a.reason.as_deref() == Some("dnd")
+                });
+                (ignored && dnd).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(cem.accepted().len(), 4, "no fifth push");
+    let q = setup.queue.clone();
+    wait_for(20, "queue drained (acked)", || {
+        let q = q.clone();
+        async move { (queue_depth(&q).await? == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        queue_depth(&setup.dlq()).await,
+        Some(0),
+        "nothing dead-lettered"
+    );
     bridge.shutdown().await;
     cleanup(&setup).await;
 }

@@ -32,8 +32,14 @@ fn set() -> &'static MappingSet {
         let zone = cem_pipeline::time::default_zone();
         let files = [
             ("adt.yaml", include_str!("../../mappings/hl7v2/adt.yaml")),
-            ("hip_encounter.yaml", include_str!("../../mappings/xml/hip_encounter.yaml")),
-            ("events.yaml", include_str!("../../mappings/json/his_events.yaml")),
+            (
+                "hip_encounter.yaml",
+                include_str!("../../mappings/xml/hip_encounter.yaml"),
+            ),
+            (
+                "events.yaml",
+                include_str!("../../mappings/json/his_events.yaml"),
+            ),
         ];
         MappingSet::new(
             files
@@ -101,17 +107,49 @@ fn splice() -> impl Strategy<Value = String> {
 
 fn xml_splice() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
-        "<", ">", "/>", "</a>", "&", "&amp;", "&#x0;", "&#12345678;", "&lol;", "\"", "'",
-        "<!DOCTYPE x>", "<![CDATA[", "]]>", "xmlns:v3=\"urn:x\" ", "v3:", "张", "\u{0}",
-        "<?xml version=\"1.0\" encoding=\"GBK\"?>", "",
+        "<",
+        ">",
+        "/>",
+        "</a>",
+        "&",
+        "&amp;",
+        "&#x0;",
+        "&#12345678;",
+        "&lol;",
+        "\"",
+        "'",
+        "<!DOCTYPE x>",
+        "<![CDATA[",
+        "]]>",
+        "xmlns:v3=\"urn:x\" ",
+        "v3:",
+        "张",
+        "\u{0}",
+        "<?xml version=\"1.0\" encoding=\"GBK\"?>",
+        "",
     ])
     .prop_map(str::to_string)
 }
 
 fn json_splice() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
-        "{", "}", "[", "]", "\"", ",", ":", "\\u0000", "\\ud800", "null", "1e999", "-0",
-        "张", "\"eventType\":", "\"OUTPATIENT_REGISTERED\"", "true", "",
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ",",
+        ":",
+        "\\u0000",
+        "\\ud800",
+        "null",
+        "1e999",
+        "-0",
+        "张",
+        "\"eventType\":",
+        "\"OUTPATIENT_REGISTERED\"",
+        "true",
+        "",
     ])
     .prop_map(str::to_string)
 }

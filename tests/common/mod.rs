@@ -316,13 +316,26 @@ pub async fn publisher() -> AmqpPublisher {
 }
 
 pub async fn publish(queue: &str, body: &[u8], message_id: &str) {
+    publish_with_headers(queue, body, message_id, &[]).await
+}
+
+/// Publish with AMQP headers (e.g. the platform's `service-code`).
+pub async fn publish_with_headers(
+    queue: &str,
+    body: &[u8],
+    message_id: &str,
+    headers: &[(&str, &str)],
+) {
     let p = publisher().await;
     p.publish(
         queue,
         &OutboundMessage {
             body: body.to_vec(),
             message_id: Some(message_id.to_string()),
-            headers: BTreeMap::new(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         },
     )
     .await

@@ -56,7 +56,9 @@ pub fn declared_encoding(body: &[u8]) -> Option<&str> {
     let end = head.windows(2).position(|w| w == b"?>")?;
     let decl = std::str::from_utf8(&head[..end]).ok()?;
     let at = decl.find("encoding")?;
-    let rest = decl[at + "encoding".len()..].trim_start().strip_prefix('=')?;
+    let rest = decl[at + "encoding".len()..]
+        .trim_start()
+        .strip_prefix('=')?;
     let rest = rest.trim_start();
     let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
     let rest = &rest[1..];
@@ -182,7 +184,11 @@ fn owned_ns(r: &ResolveResult<'_>) -> Option<String> {
     }
 }
 
-fn element(reader: &NsReader<&[u8]>, s: &BytesStart<'_>, ns: Option<String>) -> Result<Element, Rejection> {
+fn element(
+    reader: &NsReader<&[u8]>,
+    s: &BytesStart<'_>,
+    ns: Option<String>,
+) -> Result<Element, Rejection> {
     let local = s.local_name().as_ref().to_string();
     let mut attrs = Vec::new();
     for a in s.attributes() {
@@ -249,28 +255,59 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.reason, DeadLetterReason::MalformedXml);
-        assert!(!e.detail.contains('张'), "no content in errors: {}", e.detail);
+        assert!(
+            !e.detail.contains('张'),
+            "no content in errors: {}",
+            e.detail
+        );
     }
 
     #[test]
     fn r_gen_3_dtd_and_unknown_entities_refused() {
-        let bomb = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]><lolz>&lol;</lolz>"#;
-        assert_eq!(parse_str(bomb).unwrap_err().reason, DeadLetterReason::MalformedXml);
-        assert_eq!(parse_str("<a>&lol;</a>").unwrap_err().reason, DeadLetterReason::MalformedXml);
-        assert_eq!(parse_str("<a/><b/>").unwrap_err().reason, DeadLetterReason::MalformedXml);
-        assert_eq!(parse_str("<a><b></a>").unwrap_err().reason, DeadLetterReason::MalformedXml);
-        assert_eq!(parse_str("").unwrap_err().reason, DeadLetterReason::MalformedXml);
+        let bomb =
+            r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]><lolz>&lol;</lolz>"#;
+        assert_eq!(
+            parse_str(bomb).unwrap_err().reason,
+            DeadLetterReason::MalformedXml
+        );
+        assert_eq!(
+            parse_str("<a>&lol;</a>").unwrap_err().reason,
+            DeadLetterReason::MalformedXml
+        );
+        assert_eq!(
+            parse_str("<a/><b/>").unwrap_err().reason,
+            DeadLetterReason::MalformedXml
+        );
+        assert_eq!(
+            parse_str("<a><b></a>").unwrap_err().reason,
+            DeadLetterReason::MalformedXml
+        );
+        assert_eq!(
+            parse_str("").unwrap_err().reason,
+            DeadLetterReason::MalformedXml
+        );
     }
 
     #[test]
     fn r_evt_2_declared_encoding() {
-        assert_eq!(declared_encoding(br#"<?xml version="1.0" encoding="GBK"?><a/>"#), Some("GBK"));
-        assert_eq!(declared_encoding(b"<?xml version='1.0' encoding = 'utf-8' ?><a/>"), Some("utf-8"));
+        assert_eq!(
+            declared_encoding(br#"<?xml version="1.0" encoding="GBK"?><a/>"#),
+            Some("GBK")
+        );
+        assert_eq!(
+            declared_encoding(b"<?xml version='1.0' encoding = 'utf-8' ?><a/>"),
+            Some("utf-8")
+        );
         assert_eq!(declared_encoding(b"<a/>"), None);
-        let (bytes, _, _) = encoding_rs::GBK.encode(r#"<?xml version="1.0" encoding="GBK"?><a>孙建华</a>"#);
+        let (bytes, _, _) =
+            encoding_rs::GBK.encode(r#"<?xml version="1.0" encoding="GBK"?><a>孙建华</a>"#);
         let d = parse(&bytes, Charset::Utf8).unwrap();
         assert_eq!(d.root().unwrap().text, "孙建华");
-        let e = parse(br#"<?xml version="1.0" encoding="latin9"?><a/>"#, Charset::Utf8).unwrap_err();
+        let e = parse(
+            br#"<?xml version="1.0" encoding="latin9"?><a/>"#,
+            Charset::Utf8,
+        )
+        .unwrap_err();
         assert_eq!(e.reason, DeadLetterReason::InvalidEncoding);
     }
 }

@@ -9,7 +9,9 @@ use jiff::civil::{Date, DateTime};
 use super::model::EventName;
 use super::target::{Kind, Target};
 use super::{ApplyContext, Mapping, Rule};
-use crate::event::{EventKind, Patient, PatientClass, PatientEvent, PatientId, Pii, Sex, Visit, Warning};
+use crate::event::{
+    EventKind, Patient, PatientClass, PatientEvent, PatientId, Pii, Sex, Visit, Warning,
+};
 use crate::identifiers::{id_card_birth_date, normalize_mobile, valid_id_card};
 use crate::reason::{DeadLetterReason as R, Rejection};
 use crate::time::{parse_hl7_date, parse_hl7_ts};
@@ -52,11 +54,15 @@ pub fn parse_time(s: &str, zone: &jiff::tz::TimeZone) -> Option<Timestamp> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Some(t);
     }
-    let dt = s
-        .parse::<DateTime>()
+    let dt = s.parse::<DateTime>().ok().or_else(|| {
+        s.parse::<Date>()
+            .ok()
+            .map(|d| d.to_datetime(jiff::civil::time(0, 0, 0, 0)))
+    })?;
+    zone.to_ambiguous_zoned(dt)
+        .compatible()
         .ok()
-        .or_else(|| s.parse::<Date>().ok().map(|d| d.to_datetime(jiff::civil::time(0, 0, 0, 0))))?;
-    zone.to_ambiguous_zoned(dt).compatible().ok().map(|z| z.timestamp())
+        .map(|z| z.timestamp())
 }
 
 /// Parse a date: HL7 DT (`19551212`, longer TS values use their date) or `YYYY-MM-DD`.
@@ -89,7 +95,10 @@ impl Fields<'_> {
             .unwrap_or(&[])
     }
     fn rule(&self, t: Target) -> Option<&Rule> {
-        self.values.iter().find(|(x, _, _)| *x == t).map(|(_, r, _)| *r)
+        self.values
+            .iter()
+            .find(|(x, _, _)| *x == t)
+            .map(|(_, r, _)| *r)
     }
     fn text(&self, t: Target) -> Option<String> {
         debug_assert_eq!(t.kind(), Kind::Text);
@@ -99,7 +108,9 @@ impl Fields<'_> {
         self.raw(t).iter().find_map(|v| f(v))
     }
     fn path_text(&self, t: Target) -> String {
-        self.rule(t).map(|r| r.text.clone()).unwrap_or_else(|| "(not mapped)".into())
+        self.rule(t)
+            .map(|r| r.text.clone())
+            .unwrap_or_else(|| "(not mapped)".into())
     }
 }
 
@@ -118,28 +129,40 @@ pub(super) fn build(
     let message_id = f.text(Target::MessageId).ok_or_else(|| {
         Rejection::new(
             R::MissingField,
-            format!("message.id is empty at {} (mapping {})", f.path_text(Target::MessageId), m.name),
-        )
-    })?;
-    // `required: true` on any field: missing → dead letter naming the field and its path.
-    for (t, rule, vals) in values {
-        if rule.required && vals.is_empty() && !matches!(t, Target::PatientId | Target::VisitNumber) {
-            return Err(Rejection::new(
-                R::MissingField,
-                format!("{} is required but empty at {} (message {message_id}, mapping {})", t.name(), rule.text, m.name),
-            ));
-        }
-    }
-    let event_time = f.first(Target::EventTime, |s| parse_time(s, zone)).ok_or_else(|| {
-        Rejection::new(
-            R::MissingField,
             format!(
-                "event.time: no readable time at {} (message {message_id}, mapping {})",
-                f.path_text(Target::EventTime),
+                "message.id is empty at {} (mapping {})",
+                f.path_text(Target::MessageId),
                 m.name
             ),
         )
     })?;
+    // `required: true` on any field: missing → dead letter naming the field and its path.
+    for (t, rule, vals) in values {
+        if rule.required && vals.is_empty() && !matches!(t, Target::PatientId | Target::VisitNumber)
+        {
+            return Err(Rejection::new(
+                R::MissingField,
+                format!(
+                    "{} is required but empty at {} (message {message_id}, mapping {})",
+                    t.name(),
+                    rule.text,
+                    m.name
+                ),
+            ));
+        }
+    }
+    let event_time = f
+        .first(Target::EventTime, |s| parse_time(s, zone))
+        .ok_or_else(|| {
+            Rejection::new(
+                R::MissingField,
+                format!(
+                    "event.time: no readable time at {} (message {message_id}, mapping {})",
+                    f.path_text(Target::EventTime),
+                    m.name
+                ),
+            )
+        })?;
     let today = event_time
         .to_zoned(zone.clone())
         .date()
@@ -167,14 +190,16 @@ pub(super) fn build(
     }
     let family = f.text(Target::PatientFamilyName);
     let given = f.text(Target::PatientGivenName);
-    let name = f.text(Target::PatientName).or_else(|| match (&family, &given) {
-        (None, None) => None,
-        _ => Some(format!(
-            "{}{}",
-            family.as_deref().unwrap_or(""),
-            given.as_deref().unwrap_or("")
-        )),
-    });
+    let name = f
+        .text(Target::PatientName)
+        .or_else(|| match (&family, &given) {
+            (None, None) => None,
+            _ => Some(format!(
+                "{}{}",
+                family.as_deref().unwrap_or(""),
+                given.as_deref().unwrap_or("")
+            )),
+        });
     let mut birth_date = f.first(Target::PatientBirthDate, parse_date);
     let sex = f
         .first(Target::PatientSex, |s| Some(Sex::from_hl7(s.trim())))
@@ -195,7 +220,9 @@ pub(super) fn build(
     if birth_date.is_none() {
         warnings.push(Warning::AgeUnknown);
     }
-    let deceased = f.first(Target::PatientDeceased, parse_bool).unwrap_or(false)
+    let deceased = f
+        .first(Target::PatientDeceased, parse_bool)
+        .unwrap_or(false)
         || f.text(Target::PatientDeathTime).is_some();
 
     let visit_number = f.text(Target::VisitNumber);
@@ -214,7 +241,9 @@ pub(super) fn build(
         number: Pii::new(number),
         facility: facility.clone(),
         class: f
-            .first(Target::VisitClass, |s| Some(PatientClass::from_code(s.trim())))
+            .first(Target::VisitClass, |s| {
+                Some(PatientClass::from_code(s.trim()))
+            })
             .unwrap_or(PatientClass::Unknown),
         dept_code: f.text(Target::VisitDeptCode),
         dept_name: f.text(Target::VisitDeptName),
@@ -242,7 +271,9 @@ pub(super) fn build(
         .or(code)
         .unwrap_or_else(|| kind.code().to_string());
     Ok(PatientEvent {
-        message_key: f.text(Target::MessageKey).unwrap_or_else(|| message_id.clone()),
+        message_key: f
+            .text(Target::MessageKey)
+            .unwrap_or_else(|| message_id.clone()),
         message_id,
         kind,
         trigger,
@@ -260,11 +291,15 @@ pub(super) fn build(
             family_name: family.map(Pii::new),
             birth_date,
             sex,
-            mobile: f.first(Target::PatientMobile, normalize_mobile).map(Pii::new),
+            mobile: f
+                .first(Target::PatientMobile, normalize_mobile)
+                .map(Pii::new),
             city: f.text(Target::PatientCity),
             deceased,
             publicity_code: f.text(Target::PatientPublicity),
-            protected: f.first(Target::PatientProtected, parse_bool).unwrap_or(false),
+            protected: f
+                .first(Target::PatientProtected, parse_bool)
+                .unwrap_or(false),
             guardian_mobile: f
                 .first(Target::PatientGuardianMobile, normalize_mobile)
                 .map(Pii::new),
@@ -283,13 +318,34 @@ pub fn event_fields(e: &PatientEvent, zone: &jiff::tz::TimeZone) -> Vec<(Target,
         (Target::MessageId, e.message_id.clone()),
         (Target::MessageKey, e.message_key.clone()),
         (Target::MessageTrigger, e.trigger.clone()),
-        (Target::MessageProcessing, if e.production { "P".into() } else { "not P".into() }),
+        (
+            Target::MessageProcessing,
+            if e.production {
+                "P".into()
+            } else {
+                "not P".into()
+            },
+        ),
         (Target::EventTime, ts(e.event_time)),
         (Target::PatientId, e.patient.id.id.expose().clone()),
         (Target::PatientAuthority, e.patient.id.authority.clone()),
         (Target::PatientSex, e.patient.sex.code().into()),
-        (Target::PatientDeceased, if e.patient.deceased { "Y".into() } else { "N".into() }),
-        (Target::PatientProtected, if e.patient.protected { "Y".into() } else { "N".into() }),
+        (
+            Target::PatientDeceased,
+            if e.patient.deceased {
+                "Y".into()
+            } else {
+                "N".into()
+            },
+        ),
+        (
+            Target::PatientProtected,
+            if e.patient.protected {
+                "Y".into()
+            } else {
+                "N".into()
+            },
+        ),
     ];
     let mut opt = |t: Target, v: Option<String>| {
         if let Some(v) = v {
@@ -297,14 +353,32 @@ pub fn event_fields(e: &PatientEvent, zone: &jiff::tz::TimeZone) -> Vec<(Target,
         }
     };
     let p = &e.patient;
-    opt(Target::PatientIdCard, p.id_card.as_ref().map(|x| x.expose().clone()));
-    opt(Target::PatientName, p.name.as_ref().map(|x| x.expose().clone()));
-    opt(Target::PatientFamilyName, p.family_name.as_ref().map(|x| x.expose().clone()));
-    opt(Target::PatientBirthDate, p.birth_date.map(|d| d.to_string()));
-    opt(Target::PatientMobile, p.mobile.as_ref().map(|x| x.expose().clone()));
+    opt(
+        Target::PatientIdCard,
+        p.id_card.as_ref().map(|x| x.expose().clone()),
+    );
+    opt(
+        Target::PatientName,
+        p.name.as_ref().map(|x| x.expose().clone()),
+    );
+    opt(
+        Target::PatientFamilyName,
+        p.family_name.as_ref().map(|x| x.expose().clone()),
+    );
+    opt(
+        Target::PatientBirthDate,
+        p.birth_date.map(|d| d.to_string()),
+    );
+    opt(
+        Target::PatientMobile,
+        p.mobile.as_ref().map(|x| x.expose().clone()),
+    );
     opt(Target::PatientCity, p.city.clone());
     opt(Target::PatientPublicity, p.publicity_code.clone());
-    opt(Target::PatientGuardianMobile, p.guardian_mobile.as_ref().map(|x| x.expose().clone()));
+    opt(
+        Target::PatientGuardianMobile,
+        p.guardian_mobile.as_ref().map(|x| x.expose().clone()),
+    );
     if let Some(v) = &e.visit {
         opt(Target::VisitNumber, Some(v.number.expose().clone()));
         opt(Target::VisitFacility, Some(v.facility.clone()));
@@ -341,9 +415,16 @@ mod tests {
             "2026-11-20T15:55:00",
             "2026-11-20 15:55:00",
         ] {
-            assert_eq!(parse_time(s, &z).map(|t| t.to_string()).as_deref(), Some(want), "{s}");
+            assert_eq!(
+                parse_time(s, &z).map(|t| t.to_string()).as_deref(),
+                Some(want),
+                "{s}"
+            );
         }
-        assert_eq!(parse_time("2026-11-20", &z).unwrap().to_string(), "2026-11-19T16:00:00Z");
+        assert_eq!(
+            parse_time("2026-11-20", &z).unwrap().to_string(),
+            "2026-11-19T16:00:00Z"
+        );
         assert!(parse_time("yesterday", &z).is_none());
         assert!(parse_time("2026-13-01", &z).is_none());
     }
@@ -352,7 +433,10 @@ mod tests {
     fn dates_and_bools() {
         assert_eq!(parse_date("19551212").unwrap().to_string(), "1955-12-12");
         assert_eq!(parse_date("1985-02-02").unwrap().to_string(), "1985-02-02");
-        assert_eq!(parse_date("1985-02-02T00:00:00").unwrap().to_string(), "1985-02-02");
+        assert_eq!(
+            parse_date("1985-02-02T00:00:00").unwrap().to_string(),
+            "1985-02-02"
+        );
         assert!(parse_date("02/02/1985").is_none());
         assert_eq!(parse_bool("Y"), Some(true));
         assert_eq!(parse_bool("false"), Some(false));

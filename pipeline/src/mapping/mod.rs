@@ -50,7 +50,11 @@ pub struct MappingError {
 
 impl fmt::Display for MappingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(h) = &self.hint {
             write!(f, "\n  hint: {h}")?;
         }
@@ -158,7 +162,12 @@ pub struct ApplyContext<'a> {
     pub facility: &'a str,
 }
 
-fn loc_err(file: &str, loc: &Location, message: impl Into<String>, hint: Option<&str>) -> MappingError {
+fn loc_err(
+    file: &str,
+    loc: &Location,
+    message: impl Into<String>,
+    hint: Option<&str>,
+) -> MappingError {
     MappingError {
         file: file.to_string(),
         line: loc.line(),
@@ -170,12 +179,20 @@ fn loc_err(file: &str, loc: &Location, message: impl Into<String>, hint: Option<
 
 /// Parse and check a mapping file. `file` is its path as shown in errors (and the base for
 /// relative paths given to `files`).
-pub fn compile(file: &str, text: &str, zone: &TimeZone, files: &dyn Files) -> Result<Mapping, Vec<MappingError>> {
+pub fn compile(
+    file: &str,
+    text: &str,
+    zone: &TimeZone,
+    files: &dyn Files,
+) -> Result<Mapping, Vec<MappingError>> {
     let model: MappingFile = serde_saphyr::from_str(text).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         let msg = e.without_snippet().to_string();
         // The library's text may repeat the position; keep the first line.
-        let msg = msg.lines().next().unwrap_or("").to_string();
+        let mut msg = msg.lines().next().unwrap_or("").to_string();
+        if let Some(i) = msg.rfind(" at line ") {
+            msg.truncate(i);
+        }
         let hint = if msg.contains("unknown field") {
             Some("check the spelling against docs/mapping.md or the JSON Schema (schemas/mapping.schema.json)".to_string())
         } else if msg.contains("unknown variant") {
@@ -185,7 +202,13 @@ pub fn compile(file: &str, text: &str, zone: &TimeZone, files: &dyn Files) -> Re
         };
         vec![MappingError { file: file.to_string(), line, column, message: msg, hint }]
     })?;
-    Compiler { file, zone, files, errors: Vec::new() }.run(model)
+    Compiler {
+        file,
+        zone,
+        files,
+        errors: Vec::new(),
+    }
+    .run(model)
 }
 
 struct Compiler<'a> {
@@ -219,12 +242,20 @@ impl Compiler<'_> {
                 || name.is_empty()
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             {
-                self.err(&p.referenced, format!("`let` name {name:?} is reserved or not a plain name"), Some("use letters, digits and _; header, facility and root are taken"));
+                self.err(
+                    &p.referenced,
+                    format!("`let` name {name:?} is reserved or not a plain name"),
+                    Some("use letters, digits and _; header, facility and root are taken"),
+                );
             }
             match path::compile(&p.value, format, &ns, &[]) {
                 Ok(c @ (Path::Hl7(_) | Path::Xml(_) | Path::Json(_))) => lets.push(c),
                 Ok(_) => {
-                    self.err(&p.referenced, format!("`let {name}` must select part of the message, not a variable"), None);
+                    self.err(
+                        &p.referenced,
+                        format!("`let {name}` must select part of the message, not a variable"),
+                        None,
+                    );
                     lets.push(Path::Facility);
                 }
                 Err(e) => {
@@ -236,17 +267,29 @@ impl Compiler<'_> {
         let mut conditions = Vec::new();
         for c in &m.conditions {
             let v = &c.value;
-            let given = [v.one_of.is_some(), v.equals.is_some(), v.not_in.is_some(), v.exists.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count();
+            let given = [
+                v.one_of.is_some(),
+                v.equals.is_some(),
+                v.not_in.is_some(),
+                v.exists.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
             if given != 1 {
-                self.err(&c.referenced, "a match condition needs exactly one of `in`, `equals`, `not_in`, `exists`", Some("e.g. `- {path: MSH-9.1, in: [ADT]}`"));
+                self.err(
+                    &c.referenced,
+                    "a match condition needs exactly one of `in`, `equals`, `not_in`, `exists`",
+                    Some("e.g. `- {path: MSH-9.1, in: [ADT]}`"),
+                );
             }
             match path::compile(&v.path, format, &ns, &let_names) {
                 Ok(p) => conditions.push(Cond {
                     path: p,
-                    one_of: v.one_of.clone().or_else(|| v.equals.clone().map(|e| vec![e])),
+                    one_of: v
+                        .one_of
+                        .clone()
+                        .or_else(|| v.equals.clone().map(|e| vec![e])),
                     not_in: v.not_in.clone(),
                     exists: v.exists,
                 }),
@@ -265,7 +308,11 @@ impl Compiler<'_> {
                     }
                 }
                 if l.table.is_empty() {
-                    self.err(&m.event.referenced, "the event table is empty", Some("list codes, e.g. `table: {A03: discharge}`"));
+                    self.err(
+                        &m.event.referenced,
+                        "the event table is empty",
+                        Some("list codes, e.g. `table: {A03: discharge}`"),
+                    );
                 }
                 EventRule::Lookup {
                     paths,
@@ -287,17 +334,30 @@ impl Compiler<'_> {
                 self.err(&spec.referenced, format!("unknown field `{name}`"), Some(&format!("{close}fields are listed in docs/mapping.md (message.id, patient.id, visit.number, …)")));
                 continue;
             };
-            if let Some(rule) = self.rule(&spec.value.0, &spec.referenced, format, &ns, &let_names, &tables, name) {
+            if let Some(rule) = self.rule(
+                &spec.value.0,
+                &spec.referenced,
+                format,
+                &ns,
+                &let_names,
+                &tables,
+                name,
+            ) {
                 fields.push((target, rule));
             }
         }
         for required in [Target::MessageId, Target::EventTime, Target::PatientId] {
-            if !matches!(event, EventRule::Fixed(EventName::Ignore)) && !fields.iter().any(|(t, _)| *t == required) {
+            if !matches!(event, EventRule::Fixed(EventName::Ignore))
+                && !fields.iter().any(|(t, _)| *t == required)
+            {
                 self.errors.push(MappingError {
                     file: self.file.into(),
                     line: m.event.referenced.line(),
                     column: 1,
-                    message: format!("the mapping does not set `{}`, which every event needs", required.name()),
+                    message: format!(
+                        "the mapping does not set `{}`, which every event needs",
+                        required.name()
+                    ),
                     hint: Some(format!("add it under `fields:` ({})", required.doc())),
                 });
             }
@@ -305,20 +365,39 @@ impl Compiler<'_> {
         for t in &m.tests {
             let c = &t.value;
             if c.input.is_some() == c.input_text.is_some() {
-                self.err(&t.referenced, format!("test {:?}: give exactly one of `input` (a file) or `input_text`", c.name), None);
+                self.err(
+                    &t.referenced,
+                    format!(
+                        "test {:?}: give exactly one of `input` (a file) or `input_text`",
+                        c.name
+                    ),
+                    None,
+                );
             }
             if c.expect.error.is_some() == c.expect.event.is_some() {
-                self.err(&t.referenced, format!("test {:?}: expect either an `event` or an `error`", c.name), None);
+                self.err(
+                    &t.referenced,
+                    format!("test {:?}: expect either an `event` or an `error`", c.name),
+                    None,
+                );
             }
             if let Some(r) = &c.expect.error
                 && DeadLetterReason::from_code(r).is_none()
             {
                 let all: Vec<&str> = DeadLetterReason::ALL.iter().map(|r| r.code()).collect();
-                self.err(&t.referenced, format!("test {:?}: unknown error {r:?}", c.name), Some(&format!("one of {}", all.join(", "))));
+                self.err(
+                    &t.referenced,
+                    format!("test {:?}: unknown error {r:?}", c.name),
+                    Some(&format!("one of {}", all.join(", "))),
+                );
             }
             for f in c.expect.fields.keys() {
                 if Target::from_name(f).is_none() {
-                    self.err(&t.referenced, format!("test {:?}: unknown field `{f}` in expect.fields", c.name), None);
+                    self.err(
+                        &t.referenced,
+                        format!("test {:?}: unknown field `{f}` in expect.fields", c.name),
+                        None,
+                    );
                 }
             }
         }
@@ -337,30 +416,62 @@ impl Compiler<'_> {
             lets,
             event,
             fields,
-            tests: m.tests.into_iter().map(|t| (t.value, t.referenced.line())).collect(),
+            tests: m
+                .tests
+                .into_iter()
+                .map(|t| (t.value, t.referenced.line()))
+                .collect(),
         })
     }
 
-    fn tables(&mut self, specs: &BTreeMap<String, Spanned<TableSpec>>) -> HashMap<String, Arc<Table>> {
+    fn tables(
+        &mut self,
+        specs: &BTreeMap<String, Spanned<TableSpec>>,
+    ) -> HashMap<String, Arc<Table>> {
         let mut out = HashMap::new();
         for (name, spec) in specs {
             let s = &spec.value;
             let mut values: HashMap<String, String> = s.values.clone().into_iter().collect();
             if let Some(csv) = &s.csv {
                 match self.files.read(self.file, csv) {
-                    Ok(bytes) => match parse_csv_table(&bytes, s.key_column.as_deref(), s.value_column.as_deref()) {
+                    Ok(bytes) => match parse_csv_table(
+                        &bytes,
+                        s.key_column.as_deref(),
+                        s.value_column.as_deref(),
+                    ) {
                         Ok(rows) => values.extend(rows),
-                        Err(e) => self.err(&spec.referenced, format!("table {name}: {csv}: {e}"), None),
+                        Err(e) => {
+                            self.err(&spec.referenced, format!("table {name}: {csv}: {e}"), None)
+                        }
                     },
-                    Err(e) => self.err(&spec.referenced, format!("table {name}: cannot read {csv}: {e}"), Some("CSV paths are relative to the mapping file")),
+                    Err(e) => self.err(
+                        &spec.referenced,
+                        format!("table {name}: cannot read {csv}: {e}"),
+                        Some("CSV paths are relative to the mapping file"),
+                    ),
                 }
             } else if s.values.is_empty() {
-                self.err(&spec.referenced, format!("table {name} has neither `values` nor `csv`"), None);
+                self.err(
+                    &spec.referenced,
+                    format!("table {name} has neither `values` nor `csv`"),
+                    None,
+                );
             }
             if s.unmatched == Unmatched::Default && s.default.is_none() {
-                self.err(&spec.referenced, format!("table {name}: `unmatched: default` needs a `default` value"), None);
+                self.err(
+                    &spec.referenced,
+                    format!("table {name}: `unmatched: default` needs a `default` value"),
+                    None,
+                );
             }
-            out.insert(name.clone(), Arc::new(Table { values, unmatched: s.unmatched, default: s.default.clone() }));
+            out.insert(
+                name.clone(),
+                Arc::new(Table {
+                    values,
+                    unmatched: s.unmatched,
+                    default: s.default.clone(),
+                }),
+            );
         }
         out
     }
@@ -376,9 +487,16 @@ impl Compiler<'_> {
         tables: &HashMap<String, Arc<Table>>,
         field: &str,
     ) -> Option<Rule> {
-        let given = [r.path.is_some(), r.value.is_some(), r.concat.is_some()].iter().filter(|x| **x).count();
+        let given = [r.path.is_some(), r.value.is_some(), r.concat.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
         if given != 1 && !(given == 0 && r.default.is_some()) {
-            self.err(loc, format!("{field}: give exactly one of `path`, `value` or `concat`"), Some("e.g. `patient.id: {path: PID-3.1, required: true}`"));
+            self.err(
+                loc,
+                format!("{field}: give exactly one of `path`, `value` or `concat`"),
+                Some("e.g. `patient.id: {path: PID-3.1, required: true}`"),
+            );
             return None;
         }
         let mut sources = Vec::new();
@@ -404,7 +522,11 @@ impl Compiler<'_> {
                     ConcatPart::Text(t) => out.push(Part::Text(t.clone())),
                     ConcatPart::Read(inner) => {
                         if inner.concat.is_some() {
-                            self.err(loc, format!("{field}: concat inside concat is not supported"), None);
+                            self.err(
+                                loc,
+                                format!("{field}: concat inside concat is not supported"),
+                                None,
+                            );
                             continue;
                         }
                         if let Some(rule) = self.rule(inner, loc, format, ns, lets, tables, field) {
@@ -428,7 +550,11 @@ impl Compiler<'_> {
                 Transform::Regex(re) => match regex_lite::Regex::new(re) {
                     Ok(r) => Tf::Regex(r),
                     Err(e) => {
-                        self.err(loc, format!("{field}: regex {re:?} does not compile: {e}"), None);
+                        self.err(
+                            loc,
+                            format!("{field}: regex {re:?} does not compile: {e}"),
+                            None,
+                        );
                         continue;
                     }
                 },
@@ -436,7 +562,11 @@ impl Compiler<'_> {
                     Some(t) => Tf::Table(t.clone()),
                     None => {
                         let known: Vec<&String> = tables.keys().collect();
-                        self.err(loc, format!("{field}: table `{name}` is not defined under `tables:`"), Some(&format!("defined tables: {known:?}")));
+                        self.err(
+                            loc,
+                            format!("{field}: table `{name}` is not defined under `tables:`"),
+                            Some(&format!("defined tables: {known:?}")),
+                        );
                         continue;
                     }
                 },
@@ -451,20 +581,35 @@ impl Compiler<'_> {
                         Some(z) => match TimeZone::get(z) {
                             Ok(z) => z,
                             Err(_) => {
-                                self.err(loc, format!("{field}: unknown time zone {z:?}"), Some("use an IANA name such as Asia/Shanghai"));
+                                self.err(
+                                    loc,
+                                    format!("{field}: unknown time zone {z:?}"),
+                                    Some("use an IANA name such as Asia/Shanghai"),
+                                );
                                 continue;
                             }
                         },
                     };
                     if let Err(e) = check_strftime(f) {
-                        self.err(loc, format!("{field}: datetime format {f:?}: {e}"), Some("use strftime codes: %Y %m %d %H %M %S"));
+                        self.err(
+                            loc,
+                            format!("{field}: datetime format {f:?}: {e}"),
+                            Some("use strftime codes: %Y %m %d %H %M %S"),
+                        );
                         continue;
                     }
-                    Tf::Datetime { format: f.clone(), zone: z }
+                    Tf::Datetime {
+                        format: f.clone(),
+                        zone: z,
+                    }
                 }
                 Transform::Date { format: f } => {
                     if let Err(e) = check_strftime(f) {
-                        self.err(loc, format!("{field}: date format {f:?}: {e}"), Some("use strftime codes: %Y %m %d"));
+                        self.err(
+                            loc,
+                            format!("{field}: date format {f:?}: {e}"),
+                            Some("use strftime codes: %Y %m %d"),
+                        );
                         continue;
                     }
                     Tf::Date { format: f.clone() }
@@ -473,7 +618,13 @@ impl Compiler<'_> {
             };
             transforms.push(tf);
         }
-        Some(Rule { sources, transforms, default: r.default.clone(), required: r.required, text })
+        Some(Rule {
+            sources,
+            transforms,
+            default: r.default.clone(),
+            required: r.required,
+            text,
+        })
     }
 }
 
@@ -483,19 +634,29 @@ fn check_strftime(f: &str) -> Result<(), String> {
     }
     // Formatting a known value finds unknown codes.
     let dt = jiff::civil::date(2026, 1, 2).at(3, 4, 5, 0);
-    jiff::fmt::strtime::format(f, dt).map(|_| ()).map_err(|e| e.to_string())
+    jiff::fmt::strtime::format(f, dt)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Parse a two-column (or named-column) CSV with a header row.
-fn parse_csv_table(bytes: &[u8], key: Option<&str>, value: Option<&str>) -> Result<Vec<(String, String)>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()))?;
+fn parse_csv_table(
+    bytes: &[u8],
+    key: Option<&str>,
+    value: Option<&str>,
+) -> Result<Vec<(String, String)>, String> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<String> = split_csv(lines.next().ok_or("the file is empty")?);
     let col = |want: Option<&str>, default: usize| -> Result<usize, String> {
         match want {
             None => Ok(default),
-            Some(w) => header.iter().position(|h| h == w).ok_or_else(|| format!("no column {w:?} in the header {header:?}")),
+            Some(w) => header
+                .iter()
+                .position(|h| h == w)
+                .ok_or_else(|| format!("no column {w:?} in the header {header:?}")),
         }
     };
     let (k, v) = (col(key, 0)?, col(value, 1)?);
@@ -504,7 +665,14 @@ fn parse_csv_table(bytes: &[u8], key: Option<&str>, value: Option<&str>) -> Resu
         let cells = split_csv(line);
         match (cells.get(k), cells.get(v)) {
             (Some(a), Some(b)) => out.push((a.clone(), b.clone())),
-            _ => return Err(format!("line {} has {} columns; {} needed", i + 2, cells.len(), k.max(v) + 1)),
+            _ => {
+                return Err(format!(
+                    "line {} has {} columns; {} needed",
+                    i + 2,
+                    cells.len(),
+                    k.max(v) + 1
+                ));
+            }
         }
     }
     Ok(out)
@@ -612,7 +780,9 @@ fn apply_transform(t: &Tf, v: String) -> Option<String> {
             let z = zone.to_ambiguous_zoned(dt).compatible().ok()?;
             z.timestamp().to_string()
         }
-        Tf::Date { format } => jiff::civil::Date::strptime(format, v.trim()).ok()?.to_string(),
+        Tf::Date { format } => jiff::civil::Date::strptime(format, v.trim())
+            .ok()?
+            .to_string(),
         Tf::Only(allowed) => {
             if allowed.iter().any(|a| a == v.trim()) {
                 v
@@ -651,11 +821,19 @@ impl Mapping {
     /// The values of every mapped field for this message (first usable value per field is
     /// chosen later by [`build`]).
     pub fn apply(&self, doc: &Doc<'_>, ctx: &ApplyContext<'_>) -> Result<Outcome, Rejection> {
-        let env = Env { headers: ctx.headers, facility: ctx.facility };
+        let env = Env {
+            headers: ctx.headers,
+            facility: ctx.facility,
+        };
         let bound = self.bind(doc);
         let (event, code) = match &self.event {
             EventRule::Fixed(n) => (*n, None),
-            EventRule::Lookup { paths, table, otherwise, text } => {
+            EventRule::Lookup {
+                paths,
+                table,
+                otherwise,
+                text,
+            } => {
                 let mut vals = Vec::new();
                 for p in paths {
                     p.eval(doc, &env, &bound, &mut vals);
@@ -664,7 +842,11 @@ impl Mapping {
                     }
                 }
                 let code = vals.into_iter().next();
-                let hit = code.as_ref().and_then(|c| table.get(c)).copied().or(*otherwise);
+                let hit = code
+                    .as_ref()
+                    .and_then(|c| table.get(c))
+                    .copied()
+                    .or(*otherwise);
                 match hit {
                     Some(n) => (n, code),
                     None => {
@@ -672,7 +854,11 @@ impl Mapping {
                         return Err(Rejection::new(
                             DeadLetterReason::UnknownEvent,
                             match &code {
-                                Some(c) => format!("event code {c:?} (from {text}) is not in mapping {}'s table ({})", self.name, known.join(" ")),
+                                Some(c) => format!(
+                                    "event code {c:?} (from {text}) is not in mapping {}'s table ({})",
+                                    self.name,
+                                    known.join(" ")
+                                ),
                                 None => format!("no event code at {text} (mapping {})", self.name),
                             },
                         ));
@@ -710,16 +896,31 @@ pub struct MappingSet {
 
 impl MappingSet {
     pub fn new(mappings: Vec<Mapping>) -> Self {
-        Self { mappings: mappings.into_iter().map(Arc::new).collect() }
+        Self {
+            mappings: mappings.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// The first mapping of `format` whose conditions hold, or why there is none.
-    pub fn choose(&self, format: Format, doc: &Doc<'_>, env: &Env<'_>) -> Result<&Mapping, Rejection> {
-        let of_format: Vec<&Arc<Mapping>> = self.mappings.iter().filter(|m| m.format == format).collect();
+    pub fn choose(
+        &self,
+        format: Format,
+        doc: &Doc<'_>,
+        env: &Env<'_>,
+    ) -> Result<&Mapping, Rejection> {
+        let of_format: Vec<&Arc<Mapping>> = self
+            .mappings
+            .iter()
+            .filter(|m| m.format == format)
+            .collect();
         if of_format.is_empty() {
             return Err(Rejection::new(
                 DeadLetterReason::NoMapping,
-                format!("well-formed {} message, but this connector has no {} mapping", format.code(), format.code()),
+                format!(
+                    "well-formed {} message, but this connector has no {} mapping",
+                    format.code(),
+                    format.code()
+                ),
             ));
         }
         self.mappings
@@ -730,7 +931,11 @@ impl MappingSet {
                 let names: Vec<&str> = of_format.iter().map(|m| m.name.as_str()).collect();
                 Rejection::new(
                     DeadLetterReason::NoMapping,
-                    format!("no {} mapping matches this message (tried {})", format.code(), names.join(", ")),
+                    format!(
+                        "no {} mapping matches this message (tried {})",
+                        format.code(),
+                        names.join(", ")
+                    ),
                 )
             })
     }

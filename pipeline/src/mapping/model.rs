@@ -142,13 +142,17 @@ pub struct EventLookup {
 
 impl<'de> Deserialize<'de> for EventSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        string_or_map(d, |s: &str| {
-            EventName::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s))
+        string_or_map(
+            d,
+            |s: &str| {
+                EventName::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s))
                 .map(EventSpec::Fixed)
                 .map_err(|_| {
                     format!("unknown event {s:?}; use registration, registration_cancelled, admission, discharge, discharge_cancelled, patient_updated, patient_merged or ignore")
                 })
-        }, EventSpec::Lookup)
+            },
+            EventSpec::Lookup,
+        )
     }
 }
 
@@ -282,7 +286,10 @@ pub enum Transform {
     /// Remove a prefix when present, e.g. `tel:`.
     StripPrefix(String),
     /// Replace every occurrence of `from` with `to`.
-    Replace { from: String, to: String },
+    Replace {
+        from: String,
+        to: String,
+    },
     /// Keep the first capture group (or the whole match); no match → no value.
     Regex(String),
     /// Look the value up in a table of this file's `tables`.
@@ -297,7 +304,9 @@ pub enum Transform {
         zone: Option<String>,
     },
     /// Parse a date with a strftime format (e.g. `%d.%m.%Y`); the result is `YYYY-MM-DD`.
-    Date { format: String },
+    Date {
+        format: String,
+    },
     /// Keep the value only if it is one of these (else no value).
     Only(Vec<String>),
 }

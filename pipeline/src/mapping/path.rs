@@ -58,7 +58,10 @@ pub enum Path {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LetRest {
-    Hl7 { comp: Option<usize>, sub: Option<usize> },
+    Hl7 {
+        comp: Option<usize>,
+        sub: Option<usize>,
+    },
     Xml(XmlPath),
     Json(String),
 }
@@ -117,7 +120,9 @@ pub fn compile(
             }
             FormatName::Json => {
                 if !rest.is_empty() && !rest.starts_with('/') {
-                    return Err(format!("after `${name}` write a JSON pointer such as `/id`"));
+                    return Err(format!(
+                        "after `${name}` write a JSON pointer such as `/id`"
+                    ));
                 }
                 LetRest::Json(rest.to_string())
             }
@@ -248,7 +253,11 @@ fn compile_hl7(t: &str) -> Result<Hl7Path, String> {
         .split_once('-')
         .ok_or_else(|| format!("{t:?} has no field number; {hint}"))?;
     let (seg, seg_sel) = split_sel(seg_part)?;
-    if seg.len() != 3 || !seg.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+    if seg.len() != 3
+        || !seg
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
         return Err(format!(
             "{seg:?} is not a segment name (three capitals or digits, e.g. PID); {hint}"
         ));
@@ -410,7 +419,10 @@ pub struct NameTest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pred {
-    Attr { name: NameTest, value: Option<String> },
+    Attr {
+        name: NameTest,
+        value: Option<String>,
+    },
     Nth(usize),
 }
 
@@ -447,7 +459,8 @@ fn name_test(s: &str, ns: &BTreeMap<String, String>) -> Result<NameTest, String>
 }
 
 fn compile_xml(t: &str, ns: &BTreeMap<String, String>, relative: bool) -> Result<XmlPath, String> {
-    let hint = "write XML paths like `encounterEvent/id/item[@root='2.16.156.10011.1.12']/@extension`";
+    let hint =
+        "write XML paths like `encounterEvent/id/item[@root='2.16.156.10011.1.12']/@extension`";
     let absolute = !relative && t.starts_with('/') && !t.starts_with("//");
     let mut rest = t;
     let mut steps = Vec::new();
@@ -612,8 +625,10 @@ impl XmlPath {
             match &self.tail {
                 Tail::Text => push_text(&el.text, out),
                 Tail::Attr(n) => {
-                    if let Some((_, _, v)) =
-                        el.attrs.iter().find(|(l, ns, _)| name_ok(n, l, ns.as_deref()))
+                    if let Some((_, _, v)) = el
+                        .attrs
+                        .iter()
+                        .find(|(l, ns, _)| name_ok(n, l, ns.as_deref()))
                     {
                         push_text(v, out);
                     }
@@ -647,7 +662,13 @@ fn push_json(v: &Value, out: &mut Vec<String>) {
 
 impl Path {
     /// Every value this path yields for one message.
-    pub fn eval(&self, doc: &Doc<'_>, env: &Env<'_>, bound: &[Option<Bound<'_>>], out: &mut Vec<String>) {
+    pub fn eval(
+        &self,
+        doc: &Doc<'_>,
+        env: &Env<'_>,
+        bound: &[Option<Bound<'_>>],
+        out: &mut Vec<String>,
+    ) {
         match (self, doc) {
             (Path::Header(h), _) => {
                 if let Some(v) = env.headers.get(h) {
@@ -667,18 +688,20 @@ impl Path {
                     push_json(x, out);
                 }
             }
-            (Path::Let { slot, rest }, doc) => match (bound.get(*slot).copied().flatten(), rest, doc) {
-                (Some(Bound::Hl7(_, rep)), LetRest::Hl7 { comp, sub }, Doc::Hl7(m)) => {
-                    push_rep_value(&m.separators, rep, *comp, *sub, out)
-                }
-                (Some(Bound::Xml(e)), LetRest::Xml(p), Doc::Xml(d)) => p.eval(d, Some(e), out),
-                (Some(Bound::Json(v)), LetRest::Json(p), _) => {
-                    if let Some(x) = v.pointer(p) {
-                        push_json(x, out);
+            (Path::Let { slot, rest }, doc) => {
+                match (bound.get(*slot).copied().flatten(), rest, doc) {
+                    (Some(Bound::Hl7(_, rep)), LetRest::Hl7 { comp, sub }, Doc::Hl7(m)) => {
+                        push_rep_value(&m.separators, rep, *comp, *sub, out)
                     }
+                    (Some(Bound::Xml(e)), LetRest::Xml(p), Doc::Xml(d)) => p.eval(d, Some(e), out),
+                    (Some(Bound::Json(v)), LetRest::Json(p), _) => {
+                        if let Some(x) = v.pointer(p) {
+                            push_json(x, out);
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
+            }
             _ => {}
         }
     }
@@ -722,7 +745,11 @@ mod tests {
         assert_eq!(vals("PID-3[5!=NI,NNCHN & 4!=CHN].1"), ["M1", "P9"]);
         assert_eq!(vals("PID-3[2].1"), ["M1"]);
         assert_eq!(vals("PID-3[*].1").len(), 3);
-        assert_eq!(vals("PID-3.1"), ["31010419551212002X"], "no selector = first");
+        assert_eq!(
+            vals("PID-3.1"),
+            ["31010419551212002X"],
+            "no selector = first"
+        );
         assert_eq!(vals("PID-5.1"), ["王"]);
         assert_eq!(vals("PID-13[3=CP].12"), ["13911112222"]);
         assert_eq!(vals("NK1[3=MTH,FTH]-5.1"), ["13900001111"]);
@@ -754,10 +781,13 @@ mod tests {
             r#"<r xmlns="urn:hl7-org:v3"><id root="1" extension="MSG1"/><e><id><item root="a" extension="X"/><item root="b" extension="Y"/></id><name><item><part value="孙"/></item></name><t>  txt </t></e></r>"#,
         )
         .unwrap();
-        let ns: BTreeMap<String, String> = [("v3".to_string(), "urn:hl7-org:v3".to_string())].into();
+        let ns: BTreeMap<String, String> =
+            [("v3".to_string(), "urn:hl7-org:v3".to_string())].into();
         let ev = |p: &str| {
             let mut out = Vec::new();
-            compile_xml(p, &ns, false).unwrap().eval(&doc, None, &mut out);
+            compile_xml(p, &ns, false)
+                .unwrap()
+                .eval(&doc, None, &mut out);
             out
         };
         assert_eq!(ev("id/@extension"), ["MSG1"], "nested id has no @extension");
@@ -771,22 +801,40 @@ mod tests {
         assert_eq!(ev("t"), ["txt"]);
         assert_eq!(ev("t/text()"), ["txt"]);
         assert_eq!(ev("//part/@value"), ["孙"]);
-        assert!(compile_xml("x:id", &ns, false).unwrap_err().contains("not declared"));
-        assert!(compile_xml("a/@b/c", &ns, false).unwrap_err().contains("last step"));
-        assert!(compile_xml("a[@b=c]", &ns, false).unwrap_err().contains("quote"));
+        assert!(
+            compile_xml("x:id", &ns, false)
+                .unwrap_err()
+                .contains("not declared")
+        );
+        assert!(
+            compile_xml("a/@b/c", &ns, false)
+                .unwrap_err()
+                .contains("last step")
+        );
+        assert!(
+            compile_xml("a[@b=c]", &ns, false)
+                .unwrap_err()
+                .contains("quote")
+        );
     }
 
     #[test]
     fn json_pointers_and_variables() {
         let v: Value = serde_json::json!({"a": {"b": " x ", "n": 5, "t": true, "l": ["p", "q"]}});
-        let headers: BTreeMap<String, String> = [("service-code".to_string(), "S0032".to_string())].into();
-        let env = Env { headers: &headers, facility: "HX" };
+        let headers: BTreeMap<String, String> =
+            [("service-code".to_string(), "S0032".to_string())].into();
+        let env = Env {
+            headers: &headers,
+            facility: "HX",
+        };
         let doc = Doc::Json(&v);
         let lets = vec!["a".to_string()];
         let ns = BTreeMap::new();
         let ev = |p: &str, bound: &[Option<Bound<'_>>]| {
             let mut out = Vec::new();
-            compile(p, FormatName::Json, &ns, &lets).unwrap().eval(&doc, &env, bound, &mut out);
+            compile(p, FormatName::Json, &ns, &lets)
+                .unwrap()
+                .eval(&doc, &env, bound, &mut out);
             out
         };
         assert_eq!(ev("/a/b", &[]), ["x"]);
@@ -795,9 +843,19 @@ mod tests {
         assert_eq!(ev("/a/l", &[]), ["p", "q"]);
         assert_eq!(ev("$header.service-code", &[]), ["S0032"]);
         assert_eq!(ev("$facility", &[]), ["HX"]);
-        let a = compile("/a", FormatName::Json, &ns, &[]).unwrap().bind(&doc);
+        let a = compile("/a", FormatName::Json, &ns, &[])
+            .unwrap()
+            .bind(&doc);
         assert_eq!(ev("$a/b", &[a]), ["x"]);
-        assert!(compile("a/b", FormatName::Json, &ns, &[]).unwrap_err().contains("pointer"));
-        assert!(compile("$nope.1", FormatName::Json, &ns, &[]).unwrap_err().contains("not defined"));
+        assert!(
+            compile("a/b", FormatName::Json, &ns, &[])
+                .unwrap_err()
+                .contains("pointer")
+        );
+        assert!(
+            compile("$nope.1", FormatName::Json, &ns, &[])
+                .unwrap_err()
+                .contains("not defined")
+        );
     }
 }

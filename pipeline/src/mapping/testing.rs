@@ -37,7 +37,12 @@ impl CaseResult {
 }
 
 /// Run every test case of every mapping in `set`.
-pub fn run_all(set: &MappingSet, files: &dyn Files, zone: &TimeZone, now: Timestamp) -> Vec<CaseResult> {
+pub fn run_all(
+    set: &MappingSet,
+    files: &dyn Files,
+    zone: &TimeZone,
+    now: Timestamp,
+) -> Vec<CaseResult> {
     let mut out = Vec::new();
     for m in &set.mappings {
         for (case, line) in &m.tests {
@@ -84,7 +89,11 @@ fn run_case(
     match (got, &want.error) {
         (Err(rej), Some(code)) => {
             if rej.reason.code() != code {
-                fails.push(format!("expected error {code}, got error {}: {}", rej.reason.code(), rej.detail));
+                fails.push(format!(
+                    "expected error {code}, got error {}: {}",
+                    rej.reason.code(),
+                    rej.detail
+                ));
             }
         }
         (Err(rej), None) => fails.push(format!(
@@ -104,7 +113,10 @@ fn run_case(
         (Ok(d), None) => {
             let want_mapping = want.mapping.as_deref().unwrap_or(owner);
             if d.mapping != want_mapping {
-                fails.push(format!("expected mapping {want_mapping} to be chosen, got {}", d.mapping));
+                fails.push(format!(
+                    "expected mapping {want_mapping} to be chosen, got {}",
+                    d.mapping
+                ));
             }
             match &d.outcome {
                 Outcome::Ignored { .. } => {
@@ -122,7 +134,11 @@ fn run_case(
                     if let Some(w) = want.event
                         && w != got_name
                     {
-                        fails.push(format!("expected event {}, got {}", w.code(), got_name.code()));
+                        fails.push(format!(
+                            "expected event {}, got {}",
+                            w.code(),
+                            got_name.code()
+                        ));
                     }
                     let fields: BTreeMap<&str, String> = event_fields(e, zone)
                         .into_iter()

@@ -11,7 +11,9 @@ pub(crate) struct DiskFiles;
 
 impl Files for DiskFiles {
     fn read(&self, relative_to: &str, path: &str) -> Result<Vec<u8>, String> {
-        let base = FsPath::new(relative_to).parent().unwrap_or(FsPath::new("."));
+        let base = FsPath::new(relative_to)
+            .parent()
+            .unwrap_or(FsPath::new("."));
         std::fs::read(base.join(path)).map_err(|e| e.to_string())
     }
 }
@@ -37,7 +39,10 @@ fn shipped_dir() -> PathBuf {
 }
 
 fn shipped_files(dir: &FsPath, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -59,7 +64,13 @@ pub(crate) fn shipped() -> MappingSet {
         let name = f.to_string_lossy().into_owned();
         match compile(&name, &text, &zone(), &DiskFiles) {
             Ok(m) => ms.push(m),
-            Err(errs) => panic!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")),
+            Err(errs) => panic!(
+                "{}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
         }
     }
     MappingSet::new(ms)
@@ -84,14 +95,26 @@ fn shipped_mappings_pass_their_own_tests() {
     let failed: Vec<String> = results
         .iter()
         .filter(|r| !r.passed())
-        .map(|r| format!("{}:{} {}: {}", r.file, r.line, r.name, r.failures.join("; ")))
+        .map(|r| {
+            format!(
+                "{}:{} {}: {}",
+                r.file,
+                r.line,
+                r.name,
+                r.failures.join("; ")
+            )
+        })
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 fn one(text: &str) -> Result<Mapping, Vec<MappingError>> {
     let files = MemFiles(
-        [("depts.csv", "code,name,extra\nOPH01,眼科门诊,x\n\"CAT,02\",\"白内障\"\"病区\",y\n")].into(),
+        [(
+            "depts.csv",
+            "code,name,extra\nOPH01,眼科门诊,x\n\"CAT,02\",\"白内障\"\"病区\",y\n",
+        )]
+        .into(),
     );
     compile("m.yaml", text, &zone(), &files)
 }
@@ -119,7 +142,9 @@ fn unknown_fields_tables_and_events_are_errors() {
     assert!(e.message.contains("unknown field `patient.nmae`"), "{e}");
     let e = first_error(&format!("{BASE}  patient.mobil: /n\n"));
     assert!(e.message.contains("patient.mobil"), "{e}");
-    let e = first_error(&format!("{BASE}  visit.number: {{ path: /v, transforms: [{{table: nope}}] }}\n"));
+    let e = first_error(&format!(
+        "{BASE}  visit.number: {{ path: /v, transforms: [{{table: nope}}] }}\n"
+    ));
     assert!(e.message.contains("table `nope`"), "{e}");
     let e = first_error(&BASE.replace("event: registration", "event: regisration"));
     assert!(e.message.contains("regisration"), "{e}");
@@ -139,7 +164,9 @@ fn bad_paths_are_located_and_explained() {
 
 #[test]
 fn missing_required_targets_are_errors() {
-    let e = first_error("name: t\nformat: json\nevent: registration\nfields:\n  message.id: /id\n  event.time: /at\n");
+    let e = first_error(
+        "name: t\nformat: json\nevent: registration\nfields:\n  message.id: /id\n  event.time: /at\n",
+    );
     assert!(e.message.contains("patient.id"), "{e}");
 }
 
@@ -147,9 +174,17 @@ fn apply_json(m: &Mapping, json: &str, headers: &[(&str, &str)]) -> Result<Outco
     let set = MappingSet::new(vec![]);
     let _ = set;
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    let headers: BTreeMap<String, String> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let headers: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let z = zone();
-    let ctx = ApplyContext { zone: &z, now: "2026-11-23T00:00:00Z".parse().unwrap(), headers: &headers, facility: "FAC" };
+    let ctx = ApplyContext {
+        zone: &z,
+        now: "2026-11-23T00:00:00Z".parse().unwrap(),
+        headers: &headers,
+        facility: "FAC",
+    };
     m.apply(&Doc::Json(&v), &ctx)
 }
 
@@ -191,7 +226,11 @@ tables:
     );
     let v = e.visit.as_ref().unwrap();
     assert_eq!(v.number.expose(), "V1");
-    assert_eq!(v.dept_name.as_deref(), Some("白内障\"病区"), "CSV with quotes and commas");
+    assert_eq!(
+        v.dept_name.as_deref(),
+        Some("白内障\"病区"),
+        "CSV with quotes and commas"
+    );
     assert_eq!(v.dept_code.as_deref(), Some("CAT02"));
     assert_eq!(v.doctor_code.as_deref(), Some("42"));
     assert_eq!(v.start.unwrap().to_string(), "2026-11-20T01:30:00Z");
@@ -203,7 +242,14 @@ tables:
     assert_eq!(e.patient.id.authority, "FAC", "R-GEN-3: connector facility");
     assert_eq!(e.message_key, "HIS|M1");
     // Unmatched `drop` and a non-matching regex give no value.
-    let e = event(apply_json(&m, r#"{"id":"M1","at":"2026-11-20","p":"P1","v":"v","cls":9,"doc":"x"}"#, &[]).unwrap());
+    let e = event(
+        apply_json(
+            &m,
+            r#"{"id":"M1","at":"2026-11-20","p":"P1","v":"v","cls":9,"doc":"x"}"#,
+            &[],
+        )
+        .unwrap(),
+    );
     let v = e.visit.unwrap();
     assert_eq!(v.class, crate::event::PatientClass::Unknown);
     assert_eq!(v.doctor_code, None);
@@ -212,16 +258,45 @@ tables:
 
 #[test]
 fn required_fields_and_missing_ids_are_dead_letters_naming_the_path() {
-    let m = one(&format!("{BASE}  visit.number: /visit/no\n  visit.dept_code: {{ path: /dept, required: true }}\n")).unwrap();
-    let e = apply_json(&m, r#"{"id":"M1","at":"2026-11-20","p":"P1","visit":{"no":"V"}}"#, &[]).unwrap_err();
+    let m = one(&format!(
+        "{BASE}  visit.number: /visit/no\n  visit.dept_code: {{ path: /dept, required: true }}\n"
+    ))
+    .unwrap();
+    let e = apply_json(
+        &m,
+        r#"{"id":"M1","at":"2026-11-20","p":"P1","visit":{"no":"V"}}"#,
+        &[],
+    )
+    .unwrap_err();
     assert_eq!(e.reason, DeadLetterReason::MissingField);
-    assert!(e.detail.contains("visit.dept_code") && e.detail.contains("/dept") && e.detail.contains("M1"), "{}", e.detail);
-    let e = apply_json(&m, r#"{"id":"M1","at":"2026-11-20","dept":"D","visit":{"no":"V"}}"#, &[]).unwrap_err();
+    assert!(
+        e.detail.contains("visit.dept_code")
+            && e.detail.contains("/dept")
+            && e.detail.contains("M1"),
+        "{}",
+        e.detail
+    );
+    let e = apply_json(
+        &m,
+        r#"{"id":"M1","at":"2026-11-20","dept":"D","visit":{"no":"V"}}"#,
+        &[],
+    )
+    .unwrap_err();
     assert_eq!(e.reason, DeadLetterReason::MissingPatientId);
-    let e = apply_json(&m, r#"{"id":"M1","at":"2026-11-20","p":"P1","dept":"D"}"#, &[]).unwrap_err();
+    let e = apply_json(
+        &m,
+        r#"{"id":"M1","at":"2026-11-20","p":"P1","dept":"D"}"#,
+        &[],
+    )
+    .unwrap_err();
     assert_eq!(e.reason, DeadLetterReason::MissingVisitNumber);
     assert!(e.detail.contains("/visit/no"), "{}", e.detail);
-    let e = apply_json(&m, r#"{"id":"M1","at":"soon","p":"P1","dept":"D","visit":{"no":"V"}}"#, &[]).unwrap_err();
+    let e = apply_json(
+        &m,
+        r#"{"id":"M1","at":"soon","p":"P1","dept":"D","visit":{"no":"V"}}"#,
+        &[],
+    )
+    .unwrap_err();
     assert_eq!(e.reason, DeadLetterReason::MissingField);
     assert!(e.detail.contains("event.time"), "{}", e.detail);
 }
@@ -232,28 +307,50 @@ fn event_lookup_ignore_and_match_conditions() {
     let m = one(text).unwrap();
     let set = MappingSet::new(vec![m]);
     let run = |json: &str, svc: &str| {
-        let headers: BTreeMap<String, String> = [("service-code".to_string(), svc.to_string())].into();
-        let opts = DecodeOptions { facility: "F".into(), ..Default::default() };
+        let headers: BTreeMap<String, String> =
+            [("service-code".to_string(), svc.to_string())].into();
+        let opts = DecodeOptions {
+            facility: "F".into(),
+            ..Default::default()
+        };
         decode(json.as_bytes(), &opts, &set, &headers)
     };
     let ok = r#"{"id":"M1","at":"2026-11-20","p":"P1","v":"V1","type":"REG"}"#;
     let d = run(ok, "S1").unwrap();
     assert_eq!(d.mapping, "t");
-    assert!(matches!(d.outcome, Outcome::Event(ref e) if e.kind == crate::event::EventKind::Registered && e.trigger == "REG"));
-    assert_eq!(run(ok, "S9").unwrap_err().reason, DeadLetterReason::NoMapping);
+    assert!(
+        matches!(d.outcome, Outcome::Event(ref e) if e.kind == crate::event::EventKind::Registered && e.trigger == "REG")
+    );
+    assert_eq!(
+        run(ok, "S9").unwrap_err().reason,
+        DeadLetterReason::NoMapping
+    );
     let x = ok.replace("\"type\"", "\"kind\":\"X\",\"type\"");
-    assert_eq!(run(&x, "S1").unwrap_err().reason, DeadLetterReason::NoMapping);
+    assert_eq!(
+        run(&x, "S1").unwrap_err().reason,
+        DeadLetterReason::NoMapping
+    );
     let noise = ok.replace("REG", "NOISE");
     assert_eq!(
         run(&noise, "S2").unwrap().outcome,
-        Outcome::Ignored { message_id: Some("M1".into()), code: Some("NOISE".into()) }
+        Outcome::Ignored {
+            message_id: Some("M1".into()),
+            code: Some("NOISE".into())
+        }
     );
     let other = ok.replace("REG", "WHAT");
     let e = run(&other, "S2").unwrap_err();
     assert_eq!(e.reason, DeadLetterReason::UnknownEvent);
-    assert!(e.detail.contains("WHAT") && e.detail.contains("REG"), "{}", e.detail);
+    assert!(
+        e.detail.contains("WHAT") && e.detail.contains("REG"),
+        "{}",
+        e.detail
+    );
     let xml = "<a/>";
-    assert_eq!(run(xml, "S1").unwrap_err().reason, DeadLetterReason::NoMapping);
+    assert_eq!(
+        run(xml, "S1").unwrap_err().reason,
+        DeadLetterReason::NoMapping
+    );
 }
 
 #[test]
@@ -262,15 +359,31 @@ fn test_case_mismatches_are_readable() {
         "{BASE}tests:\n  - name: wrong\n    input_text: '{{\"id\":\"M1\",\"at\":\"2026-11-20\",\"p\":\"P1\"}}'\n    expect: {{ event: discharge, fields: {{ patient.id: P2, visit.number: V1 }} }}\n  - name: right\n    input_text: '{{\"id\":\"M1\",\"at\":\"2026-11-20\",\"p\":\"P1\"}}'\n    expect: {{ event: registration, fields: {{ patient.id: P1, visit.number: ~ }} }}\n"
     );
     // A registration without a visit number is a dead letter, so use admission semantics.
-    let text = text.replace("event: registration\n", "event: admission\n").replace("event: registration,", "event: admission,");
+    let text = text
+        .replace("event: registration\n", "event: admission\n")
+        .replace("event: registration,", "event: admission,");
     let m = one(&text).unwrap_or_else(|e| panic!("{}", e[0]));
     let set = MappingSet::new(vec![m]);
-    let r = testing::run_all(&set, &MemFiles(BTreeMap::new()), &zone(), jiff::Timestamp::now());
+    let r = testing::run_all(
+        &set,
+        &MemFiles(BTreeMap::new()),
+        &zone(),
+        jiff::Timestamp::now(),
+    );
     assert_eq!(r.len(), 2);
     assert!(!r[0].passed());
     let all = r[0].failures.join("\n");
-    assert!(all.contains("expected event discharge, got admission"), "{all}");
-    assert!(all.contains("patient.id: expected \"P2\", got \"P1\""), "{all}");
-    assert!(all.contains("visit.number: expected \"V1\", got (absent)"), "{all}");
+    assert!(
+        all.contains("expected event discharge, got admission"),
+        "{all}"
+    );
+    assert!(
+        all.contains("patient.id: expected \"P2\", got \"P1\""),
+        "{all}"
+    );
+    assert!(
+        all.contains("visit.number: expected \"V1\", got (absent)"),
+        "{all}"
+    );
     assert!(r[1].passed(), "{:?}", r[1].failures);
 }
