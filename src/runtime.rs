@@ -114,7 +114,6 @@ fn instance_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Start every task on the clock of `CEM_BRIDGE_CLOCK_START` (else the system clock).
 /// Compile each source's mappings; every problem in every file is reported at once.
 pub fn load_mappings(
     cfg: &Config,
@@ -143,6 +142,7 @@ pub fn load_mappings(
     Ok(out)
 }
 
+/// Start every task on the clock of `CEM_BRIDGE_CLOCK_START` (else the system clock).
 pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
     start_with_clock(cfg, secrets, Clock::from_env()?).await
 }

@@ -9,6 +9,16 @@ pub const MAX_JSON_DEPTH: usize = 64;
 
 /// Parse a JSON body that nests at most [`MAX_JSON_DEPTH`] levels.
 pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, Rejection> {
+    // R-EVT-2: JSON is UTF-8; invalid bytes are an encoding problem, not a syntax one.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(Rejection::new(
+            DeadLetterReason::InvalidEncoding,
+            format!(
+                "invalid UTF-8 at byte offset {} (JSON must be UTF-8)",
+                e.valid_up_to()
+            ),
+        ));
+    }
     check_json_depth(body)?;
     serde_json::from_slice(body).map_err(json_error)
 }

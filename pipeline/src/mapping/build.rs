@@ -201,8 +201,13 @@ pub(super) fn build(
             )),
         });
     let mut birth_date = f.first(Target::PatientBirthDate, parse_date);
+    // The first value that is a known code (case-insensitive); unknown codes are skipped.
     let sex = f
-        .first(Target::PatientSex, |s| Some(Sex::from_hl7(s.trim())))
+        .first(Target::PatientSex, |s| {
+            let c = s.trim().to_ascii_uppercase();
+            let x = Sex::from_hl7(&c);
+            (x != Sex::Unknown || c == "U").then_some(x)
+        })
         .unwrap_or_default();
     if let Some(idc) = &id_card {
         let idc_birth = id_card_birth_date(idc);
@@ -242,7 +247,9 @@ pub(super) fn build(
         facility: facility.clone(),
         class: f
             .first(Target::VisitClass, |s| {
-                Some(PatientClass::from_code(s.trim()))
+                let c = s.trim().to_ascii_uppercase();
+                let x = PatientClass::from_code(&c);
+                (x != PatientClass::Unknown || c == "U").then_some(x)
             })
             .unwrap_or(PatientClass::Unknown),
         dept_code: f.text(Target::VisitDeptCode),

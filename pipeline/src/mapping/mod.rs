@@ -249,6 +249,14 @@ impl Compiler<'_> {
                 );
             }
             match path::compile(&p.value, format, &ns, &[]) {
+                Ok(Path::Hl7(h)) if h.comp.is_some() => {
+                    self.err(&p.referenced, format!("`let {name}` selects a repetition: drop the component (`.{}`) and write it after `${name}`", h.comp.unwrap_or(1)), Some("e.g. `pid: \"PID-3[5=PI]\"` then `patient.id: $pid.1`"));
+                    lets.push(Path::Facility);
+                }
+                Ok(Path::Xml(x)) if x.tail != path::Tail::Text => {
+                    self.err(&p.referenced, format!("`let {name}` selects an element: drop the final `@attribute` and write it after `${name}`"), Some("e.g. `enc: v3:encounterEvent` then `$enc/id/item/@extension`"));
+                    lets.push(Path::Facility);
+                }
                 Ok(c @ (Path::Hl7(_) | Path::Xml(_) | Path::Json(_))) => lets.push(c),
                 Ok(_) => {
                     self.err(
@@ -392,12 +400,21 @@ impl Compiler<'_> {
                 );
             }
             for f in c.expect.fields.keys() {
-                if Target::from_name(f).is_none() {
-                    self.err(
+                match Target::from_name(f) {
+                    None => self.err(
                         &t.referenced,
                         format!("test {:?}: unknown field `{f}` in expect.fields", c.name),
                         None,
-                    );
+                    ),
+                    Some(Target::PatientGivenName | Target::PatientDeathTime) => self.err(
+                        &t.referenced,
+                        format!(
+                            "test {:?}: `{f}` is an input only and not kept in the event",
+                            c.name
+                        ),
+                        Some("compare patient.name (family + given) or patient.deceased instead"),
+                    ),
+                    Some(_) => {}
                 }
             }
         }
@@ -835,20 +852,20 @@ impl Mapping {
                 text,
             } => {
                 let mut vals = Vec::new();
+                // The first code (in path order) the table knows wins; else `otherwise`.
                 for p in paths {
                     p.eval(doc, &env, &bound, &mut vals);
-                    if !vals.is_empty() {
-                        break;
-                    }
                 }
+                let known = vals
+                    .iter()
+                    .find_map(|c| table.get(c).map(|n| (*n, c.clone())));
                 let code = vals.into_iter().next();
-                let hit = code
-                    .as_ref()
-                    .and_then(|c| table.get(c))
-                    .copied()
-                    .or(*otherwise);
+                let hit = match known {
+                    Some((n, c)) => Some((n, Some(c))),
+                    None => otherwise.map(|n| (n, code.clone())),
+                };
                 match hit {
-                    Some(n) => (n, code),
+                    Some((n, c)) => (n, c),
                     None => {
                         let known: Vec<&str> = table.keys().map(String::as_str).collect();
                         return Err(Rejection::new(

@@ -205,7 +205,7 @@ pub struct FieldRule {
     /// Transforms applied in order to each value read.
     #[serde(default)]
     pub transforms: Vec<Transform>,
-    /// Used when nothing usable was read.
+    /// Used when the path(s) yield no value at all (after transforms).
     #[serde(default)]
     pub default: Option<String>,
     /// Missing → the message is dead-lettered naming this field and its path.

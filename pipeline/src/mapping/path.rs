@@ -114,10 +114,7 @@ pub fn compile(
                 };
                 LetRest::Hl7 { comp, sub }
             }
-            FormatName::Xml => {
-                let r = rest.strip_prefix('/').unwrap_or(rest);
-                LetRest::Xml(compile_xml(r, namespaces, true)?)
-            }
+            FormatName::Xml => LetRest::Xml(compile_xml(rest, namespaces, true)?),
             FormatName::Json => {
                 if !rest.is_empty() && !rest.starts_with('/') {
                     return Err(format!(

@@ -387,3 +387,68 @@ fn test_case_mismatches_are_readable() {
     );
     assert!(r[1].passed(), "{:?}", r[1].failures);
 }
+
+#[test]
+fn let_must_stop_at_a_repetition_or_element() {
+    let hl7 = "name: t\nformat: hl7v2\nlet:\n  pid: PID-3.1\nevent: admission\nfields:\n  message.id: MSH-10\n  event.time: MSH-7\n  patient.id: $pid.1\n";
+    let e = first_error(hl7);
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.message.contains("drop the component"), "{e}");
+    let xml = "name: t\nformat: xml\nlet:\n  e: a/@b\nevent: admission\nfields:\n  message.id: id/@x\n  event.time: t/@v\n  patient.id: $e/c\n";
+    assert!(
+        first_error(xml).message.contains("drop the final"),
+        "{}",
+        first_error(xml)
+    );
+}
+
+#[test]
+fn xml_let_with_descendant_step_and_event_fallback() {
+    let text = "name: t\nformat: xml\nlet:\n  enc: enc\nevent:\n  path: [$header.service-code, $root]\n  table: { S0032: discharge, R: admission }\nfields:\n  message.id: $enc//deep/@id\n  event.time: $enc/t/@v\n  patient.id: $enc/p/@id\n";
+    let m = one(text).unwrap_or_else(|e| panic!("{}", e[0]));
+    let set = MappingSet::new(vec![m]);
+    let doc = "<R><enc><t v=\"20261120093000\"/><p id=\"P1\"/><x><deep id=\"M1\"/></x></enc></R>";
+    let headers: BTreeMap<String, String> =
+        [("service-code".to_string(), "S9999".to_string())].into();
+    let d = decode(doc.as_bytes(), &DecodeOptions::default(), &set, &headers).unwrap();
+    match d.outcome {
+        Outcome::Event(e) => {
+            assert_eq!(e.message_id, "M1", "`$enc//deep` searches descendants");
+            assert_eq!(
+                e.kind,
+                crate::event::EventKind::Admitted,
+                "an unknown header code falls back to the root"
+            );
+            assert_eq!(e.trigger, "R");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sex_and_class_take_the_first_known_code_case_insensitively() {
+    let m = one(&format!(
+        "{BASE}  patient.sex: [/a, /b]\n  visit.number: /v\n  visit.class: [/c, /d]\n"
+    ))
+    .unwrap();
+    let e = event(
+        apply_json(
+            &m,
+            r#"{"id":"M","at":"2026-11-20","p":"P","v":"V","a":"x","b":"f","c":"?","d":"i"}"#,
+            &[],
+        )
+        .unwrap(),
+    );
+    assert_eq!(e.patient.sex, crate::event::Sex::Female);
+    assert_eq!(
+        e.visit.unwrap().class,
+        crate::event::PatientClass::Inpatient
+    );
+}
+
+#[test]
+fn r_evt_2_json_with_invalid_utf8_is_an_encoding_error() {
+    let e = crate::decode::json::parse_json(b"{\"a\":\"\xff\"}").unwrap_err();
+    assert_eq!(e.reason, DeadLetterReason::InvalidEncoding);
+    assert!(e.detail.contains("byte offset 6"), "{}", e.detail);
+}
