@@ -18,6 +18,7 @@
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
 
 pub mod bench;
+pub mod bench_decode;
 pub mod clock;
 pub mod config;
 pub mod fault;

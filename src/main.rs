@@ -181,6 +181,8 @@ enum DlqCmd {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Decode+decide in memory, raw RabbitMQ consume+ack, and the bridge's ingest and push rates.
+    /// Decode+map rate per format against the bare parser of the same bytes (no broker).
+    Decode,
     Ingest {
         /// Messages per broker measurement.
         #[arg(long, default_value_t = bench::DEFAULT_COUNT)]
@@ -456,6 +458,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 "{}",
                 inspect::trace_report(&id, &trace, &cfg.zone(), json).trim_end()
             );
+            Ok(())
+        }
+        Cmd::Bench {
+            what: BenchCmd::Decode,
+        } => {
+            init_logs(None);
+            let figures = tokio::task::spawn_blocking(cem_bridge::bench_decode::run).await??;
+            print!("{}", cem_bridge::bench_decode::render(&figures));
             Ok(())
         }
         Cmd::Bench {

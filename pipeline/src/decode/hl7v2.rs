@@ -10,6 +10,7 @@
 //! `MSH-9` is MSH field 9. Which fields make the event is the mapping's business
 //! (mappings/hl7v2/adt.yaml ships the R-EVT-7 / R-ID-1..4 mapping).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use hl7_parser::Message;
@@ -42,10 +43,10 @@ pub fn declared_charset(body: &[u8]) -> Option<&[u8]> {
 /// `\F\ \S\ \T\ \R\ \E\` become the separators, `\Xhh..\` the bytes it encodes when they form
 /// UTF-8 text, `\X0A\`/`\X0D\`/`\.br\` line breaks; formatting escapes (`\H\ \N\` …) are dropped;
 /// an unterminated escape is kept as text.
-pub fn unescape(seps: &Separators, raw: &str) -> String {
+pub fn unescape<'a>(seps: &Separators, raw: &'a str) -> Cow<'a, str> {
     let esc = seps.escape;
     if !raw.contains(esc) {
-        return raw.to_string();
+        return Cow::Borrowed(raw);
     }
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
@@ -54,7 +55,7 @@ pub fn unescape(seps: &Separators, raw: &str) -> String {
         let after = &rest[i + esc.len_utf8()..];
         let Some(j) = after.find(esc) else {
             out.push_str(&rest[i..]);
-            return out;
+            return Cow::Owned(out);
         };
         let code = &after[..j];
         match code {
@@ -76,7 +77,7 @@ pub fn unescape(seps: &Separators, raw: &str) -> String {
         rest = &after[j + esc.len_utf8()..];
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
 }
 
 fn hex_bytes(h: &str) -> Option<Vec<u8>> {

@@ -74,7 +74,7 @@ pub fn parse_date(s: &str) -> Option<Date> {
     s.get(..10).and_then(|d| d.parse::<Date>().ok())
 }
 
-fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "y" | "yes" | "true" | "1" | "t" => Some(true),
         "n" | "no" | "false" | "0" | "f" => Some(false),

@@ -31,7 +31,7 @@ use model::{
     Transform, Unmatched,
 };
 use path::{Bound, Doc, Env, Path};
-use target::Target;
+use target::{Kind, Target};
 
 /// Reads files a mapping refers to (CSV tables, test inputs), relative to the mapping file.
 pub trait Files {
@@ -718,10 +718,20 @@ fn split_csv(line: &str) -> Vec<String> {
 }
 
 impl Rule {
-    /// Every value the rule yields, after transforms, in order.
-    fn values(&self, doc: &Doc<'_>, env: &Env<'_>, bound: &[Option<Bound<'_>>]) -> Vec<String> {
+    /// The values the rule yields, after transforms, in order. Sources are read one after the
+    /// other and reading stops after the first source that produced a value `usable` accepts
+    /// (later paths are fallbacks; this keeps decoding cheap).
+    fn values(
+        &self,
+        doc: &Doc<'_>,
+        env: &Env<'_>,
+        bound: &[Option<Bound<'_>>],
+        usable: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
         let mut raw = Vec::new();
         for s in &self.sources {
+            raw.clear();
             match s {
                 Source::Path(p) => p.eval(doc, env, bound, &mut raw),
                 Source::Value(v) => raw.push(v.clone()),
@@ -732,7 +742,9 @@ impl Rule {
                         match p {
                             Part::Text(t) => joined.push_str(t),
                             Part::Read(r) => {
-                                if let Some(v) = r.values(doc, env, bound).into_iter().next() {
+                                if let Some(v) =
+                                    r.values(doc, env, bound, &|_| true).into_iter().next()
+                                {
                                     any = true;
                                     joined.push_str(&v);
                                 }
@@ -744,18 +756,22 @@ impl Rule {
                     }
                 }
             }
-        }
-        let mut out = Vec::with_capacity(raw.len());
-        'each: for mut v in raw {
-            for t in &self.transforms {
-                match apply_transform(t, v) {
-                    Some(x) => v = x,
-                    None => continue 'each,
+            let mut found = false;
+            'each: for mut v in raw.drain(..) {
+                for t in &self.transforms {
+                    match apply_transform(t, v) {
+                        Some(x) => v = x,
+                        None => continue 'each,
+                    }
+                }
+                let v = v.trim();
+                if !v.is_empty() {
+                    found |= usable(v);
+                    out.push(v.to_string());
                 }
             }
-            let v = v.trim();
-            if !v.is_empty() {
-                out.push(v.to_string());
+            if found {
+                break;
             }
         }
         if out.is_empty()
@@ -764,6 +780,27 @@ impl Rule {
             out.push(d.clone());
         }
         out
+    }
+}
+
+/// Whether a value is usable for a field of `kind` (the first usable value is taken).
+fn usable(kind: Kind, v: &str, zone: &TimeZone, today: jiff::civil::Date) -> bool {
+    use crate::event::{PatientClass, Sex};
+    match kind {
+        Kind::Text => true,
+        Kind::Bool => build::parse_bool(v).is_some(),
+        Kind::Time => build::parse_time(v, zone).is_some(),
+        Kind::Date => build::parse_date(v).is_some(),
+        Kind::Mobile => crate::identifiers::normalize_mobile(v).is_some(),
+        Kind::IdCard => crate::identifiers::valid_id_card(v, today).is_some(),
+        Kind::Sex => {
+            let c = v.trim().to_ascii_uppercase();
+            Sex::from_hl7(&c) != Sex::Unknown || c == "U"
+        }
+        Kind::Class => {
+            let c = v.trim().to_ascii_uppercase();
+            PatientClass::from_code(&c) != PatientClass::Unknown || c == "U"
+        }
     }
 }
 
@@ -883,10 +920,15 @@ impl Mapping {
                 }
             }
         };
+        let today = ctx.now.to_zoned(ctx.zone.clone()).date();
         let values: Vec<(Target, &Rule, Vec<String>)> = self
             .fields
             .iter()
-            .map(|(t, r)| (*t, r, r.values(doc, &env, &bound)))
+            .map(|(t, r)| {
+                let kind = t.kind();
+                let accept = |v: &str| usable(kind, v, ctx.zone, today);
+                (*t, r, r.values(doc, &env, &bound, &accept))
+            })
             .collect();
         if event == EventName::Ignore {
             let message_id = values

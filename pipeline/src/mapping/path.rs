@@ -334,31 +334,75 @@ fn select<'x, T>(
 impl Hl7Path {
     /// The repetitions this path selects, with their segment.
     pub fn reps<'a>(&self, msg: &'a Message<'a>) -> Vec<(&'a Segment<'a>, &'a Repeat<'a>)> {
-        let seps = &msg.separators;
-        let segs: Vec<&Segment<'a>> = msg.segments.iter().filter(|s| s.name == self.seg).collect();
-        let segs = select(&segs, &self.seg_sel, seps, |s, at| {
-            let f = at.first().copied().unwrap_or(1);
-            s.field(f)
-                .and_then(|fl| fl.repeat(1))
-                .map(|r| rep_part(r, &at[1.min(at.len())..]))
-                .unwrap_or("")
-        });
         let mut out = Vec::new();
-        for seg in segs {
-            let Some(field) = seg.field(self.field) else {
-                continue;
-            };
-            for rep in select(&field.repeats, &self.rep_sel, seps, |r, at| rep_part(r, at)) {
-                out.push((*seg, rep));
-            }
-        }
+        self.each_rep(msg, |seg, rep| {
+            out.push((seg, rep));
+            false
+        });
         out
     }
 
-    pub fn eval(&self, msg: &Message<'_>, out: &mut Vec<String>) {
-        for (_, rep) in self.reps(msg) {
-            push_rep_value(&msg.separators, rep, self.comp, self.sub, out);
+    /// Call `f` on each selected repetition in order until it returns `true`.
+    fn each_rep<'a>(
+        &self,
+        msg: &'a Message<'a>,
+        mut f: impl FnMut(&'a Segment<'a>, &'a Repeat<'a>) -> bool,
+    ) {
+        let seps = &msg.separators;
+        let mut named = msg.segments.iter().filter(|s| s.name == self.seg);
+        let mut visit = |seg: &'a Segment<'a>| -> bool {
+            let Some(field) = seg.field(self.field) else {
+                return false;
+            };
+            match &self.rep_sel {
+                Sel::First => field.repeats.first().is_some_and(|r| f(seg, r)),
+                Sel::Nth(n) => field.repeats.get(n - 1).is_some_and(|r| f(seg, r)),
+                Sel::All => field.repeats.iter().any(|r| f(seg, r)),
+                sel @ Sel::Alts(_) => select(&field.repeats, sel, seps, |r, at| rep_part(r, at))
+                    .into_iter()
+                    .any(|r| f(seg, r)),
+            }
+        };
+        match &self.seg_sel {
+            Sel::First => {
+                if let Some(seg) = named.next() {
+                    visit(seg);
+                }
+            }
+            Sel::Nth(n) => {
+                if let Some(seg) = named.nth(n - 1) {
+                    visit(seg);
+                }
+            }
+            Sel::All => {
+                for seg in named {
+                    if visit(seg) {
+                        return;
+                    }
+                }
+            }
+            sel @ Sel::Alts(_) => {
+                let segs: Vec<&Segment<'a>> = named.collect();
+                for seg in select(&segs, sel, seps, |s, at| {
+                    let fno = at.first().copied().unwrap_or(1);
+                    s.field(fno)
+                        .and_then(|fl| fl.repeat(1))
+                        .map(|r| rep_part(r, &at[1.min(at.len())..]))
+                        .unwrap_or("")
+                }) {
+                    if visit(seg) {
+                        return;
+                    }
+                }
+            }
         }
+    }
+
+    pub fn eval(&self, msg: &Message<'_>, out: &mut Vec<String>) {
+        self.each_rep(msg, |_, rep| {
+            push_rep_value(&msg.separators, rep, self.comp, self.sub, out);
+            false
+        });
     }
 }
 
@@ -706,7 +750,14 @@ impl Path {
     /// What a `let` binds: the first repetition / element / JSON value the path selects.
     pub fn bind<'a>(&self, doc: &Doc<'a>) -> Option<Bound<'a>> {
         match (self, doc) {
-            (Path::Hl7(p), Doc::Hl7(m)) => p.reps(m).first().map(|(s, r)| Bound::Hl7(s, r)),
+            (Path::Hl7(p), Doc::Hl7(m)) => {
+                let mut first = None;
+                p.each_rep(m, |s, r| {
+                    first = Some(Bound::Hl7(s, r));
+                    true
+                });
+                first
+            }
             (Path::Xml(p), Doc::Xml(d)) => p.elements(d, None).first().map(|&e| Bound::Xml(e)),
             (Path::Json(p), Doc::Json(v)) => v.pointer(p).map(Bound::Json),
             _ => None,
