@@ -632,8 +632,10 @@ mod tests {
         assert_eq!(suppressed(decide_at(&vip, "202611200931")), "vip");
         let protected = A04.replace("\rPV1|", &format!("\rPD1{}Y\rPV1|", "|".repeat(12)));
         assert_eq!(suppressed(decide_at(&protected, "202611200931")), "vip");
-        let mut p = SurveyPolicy::default();
-        p.vip_values = vec!["V1".into()];
+        let p = SurveyPolicy {
+            vip_values: vec!["V1".into()],
+            ..Default::default()
+        };
         assert!(
             matches!(
                 decide_with(&vip, "202611200931", &p),
