@@ -6,7 +6,6 @@
 //! crash anywhere before the ack means redelivery; the dedupe record turns that into a counted
 //! `duplicate` with no second effect.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueTy
 use cem_pipeline::anonymize::{Pseudonymizer, hex};
 use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
 use cem_pipeline::event::{EventKind, PatientEvent};
-use cem_pipeline::mapping::{MappingSet, Outcome};
+use cem_pipeline::mapping::Outcome;
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
 use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
@@ -39,8 +38,8 @@ const TOMBSTONE_MS: i64 = 7 * 24 * 3_600_000;
 
 /// What ingest needs from the runtime.
 pub struct IngestContext {
-    /// Each source's compiled mappings, by source name.
-    pub mappings: HashMap<String, Arc<MappingSet>>,
+    /// Each source's compiled mappings, swapped whole by a reload.
+    pub mappings: Arc<crate::reload::Mappings>,
     pub store: Store,
     pub pseudo: Pseudonymizer,
     pub tenant: String,
@@ -213,12 +212,9 @@ fn prepare(
             now,
             facility: src.facility().to_string(),
         };
-        let empty = MappingSet::default();
-        let set = ctx
-            .mappings
-            .get(&src.name)
-            .map(|s| s.as_ref())
-            .unwrap_or(&empty);
+        // The set current now: a reload swaps whole sets, never half a message's mapping.
+        let set = ctx.mappings.for_source(&src.name).unwrap_or_default();
+        let set = set.as_ref();
         let survey = SurveyContext {
             tenant: &ctx.tenant,
             zone: &ctx.zone,

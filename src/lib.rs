@@ -7,6 +7,7 @@
 //! - [`store`] — SQLite/PostgreSQL through sqlx `Any`: dedupe, jobs, audit, dead letters.
 //! - [`mappings`] — loads the mapping files each connector names.
 //! - [`mapping_cli`] — `cem-bridge test` and `cem-bridge map` for interface engineers.
+//! - [`reload`] — hot reload of mappings on SIGHUP and file change (last good kept on error).
 //! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
 //! - [`scheduler`] — claims due jobs and pushes them to the CEM sink with retries.
 //! - [`ops`] — the ops HTTP server: Prometheus `/metrics`, `/health`, `/ready`.
@@ -28,6 +29,7 @@ pub mod mapping_cli;
 pub mod mappings;
 pub mod ops;
 pub mod publish;
+pub mod reload;
 pub mod retention;
 pub mod runtime;
 pub mod scheduler;

@@ -144,6 +144,14 @@ fn describe_metrics() {
         "Redeliveries of a message already processed (R-EVT-4), acked without effect"
     );
     describe_counter!(
+        "cem_bridge_mapping_reloads_total",
+        "Mapping reloads (SIGHUP or file change) by result: ok, or failed (last good kept)"
+    );
+    describe_gauge!(
+        "cem_bridge_mapping_reload_failed",
+        "1 while the newest mapping files failed to compile and the last good ones are in use"
+    );
+    describe_counter!(
         "cem_bridge_messages_ignored_total",
         "Messages a mapping says to ignore (event: ignore), acked and audited without effect"
     );

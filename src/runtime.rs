@@ -103,6 +103,8 @@ pub struct Bridge {
     background: Vec<JoinHandle<()>>,
     ops_addr: Option<SocketAddr>,
     pub store: Store,
+    /// The mappings in use (reloaded on SIGHUP and on file change).
+    pub mappings: Arc<crate::reload::Mappings>,
 }
 
 fn instance_id() -> String {
@@ -186,9 +188,9 @@ pub async fn start_with_clock(
         None => None,
     };
     let zone = cfg.zone();
-    let mappings = load_mappings(&cfg, &zone)?;
+    let mappings = Arc::new(crate::reload::Mappings::new(load_mappings(&cfg, &zone)?));
     let ctx = Arc::new(IngestContext {
-        mappings,
+        mappings: mappings.clone(),
         store: store.clone(),
         pseudo,
         tenant: cfg.tenant.clone(),
@@ -204,6 +206,12 @@ pub async fn start_with_clock(
         cfg.retention.clone(),
         trigger.subscribe(),
     ))];
+    background.push(tokio::spawn(crate::reload::run(
+        mappings.clone(),
+        cfg.sources.clone(),
+        cfg.zone(),
+        trigger.subscribe(),
+    )));
     let mut ops_addr = None;
     if let Some((prom, listener)) = ops_listener {
         ops_addr = listener.local_addr().ok();
@@ -260,6 +268,7 @@ pub async fn start_with_clock(
         background,
         ops_addr,
         store,
+        mappings,
     })
 }
 
