@@ -452,3 +452,71 @@ fn r_evt_2_json_with_invalid_utf8_is_an_encoding_error() {
     assert_eq!(e.reason, DeadLetterReason::InvalidEncoding);
     assert!(e.detail.contains("byte offset 6"), "{}", e.detail);
 }
+
+/// EX-15: HIS XML (互联互通) and JSON events decide like HL7 v2 — templates and due times
+/// (the cancellation half of EX-15 is the store's, covered end to end in tests/).
+#[test]
+fn ex_15_xml_and_json_events_get_the_same_templates_and_times() {
+    use crate::anonymize::Pseudonymizer;
+    use crate::policy::SurveyPolicy;
+    use crate::survey::{SurveyContext, SurveyDecision, decide};
+    let set = shipped();
+    let z = zone();
+    let pseudo = Pseudonymizer::new(&[7u8; 32], "k").unwrap();
+    let now: jiff::Timestamp = "2026-11-20T02:00:00Z".parse().unwrap(); // 10:00 local
+    let ctx = SurveyContext {
+        tenant: "hxeye",
+        zone: &z,
+        pseudo: &pseudo,
+        now,
+    };
+    let opts = DecodeOptions {
+        now,
+        facility: "HXEYE_SH01".into(),
+        ..Default::default()
+    };
+    let dir = shipped_dir().join("../tests/fixtures/samples");
+    let cases = [
+        (
+            "json/registration.json",
+            None,
+            "OP-SAT-01",
+            "2026-11-20T11:30:00+08:00",
+        ),
+        (
+            "xml/registration_utf8.xml",
+            Some("S0023"),
+            "OP-SAT-01",
+            "2026-11-20T11:30:00+08:00",
+        ),
+        (
+            "json/discharge.json",
+            None,
+            "IP-SURG-01",
+            "2026-11-21T10:00:00+08:00",
+        ),
+        (
+            "xml/discharge_utf8.xml",
+            Some("S0032"),
+            "IP-SURG-01",
+            "2026-11-21T10:00:00+08:00",
+        ),
+    ];
+    for (file, svc, template, due) in cases {
+        let body = std::fs::read(dir.join(file)).unwrap();
+        let headers: BTreeMap<String, String> = svc
+            .map(|s| [("service-code".to_string(), s.to_string())].into())
+            .unwrap_or_default();
+        let e = match decode(&body, &opts, &set, &headers).unwrap().outcome {
+            Outcome::Event(e) => e,
+            other => panic!("{file}: {other:?}"),
+        };
+        match decide(&e, &SurveyPolicy::default(), &ctx) {
+            SurveyDecision::Schedule(j) => {
+                assert_eq!(j.template, template, "{file}");
+                assert_eq!(crate::time::rfc3339_in(j.due_at, &z), due, "{file}");
+            }
+            other => panic!("{file}: expected a survey, got {other:?}"),
+        }
+    }
+}
