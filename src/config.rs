@@ -27,7 +27,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// One hospital-group deployment; part of every job identity (R-SRV-5).
@@ -57,7 +57,7 @@ fn default_zone() -> String {
     cem_pipeline::time::DEFAULT_ZONE.to_string()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PseudonymConfig {
     /// Environment variable holding the HMAC key (≥ 32 bytes; hex is decoded).
@@ -74,7 +74,7 @@ fn default_key_env() -> String {
     "CEM_BRIDGE_PSEUDONYM_KEY".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://path/to/file.db` (created if missing) or `postgres://…`.
@@ -93,7 +93,7 @@ fn default_pool() -> u32 {
     4
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueTypeConfig {
     #[default]
@@ -101,7 +101,7 @@ pub enum QueueTypeConfig {
     Classic,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Connector name: in the store, logs, metrics and dead-letter headers.
@@ -182,7 +182,7 @@ impl SourceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CemMode {
     /// Append each request to `shadow_file` (JSONL) instead of sending it.
@@ -191,7 +191,7 @@ pub enum CemMode {
     Http,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CemConfig {
     pub mode: CemMode,
@@ -208,6 +208,7 @@ pub struct CemConfig {
     #[serde(default = "default_success_pointer")]
     pub success_pointer: String,
     #[serde(default = "default_success_equals")]
+    #[schemars(with = "serde_json::Value")]
     pub success_equals: toml::Value,
 }
 
@@ -224,7 +225,7 @@ fn default_success_equals() -> toml::Value {
     toml::Value::Integer(0)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
     pub poll_interval_ms: u64,
@@ -251,7 +252,7 @@ impl Default for SchedulerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -259,7 +260,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
@@ -283,7 +284,7 @@ fn default_level() -> String {
 }
 
 /// The operations HTTP server: the ops page, `/metrics`, `/health`, `/ready`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsConfig {
     /// `host:port` to listen on (port 0 picks a free port); `""` disables the server.
@@ -307,7 +308,7 @@ pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9464";
 
 /// How long rows are kept in the store; a background task deletes older ones in batches.
 /// `0` days keeps a table's rows forever. Pending survey jobs are never pruned.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Dedupe records (R-EVT-4: at least 90 days).
@@ -349,6 +350,12 @@ impl OpsConfig {
     pub fn needs_token(&self) -> bool {
         self.listen_addr().is_some_and(|a| !a.ip().is_loopback())
     }
+}
+
+/// The JSON Schema of `bridge.toml`, pretty-printed (`cem-bridge schema config`).
+pub fn schema() -> String {
+    let s = schemars::schema_for!(Config);
+    serde_json::to_string_pretty(&s).unwrap_or_default()
 }
 
 impl Config {

@@ -85,7 +85,7 @@ enum Cmd {
         /// The message file.
         file: PathBuf,
     },
-    /// Print the JSON Schema of mapping files (point your editor at schemas/mapping.schema.json).
+    /// Print the JSON Schema of mapping files or of bridge.toml (committed in schemas/).
     Schema {
         #[arg(value_enum, default_value = "mapping")]
         what: SchemaKind,
@@ -138,7 +138,10 @@ enum Cmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SchemaKind {
+    /// Mapping files (YAML).
     Mapping,
+    /// bridge.toml.
+    Config,
 }
 
 /// The config naming the store to read.
@@ -371,6 +374,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Schema { what } => {
             let schema = match what {
                 SchemaKind::Mapping => cem_pipeline::mapping::schema(),
+                SchemaKind::Config => cem_bridge::config::schema(),
             };
             println!("{schema}");
             Ok(())

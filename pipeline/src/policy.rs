@@ -6,7 +6,7 @@ use jiff::civil::Time;
 use serde::Deserialize;
 
 /// The whole survey policy.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SurveyPolicy {
     /// Default channel when a rule names none (R-SRV-2).
@@ -22,6 +22,7 @@ pub struct SurveyPolicy {
     pub outpatient_delay_minutes: i64,
     /// Inpatient due time = this local time on the day after discharge (R-SRV-2).
     #[serde(default = "default_ip_time")]
+    #[schemars(with = "String")]
     pub inpatient_send_time: Time,
     /// Processed later than visit start + this → `stale_event` (R-SRV-4).
     #[serde(default = "default_stale_op")]
@@ -45,16 +46,19 @@ pub struct SurveyPolicy {
 
 /// R-SRV-3: a due time inside [start, end) moves to `resume` (same morning before `end`, else
 /// the next morning).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuietHours {
     #[serde(default = "yes")]
     pub enabled: bool,
     #[serde(default = "default_quiet_start")]
+    #[schemars(with = "String")]
     pub start: Time,
     #[serde(default = "default_quiet_end")]
+    #[schemars(with = "String")]
     pub end: Time,
     #[serde(default = "default_quiet_resume")]
+    #[schemars(with = "String")]
     pub resume: Time,
 }
 
@@ -70,7 +74,7 @@ impl Default for QuietHours {
 }
 
 /// Events a survey rule can match.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleEvent {
     Registered,
@@ -78,7 +82,7 @@ pub enum RuleEvent {
 }
 
 /// One row of the R-SRV-1 table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateRule {
     pub event: RuleEvent,
