@@ -275,7 +275,7 @@ fn bench_clock() -> anyhow::Result<Clock> {
 }
 
 /// Calls per second of `f` on this thread over about `PURE_ROUND`.
-fn rate_of(f: &mut impl FnMut()) -> f64 {
+pub(crate) fn rate_of(f: &mut impl FnMut()) -> f64 {
     let start = Instant::now();
     let mut calls = 0u64;
     loop {
@@ -291,7 +291,8 @@ fn rate_of(f: &mut impl FnMut()) -> f64 {
 }
 
 /// Best rates of `a` and `b` over `PURE_ROUNDS` interleaved rounds, after one warm-up round each.
-fn best_rates(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+/// Best-of-rounds rates of `a` and `b`, measured interleaved (used by `bench decode` too).
+pub(crate) fn best_rates(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
     rate_of(&mut a);
     rate_of(&mut b);
     let (mut best_a, mut best_b) = (0f64, 0f64);
@@ -314,7 +315,7 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
         pseudo: &pseudo,
         now: bench_clock()?.now(),
     };
-    let mappings = crate::mappings::builtin(&zone);
+    let mappings = cem_pipeline::mapping::builtin(&zone);
     let headers = BTreeMap::new();
     // Measure the path the bridge takes for this message, not a rejection.
     match decode(A04, &opts, &mappings, &headers).map(|d| d.outcome) {

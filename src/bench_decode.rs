@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cem_pipeline::decode::{DecodeOptions, decode};
@@ -18,8 +17,6 @@ use cem_pipeline::mapping::{MappingSet, Outcome};
 const A03: &[u8] = include_bytes!("../tests/fixtures/samples/hl7v2/adt_a03_discharge.hl7");
 const XML: &[u8] = include_bytes!("../tests/fixtures/samples/xml/discharge_utf8.xml");
 const JSON: &[u8] = include_bytes!("../tests/fixtures/samples/json/discharge.json");
-const ROUNDS: u32 = 7;
-const ROUND: Duration = Duration::from_millis(200);
 
 /// One measured pair.
 #[derive(Debug, Clone)]
@@ -35,29 +32,6 @@ impl DecodeFigure {
     pub fn cost_ratio(&self) -> f64 {
         self.baseline_rate / self.decode_rate
     }
-}
-
-fn rate_of(f: &mut impl FnMut()) -> f64 {
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < ROUND {
-        for _ in 0..64 {
-            f();
-        }
-        n += 64;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-fn best_pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
-    rate_of(&mut a);
-    rate_of(&mut b);
-    let (mut ra, mut rb) = (0f64, 0f64);
-    for _ in 0..ROUNDS {
-        ra = ra.max(rate_of(&mut a));
-        rb = rb.max(rate_of(&mut b));
-    }
-    (ra, rb)
 }
 
 fn check(
@@ -93,7 +67,7 @@ fn xml_walk(body: &[u8]) -> usize {
 /// Measure the three formats; prints progress on stderr.
 pub fn run() -> anyhow::Result<Vec<DecodeFigure>> {
     let zone = cem_pipeline::time::default_zone();
-    let set = crate::mappings::builtin(&zone);
+    let set = cem_pipeline::mapping::builtin(&zone);
     let opts = DecodeOptions {
         now: "2026-11-23T00:00:00Z".parse().context("bench clock")?,
         facility: "BENCH".into(),
@@ -109,7 +83,7 @@ pub fn run() -> anyhow::Result<Vec<DecodeFigure>> {
     let mut out = Vec::new();
 
     eprintln!("measuring HL7 v2 A03 …");
-    let (base, full) = best_pair(
+    let (base, full) = crate::bench::best_rates(
         || {
             let _ = black_box(hl7_parser::Message::parse_with_lenient_newlines(
                 black_box(a03),
@@ -128,7 +102,7 @@ pub fn run() -> anyhow::Result<Vec<DecodeFigure>> {
     });
 
     eprintln!("measuring XML S0032 …");
-    let (base, full) = best_pair(
+    let (base, full) = crate::bench::best_rates(
         || {
             black_box(xml_walk(black_box(XML)));
         },
@@ -144,7 +118,7 @@ pub fn run() -> anyhow::Result<Vec<DecodeFigure>> {
     });
 
     eprintln!("measuring JSON …");
-    let (base, full) = best_pair(
+    let (base, full) = crate::bench::best_rates(
         || {
             let _ = black_box(serde_json::from_slice::<serde_json::Value>(black_box(JSON)));
         },

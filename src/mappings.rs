@@ -106,39 +106,3 @@ pub fn load(paths: &[String], zone: &TimeZone) -> Result<MappingSet, Vec<String>
         Err(errors)
     }
 }
-
-/// The shipped mappings, built into the binary (for `bench`, which runs from anywhere).
-pub fn builtin(zone: &TimeZone) -> MappingSet {
-    struct Embedded;
-    impl Files for Embedded {
-        fn read(&self, _: &str, path: &str) -> Result<Vec<u8>, String> {
-            match path {
-                "tables/json_disposition.csv" => {
-                    Ok(include_bytes!("../mappings/json/tables/json_disposition.csv").to_vec())
-                }
-                _ => Err(format!("{path} is not built into the binary")),
-            }
-        }
-    }
-    let sources = [
-        ("hl7v2/adt.yaml", include_str!("../mappings/hl7v2/adt.yaml")),
-        (
-            "xml/hip_encounter.yaml",
-            include_str!("../mappings/xml/hip_encounter.yaml"),
-        ),
-        (
-            "xml/hip_registration_update.yaml",
-            include_str!("../mappings/xml/hip_registration_update.yaml"),
-        ),
-        (
-            "json/his_events.yaml",
-            include_str!("../mappings/json/his_events.yaml"),
-        ),
-    ];
-    MappingSet::new(
-        sources
-            .iter()
-            .filter_map(|(name, text)| mapping::compile(name, text, zone, &Embedded).ok())
-            .collect(),
-    )
-}

@@ -7,46 +7,19 @@ use std::sync::OnceLock;
 
 use cem_pipeline::decode::json::check_json;
 use cem_pipeline::decode::{DecodeOptions, decode as decode_with};
-use cem_pipeline::mapping::{Files, MappingSet, compile};
+use cem_pipeline::mapping::{MappingSet, builtin};
 use proptest::prelude::*;
 
 const A03: &str = include_str!("../../tests/fixtures/samples/hl7v2/adt_a03_discharge.hl7");
 const XML: &str = include_str!("../../tests/fixtures/samples/xml/discharge_utf8.xml");
 const JSON: &str = include_str!("../../tests/fixtures/samples/json/discharge.json");
 
-struct Tables;
-impl Files for Tables {
-    fn read(&self, _: &str, path: &str) -> Result<Vec<u8>, String> {
-        match path {
-            "tables/json_disposition.csv" => {
-                Ok(include_bytes!("../../mappings/json/tables/json_disposition.csv").to_vec())
-            }
-            _ => Err(format!("{path} is not embedded in this test")),
-        }
-    }
-}
-
 fn set() -> &'static MappingSet {
     static SET: OnceLock<MappingSet> = OnceLock::new();
     SET.get_or_init(|| {
-        let zone = cem_pipeline::time::default_zone();
-        let files = [
-            ("adt.yaml", include_str!("../../mappings/hl7v2/adt.yaml")),
-            (
-                "hip_encounter.yaml",
-                include_str!("../../mappings/xml/hip_encounter.yaml"),
-            ),
-            (
-                "events.yaml",
-                include_str!("../../mappings/json/his_events.yaml"),
-            ),
-        ];
-        MappingSet::new(
-            files
-                .iter()
-                .map(|(n, t)| compile(n, t, &zone, &Tables).expect("shipped mapping compiles"))
-                .collect(),
-        )
+        let set = builtin(&cem_pipeline::time::default_zone());
+        assert_eq!(set.mappings.len(), 4, "every shipped mapping compiles");
+        set
     })
 }
 

@@ -74,6 +74,20 @@ pub fn parse_date(s: &str) -> Option<Date> {
     s.get(..10).and_then(|d| d.parse::<Date>().ok())
 }
 
+/// A sex code the field accepts: known HL7 table 0001 codes, case-insensitive.
+pub(crate) fn known_sex(s: &str) -> Option<Sex> {
+    let c = s.trim().to_ascii_uppercase();
+    let x = Sex::from_hl7(&c);
+    (x != Sex::Unknown || c == "U").then_some(x)
+}
+
+/// A patient class the field accepts: known HL7 table 0004 codes, case-insensitive.
+pub(crate) fn known_class(s: &str) -> Option<PatientClass> {
+    let c = s.trim().to_ascii_uppercase();
+    let x = PatientClass::from_code(&c);
+    (x != PatientClass::Unknown || c == "U").then_some(x)
+}
+
 pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "y" | "yes" | "true" | "1" | "t" => Some(true),
@@ -202,13 +216,7 @@ pub(super) fn build(
         });
     let mut birth_date = f.first(Target::PatientBirthDate, parse_date);
     // The first value that is a known code (case-insensitive); unknown codes are skipped.
-    let sex = f
-        .first(Target::PatientSex, |s| {
-            let c = s.trim().to_ascii_uppercase();
-            let x = Sex::from_hl7(&c);
-            (x != Sex::Unknown || c == "U").then_some(x)
-        })
-        .unwrap_or_default();
+    let sex = f.first(Target::PatientSex, known_sex).unwrap_or_default();
     if let Some(idc) = &id_card {
         let idc_birth = id_card_birth_date(idc);
         match birth_date {
@@ -246,11 +254,7 @@ pub(super) fn build(
         number: Pii::new(number),
         facility: facility.clone(),
         class: f
-            .first(Target::VisitClass, |s| {
-                let c = s.trim().to_ascii_uppercase();
-                let x = PatientClass::from_code(&c);
-                (x != PatientClass::Unknown || c == "U").then_some(x)
-            })
+            .first(Target::VisitClass, known_class)
             .unwrap_or(PatientClass::Unknown),
         dept_code: f.text(Target::VisitDeptCode),
         dept_name: f.text(Target::VisitDeptName),

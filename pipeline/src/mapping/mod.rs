@@ -785,7 +785,6 @@ impl Rule {
 
 /// Whether a value is usable for a field of `kind` (the first usable value is taken).
 fn usable(kind: Kind, v: &str, zone: &TimeZone, today: jiff::civil::Date) -> bool {
-    use crate::event::{PatientClass, Sex};
     match kind {
         Kind::Text => true,
         Kind::Bool => build::parse_bool(v).is_some(),
@@ -793,14 +792,8 @@ fn usable(kind: Kind, v: &str, zone: &TimeZone, today: jiff::civil::Date) -> boo
         Kind::Date => build::parse_date(v).is_some(),
         Kind::Mobile => crate::identifiers::normalize_mobile(v).is_some(),
         Kind::IdCard => crate::identifiers::valid_id_card(v, today).is_some(),
-        Kind::Sex => {
-            let c = v.trim().to_ascii_uppercase();
-            Sex::from_hl7(&c) != Sex::Unknown || c == "U"
-        }
-        Kind::Class => {
-            let c = v.trim().to_ascii_uppercase();
-            PatientClass::from_code(&c) != PatientClass::Unknown || c == "U"
-        }
+        Kind::Sex => build::known_sex(v).is_some(),
+        Kind::Class => build::known_class(v).is_some(),
     }
 }
 
@@ -945,6 +938,48 @@ impl Mapping {
 pub fn schema() -> String {
     let s = schemars::schema_for!(MappingFile);
     serde_json::to_string_pretty(&s).unwrap_or_default()
+}
+
+/// The shipped mappings (`mappings/` of the repository), compiled into the crate so benches,
+/// property tests and fuzzers run from anywhere. Files that do not compile are left out (the
+/// shipped mappings' own tests make sure none is).
+pub fn builtin(zone: &TimeZone) -> MappingSet {
+    struct Embedded;
+    impl Files for Embedded {
+        fn read(&self, _: &str, path: &str) -> Result<Vec<u8>, String> {
+            match path {
+                "tables/json_disposition.csv" => Ok(include_bytes!(
+                    "../../../mappings/json/tables/json_disposition.csv"
+                )
+                .to_vec()),
+                _ => Err(format!("{path} is not built in")),
+            }
+        }
+    }
+    let sources = [
+        (
+            "hl7v2/adt.yaml",
+            include_str!("../../../mappings/hl7v2/adt.yaml"),
+        ),
+        (
+            "xml/hip_encounter.yaml",
+            include_str!("../../../mappings/xml/hip_encounter.yaml"),
+        ),
+        (
+            "xml/hip_registration_update.yaml",
+            include_str!("../../../mappings/xml/hip_registration_update.yaml"),
+        ),
+        (
+            "json/his_events.yaml",
+            include_str!("../../../mappings/json/his_events.yaml"),
+        ),
+    ];
+    MappingSet::new(
+        sources
+            .iter()
+            .filter_map(|(name, text)| compile(name, text, zone, &Embedded).ok())
+            .collect(),
+    )
 }
 
 /// The mappings of one connector, tried in order.
