@@ -58,6 +58,7 @@ const A04_MESSAGE_ID: &str = "MSG20261120093015001";
 const A04_VISIT_NUMBER: &str = "V20261120001";
 /// A fixed, public pseudonym key: the bench only ever sees the public sample.
 const BENCH_KEY: &[u8] = b"cem-bridge bench key: fixed and public, never for real data";
+const BENCH_VAULT_KEY: [u8; 32] = [0xbe; 32];
 
 const PUBLISH_WINDOW: usize = 256;
 const RAW_PREFETCH: u16 = 256;
@@ -492,6 +493,9 @@ tenant = "bench"
 [pseudonym]
 key_env = "CEM_BRIDGE_BENCH_KEY_UNUSED"
 key_id = "bench"
+[vault]
+key_env = "CEM_BRIDGE_BENCH_VAULT_KEY_UNUSED"
+key_id = "bench"
 [store]
 url = {store}
 sqlite_synchronous = "full"
@@ -573,6 +577,7 @@ async fn bridge_ingest(
         cfg,
         Secrets {
             pseudonym_key: Some(BENCH_KEY.to_vec()),
+            vault_key: Some(BENCH_VAULT_KEY.to_vec()),
             ..Default::default()
         },
         bench_clock()?,

@@ -36,6 +36,9 @@ pub struct Config {
     #[serde(default = "default_zone")]
     pub time_zone: String,
     pub pseudonym: PseudonymConfig,
+    /// The re-identification vault (R-ANO-6): its AES-256 key comes from the environment.
+    #[serde(default)]
+    pub vault: VaultConfig,
     pub store: StoreConfig,
     #[serde(rename = "source", default)]
     pub sources: Vec<SourceConfig>,
@@ -72,6 +75,39 @@ pub struct PseudonymConfig {
 
 fn default_key_env() -> String {
     "CEM_BRIDGE_PSEUDONYM_KEY".into()
+}
+
+/// The re-identification vault (R-ANO-6). Keys are 32 bytes (64 hex digits) in the environment.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Environment variable holding the current AES-256 key (64 hex digits).
+    pub key_env: String,
+    /// Label stored with every sealed record, so keys can rotate.
+    pub key_id: String,
+    /// Keys of earlier rotations: they only open records sealed before the rotation.
+    pub previous: Vec<VaultPreviousKey>,
+    /// Demo only: without the environment variable, use a fixed, publicly known key.
+    pub allow_demo_key: bool,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            key_env: "CEM_BRIDGE_VAULT_KEY".into(),
+            key_id: "v1".into(),
+            previous: Vec::new(),
+            allow_demo_key: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultPreviousKey {
+    pub key_id: String,
+    /// Environment variable holding that key.
+    pub key_env: String,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -210,6 +246,22 @@ pub struct CemConfig {
     #[serde(default = "default_success_equals")]
     #[schemars(with = "serde_json::Value")]
     pub success_equals: toml::Value,
+    /// How the CEM reaches the patient (R-ANO-7): `ref` (default) sends a one-job `contactRef`
+    /// the CEM resolves at `POST /contact/resolve`; `mobile` sends the mobile itself — only
+    /// under an entrusted-processing agreement (PIPL art. 21); `cem-bridge check` warns.
+    #[serde(default)]
+    pub contact_mode: ContactMode,
+    /// Environment variable holding the token the CEM presents at `POST /contact/resolve`
+    /// (`Authorization: Bearer …`). Without it the endpoint answers 401 to everyone.
+    pub resolve_token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactMode {
+    #[default]
+    Ref,
+    Mobile,
 }
 
 fn default_shadow() -> PathBuf {
@@ -317,6 +369,9 @@ pub struct RetentionConfig {
     pub jobs_days: u32,
     pub audit_days: u32,
     pub dead_letters_days: u32,
+    /// Re-identification vault records, by the last event of their patient, visit or mobile
+    /// (R-ANO-6: 180 days).
+    pub vault_days: u32,
     /// How often the pruning runs (first run at start).
     pub interval_minutes: u64,
     /// Rows deleted per statement: small batches keep write locks short.
@@ -333,6 +388,7 @@ impl Default for RetentionConfig {
             jobs_days: 180,
             audit_days: 180,
             dead_letters_days: 90,
+            vault_days: 180,
             interval_minutes: 60,
             batch_rows: 1000,
         }
@@ -492,6 +548,20 @@ impl Config {
             return Err(bad(field, message.to_string()));
         }
         Ok(())
+    }
+
+    /// Legal but risky settings: `cem-bridge check` prints them, the bridge logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.cem.contact_mode == ContactMode::Mobile {
+            w.push("cem.contact_mode = \"mobile\": every survey dispatch carries the patient's mobile in clear (R-ANO-7). Use it only under an entrusted-processing agreement with the CEM (PIPL art. 21); the default `ref` sends a contactRef instead".into());
+        } else if self.cem.mode == CemMode::Http && self.cem.resolve_token_env.is_none() {
+            w.push("cem.resolve_token_env is not set: the CEM cannot resolve contactRef tokens at POST /contact/resolve (it gets 401), so it cannot reach patients; name the environment variable holding the CEM's token".into());
+        }
+        if self.vault.allow_demo_key {
+            w.push(format!("vault.allow_demo_key = true: without {} the vault uses a public demo key; never with real data", self.vault.key_env));
+        }
+        w
     }
 
     pub fn zone(&self) -> jiff::tz::TimeZone {

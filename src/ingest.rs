@@ -17,6 +17,7 @@ use cem_pipeline::event::{EventKind, PatientEvent};
 use cem_pipeline::mapping::Outcome;
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
+use cem_pipeline::reid::entries_for;
 use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
 use jiff::tz::TimeZone;
 use metrics::{counter, histogram};
@@ -42,6 +43,8 @@ pub struct IngestContext {
     pub mappings: Arc<crate::reload::Mappings>,
     pub store: Store,
     pub pseudo: Pseudonymizer,
+    /// Seals what the vault keeps and dead-letter bodies (R-ANO-6, R-ANO-8).
+    pub vault: crate::vault::VaultCipher,
     pub tenant: String,
     pub policy: SurveyPolicy,
     pub zone: TimeZone,
@@ -417,6 +420,10 @@ async fn write_batch(
         match dl {
             None => out.push(Disposition::Ack),
             Some((reason, detail)) => {
+                let sealed = ctx
+                    .vault
+                    .seal(&dead_letter_aad(&p.hash), &p.msg.body)
+                    .map_err(|_| StoreError::Sealing)?;
                 tx.dead_letter(
                     &DeadLetterEntry {
                         connector: conn,
@@ -426,6 +433,7 @@ async fn write_batch(
                         content_hash: &p.hash,
                         size_bytes: p.msg.body.len() as i64,
                         delivery_count: i64::try_from(p.msg.delivery_count).unwrap_or(i64::MAX),
+                        sealed_body: Some((&sealed.0, &sealed.1)),
                     },
                     now,
                 )
@@ -519,6 +527,14 @@ async fn apply_decision(
                     now,
                 )
                 .await?;
+            if matches!(r, JobInsert::Created | JobInsert::Reactivated) {
+                // R-ANO-6: what re-identification needs for this job, sealed.
+                for (pseudonym, record) in entries_for(event, &ctx.pseudo, &job.patient_key) {
+                    tx.vault_put(&ctx.vault, &pseudonym, &record, now)
+                        .await
+                        .map_err(vault_error)?;
+                }
+            }
             let (action, reason) = match &r {
                 JobInsert::Created => ("scheduled", None),
                 JobInsert::Reactivated => ("reactivated", Some("discharge_recorded_again")),
@@ -580,6 +596,13 @@ async fn apply_decision(
                     event_time.as_millisecond(),
                 )
                 .await?;
+            if applied {
+                for (pseudonym, record) in entries_for(event, &ctx.pseudo, patient_key) {
+                    tx.vault_put(&ctx.vault, &pseudonym, &record, now)
+                        .await
+                        .map_err(vault_error)?;
+                }
+            }
             tx.audit(&AuditEntry {
                 connector: Some(conn),
                 message_id: Some(mid),
@@ -676,6 +699,19 @@ async fn apply_decision(
             .await?;
             Ok(false)
         }
+    }
+}
+
+/// The associated data a dead-letter body is sealed under: its content hash.
+pub fn dead_letter_aad(content_hash: &str) -> String {
+    format!("dl|{content_hash}")
+}
+
+/// A vault write failure as the store error the batch retry understands.
+fn vault_error(e: crate::vault::VaultError) -> StoreError {
+    match e {
+        crate::vault::VaultError::Store(s) => s,
+        _ => StoreError::Sealing,
     }
 }
 

@@ -281,7 +281,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
-            runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?;
+            let secrets = Secrets::from_env(&cfg);
+            runtime::pseudonymizer(&cfg, &secrets)?;
+            runtime::vault_cipher(&cfg, &secrets)?;
+            for w in cfg.warnings() {
+                eprintln!("warning: {w}");
+            }
             let zone = cfg.zone();
             let mut problems = 0;
             let mut counts = Vec::new();

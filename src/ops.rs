@@ -23,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use cem_pipeline::reason::DeadLetterReason;
 use jiff::tz::TimeZone;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
@@ -281,6 +281,10 @@ pub struct OpsState {
     pub zone: TimeZone,
     /// For the overdue figure (the clock due times are computed with).
     pub clock: Clock,
+    /// Verifies contactRefs and opens the vault for `POST /contact/resolve` (R-ANO-7).
+    pub vault: crate::vault::VaultCipher,
+    /// The CEM's token for `POST /contact/resolve`; without it every call gets 401.
+    pub resolve_token: Option<String>,
 }
 
 /// The ops page: static, bilingual, no data of its own.
@@ -321,12 +325,13 @@ fn router(state: OpsState) -> Router {
         .route("/", get(page))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/contact/resolve", post(crate::contact::resolve))
         .merge(data)
         .with_state(state)
 }
 
 /// Equal without an early exit on the first differing byte.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -23,6 +23,8 @@ pub struct Pruned {
     pub jobs: u64,
     pub audit: u64,
     pub dead_letters: u64,
+    pub vault: u64,
+    pub tombstones: u64,
 }
 
 impl Pruned {
@@ -32,23 +34,29 @@ impl Pruned {
             PrunedTable::Jobs => &mut self.jobs,
             PrunedTable::Audit => &mut self.audit,
             PrunedTable::DeadLetters => &mut self.dead_letters,
+            PrunedTable::Vault => &mut self.vault,
+            PrunedTable::Tombstones => &mut self.tombstones,
         };
         *slot += n;
     }
 
     pub fn total(&self) -> u64 {
-        self.inbox + self.jobs + self.audit + self.dead_letters
+        self.inbox + self.jobs + self.audit + self.dead_letters + self.vault + self.tombstones
     }
 }
 
-/// Days kept for `table`; 0 keeps rows forever.
-fn days(cfg: &RetentionConfig, table: PrunedTable) -> u32 {
-    match table {
+/// The cutoff for `table` at `now`: rows older go; `None` keeps them forever (0 days).
+fn cutoff(cfg: &RetentionConfig, table: PrunedTable, now: i64) -> Option<i64> {
+    let days = match table {
         PrunedTable::Inbox => cfg.inbox_days,
         PrunedTable::Jobs => cfg.jobs_days,
         PrunedTable::Audit => cfg.audit_days,
         PrunedTable::DeadLetters => cfg.dead_letters_days,
-    }
+        PrunedTable::Vault => cfg.vault_days,
+        // A tombstone carries its own expiry (R-CAN-2: 7 days).
+        PrunedTable::Tombstones => return Some(now),
+    };
+    (days != 0).then(|| now.saturating_sub(i64::from(days).saturating_mul(DAY_MS)))
 }
 
 /// One pass at `now`: every table, batch after batch until a batch comes back short.
@@ -61,11 +69,9 @@ pub async fn prune_once(
 ) -> Result<Pruned, StoreError> {
     let mut pruned = Pruned::default();
     for table in PrunedTable::ALL {
-        let days = days(cfg, table);
-        if days == 0 {
+        let Some(cutoff) = cutoff(cfg, table, now) else {
             continue;
-        }
-        let cutoff = now.saturating_sub(i64::from(days).saturating_mul(DAY_MS));
+        };
         loop {
             let n = store.prune_batch(table, cutoff, cfg.batch_rows).await?;
             pruned.add(table, n);
@@ -88,6 +94,7 @@ pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
         jobs_days = cfg.jobs_days,
         audit_days = cfg.audit_days,
         dead_letters_days = cfg.dead_letters_days,
+        vault_days = cfg.vault_days,
         every_minutes = cfg.interval_minutes,
         "retention started"
     );
@@ -98,6 +105,8 @@ pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
                 survey_jobs = p.jobs,
                 audit = p.audit,
                 dead_letters = p.dead_letters,
+                vault = p.vault,
+                tombstones = p.tombstones,
                 "retention pruned old rows"
             ),
             Ok(_) => debug!("retention: nothing to prune"),

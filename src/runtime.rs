@@ -19,6 +19,7 @@ use crate::ops::{self, SourceHealth};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::sink::CemSink;
 use crate::store::{Store, StoreOptions};
+use crate::vault::VaultCipher;
 
 /// A fixed, publicly known key for the demo config only (`allow_demo_key = true`).
 const DEMO_KEY: &[u8] = b"cem-bridge-demo-key: public, never use in production";
@@ -30,6 +31,12 @@ pub struct Secrets {
     pub cem_token: Option<String>,
     /// Bearer token for the ops server's data routes (`[ops] token_env`).
     pub ops_token: Option<String>,
+    /// The current vault key (`[vault] key_env`), 32 bytes.
+    pub vault_key: Option<Vec<u8>>,
+    /// Keys of earlier rotations: (key id, key).
+    pub vault_previous: Vec<(String, Vec<u8>)>,
+    /// The token the CEM presents at `POST /contact/resolve` (`[cem] resolve_token_env`).
+    pub resolve_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -69,8 +76,58 @@ impl Secrets {
                 .as_ref()
                 .and_then(|e| std::env::var(e).ok())
                 .filter(|t| !t.trim().is_empty()),
+            vault_key: std::env::var(&cfg.vault.key_env)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| key_bytes(&v)),
+            vault_previous: cfg
+                .vault
+                .previous
+                .iter()
+                .filter_map(|p| {
+                    let v = std::env::var(&p.key_env).ok()?;
+                    Some((p.key_id.clone(), key_bytes(&v)))
+                })
+                .collect(),
+            resolve_token: cfg
+                .cem
+                .resolve_token_env
+                .as_ref()
+                .and_then(|e| std::env::var(e).ok())
+                .filter(|t| !t.trim().is_empty()),
         }
     }
+}
+
+/// The vault cipher from the environment keys, or the demo key where allowed (R-ANO-6).
+pub fn vault_cipher(cfg: &Config, secrets: &Secrets) -> anyhow::Result<VaultCipher> {
+    let v = &cfg.vault;
+    let key = match &secrets.vault_key {
+        Some(k) => k.clone(),
+        None if v.allow_demo_key => {
+            warn!(
+                "no {} in the environment: using the public DEMO vault key. Names and phones in the store are NOT protected; set {} (openssl rand -hex 32) and remove allow_demo_key before real data",
+                v.key_env, v.key_env
+            );
+            <sha2::Sha256 as sha2::Digest>::digest(DEMO_KEY).to_vec()
+        }
+        None => anyhow::bail!(
+            "the vault key is missing: set the environment variable {} to 32 random bytes as 64 hex digits (e.g. `export {}=$(openssl rand -hex 32)`); it is never read from the config file",
+            v.key_env,
+            v.key_env
+        ),
+    };
+    for p in &v.previous {
+        if !secrets.vault_previous.iter().any(|(id, _)| id == &p.key_id) {
+            anyhow::bail!(
+                "[vault] previous names key id {:?}, but the environment variable {} is not set",
+                p.key_id,
+                p.key_env
+            );
+        }
+    }
+    VaultCipher::new((&v.key_id, &key), &secrets.vault_previous)
+        .with_context(|| format!("vault key from {}", v.key_env))
 }
 
 /// The pseudonymizer from the environment key, or the demo key where allowed.
@@ -159,6 +216,10 @@ pub async fn start_with_clock(
         warn!(now = %clock.now(), "the clock is shifted (CEM_BRIDGE_CLOCK_START): for tests and demos only");
     }
     let pseudo = pseudonymizer(&cfg, &secrets)?;
+    let vault = vault_cipher(&cfg, &secrets)?;
+    for w in cfg.warnings() {
+        warn!("{w}");
+    }
     let store = Store::open(
         &cfg.store.url,
         &StoreOptions {
@@ -193,6 +254,7 @@ pub async fn start_with_clock(
         mappings: mappings.clone(),
         store: store.clone(),
         pseudo,
+        vault: vault.clone(),
         tenant: cfg.tenant.clone(),
         policy: cfg.surveys.clone(),
         zone,
@@ -231,6 +293,8 @@ pub async fn start_with_clock(
                 token: ops_token,
                 zone: cfg.zone(),
                 clock,
+                vault: vault.clone(),
+                resolve_token: secrets.resolve_token.clone(),
             },
             trigger.subscribe(),
         ));
@@ -257,6 +321,8 @@ pub async fn start_with_clock(
             clock,
             owner: instance,
             wake: ctx.scheduler_wake.clone(),
+            vault,
+            contact_mode: cfg.cem.contact_mode,
         },
         trigger.subscribe(),
     ));

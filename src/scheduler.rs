@@ -17,12 +17,15 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use cem_pipeline::reid::{Caller, Purpose, VaultRecord};
+
 use crate::clock::Clock;
-use crate::config::SchedulerConfig;
+use crate::config::{ContactMode, SchedulerConfig};
 use crate::fault::{self, Point};
 use crate::shutdown::Shutdown;
 use crate::sink::CemSink;
 use crate::store::{Claimed, ClaimedJob, JobOutcome, Store};
+use crate::vault::{Access, Lookup, VaultCipher, with_member};
 
 /// Delay before attempt `attempts + 1`: initial × 2^(attempts−1), capped, with ±20 % jitter
 /// derived from the job id (deterministic, so tests can reason about it).
@@ -63,6 +66,9 @@ pub struct Scheduler {
     pub owner: String,
     /// Woken when ingest created jobs.
     pub wake: Arc<Notify>,
+    /// Makes each job's `contactRef`, or opens the mobile in `mobile` mode (R-ANO-7).
+    pub vault: VaultCipher,
+    pub contact_mode: ContactMode,
 }
 
 /// Run until shutdown; in-flight pushes are finished and recorded before returning.
@@ -75,7 +81,14 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
         clock,
         owner,
         wake,
+        vault,
+        contact_mode,
     } = scheduler;
+    let contact = Arc::new(Contact {
+        store: store.clone(),
+        vault,
+        mode: contact_mode,
+    });
     // `slots` bounds jobs claimed but not yet recorded; `http` bounds pushes in flight.
     let slots = Arc::new(Semaphore::new(cfg.claim_batch as usize * 2));
     let http = Arc::new(Semaphore::new(cfg.concurrency));
@@ -128,12 +141,20 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
                 break;
             };
             let (sink, done_tx, http) = (sink.clone(), done_tx.clone(), http.clone());
+            let contact = contact.clone();
             tasks.spawn(async move {
                 let outcome = match http.acquire_owned().await {
-                    Ok(_in_flight) => {
-                        sink.push(&idempotency_key(&job.job_id), job.payload.as_bytes())
-                            .await
-                    }
+                    Ok(_in_flight) => match contact.body(&job).await {
+                        Ok(body) => {
+                            sink.push(&idempotency_key(&job.job_id), body.as_bytes())
+                                .await
+                        }
+                        Err(detail) => SendOutcome::Retryable {
+                            status: None,
+                            retry_after: None,
+                            detail,
+                        },
+                    },
                     Err(_) => return,
                 };
                 if matches!(outcome, SendOutcome::Accepted { .. }) {
@@ -167,6 +188,47 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
     drop(done_tx);
     let _ = recorder.await;
     info!("scheduler stopped");
+}
+
+/// How a dispatch reaches the patient (R-ANO-7).
+struct Contact {
+    store: Store,
+    vault: VaultCipher,
+    mode: ContactMode,
+}
+
+impl Contact {
+    /// The stored anonymised payload plus the job's `contactRef` — or, in `mobile` mode, the
+    /// mobile from the vault (an audited `survey_delivery` lookup).
+    async fn body(&self, job: &ClaimedJob) -> Result<String, String> {
+        match self.mode {
+            ContactMode::Ref => Ok(with_member(
+                &job.payload,
+                "contactRef",
+                &self.vault.contact_ref(&job.job_id),
+            )),
+            ContactMode::Mobile => {
+                let Some(mk) = job.mobile_key.as_deref() else {
+                    return Err("the job has no mobile to send to".into());
+                };
+                let access = Access {
+                    caller: Caller::Cem,
+                    purpose: Purpose::SurveyDelivery,
+                    job_id: Some(&job.job_id),
+                };
+                match self.store.vault_lookup(&self.vault, access, mk).await {
+                    Ok(Lookup::Found(VaultRecord {
+                        mobile: Some(m), ..
+                    })) => Ok(with_member(&job.payload, "mobile", &m)),
+                    Ok(other) => Err(format!(
+                        "vault lookup for the mobile: {}",
+                        other.outcome()
+                    )),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
 }
 
 /// What the store should record for a push, given the job's attempts so far.

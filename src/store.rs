@@ -40,6 +40,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("store: cannot seal a vault record or dead-letter body with the vault key")]
+    Sealing,
 }
 
 impl StoreError {
@@ -49,6 +51,7 @@ impl StoreError {
             Self::Db { op, .. } => op,
             Self::Open { .. } | Self::UnsupportedUrl(_) | Self::CreateDir { .. } => "open",
             Self::SchemaTooNew { .. } => "migrate",
+            Self::Sealing => "seal",
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct DeadLetterEntry<'a> {
     pub content_hash: &'a str,
     pub size_bytes: i64,
     pub delivery_count: i64,
+    /// The body sealed with the vault key: (key id, nonce || ciphertext) (R-ANO-8).
+    pub sealed_body: Option<(&'a str, &'a [u8])>,
 }
 
 /// A job claimed for sending.
@@ -174,6 +179,8 @@ pub struct ClaimedJob {
     pub attempts: i64,
     pub due_at: i64,
     pub message_id: String,
+    /// `mk_…` the survey goes to.
+    pub mobile_key: Option<String>,
 }
 
 /// What a push came to, as the store records it.
@@ -442,6 +449,7 @@ impl Store {
                 attempts: r.try_get("attempts").map_err(db("read claimed jobs"))?,
                 due_at: r.try_get("due_at").map_err(db("read claimed jobs"))?,
                 message_id: r.try_get("message_id").map_err(db("read claimed jobs"))?,
+                mobile_key: r.try_get("mobile_key").map_err(db("read claimed jobs"))?,
             };
             let Some(window) = dnd_window_ms else {
                 claimed.jobs.push(job);
@@ -727,7 +735,7 @@ fn job_row(r: &AnyRow) -> Result<JobRow, sqlx::Error> {
 
 /// One ingest transaction.
 pub struct StoreTx {
-    tx: Transaction<'static, Any>,
+    pub(crate) tx: Transaction<'static, Any>,
 }
 
 impl StoreTx {
@@ -1080,8 +1088,8 @@ impl StoreTx {
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO dead_letters (at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO dead_letters (at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count, body_key_id, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(now)
         .bind(d.connector)
@@ -1091,6 +1099,8 @@ impl StoreTx {
         .bind(d.content_hash)
         .bind(d.size_bytes)
         .bind(d.delivery_count)
+        .bind(d.sealed_body.map(|b| b.0))
+        .bind(d.sealed_body.map(|b| b.1.to_vec()))
         .execute(&mut *self.tx)
         .await
         .map_err(db("record dead letter"))?;

@@ -352,10 +352,21 @@ pub enum PrunedTable {
     Audit,
     /// Dead-letter records, by `at`.
     DeadLetters,
+    /// Re-identification vault records, by `last_event_at` (R-ANO-6).
+    Vault,
+    /// Cancel-before-registration tombstones (R-CAN-2) past their `until`; not configurable.
+    Tombstones,
 }
 
 impl PrunedTable {
-    pub const ALL: [PrunedTable; 4] = [Self::Inbox, Self::Jobs, Self::Audit, Self::DeadLetters];
+    pub const ALL: [PrunedTable; 6] = [
+        Self::Inbox,
+        Self::Jobs,
+        Self::Audit,
+        Self::DeadLetters,
+        Self::Vault,
+        Self::Tombstones,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -363,6 +374,8 @@ impl PrunedTable {
             Self::Jobs => "survey_jobs",
             Self::Audit => "audit",
             Self::DeadLetters => "dead_letters",
+            Self::Vault => "vault",
+            Self::Tombstones => "tombstones",
         }
     }
 
@@ -385,6 +398,14 @@ impl PrunedTable {
             Self::DeadLetters => {
                 "DELETE FROM dead_letters WHERE id IN \
                  (SELECT id FROM dead_letters WHERE at < $1 ORDER BY id LIMIT $2)"
+            }
+            Self::Vault => {
+                "DELETE FROM vault WHERE pseudonym IN \
+                 (SELECT pseudonym FROM vault WHERE last_event_at < $1 LIMIT $2)"
+            }
+            Self::Tombstones => {
+                "DELETE FROM tombstones WHERE visit_key IN \
+                 (SELECT visit_key FROM tombstones WHERE until < $1 LIMIT $2)"
             }
         }
     }

@@ -642,6 +642,7 @@ async fn retention_runs_in_the_bridge_and_keeps_pending_jobs() {
             content_hash: "h",
             size_bytes: 1,
             delivery_count: 0,
+            sealed_body: None,
         };
         tx.dead_letter(&dl, at).await.unwrap();
     }
@@ -749,10 +750,7 @@ async fn ops_server_can_be_disabled_and_a_taken_port_fails_the_start() {
     let addr = taken.local_addr().unwrap();
     let mut setup = Setup::new("ops-taken", "http://127.0.0.1:9/unused");
     setup.ops = format!("listen = \"{addr}\"\n");
-    let secrets = cem_bridge::runtime::Secrets {
-        pseudonym_key: Some(TEST_KEY.to_vec()),
-        ..Default::default()
-    };
+    let secrets = test_secrets();
     let err = match cem_bridge::runtime::start(setup.config(), secrets).await {
         Ok(b) => {
             b.shutdown().await;
@@ -863,9 +861,8 @@ async fn non_loopback_ops_needs_the_bearer_token_for_data() {
     let mut setup = Setup::new("ops-token", "http://127.0.0.1:9/unused");
     setup.ops = "listen = \"0.0.0.0:0\"\ntoken_env = \"CEM_BRIDGE_TEST_OPS_TOKEN\"\n".into();
     let secrets = |ops_token: Option<&str>| cem_bridge::runtime::Secrets {
-        pseudonym_key: Some(TEST_KEY.to_vec()),
         ops_token: ops_token.map(str::to_string),
-        ..Default::default()
+        ..test_secrets()
     };
     let err = match cem_bridge::runtime::start(setup.config(), secrets(None)).await {
         Ok(b) => {

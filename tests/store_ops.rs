@@ -97,6 +97,7 @@ fn dead_letter<'a>(message_id: Option<&'a str>, reason: &'a str) -> DeadLetterEn
         content_hash: "h",
         size_bytes: 49,
         delivery_count: 0,
+        sealed_body: None,
     }
 }
 
@@ -339,7 +340,8 @@ async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
             inbox: 0,
             jobs: 4,
             audit: 3,
-            dead_letters: 0
+            dead_letters: 0,
+            ..Default::default()
         }
     );
     assert_eq!(rows(&db).await, (3, 3, 3, 4));
@@ -365,7 +367,8 @@ async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
             inbox: 2,
             jobs: 0,
             audit: 0,
-            dead_letters: 3
+            dead_letters: 3,
+            ..Default::default()
         }
     );
     assert_eq!(rows(&db).await, (1, 3, 3, 1));
@@ -388,7 +391,8 @@ async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
             inbox: 1,
             jobs: 2,
             audit: 3,
-            dead_letters: 1
+            dead_letters: 1,
+            ..Default::default()
         }
     );
     assert_eq!(rows(&db).await, (0, 1, 0, 0));

@@ -12,6 +12,8 @@
 //! - [`identifiers`] — Chinese identifiers: 身份证号 validation (R-ID-1), mobile numbers (R-ID-2).
 //! - [`anonymize`] — pseudonyms (R-ANO-2), masks (R-ANO-3), age bands (R-ANO-4).
 //! - [`survey`] — which survey an event triggers, when, and the anonymised CEM dispatch payload.
+//! - [`reid`] — re-identification: vault records and which (caller, purpose) may read what
+//!   (R-ANO-6).
 //! - [`reason`] — the dead-letter reason codes (R-EVT-1, R-EVT-6, EX-24).
 //! - [`time`] — HL7 / ISO timestamps interpreted in the hospital's zone (R-GEN-1).
 //!
@@ -25,5 +27,6 @@ pub mod identifiers;
 pub mod mapping;
 pub mod policy;
 pub mod reason;
+pub mod reid;
 pub mod survey;
 pub mod time;

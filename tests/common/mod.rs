@@ -23,10 +23,26 @@ use lapin::types::AMQPValue;
 
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const TEST_KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test-key";
+/// The vault key of the bridges under test (32 bytes), and as the 64 hex digits of the env.
+pub const TEST_VAULT_KEY: [u8; 32] = [0x5a; 32];
+pub const TEST_VAULT_KEY_HEX: &str =
+    "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+/// The token the test CEM presents at `POST /contact/resolve`.
+pub const TEST_RESOLVE_TOKEN: &str = "cem-resolve-token-for-tests";
 
 /// Where the bridges under test start their clock: the day after the samples' visits
 /// (2026-11-20), so outpatient and inpatient surveys are due at once and not yet stale.
 pub const CLOCK_START: &str = "2026-11-21T10:30:00+08:00";
+
+/// The secrets every in-process bridge under test starts with.
+pub fn test_secrets() -> Secrets {
+    Secrets {
+        pseudonym_key: Some(TEST_KEY.to_vec()),
+        vault_key: Some(TEST_VAULT_KEY.to_vec()),
+        resolve_token: Some(TEST_RESOLVE_TOKEN.to_string()),
+        ..Default::default()
+    }
+}
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_ADDR").unwrap_or_else(|_| AMQP.to_string())
@@ -238,6 +254,9 @@ tenant = "test"
 [pseudonym]
 key_env = "CEM_BRIDGE_TEST_KEY"
 key_id = "t1"
+[vault]
+key_env = "CEM_BRIDGE_TEST_VAULT_KEY"
+key_id = "tv1"
 [store]
 url = "{store}"
 [[source]]
@@ -252,6 +271,7 @@ batch_wait_ms = 10
 mode = "http"
 url = "{cem}"
 timeout_ms = 2000
+resolve_token_env = "CEM_BRIDGE_TEST_RESOLVE_TOKEN"
 [scheduler]
 {scheduler}
 [ops]
@@ -285,10 +305,7 @@ timeout_ms = 2000
     pub async fn start(&self) -> Bridge {
         runtime::start_with_clock(
             self.config(),
-            Secrets {
-                pseudonym_key: Some(TEST_KEY.to_vec()),
-                ..Default::default()
-            },
+            test_secrets(),
             Clock::starting_at(CLOCK_START.parse().expect("clock start")),
         )
         .await
@@ -492,6 +509,8 @@ pub fn spawn_bridge_at_level(
             "CEM_BRIDGE_TEST_KEY",
             String::from_utf8_lossy(TEST_KEY).into_owned(),
         )
+        .env("CEM_BRIDGE_TEST_VAULT_KEY", TEST_VAULT_KEY_HEX)
+        .env("CEM_BRIDGE_TEST_RESOLVE_TOKEN", TEST_RESOLVE_TOKEN)
         .env("RUST_LOG", level)
         .env("CEM_BRIDGE_CLOCK_START", CLOCK_START)
         .stdout(out.try_clone().expect("log"))
