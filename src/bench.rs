@@ -310,11 +310,13 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
     let policy = SurveyPolicy::default();
     let pseudo = Pseudonymizer::new(BENCH_KEY, "bench").context("the bench pseudonym key")?;
     let zone = cem_pipeline::time::default_zone();
+    let fields = cem_pipeline::anonymize::CemFieldPolicy::default();
     let ctx = SurveyContext {
         tenant: "bench",
         zone: &zone,
         pseudo: &pseudo,
         now: bench_clock()?.now(),
+        fields: &fields,
     };
     let mappings = cem_pipeline::mapping::builtin(&zone);
     let headers = BTreeMap::new();

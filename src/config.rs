@@ -48,6 +48,9 @@ pub struct Config {
     /// Survey policy (R-SRV, R-EXC); every key has the default of the domain rules.
     #[serde(default)]
     pub surveys: cem_pipeline::policy::SurveyPolicy,
+    /// Field-level de-identification per destination (R-ANO-1).
+    #[serde(default)]
+    pub anonymization: AnonymizationConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -75,6 +78,16 @@ pub struct PseudonymConfig {
 
 fn default_key_env() -> String {
     "CEM_BRIDGE_PSEUDONYM_KEY".into()
+}
+
+/// Field-level de-identification per destination (R-ANO-1). Only the CEM dispatch is
+/// configurable yet; the HCRM and call-center payloads (tickets) follow R-ANO-1 as written.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymizationConfig {
+    /// The CEM survey dispatch.
+    #[serde(default)]
+    pub cem: cem_pipeline::anonymize::CemFieldPolicy,
 }
 
 /// The re-identification vault (R-ANO-6). Keys are 32 bytes (64 hex digits) in the environment.

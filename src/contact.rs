@@ -63,8 +63,10 @@ pub async fn resolve(State(s): State<OpsState>, headers: HeaderMap, body: Bytes)
             "unauthorized",
             "present the CEM's token (the bridge's [cem] resolve_token_env) as Authorization: Bearer <token>",
         );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
         return r;
     }
     let req: ResolveRequest = match serde_json::from_slice(&body) {
@@ -142,21 +144,32 @@ async fn lookup(s: &OpsState, contact_ref: &str) -> Result<Response, crate::vaul
         None
     };
     if let Some(why) = gone {
-        audit_refusal(&s.store, Some(&job_id), mobile_key.as_deref(), "denied", why).await?;
+        audit_refusal(
+            &s.store,
+            Some(&job_id),
+            mobile_key.as_deref(),
+            "denied",
+            why,
+        )
+        .await?;
         return Ok(problem(StatusCode::GONE, "gone", why));
     }
     let Some(mk) = mobile_key else {
-        audit_refusal(&s.store, Some(&job_id), None, "not_found", "the job has no mobile").await?;
+        audit_refusal(
+            &s.store,
+            Some(&job_id),
+            None,
+            "not_found",
+            "the job has no mobile",
+        )
+        .await?;
         return Ok(problem(
             StatusCode::NOT_FOUND,
             "no_mobile",
             "no mobile is on file for this survey",
         ));
     };
-    let found = s
-        .store
-        .vault_lookup(&s.vault, access(&job_id), &mk)
-        .await?;
+    let found = s.store.vault_lookup(&s.vault, access(&job_id), &mk).await?;
     debug!(job_id = %job_id, outcome = found.outcome(), "contactRef resolved");
     Ok(match found {
         Lookup::Found(VaultRecord {
@@ -184,11 +197,12 @@ impl Store {
             op: "read job contact",
             source,
         };
-        let row = sqlx::query("SELECT status, due_at, mobile_key FROM survey_jobs WHERE job_id = $1")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT status, due_at, mobile_key FROM survey_jobs WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
         row.map(|r| {
             Ok((
                 r.try_get("status")?,

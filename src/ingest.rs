@@ -47,6 +47,8 @@ pub struct IngestContext {
     pub vault: crate::vault::VaultCipher,
     pub tenant: String,
     pub policy: SurveyPolicy,
+    /// How each field is treated in the CEM dispatch (R-ANO-1).
+    pub fields: cem_pipeline::anonymize::CemFieldPolicy,
     pub zone: TimeZone,
     pub clock: Clock,
     /// Woken after a commit that created jobs, so due jobs go out without waiting for a poll.
@@ -223,6 +225,7 @@ fn prepare(
             zone: &ctx.zone,
             pseudo: &ctx.pseudo,
             now,
+            fields: &ctx.fields,
         };
         // Defence in depth: a panic in a decoder must not take the process down.
         match std::panic::catch_unwind(AssertUnwindSafe(|| {

@@ -363,6 +363,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 charset: cem_pipeline::decode::Charset::from_label(&src.charset)
                     .unwrap_or_default(),
                 policy: cfg.surveys.clone(),
+                fields: cfg.anonymization.cem.clone(),
                 tenant: cfg.tenant.clone(),
                 pseudo: runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?,
                 now: cem_bridge::clock::Clock::from_env()?.now(),

@@ -78,6 +78,8 @@ pub struct MapRequest<'a> {
     pub facility: String,
     pub charset: Charset,
     pub policy: SurveyPolicy,
+    /// The CEM dispatch's field treatments (`[anonymization.cem]`).
+    pub fields: cem_pipeline::anonymize::CemFieldPolicy,
     pub tenant: String,
     pub pseudo: Pseudonymizer,
     pub now: Timestamp,
@@ -136,6 +138,7 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
         zone: &req.zone,
         pseudo: &req.pseudo,
         now: req.now,
+        fields: &req.fields,
     };
     let decision = match decide(&event, &req.policy, &ctx) {
         SurveyDecision::Schedule(job) => json!({

@@ -257,6 +257,7 @@ pub async fn start_with_clock(
         vault: vault.clone(),
         tenant: cfg.tenant.clone(),
         policy: cfg.surveys.clone(),
+        fields: cfg.anonymization.cem.clone(),
         zone,
         clock,
         scheduler_wake: Arc::new(Notify::new()),

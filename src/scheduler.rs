@@ -220,10 +220,7 @@ impl Contact {
                     Ok(Lookup::Found(VaultRecord {
                         mobile: Some(m), ..
                     })) => Ok(with_member(&job.payload, "mobile", &m)),
-                    Ok(other) => Err(format!(
-                        "vault lookup for the mobile: {}",
-                        other.outcome()
-                    )),
+                    Ok(other) => Err(format!("vault lookup for the mobile: {}", other.outcome())),
                     Err(e) => Err(e.to_string()),
                 }
             }

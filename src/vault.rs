@@ -113,7 +113,13 @@ impl VaultCipher {
         let nonce = Nonce::generate();
         let aad = Self::aad(pseudonym, &self.current);
         let ct = aes
-            .encrypt(&nonce, Payload { msg: plain, aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| VaultError::Seal)?;
         let mut out = Vec::with_capacity(NONCE_BYTES + ct.len());
         out.extend_from_slice(nonce.as_slice());
@@ -122,11 +128,19 @@ impl VaultCipher {
     }
 
     /// Open what [`seal`](Self::seal) made for `pseudonym`.
-    pub fn open(&self, pseudonym: &str, key_id: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
-        let (aes, _) = self.keys.get(key_id).ok_or_else(|| VaultError::UnknownKey {
-            pseudonym: pseudonym.to_string(),
-            key_id: key_id.to_string(),
-        })?;
+    pub fn open(
+        &self,
+        pseudonym: &str,
+        key_id: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
+        let (aes, _) = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| VaultError::UnknownKey {
+                pseudonym: pseudonym.to_string(),
+                key_id: key_id.to_string(),
+            })?;
         let tampered = || VaultError::Tampered {
             pseudonym: pseudonym.to_string(),
         };
@@ -166,7 +180,9 @@ impl VaultCipher {
         }
         self.keys
             .values()
-            .any(|(_, mac)| crate::ops::same_secret(Self::ref_tag(mac, job_id).as_bytes(), tag.as_bytes()))
+            .any(|(_, mac)| {
+                crate::ops::same_secret(Self::ref_tag(mac, job_id).as_bytes(), tag.as_bytes())
+            })
             .then(|| job_id.to_string())
     }
 }
@@ -178,7 +194,11 @@ pub fn with_member(payload: &str, name: &str, value: &str) -> String {
         return payload.to_string();
     };
     let value = serde_json::to_string(value).unwrap_or_else(|_| "\"\"".into());
-    let sep = if inner.trim_end().ends_with('{') { "" } else { "," };
+    let sep = if inner.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
     format!("{inner}{sep}\"{name}\":{value}}}")
 }
 

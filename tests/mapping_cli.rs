@@ -116,7 +116,7 @@ fn check_lists_every_mapping_error_with_its_location() {
         &dir,
         "bridge.toml",
         &format!(
-            "tenant = \"t\"\n[pseudonym]\nkey_env = \"X_NO_KEY\"\nkey_id = \"k\"\nallow_demo_key = true\n[store]\nurl = \"sqlite://{}/db\"\n[[source]]\nname = \"s\"\nurl = \"amqp://127.0.0.1\"\nqueue = \"q\"\nmappings = [\"{}\"]\n[cem]\nmode = \"shadow\"\nshadow_file = \"x.jsonl\"\n",
+            "tenant = \"t\"\n[pseudonym]\nkey_env = \"X_NO_KEY\"\nkey_id = \"k\"\nallow_demo_key = true\n[vault]\nkey_env = \"X_NO_VAULT_KEY\"\nallow_demo_key = true\n[store]\nurl = \"sqlite://{}/db\"\n[[source]]\nname = \"s\"\nurl = \"amqp://127.0.0.1\"\nqueue = \"q\"\nmappings = [\"{}\"]\n[cem]\nmode = \"shadow\"\nshadow_file = \"x.jsonl\"\n",
             dir.display(),
             maps.display()
         ),
@@ -191,6 +191,25 @@ fn map_prints_event_payload_and_decision_with_personal_data_masked() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"], "dead_letter");
     assert_eq!(v["reason"], "missing_patient_id");
+}
+
+/// Both committed schemas (`schemas/config.schema.json` too) are what the binary generates.
+#[test]
+fn committed_config_schema_matches_the_binary() {
+    let out = bridge().args(["schema", "config"]).output().unwrap();
+    assert!(out.status.success());
+    let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("schemas/config.schema.json").unwrap())
+            .unwrap();
+    assert_eq!(
+        generated, committed,
+        "schemas/config.schema.json is stale: run `cargo run -- schema config > schemas/config.schema.json`"
+    );
+    let props = generated["properties"].as_object().unwrap();
+    for k in ["vault", "anonymization", "cem", "surveys", "retention"] {
+        assert!(props.contains_key(k), "config schema lacks {k}");
+    }
 }
 
 #[test]

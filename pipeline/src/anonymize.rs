@@ -2,6 +2,7 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use jiff::civil::Date;
+use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::event::PatientId;
@@ -91,6 +92,89 @@ impl Pseudonymizer {
     pub fn mobile_key(&self, mobile: &str) -> String {
         self.pseudonym("mk_", &["mob", mobile])
     }
+}
+
+/// How each canonical field is treated in the CEM survey dispatch (R-ANO-1; config
+/// `[anonymization.cem]`). Only safe treatments exist: patient id and visit number are always
+/// pseudonymised (R-ANO-2); 身份证号, doctor names, diagnoses and the address beyond the city
+/// never leave; the mobile reaches the CEM only through `[cem] contact_mode` (R-ANO-7).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CemFieldPolicy {
+    /// `mask` (R-ANO-3: 张*明, default) or `drop`.
+    pub name: NameRule,
+    /// `age_band` (R-ANO-4, default) or `drop`. The birth date itself is never sent.
+    pub birth_date: BirthDateRule,
+    /// `keep` (default) or `drop`.
+    pub sex: KeepRule,
+    /// `city` (PID-11.3, default) or `drop`.
+    pub address: AddressRule,
+    /// Department code and name: `keep` (default) or `drop`.
+    pub department: KeepRule,
+    /// Attending doctor's code (never the name): `keep` (default) or `drop`.
+    pub doctor_code: KeepRule,
+    /// Visit start / discharge time: `hour` (truncated, default), `day` or `drop`.
+    pub visit_time: VisitTimeRule,
+}
+
+impl Default for CemFieldPolicy {
+    fn default() -> Self {
+        Self {
+            name: NameRule::Mask,
+            birth_date: BirthDateRule::AgeBand,
+            sex: KeepRule::Keep,
+            address: AddressRule::City,
+            department: KeepRule::Keep,
+            doctor_code: KeepRule::Keep,
+            visit_time: VisitTimeRule::Hour,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NameRule {
+    Mask,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BirthDateRule {
+    AgeBand,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepRule {
+    Keep,
+    Drop,
+}
+
+impl KeepRule {
+    /// `value` if kept.
+    pub fn apply<T>(self, value: Option<T>) -> Option<T> {
+        match self {
+            Self::Keep => value,
+            Self::Drop => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressRule {
+    City,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VisitTimeRule {
+    Hour,
+    Day,
+    Drop,
 }
 
 /// Lower-case hex.

@@ -107,10 +107,16 @@ impl VaultRecord {
                 .guardian_mobile
                 .clone()
                 .filter(|_| has(Field::GuardianMobile)),
-            visit_number: self.visit_number.clone().filter(|_| has(Field::VisitNumber)),
+            visit_number: self
+                .visit_number
+                .clone()
+                .filter(|_| has(Field::VisitNumber)),
             greeting: self.greeting.clone().filter(|_| has(Field::Greeting)),
             // The masked number goes with the case (R-ANO-1 HCRM column).
-            id_card_masked: self.id_card_masked.clone().filter(|_| has(Field::PatientId)),
+            id_card_masked: self
+                .id_card_masked
+                .clone()
+                .filter(|_| has(Field::PatientId)),
         }
     }
 
@@ -209,7 +215,10 @@ mod tests {
             }
         );
         let call = full.only(allowed(Caller::CallCenter, Purpose::TicketCallback).unwrap());
-        assert_eq!(call.name, None, "the call center gets a greeting, not the name");
+        assert_eq!(
+            call.name, None,
+            "the call center gets a greeting, not the name"
+        );
         assert_eq!(call.greeting.as_deref(), Some("张先生"));
         let hcrm = full.only(allowed(Caller::Hcrm, Purpose::TicketCase).unwrap());
         assert_eq!(hcrm.guardian_mobile, None);

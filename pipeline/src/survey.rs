@@ -10,7 +10,10 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::anonymize::{Pseudonymizer, age_band, age_on, hex, mask_name};
+use crate::anonymize::{
+    AddressRule, BirthDateRule, CemFieldPolicy, NameRule, Pseudonymizer, VisitTimeRule, age_band,
+    age_on, hex, mask_name,
+};
 use crate::event::{EventKind, PatientEvent};
 use crate::policy::{RuleEvent, SurveyPolicy};
 use crate::time::{rfc3339_in, truncate_to_hour};
@@ -23,6 +26,8 @@ pub struct SurveyContext<'a> {
     pub pseudo: &'a Pseudonymizer,
     /// Processing time (injectable clock).
     pub now: Timestamp,
+    /// How each field is treated in the CEM dispatch (R-ANO-1, `[anonymization.cem]`).
+    pub fields: &'a CemFieldPolicy,
 }
 
 /// Discharge disposition classes of R-EXC-8 (UB-04 codes, as the samples use).
@@ -132,7 +137,8 @@ pub struct DispatchPatient {
     pub pk: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name_masked: Option<String>,
-    pub sex: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sex: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age_band: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,8 +158,9 @@ pub struct DispatchVisit {
     pub dept_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doctor_code: Option<String>,
-    /// Visit start or discharge time, truncated to the hour (R-ANO-1).
-    pub visit_time: String,
+    /// Visit start or discharge time, truncated to the hour (R-ANO-1) or the day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visit_time: Option<String>,
 }
 
 /// R-SRV-5 job id: first 32 hex of SHA-256(`job|tenant|vk|template`). The visit key is already
@@ -371,6 +378,7 @@ pub fn decide(
     let vk = pseudo.visit_key(&visit.facility, visit.number.expose());
     let job_id = job_id(ctx.tenant, &vk, template);
     let zone = ctx.zone;
+    let f = ctx.fields;
     let payload = SurveyDispatch {
         request_id: idempotency_key(&job_id),
         job_id: job_id.clone(),
@@ -380,23 +388,36 @@ pub fn decide(
         due_at: rfc3339_in(due_at, zone),
         patient: DispatchPatient {
             pk: pk.clone(),
-            name_masked: event.patient.name.as_ref().map(|n| mask_name(n.expose())),
-            sex: event.patient.sex.code(),
-            age_band: event
-                .patient
-                .birth_date
-                .and_then(|b| age_band(b, event_date)),
-            city: event.patient.city.clone(),
+            name_masked: match f.name {
+                NameRule::Mask => event.patient.name.as_ref().map(|n| mask_name(n.expose())),
+                NameRule::Drop => None,
+            },
+            sex: f.sex.apply(Some(event.patient.sex.code())),
+            age_band: match f.birth_date {
+                BirthDateRule::AgeBand => event
+                    .patient
+                    .birth_date
+                    .and_then(|b| age_band(b, event_date)),
+                BirthDateRule::Drop => None,
+            },
+            city: match f.address {
+                AddressRule::City => event.patient.city.clone(),
+                AddressRule::Drop => None,
+            },
         },
         visit: DispatchVisit {
             vk: vk.clone(),
             event: event.kind.code(),
             visit_class: visit.class.code(),
             hospital: visit.facility.clone(),
-            dept_code: visit.dept_code.clone(),
-            dept_name: visit.dept_name.clone(),
-            doctor_code: visit.doctor_code.clone(),
-            visit_time: rfc3339_in(truncate_to_hour(anchor, zone), zone),
+            dept_code: f.department.apply(visit.dept_code.clone()),
+            dept_name: f.department.apply(visit.dept_name.clone()),
+            doctor_code: f.doctor_code.apply(visit.doctor_code.clone()),
+            visit_time: match f.visit_time {
+                VisitTimeRule::Hour => Some(rfc3339_in(truncate_to_hour(anchor, zone), zone)),
+                VisitTimeRule::Day => Some(anchor.to_zoned(zone.clone()).date().to_string()),
+                VisitTimeRule::Drop => None,
+            },
         },
     };
     SurveyDecision::Schedule(Box::new(SurveyJob {
@@ -455,11 +476,13 @@ mod tests {
 
     fn decide_with(msg: &str, now: &str, policy: &SurveyPolicy) -> SurveyDecision {
         let (z, p) = (zone(), pseudo());
+        let fields = CemFieldPolicy::default();
         let ctx = SurveyContext {
             tenant: "hxeye",
             zone: &z,
             pseudo: &p,
             now: at(now),
+            fields: &fields,
         };
         decide(&event(msg), policy, &ctx)
     }
@@ -480,6 +503,62 @@ mod tests {
             SurveyDecision::Suppress { reason, .. } => reason,
             other => panic!("expected a suppression, got {other:?}"),
         }
+    }
+
+    /// Issue 6 §1, R-ANO-1: `[anonymization.cem]` drops or generalises each field; the
+    /// defaults are R-ANO-1's (mask, age band, sex, city, department, doctor code, hour).
+    #[test]
+    fn r_ano_1_cem_field_policy_drops_or_generalises_each_field() {
+        use crate::anonymize::{AddressRule, BirthDateRule, KeepRule, NameRule, VisitTimeRule};
+        let (z, p) = (zone(), pseudo());
+        let run = |fields: &CemFieldPolicy| {
+            let ctx = SurveyContext {
+                tenant: "hxeye",
+                zone: &z,
+                pseudo: &p,
+                now: at("202611200931"),
+                fields,
+            };
+            let j = job(decide(&event(A04), &SurveyPolicy::default(), &ctx));
+            serde_json::to_value(&j.payload).unwrap()
+        };
+        let full = run(&CemFieldPolicy::default());
+        assert_eq!(full["patient"]["nameMasked"], "张*明");
+        assert_eq!(full["patient"]["ageBand"], "30-39");
+        assert_eq!(full["patient"]["sex"], "M");
+        assert_eq!(full["patient"]["city"], "上海市");
+        assert_eq!(full["visit"]["deptCode"], "OPH01");
+        assert_eq!(full["visit"]["doctorCode"], "D1024");
+        assert_eq!(full["visit"]["visitTime"], "2026-11-20T09:00:00+08:00");
+        let bare = run(&CemFieldPolicy {
+            name: NameRule::Drop,
+            birth_date: BirthDateRule::Drop,
+            sex: KeepRule::Drop,
+            address: AddressRule::Drop,
+            department: KeepRule::Drop,
+            doctor_code: KeepRule::Drop,
+            visit_time: VisitTimeRule::Drop,
+        });
+        assert_eq!(
+            bare["patient"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["pk"],
+            "{bare}"
+        );
+        let visit: Vec<_> = bare["visit"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(visit, ["event", "hospital", "visitClass", "vk"], "{bare}");
+        let day = run(&CemFieldPolicy {
+            visit_time: VisitTimeRule::Day,
+            ..Default::default()
+        });
+        assert_eq!(day["visit"]["visitTime"], "2026-11-20");
+        assert_eq!(
+            day["patient"], full["patient"],
+            "only the visit time changed"
+        );
     }
 
     #[test]

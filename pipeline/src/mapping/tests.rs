@@ -464,11 +464,13 @@ fn ex_15_xml_and_json_events_get_the_same_templates_and_times() {
     let z = zone();
     let pseudo = Pseudonymizer::new(&[7u8; 32], "k").unwrap();
     let now: jiff::Timestamp = "2026-11-20T02:00:00Z".parse().unwrap(); // 10:00 local
+    let fields = crate::anonymize::CemFieldPolicy::default();
     let ctx = SurveyContext {
         tenant: "hxeye",
         zone: &z,
         pseudo: &pseudo,
         now,
+        fields: &fields,
     };
     let opts = DecodeOptions {
         now,
