@@ -311,12 +311,14 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
     let pseudo = Pseudonymizer::new(BENCH_KEY, "bench").context("the bench pseudonym key")?;
     let zone = cem_pipeline::time::default_zone();
     let fields = cem_pipeline::anonymize::CemFieldPolicy::default();
+    let lists = cem_pipeline::lists::ExclusionLists::default();
     let ctx = SurveyContext {
         tenant: "bench",
         zone: &zone,
         pseudo: &pseudo,
         now: bench_clock()?.now(),
         fields: &fields,
+        lists: &lists,
     };
     let mappings = cem_pipeline::mapping::builtin(&zone);
     let headers = BTreeMap::new();

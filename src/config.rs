@@ -51,6 +51,9 @@ pub struct Config {
     /// Field-level de-identification per destination (R-ANO-1).
     #[serde(default)]
     pub anonymization: AnonymizationConfig,
+    /// Opt-out and staff list files (R-EXC-3, R-EXC-4), reloaded on change.
+    #[serde(default)]
+    pub lists: crate::lists::ListsConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]

@@ -47,6 +47,8 @@ pub struct IngestContext {
     pub vault: crate::vault::VaultCipher,
     pub tenant: String,
     pub policy: SurveyPolicy,
+    /// Opt-out and staff lists (R-EXC-3, R-EXC-4), swapped whole on reload.
+    pub lists: Arc<crate::lists::Lists>,
     /// How each field is treated in the CEM dispatch (R-ANO-1).
     pub fields: cem_pipeline::anonymize::CemFieldPolicy,
     pub zone: TimeZone,
@@ -220,12 +222,14 @@ fn prepare(
         // The set current now: a reload swaps whole sets, never half a message's mapping.
         let set = ctx.mappings.for_source(&src.name).unwrap_or_default();
         let set = set.as_ref();
+        let lists = ctx.lists.current();
         let survey = SurveyContext {
             tenant: &ctx.tenant,
             zone: &ctx.zone,
             pseudo: &ctx.pseudo,
             now,
             fields: &ctx.fields,
+            lists: &lists,
         };
         // Defence in depth: a panic in a decoder must not take the process down.
         match std::panic::catch_unwind(AssertUnwindSafe(|| {

@@ -26,6 +26,7 @@ pub mod contact;
 pub mod fault;
 pub mod ingest;
 pub mod inspect;
+pub mod lists;
 pub mod mapping_cli;
 pub mod mappings;
 pub mod ops;

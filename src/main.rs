@@ -282,8 +282,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
             let secrets = Secrets::from_env(&cfg);
-            runtime::pseudonymizer(&cfg, &secrets)?;
+            let pseudo = runtime::pseudonymizer(&cfg, &secrets)?;
             runtime::vault_cipher(&cfg, &secrets)?;
+            let lists = runtime::load_lists(&cfg, &pseudo)?;
             for w in cfg.warnings() {
                 eprintln!("warning: {w}");
             }
@@ -310,12 +311,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "{}: ok ({} source(s): {}; store {}, cem {:?})",
+                "{}: ok ({} source(s): {}; store {}, cem {:?}; lists: {} opt-out, {} staff)",
                 config.display(),
                 cfg.sources.len(),
                 counts.join(", "),
                 cfg.store.url,
-                cfg.cem.mode
+                cfg.cem.mode,
+                lists.opt_out.len(),
+                lists.staff.len()
             );
             Ok(())
         }
@@ -354,6 +357,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             };
             let set = cem_bridge::mappings::load(&paths, &zone)
                 .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
+            let pseudo = runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?;
             let req = mapping_cli::MapRequest {
                 mappings: &set,
                 file: &file,
@@ -365,7 +369,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 policy: cfg.surveys.clone(),
                 fields: cfg.anonymization.cem.clone(),
                 tenant: cfg.tenant.clone(),
-                pseudo: runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?,
+                lists: runtime::load_lists(&cfg, &pseudo)?,
+                pseudo,
                 now: cem_bridge::clock::Clock::from_env()?.now(),
                 reveal,
             };

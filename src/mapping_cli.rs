@@ -80,6 +80,8 @@ pub struct MapRequest<'a> {
     pub policy: SurveyPolicy,
     /// The CEM dispatch's field treatments (`[anonymization.cem]`).
     pub fields: cem_pipeline::anonymize::CemFieldPolicy,
+    /// The opt-out and staff lists of the config.
+    pub lists: cem_pipeline::lists::ExclusionLists,
     pub tenant: String,
     pub pseudo: Pseudonymizer,
     pub now: Timestamp,
@@ -139,6 +141,7 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
         pseudo: &req.pseudo,
         now: req.now,
         fields: &req.fields,
+        lists: &req.lists,
     };
     let decision = match decide(&event, &req.policy, &ctx) {
         SurveyDecision::Schedule(job) => json!({

@@ -1,4 +1,5 @@
-//! Safe hot reload of mapping files: on SIGHUP and when a mapping file changes on disk.
+//! Safe hot reload of mapping files and the opt-out / staff lists (`lists.rs`): on SIGHUP and
+//! when one of their files changes on disk.
 //!
 //! A reload compiles every source's mappings; only if all compile are they swapped in, in one
 //! step, for all sources. On any error the last good mappings stay in use, the problems are
@@ -96,6 +97,38 @@ impl Mappings {
     }
 }
 
+/// What is reloaded, and what from.
+pub struct Reloadable {
+    pub mappings: Arc<Mappings>,
+    pub sources: Vec<SourceConfig>,
+    pub zone: TimeZone,
+    pub lists: Arc<crate::lists::Lists>,
+    pub lists_cfg: crate::lists::ListsConfig,
+    pub pseudo: cem_pipeline::anonymize::Pseudonymizer,
+}
+
+impl Reloadable {
+    /// Mappings and lists, each all-or-nothing.
+    fn reload(&self, why: &str) {
+        self.mappings.reload(&self.sources, &self.zone, why);
+        self.lists
+            .reload(&self.lists_cfg, &self.pseudo, &self.zone, why);
+    }
+
+    fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+        let mut out = fingerprint(&self.sources);
+        for (_, p) in self.lists_cfg.files() {
+            let meta = std::fs::metadata(p).ok();
+            out.push((
+                p.to_path_buf(),
+                meta.as_ref().and_then(|m| m.modified().ok()),
+                meta.map(|m| m.len()).unwrap_or(0),
+            ));
+        }
+        out
+    }
+}
+
 /// What the mapping files look like on disk: (path, modified, length) of each.
 fn fingerprint(sources: &[SourceConfig]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     let mut out = Vec::new();
@@ -120,15 +153,11 @@ fn fingerprint(sources: &[SourceConfig]) -> Vec<(PathBuf, Option<SystemTime>, u6
 }
 
 /// Reload on SIGHUP and when the files change, until shutdown.
-pub async fn run(
-    mappings: Arc<Mappings>,
-    sources: Vec<SourceConfig>,
-    zone: TimeZone,
-    mut shutdown: Shutdown,
-) {
+pub async fn run(what: Reloadable, mut shutdown: Shutdown) {
+    let what = Arc::new(what);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = fingerprint(&sources);
+    let mut seen = what.fingerprint();
     gauge!("cem_bridge_mapping_reload_failed").set(0.0);
     loop {
         #[cfg(unix)]
@@ -144,16 +173,15 @@ pub async fn run(
             _ = shutdown.wait() => return,
             fired = hup_fired => if fired { "SIGHUP" } else { continue },
             _ = tokio::time::sleep(POLL) => {
-                if fingerprint(&sources) == seen {
+                if what.fingerprint() == seen {
                     continue;
                 }
                 "file change"
             }
         };
-        let (m, s, z) = (mappings.clone(), sources.clone(), zone.clone());
-        let why = why.to_string();
+        let (w, why) = (what.clone(), why.to_string());
         // Compiling reads files: keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || m.reload(&s, &z, &why)).await;
-        seen = fingerprint(&sources);
+        let _ = tokio::task::spawn_blocking(move || w.reload(&why)).await;
+        seen = what.fingerprint();
     }
 }

@@ -201,6 +201,20 @@ pub fn load_mappings(
     Ok(out)
 }
 
+/// Read the opt-out and staff lists; every problem of every file at once.
+pub fn load_lists(
+    cfg: &Config,
+    pseudo: &Pseudonymizer,
+) -> anyhow::Result<cem_pipeline::lists::ExclusionLists> {
+    crate::lists::load(&cfg.lists, pseudo, &cfg.zone()).map_err(|problems| {
+        anyhow::anyhow!(
+            "the [lists] files have {} problem(s); fix them (`cem-bridge check` lists them too):\n{}",
+            problems.len(),
+            problems.join("\n")
+        )
+    })
+}
+
 /// Start every task on the clock of `CEM_BRIDGE_CLOCK_START` (else the system clock).
 pub async fn start(cfg: Config, secrets: Secrets) -> anyhow::Result<Bridge> {
     start_with_clock(cfg, secrets, Clock::from_env()?).await
@@ -217,6 +231,7 @@ pub async fn start_with_clock(
     }
     let pseudo = pseudonymizer(&cfg, &secrets)?;
     let vault = vault_cipher(&cfg, &secrets)?;
+    let lists = Arc::new(crate::lists::Lists::new(load_lists(&cfg, &pseudo)?));
     for w in cfg.warnings() {
         warn!("{w}");
     }
@@ -253,8 +268,9 @@ pub async fn start_with_clock(
     let ctx = Arc::new(IngestContext {
         mappings: mappings.clone(),
         store: store.clone(),
-        pseudo,
+        pseudo: pseudo.clone(),
         vault: vault.clone(),
+        lists: lists.clone(),
         tenant: cfg.tenant.clone(),
         policy: cfg.surveys.clone(),
         fields: cfg.anonymization.cem.clone(),
@@ -270,9 +286,14 @@ pub async fn start_with_clock(
         trigger.subscribe(),
     ))];
     background.push(tokio::spawn(crate::reload::run(
-        mappings.clone(),
-        cfg.sources.clone(),
-        cfg.zone(),
+        crate::reload::Reloadable {
+            mappings: mappings.clone(),
+            sources: cfg.sources.clone(),
+            zone: cfg.zone(),
+            lists: lists.clone(),
+            lists_cfg: cfg.lists.clone(),
+            pseudo,
+        },
         trigger.subscribe(),
     )));
     let mut ops_addr = None;
@@ -324,6 +345,7 @@ pub async fn start_with_clock(
             wake: ctx.scheduler_wake.clone(),
             vault,
             contact_mode: cfg.cem.contact_mode,
+            lists,
         },
         trigger.subscribe(),
     ));

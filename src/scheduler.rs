@@ -47,7 +47,8 @@ pub fn backoff(cfg: &SchedulerConfig, job_id: &str, attempts: i64) -> Duration {
 /// outcome is recorded, so claimed-but-unrecorded jobs stay bounded.
 struct Finished {
     job: ClaimedJob,
-    outcome: SendOutcome,
+    /// The push's outcome, or the exclusion (reason, rule) that stopped it at send time.
+    outcome: Result<SendOutcome, (&'static str, &'static str)>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -69,6 +70,8 @@ pub struct Scheduler {
     /// Makes each job's `contactRef`, or opens the mobile in `mobile` mode (R-ANO-7).
     pub vault: VaultCipher,
     pub contact_mode: ContactMode,
+    /// Opt-out and staff lists as they are now (re-checked at send time, R-SRV-6).
+    pub lists: Arc<crate::lists::Lists>,
 }
 
 /// Run until shutdown; in-flight pushes are finished and recorded before returning.
@@ -83,6 +86,7 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
         wake,
         vault,
         contact_mode,
+        lists,
     } = scheduler;
     let contact = Arc::new(Contact {
         store: store.clone(),
@@ -136,10 +140,21 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
                 .increment(claimed.suppressed as u64);
         }
         let got = claimed.jobs.len() + claimed.suppressed;
+        let lists_now = lists.current();
         for job in claimed.jobs {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
+            if let Some(excluded) = send_time_exclusion(&job, &lists_now) {
+                let _ = done_tx
+                    .send(Finished {
+                        job,
+                        outcome: Err(excluded),
+                        _permit: slot,
+                    })
+                    .await;
+                continue;
+            }
             let (sink, done_tx, http) = (sink.clone(), done_tx.clone(), http.clone());
             let contact = contact.clone();
             tasks.spawn(async move {
@@ -163,7 +178,7 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
                 let _ = done_tx
                     .send(Finished {
                         job,
-                        outcome,
+                        outcome: Ok(outcome),
                         _permit: slot,
                     })
                     .await;
@@ -228,14 +243,37 @@ impl Contact {
     }
 }
 
+/// R-SRV-6: the exclusions that can change between scheduling and sending — the opt-out and
+/// staff lists (R-EXC-3/4) and a contact removed by a later update (R-EXC-7). Deaths cancel
+/// pending jobs when they are recorded (R-EXC-1); do-not-disturb is checked at claim.
+fn send_time_exclusion(
+    job: &ClaimedJob,
+    lists: &cem_pipeline::lists::ExclusionLists,
+) -> Option<(&'static str, &'static str)> {
+    let Some(mk) = job.mobile_key.as_deref() else {
+        return Some(("no_mobile", "R-EXC-7"));
+    };
+    lists.check(&job.patient_key, job.id_card_key.as_deref(), Some(mk))
+}
+
 /// What the store should record for a push, given the job's attempts so far.
 fn decide_outcome(
     cfg: &SchedulerConfig,
     job: &ClaimedJob,
-    outcome: &SendOutcome,
+    outcome: &Result<SendOutcome, (&'static str, &'static str)>,
     now: i64,
 ) -> JobOutcome {
     let job_id = job.job_id.clone();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err((reason, rule)) => {
+            return JobOutcome::Suppressed {
+                job_id,
+                reason,
+                rule,
+            };
+        }
+    };
     match outcome {
         SendOutcome::Accepted { status } => JobOutcome::Sent {
             job_id,
@@ -316,8 +354,10 @@ async fn record_outcomes(
 /// Metrics and logs for one recorded outcome.
 fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
     let job = &f.job;
-    counter!("cem_bridge_sink_requests_total", "sink" => "cem", "outcome" => f.outcome.label())
-        .increment(1);
+    if let Ok(pushed) = &f.outcome {
+        counter!("cem_bridge_sink_requests_total", "sink" => "cem", "outcome" => pushed.label())
+            .increment(1);
+    }
     if !applied {
         debug!(job_id = %job.job_id, "outcome not recorded: the lease had passed to another claim");
         return;
@@ -341,6 +381,11 @@ fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
         } => {
             counter!("cem_bridge_survey_decisions_total", "decision" => "dead", "reason" => *reason).increment(1);
             warn!(job_id = %job.job_id, attempts = job.attempts, status = ?status, reason, detail = %error, "survey push given up; job is dead");
+        }
+        JobOutcome::Suppressed { reason, rule, .. } => {
+            counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => *reason)
+                .increment(1);
+            info!(job_id = %job.job_id, message_id = %job.message_id, reason, rule, "survey suppressed at send time");
         }
     }
 }

@@ -185,6 +185,9 @@ pub struct ClaimedJob {
     pub message_id: String,
     /// `mk_…` the survey goes to.
     pub mobile_key: Option<String>,
+    /// `pk_…` and `ik_…`, for the send-time exclusions (R-SRV-6).
+    pub patient_key: String,
+    pub id_card_key: Option<String>,
 }
 
 /// What a push came to, as the store records it.
@@ -205,6 +208,12 @@ pub enum JobOutcome {
         status: Option<u16>,
         reason: &'static str,
         error: String,
+    },
+    /// An exclusion found at send time (R-SRV-6): not pushed, reservation released.
+    Suppressed {
+        job_id: String,
+        reason: &'static str,
+        rule: &'static str,
     },
 }
 
@@ -454,6 +463,8 @@ impl Store {
                 due_at: r.try_get("due_at").map_err(db("read claimed jobs"))?,
                 message_id: r.try_get("message_id").map_err(db("read claimed jobs"))?,
                 mobile_key: r.try_get("mobile_key").map_err(db("read claimed jobs"))?,
+                patient_key: r.try_get("patient_key").map_err(db("read claimed jobs"))?,
+                id_card_key: r.try_get("id_card_key").map_err(db("read claimed jobs"))?,
             };
             let Some(window) = dnd_window_ms else {
                 claimed.jobs.push(job);
@@ -538,6 +549,14 @@ impl Store {
                 .bind(error.as_str())
                 .bind(job_id.as_str())
                 .bind(owner),
+                JobOutcome::Suppressed { job_id, reason, .. } => sqlx::query(
+                    "UPDATE survey_jobs SET status = 'suppressed', reason = $1, locked_until = 0, updated_at = $2 \
+                     WHERE job_id = $3 AND lock_owner = $4 AND status = 'pending'",
+                )
+                .bind(*reason)
+                .bind(now)
+                .bind(job_id.as_str())
+                .bind(owner),
             }
             .execute(&mut *tx.tx)
             .await
@@ -566,6 +585,17 @@ impl Store {
                         Some("R-SRV-6"),
                         Some(*reason),
                         error.clone(),
+                    ),
+                    JobOutcome::Suppressed {
+                        job_id,
+                        reason,
+                        rule,
+                    } => (
+                        job_id,
+                        "suppressed",
+                        Some(*rule),
+                        Some(*reason),
+                        "found at send time (R-SRV-6)".to_string(),
                     ),
                 };
                 tx.audit(&AuditEntry {
@@ -1189,7 +1219,8 @@ async fn touch_follow_up(tx: &mut StoreTx, o: &JobOutcome, now: i64) -> Result<(
             job_id,
             reason: "rejected",
             ..
-        } => {
+        }
+        | JobOutcome::Suppressed { job_id, .. } => {
             sqlx::query("DELETE FROM touches WHERE job_id = $1")
                 .bind(job_id.as_str())
                 .execute(&mut *tx.tx)

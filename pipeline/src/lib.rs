@@ -10,6 +10,7 @@
 //!   engineers' YAML → [`event::PatientEvent`]).
 //! - [`event`] — the canonical [`event::PatientEvent`] every decoder produces.
 //! - [`identifiers`] — Chinese identifiers: 身份证号 validation (R-ID-1), mobile numbers (R-ID-2).
+//! - [`lists`] — opt-out and staff lists as pseudonyms (R-EXC-3, R-EXC-4).
 //! - [`anonymize`] — pseudonyms (R-ANO-2), masks (R-ANO-3), age bands (R-ANO-4).
 //! - [`survey`] — which survey an event triggers, when, and the anonymised CEM dispatch payload.
 //! - [`reid`] — re-identification: vault records and which (caller, purpose) may read what
@@ -24,6 +25,7 @@ pub mod anonymize;
 pub mod decode;
 pub mod event;
 pub mod identifiers;
+pub mod lists;
 pub mod mapping;
 pub mod policy;
 pub mod reason;

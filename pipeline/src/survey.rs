@@ -15,6 +15,7 @@ use crate::anonymize::{
     age_on, hex, mask_name,
 };
 use crate::event::{EventKind, PatientEvent};
+use crate::lists::ExclusionLists;
 use crate::policy::{RuleEvent, SurveyPolicy};
 use crate::time::{rfc3339_in, truncate_to_hour};
 
@@ -28,6 +29,8 @@ pub struct SurveyContext<'a> {
     pub now: Timestamp,
     /// How each field is treated in the CEM dispatch (R-ANO-1, `[anonymization.cem]`).
     pub fields: &'a CemFieldPolicy,
+    /// Opt-out and staff lists (R-EXC-3, R-EXC-4).
+    pub lists: &'a ExclusionLists,
 }
 
 /// Discharge disposition classes of R-EXC-8 (UB-04 codes, as the samples use).
@@ -335,7 +338,24 @@ pub fn decide(
     ) {
         return suppress("disposition_excluded", "R-EXC-2");
     }
-    // 5 opted_out, 6 staff: lists held in the store (not decided here).
+    // 5 opted_out, 6 staff (R-EXC-3, R-EXC-4): on the keys the survey would use.
+    let pseudo = ctx.pseudo;
+    let minor = is_minor(event, policy, ctx.zone);
+    let would_contact = if minor {
+        event.patient.guardian_mobile.as_ref()
+    } else {
+        event.patient.mobile.as_ref()
+    };
+    let pk = pseudo.patient_key(&event.patient.id);
+    let ik = event
+        .patient
+        .id_card
+        .as_ref()
+        .map(|i| pseudo.id_card_key(i.expose()));
+    let mk = would_contact.map(|m| pseudo.mobile_key(m.expose()));
+    if let Some((reason, rule)) = ctx.lists.check(&pk, ik.as_deref(), mk.as_deref()) {
+        return suppress(reason, rule);
+    }
     // 7 vip (R-EXC-5)
     let vip =
         visit.vip_indicator.as_deref().is_some_and(|v| {
@@ -351,16 +371,11 @@ pub fn decide(
     }
     // 8 minor_no_guardian (R-EXC-6): unknown age counts as adult.
     let event_date = event.event_time.to_zoned(ctx.zone.clone()).date();
-    let contact = if is_minor(event, policy, ctx.zone) {
-        match &event.patient.guardian_mobile {
-            Some(m) => Some(m),
-            None => return suppress("minor_no_guardian", "R-EXC-6"),
-        }
-    } else {
-        event.patient.mobile.as_ref()
-    };
+    if minor && would_contact.is_none() {
+        return suppress("minor_no_guardian", "R-EXC-6");
+    }
     // 9 no_mobile (R-EXC-7)
-    let Some(contact) = contact else {
+    let Some(mobile_key) = mk else {
         return suppress("no_mobile", "R-EXC-7");
     };
     // 10 stale_event (R-SRV-4)
@@ -368,13 +383,11 @@ pub fn decide(
     if ctx.now > stale_after {
         return suppress("stale_event", "R-SRV-4");
     }
-    let pseudo = ctx.pseudo;
     let template = &rule.template;
     let channel = rule
         .channel
         .clone()
         .unwrap_or_else(|| policy.channel.clone());
-    let pk = pseudo.patient_key(&event.patient.id);
     let vk = pseudo.visit_key(&visit.facility, visit.number.expose());
     let job_id = job_id(ctx.tenant, &vk, template);
     let zone = ctx.zone;
@@ -426,12 +439,8 @@ pub fn decide(
         due_at,
         patient_key: pk,
         visit_key: vk,
-        id_card_key: event
-            .patient
-            .id_card
-            .as_ref()
-            .map(|i| pseudo.id_card_key(i.expose())),
-        mobile_key: pseudo.mobile_key(contact.expose()),
+        id_card_key: ik,
+        mobile_key,
         payload,
     }))
 }
@@ -483,6 +492,7 @@ mod tests {
             pseudo: &p,
             now: at(now),
             fields: &fields,
+            lists: &ExclusionLists::default(),
         };
         decide(&event(msg), policy, &ctx)
     }
@@ -518,6 +528,7 @@ mod tests {
                 pseudo: &p,
                 now: at("202611200931"),
                 fields,
+                lists: &ExclusionLists::default(),
             };
             let j = job(decide(&event(A04), &SurveyPolicy::default(), &ctx));
             serde_json::to_value(&j.payload).unwrap()

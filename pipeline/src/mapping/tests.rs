@@ -471,6 +471,7 @@ fn ex_15_xml_and_json_events_get_the_same_templates_and_times() {
         pseudo: &pseudo,
         now,
         fields: &fields,
+        lists: &Default::default(),
     };
     let opts = DecodeOptions {
         now,
