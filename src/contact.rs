@@ -55,8 +55,8 @@ pub async fn resolve(State(s): State<OpsState>, headers: HeaderMap, body: Bytes)
         _ => false,
     };
     if !authorised {
-        counter!("cem_bridge_vault_lookups_total", "caller" => "cem", "purpose" => "survey_delivery",
-                 "outcome" => "unauthorized")
+        counter!("cem_bridge_reid_lookups_total", "caller" => "cem", "purpose" => "survey_delivery",
+                 "outcome" => "denied")
         .increment(1);
         let mut r = problem(
             StatusCode::UNAUTHORIZED,
@@ -112,7 +112,7 @@ async fn audit_refusal(
     })
     .await?;
     tx.commit().await?;
-    counter!("cem_bridge_vault_lookups_total", "caller" => "cem", "purpose" => "survey_delivery",
+    counter!("cem_bridge_reid_lookups_total", "caller" => "cem", "purpose" => "survey_delivery",
              "outcome" => outcome)
     .increment(1);
     Ok(())

@@ -536,7 +536,9 @@ async fn apply_decision(
                 .await?;
             if matches!(r, JobInsert::Created | JobInsert::Reactivated) {
                 // R-ANO-6: what re-identification needs for this job, sealed.
-                for (pseudonym, record) in entries_for(event, &ctx.pseudo, &job.patient_key) {
+                // Under the event's own pk: after a merge (R-CAN-6) the survivor's record keeps
+                // the survivor's identity.
+                for (pseudonym, record) in entries_for(event, &ctx.pseudo, &pk) {
                     tx.vault_put(&ctx.vault, &pseudonym, &record, now)
                         .await
                         .map_err(vault_error)?;
@@ -631,6 +633,39 @@ async fn apply_decision(
                 }
             }
             Ok(false)
+        }
+        SurveyDecision::Reanchor { visit_key, due_at } => {
+            let due = cem_pipeline::time::rfc3339_in(*due_at, &ctx.zone);
+            let moved = tx
+                .reanchor_visit(visit_key, due_at.as_millisecond(), &due, now)
+                .await?;
+            for job_id in &moved {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    job_id: Some(job_id),
+                    patient_key: Some(&pk),
+                    action: "rescheduled",
+                    rule: Some("R-SRV-2"),
+                    reason: Some("visit_ended"),
+                    detail: Some(&format!("due {due}")),
+                })
+                .await?;
+            }
+            if moved.is_empty() {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    patient_key: Some(&pk),
+                    action: "recorded",
+                    rule: Some("R-SRV-2"),
+                    reason: Some("no_pending_survey"),
+                    detail: Some("outpatient visit end with no pending survey to re-anchor"),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Ok(!moved.is_empty())
         }
         SurveyDecision::Cancel {
             visit_key,

@@ -214,7 +214,10 @@ pub fn dead_letter_detail(
         ("size", format!("{} bytes", r.size_bytes)),
         ("sha-256", r.content_hash.clone()),
         ("earlier deliveries", r.delivery_count.to_string()),
-        ("body", format!("not stored; it is in {body_at}")),
+        (
+            "body",
+            format!("sealed in the store (vault key); the original is in {body_at}"),
+        ),
     ];
     let mut out = String::new();
     for (k, v) in rows {

@@ -164,6 +164,11 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
             survivor_key,
             merged_key,
         } => json!({ "decision": "merge", "survivor_key": survivor_key, "merged_key": merged_key }),
+        SurveyDecision::Reanchor { visit_key, due_at } => json!({
+            "decision": "reanchor",
+            "visit_key": visit_key,
+            "due_at": cem_pipeline::time::rfc3339_in(due_at, &req.zone),
+        }),
         SurveyDecision::Cancel {
             visit_key,
             reason,

@@ -58,6 +58,17 @@ pub fn key_bytes(value: &str) -> Vec<u8> {
     }
 }
 
+/// A vault key: exactly 64 hex digits, else empty (refused with a clear message): a
+/// passphrase of 32 characters must not pass as an AES-256 key.
+fn vault_key_bytes(value: &str) -> Vec<u8> {
+    let v = value.trim();
+    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        key_bytes(v)
+    } else {
+        Vec::new()
+    }
+}
+
 impl Secrets {
     pub fn from_env(cfg: &Config) -> Self {
         Self {
@@ -79,14 +90,14 @@ impl Secrets {
             vault_key: std::env::var(&cfg.vault.key_env)
                 .ok()
                 .filter(|v| !v.trim().is_empty())
-                .map(|v| key_bytes(&v)),
+                .map(|v| vault_key_bytes(&v)),
             vault_previous: cfg
                 .vault
                 .previous
                 .iter()
                 .filter_map(|p| {
                     let v = std::env::var(&p.key_env).ok()?;
-                    Some((p.key_id.clone(), key_bytes(&v)))
+                    Some((p.key_id.clone(), vault_key_bytes(&v)))
                 })
                 .collect(),
             resolve_token: cfg
@@ -117,6 +128,12 @@ pub fn vault_cipher(cfg: &Config, secrets: &Secrets) -> anyhow::Result<VaultCiph
             v.key_env
         ),
     };
+    if key.len() != crate::vault::KEY_BYTES {
+        anyhow::bail!(
+            "{} must hold exactly 64 hex digits (32 random bytes: `openssl rand -hex 32`)",
+            v.key_env
+        );
+    }
     for p in &v.previous {
         if !secrets.vault_previous.iter().any(|(id, _)| id == &p.key_id) {
             anyhow::bail!(
@@ -234,6 +251,13 @@ pub async fn start_with_clock(
     let lists = Arc::new(crate::lists::Lists::new(load_lists(&cfg, &pseudo)?));
     for w in cfg.warnings() {
         warn!("{w}");
+    }
+    if let Some(var) = &cfg.cem.resolve_token_env
+        && secrets.resolve_token.is_none()
+    {
+        warn!(
+            "[cem] resolve_token_env names {var}, which is not set: POST /contact/resolve answers 401 to everyone until it is"
+        );
     }
     let store = Store::open(
         &cfg.store.url,

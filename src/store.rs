@@ -874,6 +874,50 @@ impl StoreTx {
         audit_in(&mut self.tx, e).await
     }
 
+    /// R-SRV-2: move the visit's pending jobs that are not in flight to `due_at` (and the
+    /// `dueAt` of their payload to `due_text`); the moved job ids.
+    pub async fn reanchor_visit(
+        &mut self,
+        visit_key: &str,
+        due_at: i64,
+        due_text: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT job_id, payload FROM survey_jobs WHERE visit_key = $1 AND status = 'pending' AND locked_until <= $2",
+        )
+        .bind(visit_key)
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(db("read jobs to re-anchor"))?;
+        let mut moved = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let job_id: String = r.try_get("job_id").map_err(db("read jobs to re-anchor"))?;
+            let payload: String = r.try_get("payload").map_err(db("read jobs to re-anchor"))?;
+            let payload = match serde_json::from_str::<serde_json::Value>(&payload) {
+                Ok(mut v) => {
+                    v["dueAt"] = serde_json::Value::String(due_text.to_string());
+                    v.to_string()
+                }
+                Err(_) => payload,
+            };
+            sqlx::query(
+                "UPDATE survey_jobs SET due_at = $1, next_attempt_at = $1, payload = $2, updated_at = $3 \
+                 WHERE job_id = $4 AND status = 'pending'",
+            )
+            .bind(due_at)
+            .bind(payload)
+            .bind(now)
+            .bind(job_id.as_str())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("re-anchor job"))?;
+            moved.push(job_id);
+        }
+        Ok(moved)
+    }
+
     /// Cancel the visit's pending jobs (R-CAN-1, R-CAN-3), releasing any do-not-disturb
     /// reservation they held, and list the jobs already sent.
     pub async fn cancel_visit(

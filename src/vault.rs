@@ -331,7 +331,7 @@ impl Store {
         })
         .await?;
         tx.commit().await?;
-        metrics::counter!("cem_bridge_vault_lookups_total", "caller" => access.caller.code(),
+        metrics::counter!("cem_bridge_reid_lookups_total", "caller" => access.caller.code(),
                           "purpose" => access.purpose.code(), "outcome" => outcome)
         .increment(1);
         result

@@ -366,7 +366,10 @@ fn missing_or_short_vault_key_refuses_to_start() {
     );
     let (ok, err) = run(Some("abcd"));
     assert!(!ok);
-    assert!(err.contains("exactly 32"), "{err}");
+    assert!(err.contains("exactly 64 hex digits"), "{err}");
+    let (ok, err) = run(Some("a 32-character passphrase!!!!!!!"));
+    assert!(!ok, "a passphrase is not a key");
+    assert!(err.contains("exactly 64 hex digits"), "{err}");
     let (ok, err) = run(Some(TEST_VAULT_KEY_HEX));
     assert!(ok, "{err}");
     let _ = std::fs::remove_dir_all(&setup.dir);

@@ -171,6 +171,48 @@ async fn cancel_after_send_is_recorded_only() {
     cleanup(&setup).await;
 }
 
+/// R-SRV-2: an outpatient visit's survey is due 2 h after the registration's PV1-44 until an
+/// A03 for the same visit (PV1-2 = O) says when the visit ended: then PV1-45 + 2 h, in the job
+/// and in the payload's `dueAt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_srv_2_outpatient_a03_reanchors_the_pending_survey() {
+    let cem = Recorder::start().await;
+    // Registered 11-21 10:00 (the test clock starts 10:30) → due 12:00, pending.
+    let a04 = sample("hl7v2/adt_a04_outpatient_registration.hl7")
+        .replace("|20261120093000", "|20261121100000");
+    let a03 = a04
+        .replace("ADT^A04^ADT_A01", "ADT^A03^ADT_A03")
+        .replace("EVN|A04|", "EVN|A03|")
+        .replace("MSG20261120093015001", "MSG-A03-OUTPATIENT")
+        .replace("|20261121100000\r", "|20261121100000|20261121113000\r");
+    assert!(a03.contains("|20261121113000"), "PV1-45 set");
+    let (setup, bridge) = run_sequence("reanchor", &cem, &[&a04, &a03]).await;
+    let jobs = bridge.store.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].status, "pending");
+    let due = jiff::Timestamp::from_millisecond(jobs[0].due_at).unwrap();
+    assert_eq!(
+        cem_pipeline::time::rfc3339_in(due, &cem_pipeline::time::default_zone()),
+        "2026-11-21T13:30:00+08:00",
+        "11:30 + 2 h"
+    );
+    let payload: serde_json::Value = serde_json::from_str(&jobs[0].payload).unwrap();
+    assert_eq!(payload["dueAt"], "2026-11-21T13:30:00+08:00");
+    let audit = bridge
+        .store
+        .audit(Some("MSG-A03-OUTPATIENT"))
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "rescheduled" && a.rule.as_deref() == Some("R-SRV-2")),
+        "{audit:?}"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
 /// The A03 sample discharged on 2026-11-21 09:00, so its survey is due 11-22 10:00 and stays
 /// pending on the test clock.
 fn a03_pending() -> String {

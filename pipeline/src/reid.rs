@@ -23,7 +23,7 @@ impl Caller {
         match self {
             Self::Cem => "cem",
             Self::Hcrm => "hcrm",
-            Self::CallCenter => "call_center",
+            Self::CallCenter => "callcenter",
         }
     }
 }

@@ -83,6 +83,12 @@ pub enum SurveyDecision {
         survivor_key: String,
         merged_key: String,
     },
+    /// R-SRV-2: an outpatient A03 (end of the visit) moves the visit's pending survey to the
+    /// visit end + the outpatient delay.
+    Reanchor {
+        visit_key: String,
+        due_at: Timestamp,
+    },
     /// A11 / A13: cancel the visit's pending surveys (R-CAN-1, R-CAN-3).
     Cancel {
         visit_key: String,
@@ -319,6 +325,20 @@ pub fn decide(
     let Some(visit) = &event.visit else {
         return suppress("no_rule", "R-SRV-1");
     };
+    // R-SRV-2: an A03 for an outpatient visit marks the end of the visit: the registration's
+    // survey is re-anchored to it (the store applies it to a pending job only).
+    if event.kind == EventKind::Discharged
+        && visit.class == crate::event::PatientClass::Outpatient
+        && let Some(end) = visit.discharge
+    {
+        let due = end
+            .checked_add(SignedDuration::from_mins(policy.outpatient_delay_minutes))
+            .unwrap_or(end);
+        return SurveyDecision::Reanchor {
+            visit_key: ctx.pseudo.visit_key(&visit.facility, visit.number.expose()),
+            due_at: shift_out_of_quiet_hours(due.max(ctx.now), policy, ctx.zone),
+        };
+    }
     let Some(rule) = policy.rule_for(rule_event, visit.class.code(), visit.dept_code.as_deref())
     else {
         return suppress("no_rule", "R-SRV-1");
@@ -512,6 +532,30 @@ mod tests {
         match d {
             SurveyDecision::Suppress { reason, .. } => reason,
             other => panic!("expected a suppression, got {other:?}"),
+        }
+    }
+
+    /// R-SRV-2: an outpatient A03 re-anchors the visit's survey to PV1-45 + 2 h.
+    #[test]
+    fn r_srv_2_outpatient_a03_reanchors_to_the_visit_end_plus_two_hours() {
+        let a03_o = A03.replace("PV1|1|I|", "PV1|1|O|");
+        match decide_at(&a03_o, "202611201600") {
+            SurveyDecision::Reanchor { visit_key, due_at } => {
+                assert_eq!(local(due_at), "2026-11-20T17:55:00+08:00", "15:55 + 2 h");
+                assert_eq!(
+                    visit_key,
+                    pseudo().visit_key("HXEYE_SH01", "Z2026111500087")
+                );
+            }
+            other => panic!("expected a re-anchor, got {other:?}"),
+        }
+        // Quiet hours still apply (R-SRV-3): ended 19:30 → 21:30 → next morning 09:00.
+        let late = a03_o.replace("|20261120155500", "|20261120193000");
+        match decide_at(&late, "202611201600") {
+            SurveyDecision::Reanchor { due_at, .. } => {
+                assert_eq!(local(due_at), "2026-11-21T09:00:00+08:00")
+            }
+            other => panic!("expected a re-anchor, got {other:?}"),
         }
     }
 
