@@ -516,3 +516,53 @@ async fn leak_test_no_sample_value_in_requests_logs_metrics_dead_letter_headers_
     pool.close().await;
     cleanup(&setup).await;
 }
+
+/// R-ANO-7: a reference to a survey that was cancelled before sending resolves to nothing:
+/// 410, audited `denied`, no mobile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_ref_of_a_cancelled_survey_is_gone() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("contactgone", &cem.url());
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    // Queued before the start, so the cancel lands in the same batch, before any push.
+    publish_many(
+        &setup.queue,
+        &[
+            read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"),
+            read_fixture("hl7v2/adt_a11_cancel_registration.hl7"),
+        ],
+    )
+    .await;
+    let bridge = setup.start().await;
+    let store = bridge.store.clone();
+    let job = wait_for(20, "the cancelled job", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.jobs().await.ok()?;
+            jobs.into_iter().find(|j| j.status == "cancelled")
+        }
+    })
+    .await;
+    let cipher = VaultCipher::new(("tv1", &TEST_VAULT_KEY), &[]).unwrap();
+    let base = format!("http://{}", bridge.ops_addr().expect("ops server"));
+    let (status, body) = resolve(
+        &base,
+        Some(TEST_RESOLVE_TOKEN),
+        &resolve_body(&cipher.contact_ref(&job.job_id)),
+    )
+    .await;
+    assert_eq!(status, 410, "{body}");
+    assert!(body.get("mobile").is_none());
+    assert!(cem.requests().is_empty());
+    let audit = bridge.store.audit(Some(&job.job_id)).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "vault_lookup" && a.reason.as_deref() == Some("denied")),
+        "{audit:?}"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}

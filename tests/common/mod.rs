@@ -84,8 +84,12 @@ where
 {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Some(v) = f().await {
-            return v;
+        // A probe that never answers (a broker call stuck under load) must not hang the test.
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        match tokio::time::timeout(left, f()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {secs} s waiting for: {what} (the probe hung)"),
         }
         if Instant::now() > deadline {
             panic!("timed out after {secs} s waiting for: {what}");
