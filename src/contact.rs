@@ -20,7 +20,7 @@ use sqlx::Row;
 use tracing::{debug, warn};
 
 use crate::ops::{OpsState, same_secret};
-use crate::store::{AuditEntry, Store, StoreError};
+use crate::store::{AuditEntry, Store, StoreError, db};
 use crate::vault::{Access, CONTACT_REF_VALID_MS, Lookup};
 
 #[derive(Deserialize)]
@@ -193,16 +193,12 @@ impl Store {
         &self,
         job_id: &str,
     ) -> Result<Option<(String, i64, Option<String>)>, StoreError> {
-        let db = |source| StoreError::Db {
-            op: "read job contact",
-            source,
-        };
         let row =
             sqlx::query("SELECT status, due_at, mobile_key FROM survey_jobs WHERE job_id = $1")
                 .bind(job_id)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(db)?;
+                .map_err(db("read job contact"))?;
         row.map(|r| {
             Ok((
                 r.try_get("status")?,
@@ -211,6 +207,6 @@ impl Store {
             ))
         })
         .transpose()
-        .map_err(db)
+        .map_err(db("read job contact"))
     }
 }

@@ -56,7 +56,7 @@ impl StoreError {
     }
 }
 
-fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
 }
 

@@ -11,11 +11,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::store::{Store, StoreError};
-
-fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Db { op, source }
-}
+use crate::store::{Store, StoreError, db};
 
 /// Pending survey jobs, for the `cem_bridge_survey_pending` and
 /// `cem_bridge_survey_oldest_overdue_seconds` gauges.

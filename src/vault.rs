@@ -21,7 +21,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sqlx::Row;
 
-use crate::store::{AuditEntry, Store, StoreError, StoreTx};
+use crate::store::{AuditEntry, Store, StoreError, StoreTx, db};
 
 /// AES-256 keys are exactly this long.
 pub const KEY_BYTES: usize = 32;
@@ -225,10 +225,7 @@ impl StoreTx {
         .bind(now)
         .execute(&mut *self.tx)
         .await
-        .map_err(|source| StoreError::Db {
-            op: "write vault record",
-            source,
-        })?;
+        .map_err(db("write vault record"))?;
         Ok(())
     }
 }
@@ -267,16 +264,10 @@ impl Store {
             .bind(pseudonym)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|source| StoreError::Db {
-                op: "read vault record",
-                source,
-            })?;
+            .map_err(db("read vault record"))?;
         row.map(|r| Ok((r.try_get("key_id")?, r.try_get("sealed")?)))
             .transpose()
-            .map_err(|source| StoreError::Db {
-                op: "read vault record",
-                source,
-            })
+            .map_err(db("read vault record"))
     }
 
     /// R-ANO-6: read what `access` may see of `pseudonym`, audit the lookup (never a clear

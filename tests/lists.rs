@@ -172,9 +172,7 @@ async fn r_srv_6_lists_are_checked_again_at_send_time() {
         "{audit:?}"
     );
     later.shutdown().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", setup.db.display()))
-        .await
-        .unwrap();
+    let pool = sqlite(&setup.db).await;
     let touches: i64 = sqlx::Row::get(
         &sqlx::query("SELECT COUNT(*) AS n FROM touches")
             .fetch_one(&pool)
@@ -196,17 +194,7 @@ fn a_bad_list_line_is_reported_with_file_and_line() {
     std::fs::write(&o, "mobile,13812345678\nmobile,02161234567\n").unwrap();
     setup.extra_top = format!("[lists]\nopt_out = [\"{}\"]\n", o.display());
     let cfg = setup.write_config();
-    let out = std::process::Command::new(bridge_bin())
-        .args(["check", "-c"])
-        .arg(&cfg)
-        .env(
-            "CEM_BRIDGE_TEST_KEY",
-            String::from_utf8_lossy(TEST_KEY).into_owned(),
-        )
-        .env("CEM_BRIDGE_TEST_VAULT_KEY", TEST_VAULT_KEY_HEX)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = check_config(&cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

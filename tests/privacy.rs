@@ -124,12 +124,6 @@ fn contains_bytes(hay: &[u8], needle: &str) -> bool {
     hay.windows(n.len()).any(|w| w == n)
 }
 
-async fn sqlite(db: &Path) -> sqlx::SqlitePool {
-    sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("open the test store")
-}
-
 async fn resolve(base: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{base}/contact/resolve"))
@@ -163,11 +157,7 @@ async fn r_ano_7_dispatch_carries_a_contact_ref_that_the_cem_resolves_with_its_t
         "a04",
     )
     .await;
-    let push = wait_for(20, "one push", || {
-        let cem = cem.clone();
-        async move { cem.accepted().into_iter().next() }
-    })
-    .await;
+    let push = cem.first_accepted().await;
     let body = &push.json;
     let contact_ref = body["contactRef"].as_str().expect("contactRef").to_string();
     let job_id = body["jobId"].as_str().unwrap().to_string();
@@ -293,11 +283,7 @@ async fn contact_mode_mobile_sends_the_mobile_and_check_warns() {
         "a04",
     )
     .await;
-    let push = wait_for(20, "one push", || {
-        let cem = cem.clone();
-        async move { cem.accepted().into_iter().next() }
-    })
-    .await;
+    let push = cem.first_accepted().await;
     assert_eq!(push.json["mobile"], "13812345678");
     assert!(push.json.get("contactRef").is_none());
     bridge.shutdown().await;
@@ -313,17 +299,7 @@ async fn contact_mode_mobile_sends_the_mobile_and_check_warns() {
     assert_eq!(n, 1, "the send-time lookup is audited");
     pool.close().await;
 
-    let out = std::process::Command::new(bridge_bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .env(
-            "CEM_BRIDGE_TEST_KEY",
-            String::from_utf8_lossy(TEST_KEY).into_owned(),
-        )
-        .env("CEM_BRIDGE_TEST_VAULT_KEY", TEST_VAULT_KEY_HEX)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

@@ -157,6 +157,15 @@ impl Recorder {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// The first accepted request, waited for up to 20 s.
+    pub async fn first_accepted(&self) -> Recorded {
+        wait_for(20, "one push", || {
+            let r = self.accepted().into_iter().next();
+            async move { r }
+        })
+        .await
+    }
+
     /// Requests answered with a 2xx (surveys the CEM took).
     pub fn accepted(&self) -> Vec<Recorded> {
         self.requests()
@@ -524,6 +533,28 @@ pub fn spawn_bridge_at_level(
         None => cmd.env_remove("CEM_BRIDGE_FAULT"),
     };
     cmd.spawn().expect("spawn cem-bridge")
+}
+
+/// `cem-bridge check -c config` with the test keys in the environment (logs at warn).
+pub fn check_config(config: &Path) -> std::process::Output {
+    std::process::Command::new(bridge_bin())
+        .args(["check", "-c"])
+        .arg(config)
+        .env(
+            "CEM_BRIDGE_TEST_KEY",
+            String::from_utf8_lossy(TEST_KEY).into_owned(),
+        )
+        .env("CEM_BRIDGE_TEST_VAULT_KEY", TEST_VAULT_KEY_HEX)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cem-bridge check")
+}
+
+/// The SQLite store of a test, opened directly (to read what is really stored).
+pub async fn sqlite(db: &Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open the test store")
 }
 
 /// Wait for a child to exit (polling), up to `secs`.
