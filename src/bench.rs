@@ -513,6 +513,10 @@ batch_size = {BRIDGE_BATCH}
 [cem]
 mode = "shadow"
 shadow_file = {shadow}
+[cem.limits]
+# Measure the bridge, not the rate limit a real CEM would need.
+rate_per_sec = 1000000
+burst = 1000000
 [ops]
 listen = ""
 "#,

@@ -60,6 +60,14 @@ pub struct Config {
     pub ops: OpsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// The ticket loop (domain rules §4); absent = off.
+    pub tickets: Option<crate::ticket_config::TicketsConfig>,
+    /// The hospital CRM sink for tickets (shadow by default).
+    #[serde(default)]
+    pub hcrm: crate::ticket_config::PeerConfig,
+    /// The AI call-center sink for call-backs and revisits (shadow by default).
+    #[serde(default)]
+    pub callcenter: crate::ticket_config::PeerConfig,
 }
 
 fn default_zone() -> String {
@@ -270,6 +278,74 @@ pub struct CemConfig {
     /// Environment variable holding the token the CEM presents at `POST /contact/resolve`
     /// (`Authorization: Bearer …`). Without it the endpoint answers 401 to everyone.
     pub resolve_token_env: Option<String>,
+    /// Rate limit, retries and circuit breaker of the CEM sink (`[cem.limits]`).
+    #[serde(default)]
+    pub limits: SinkLimits,
+}
+
+/// The resilience block of one HTTP sink (`[cem.limits]`, `[hcrm.limits]`,
+/// `[callcenter.limits]`): one implementation for all of them (`cem_connectors::resilience`).
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkLimits {
+    /// Requests per second, sustained (governor).
+    pub rate_per_sec: u32,
+    /// Requests allowed at once above the rate.
+    pub burst: u32,
+    /// Attempts before a request is given up as `dead(max_attempts)`.
+    pub max_attempts: u32,
+    /// Exponential backoff between attempts, ±20 % jitter; a 429's `Retry-After` wins.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consecutive failures (5xx, 429, timeout) that open the circuit breaker; 0 = none.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe is let through.
+    pub breaker_open_ms: u64,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        let l = cem_connectors::resilience::Limits::default();
+        Self {
+            rate_per_sec: l.rate_per_sec,
+            burst: l.burst,
+            max_attempts: l.max_attempts,
+            backoff_initial_ms: l.backoff_initial_ms,
+            backoff_max_ms: l.backoff_max_ms,
+            breaker_failures: l.breaker_failures,
+            breaker_open_ms: l.breaker_open_ms,
+        }
+    }
+}
+
+impl SinkLimits {
+    pub fn to_limits(&self) -> cem_connectors::resilience::Limits {
+        cem_connectors::resilience::Limits {
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+            max_attempts: self.max_attempts,
+            backoff_initial_ms: self.backoff_initial_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            breaker_failures: self.breaker_failures,
+            breaker_open_ms: self.breaker_open_ms,
+        }
+    }
+
+    /// The first mistake in this block, if any.
+    pub fn problem(&self) -> Option<String> {
+        if self.rate_per_sec == 0 || self.burst == 0 {
+            return Some("rate_per_sec and burst must be ≥ 1".into());
+        }
+        if self.max_attempts == 0 {
+            return Some("max_attempts must be ≥ 1".into());
+        }
+        (self.backoff_initial_ms > self.backoff_max_ms).then(|| {
+            format!(
+                "backoff_initial_ms ({}) is above backoff_max_ms ({})",
+                self.backoff_initial_ms, self.backoff_max_ms
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
@@ -283,13 +359,13 @@ pub enum ContactMode {
 fn default_shadow() -> PathBuf {
     PathBuf::from("data/cem-requests.jsonl")
 }
-fn default_timeout() -> u64 {
+pub(crate) fn default_timeout() -> u64 {
     10_000
 }
-fn default_success_pointer() -> String {
+pub(crate) fn default_success_pointer() -> String {
     "/code".into()
 }
-fn default_success_equals() -> toml::Value {
+pub(crate) fn default_success_equals() -> toml::Value {
     toml::Value::Integer(0)
 }
 
@@ -299,9 +375,6 @@ pub struct SchedulerConfig {
     pub poll_interval_ms: u64,
     pub claim_batch: u32,
     pub concurrency: usize,
-    pub max_attempts: u32,
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
     /// A claimed job not finished within this time is claimed again (after a crash).
     pub lease_ms: u64,
 }
@@ -312,9 +385,6 @@ impl Default for SchedulerConfig {
             poll_interval_ms: 500,
             claim_batch: 64,
             concurrency: 8,
-            max_attempts: 10,
-            backoff_initial_ms: 1_000,
-            backoff_max_ms: 600_000,
             lease_ms: 60_000,
         }
     }
@@ -511,6 +581,20 @@ impl Config {
                 "mode = \"http\" needs the full dispatch URL, e.g. https://cem.example/api/open/v1/surveys/dispatch".into(),
             ));
         }
+        if let Some(m) = self.cem.limits.problem() {
+            return Err(bad("cem.limits", m));
+        }
+        if let Some(t) = &self.tickets {
+            if let Some((field, m)) = t.problem() {
+                return Err(bad(field, m));
+            }
+            if let Some(m) = self.hcrm.problem() {
+                return Err(bad("hcrm", m));
+            }
+            if let Some(m) = self.callcenter.problem() {
+                return Err(bad("callcenter", m));
+            }
+        }
         if self.scheduler.concurrency == 0 || self.scheduler.claim_batch == 0 {
             return Err(bad(
                 "scheduler",
@@ -586,21 +670,25 @@ impl Config {
     }
 }
 
+/// `success_pointer` / `success_equals` as a rule; an empty pointer means any 2xx.
+pub fn success_rule(pointer: &str, equals: &toml::Value) -> cem_connectors::http_sink::SuccessRule {
+    use cem_connectors::http_sink::SuccessRule;
+    if pointer.is_empty() {
+        return SuccessRule::Status2xx;
+    }
+    SuccessRule::JsonEquals {
+        pointer: pointer.to_string(),
+        equals: serde_json::to_value(equals).unwrap_or(serde_json::Value::Null),
+    }
+}
+
 impl CemConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
 
     pub fn success_rule(&self) -> cem_connectors::http_sink::SuccessRule {
-        use cem_connectors::http_sink::SuccessRule;
-        if self.success_pointer.is_empty() {
-            return SuccessRule::Status2xx;
-        }
-        let equals = serde_json::to_value(&self.success_equals).unwrap_or(serde_json::Value::Null);
-        SuccessRule::JsonEquals {
-            pointer: self.success_pointer.clone(),
-            equals,
-        }
+        success_rule(&self.success_pointer, &self.success_equals)
     }
 }
 

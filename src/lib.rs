@@ -16,6 +16,9 @@
 //! - [`retention`] — prunes old store rows in batches on a timer (never pending jobs).
 //! - [`runtime`] — starts everything, handles shutdown and secrets.
 //! - [`shutdown`] — the one signal every task listens to.
+//! - [`ticket_config`], [`tickets`], [`ticket_worker`], [`webhook`] — the ticket loop (domain
+//!   rules §4): config; accepting updates in order and emitting escalations (store side);
+//!   sending the outbox to HCRM and the call center; the signed `POST /hooks/cem/tickets`.
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
 
 pub mod bench;
@@ -39,4 +42,8 @@ pub mod shutdown;
 pub mod sink;
 pub mod store;
 pub mod store_ops;
+pub mod ticket_config;
+pub mod ticket_worker;
+pub mod tickets;
 pub mod vault;
+pub mod webhook;

@@ -284,6 +284,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let secrets = Secrets::from_env(&cfg);
             let pseudo = runtime::pseudonymizer(&cfg, &secrets)?;
             runtime::vault_cipher(&cfg, &secrets)?;
+            let tickets = runtime::webhook_secret(&cfg, &secrets)?.is_some();
             let lists = runtime::load_lists(&cfg, &pseudo)?;
             for w in cfg.warnings() {
                 eprintln!("warning: {w}");
@@ -320,6 +321,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 lists.opt_out.len(),
                 lists.staff.len()
             );
+            if tickets {
+                println!(
+                    "tickets: on (POST /hooks/cem/tickets on [ops] listen; hcrm {:?}, callcenter {:?})",
+                    cfg.hcrm.mode, cfg.callcenter.mode
+                );
+            }
             Ok(())
         }
         Cmd::Test {

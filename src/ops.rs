@@ -285,6 +285,8 @@ pub struct OpsState {
     pub vault: crate::vault::VaultCipher,
     /// The CEM's token for `POST /contact/resolve`; without it every call gets 401.
     pub resolve_token: Option<String>,
+    /// The signed ticket intake, when `[tickets]` is configured (R-TKT-11).
+    pub tickets: Option<std::sync::Arc<crate::webhook::TicketIntake>>,
 }
 
 /// The ops page: static, bilingual, no data of its own.
@@ -326,6 +328,11 @@ fn router(state: OpsState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/contact/resolve", post(crate::contact::resolve))
+        .route("/hooks/cem/tickets", post(crate::webhook::tickets))
+        .route(
+            "/hooks/callcenter/results",
+            post(crate::webhook::call_results),
+        )
         .merge(data)
         .with_state(state)
 }

@@ -37,6 +37,12 @@ pub struct Secrets {
     pub vault_previous: Vec<(String, Vec<u8>)>,
     /// The token the CEM presents at `POST /contact/resolve` (`[cem] resolve_token_env`).
     pub resolve_token: Option<String>,
+    /// The CEM's ticket webhook signing secret (`[tickets] webhook_secret_env`).
+    pub webhook_secret: Option<Vec<u8>>,
+    /// The call center's result-callback signing secret (`[tickets] callcenter_secret_env`).
+    pub callcenter_secret: Option<Vec<u8>>,
+    pub hcrm_token: Option<String>,
+    pub callcenter_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -106,8 +112,140 @@ impl Secrets {
                 .as_ref()
                 .and_then(|e| std::env::var(e).ok())
                 .filter(|t| !t.trim().is_empty()),
+            webhook_secret: cfg
+                .tickets
+                .as_ref()
+                .and_then(|t| std::env::var(&t.webhook_secret_env).ok())
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| t.trim().as_bytes().to_vec()),
+            callcenter_secret: cfg
+                .tickets
+                .as_ref()
+                .and_then(|t| std::env::var(&t.callcenter_secret_env).ok())
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| t.trim().as_bytes().to_vec()),
+            hcrm_token: cfg
+                .hcrm
+                .token_env
+                .as_ref()
+                .and_then(|e| std::env::var(e).ok()),
+            callcenter_token: cfg
+                .callcenter
+                .token_env
+                .as_ref()
+                .and_then(|e| std::env::var(e).ok()),
         }
     }
+}
+
+/// The CEM's webhook secret when `[tickets]` is configured (`None` when it is not); refused
+/// when missing or shorter than 16 characters.
+pub fn webhook_secret(cfg: &Config, secrets: &Secrets) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(t) = &cfg.tickets else {
+        return Ok(None);
+    };
+    let Some(secret) = secrets.webhook_secret.clone() else {
+        anyhow::bail!(
+            "[tickets] is configured but the webhook secret is missing: set the environment variable {} to the secret shared with the CEM (`openssl rand -hex 32`)",
+            t.webhook_secret_env
+        );
+    };
+    if secret.len() < 16 {
+        anyhow::bail!(
+            "{} is shorter than 16 characters: use a long random secret shared with the CEM (`openssl rand -hex 32`)",
+            t.webhook_secret_env
+        );
+    }
+    Ok(Some(secret))
+}
+
+/// The ticket loop's parts, when `[tickets]` is configured: the intake the ops server serves
+/// and the worker that sends to HCRM and the call center.
+async fn ticket_loop(
+    cfg: &Config,
+    secrets: &Secrets,
+    store: &Store,
+    vault: &VaultCipher,
+    clock: Clock,
+) -> anyhow::Result<
+    Option<(
+        Arc<crate::webhook::TicketIntake>,
+        crate::ticket_worker::TicketWorker,
+    )>,
+> {
+    use crate::sink::{Sink, SinkSettings};
+    let Some(t) = &cfg.tickets else {
+        return Ok(None);
+    };
+    let Some(secret) = webhook_secret(cfg, secrets)? else {
+        return Ok(None);
+    };
+    if secrets.callcenter_secret.is_none() {
+        warn!(
+            "{} is not set: the call center's result callbacks (POST /hooks/callcenter/results) get 401 until it is",
+            t.callcenter_secret_env
+        );
+    }
+    let ctx = crate::tickets::TicketCtx {
+        cipher: vault.clone(),
+        zone: cfg.zone(),
+        calendar: t.calendar().map_err(anyhow::Error::msg)?,
+        windows: t.windows().map_err(anyhow::Error::msg)?,
+        gap_hold_ms: t.gap_hold_ms(),
+    };
+    let mut sinks = Vec::new();
+    for (name, p, token) in [
+        ("hcrm", &cfg.hcrm, secrets.hcrm_token.clone()),
+        (
+            "callcenter",
+            &cfg.callcenter,
+            secrets.callcenter_token.clone(),
+        ),
+    ] {
+        let shadow = p.shadow_file(name);
+        sinks.push(
+            Sink::build(SinkSettings {
+                name,
+                mode: p.mode,
+                url: &p.url,
+                shadow_file: &shadow,
+                token,
+                timeout: p.timeout(),
+                success: p.success_rule(),
+                limits: &p.limits,
+            })
+            .await?,
+        );
+    }
+    let callcenter = sinks
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("call-center sink"))?;
+    let hcrm = sinks.pop().ok_or_else(|| anyhow::anyhow!("HCRM sink"))?;
+    let wake = Arc::new(Notify::new());
+    let intake = Arc::new(crate::webhook::TicketIntake {
+        store: store.clone(),
+        ctx: ctx.clone(),
+        secret,
+        callcenter_secret: secrets.callcenter_secret.clone(),
+        timestamp_header: t.timestamp_header.clone(),
+        signature_header: t.signature_header.clone(),
+        max_skew_s: t.max_skew_s,
+        clock,
+        wake: wake.clone(),
+    });
+    let worker = crate::ticket_worker::TicketWorker {
+        store: store.clone(),
+        ctx,
+        hcrm,
+        callcenter,
+        clock,
+        owner: format!("{}-tickets", instance_id()),
+        poll_interval: std::time::Duration::from_millis(t.poll_interval_ms),
+        lease_ms: i64::try_from(t.lease_ms).unwrap_or(60_000),
+        concurrency: t.concurrency,
+        wake,
+    };
+    Ok(Some((intake, worker)))
 }
 
 /// The vault cipher from the environment keys, or the demo key where allowed (R-ANO-6).
@@ -269,6 +407,7 @@ pub async fn start_with_clock(
     )
     .await?;
     let sink = CemSink::from_config(&cfg.cem, secrets.cem_token.clone()).await?;
+    let tickets = ticket_loop(&cfg, &secrets, &store, &vault, clock).await?;
     let health = SourceHealth::new(cfg.sources.iter().map(|s| s.name.as_str()));
     let ops_token = match (&secrets.ops_token, cfg.ops.needs_token()) {
         (Some(t), true) => Some(t.clone()),
@@ -341,9 +480,21 @@ pub async fn start_with_clock(
                 clock,
                 vault: vault.clone(),
                 resolve_token: secrets.resolve_token.clone(),
+                tickets: tickets.as_ref().map(|(i, _)| i.clone()),
             },
             trigger.subscribe(),
         ));
+    }
+    if let Some((_, worker)) = tickets {
+        if ops_addr.is_none() {
+            warn!(
+                "[tickets] is configured but [ops] listen is empty: the ticket webhook has nowhere to listen"
+            );
+        }
+        background.push(tokio::spawn(crate::ticket_worker::run(
+            worker,
+            trigger.subscribe(),
+        )));
     }
     let instance = instance_id();
     let sources = cfg

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cem_connectors::http_sink::SendOutcome;
+use cem_connectors::resilience::Resilience;
 use cem_pipeline::survey::idempotency_key;
 use metrics::{counter, histogram};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -26,22 +27,6 @@ use crate::shutdown::Shutdown;
 use crate::sink::CemSink;
 use crate::store::{Claimed, ClaimedJob, JobOutcome, Store};
 use crate::vault::{Access, Lookup, VaultCipher, with_member};
-
-/// Delay before attempt `attempts + 1`: initial × 2^(attempts−1), capped, with ±20 % jitter
-/// derived from the job id (deterministic, so tests can reason about it).
-pub fn backoff(cfg: &SchedulerConfig, job_id: &str, attempts: i64) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-    let base = cfg
-        .backoff_initial_ms
-        .saturating_mul(1u64 << exp)
-        .min(cfg.backoff_max_ms);
-    let seed = job_id.bytes().fold(attempts as u64, |h, b| {
-        h.wrapping_mul(31).wrapping_add(u64::from(b))
-    });
-    let jitter_pct = (seed % 41) as i64 - 20; // -20..=20
-    let ms = (base as i64 + base as i64 * jitter_pct / 100).max(0) as u64;
-    Duration::from_millis(ms)
-}
 
 /// A finished push on its way to the outcome recorder; its claim slot is released once the
 /// outcome is recorded, so claimed-but-unrecorded jobs stay bounded.
@@ -99,7 +84,7 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
     let (done_tx, done_rx) = mpsc::channel::<Finished>(cfg.claim_batch as usize * 2);
     let recorder = tokio::spawn(record_outcomes(
         store.clone(),
-        cfg.clone(),
+        sink.clone(),
         clock,
         owner.clone(),
         done_rx,
@@ -258,7 +243,7 @@ fn send_time_exclusion(
 
 /// What the store should record for a push, given the job's attempts so far.
 fn decide_outcome(
-    cfg: &SchedulerConfig,
+    limits: &Resilience,
     job: &ClaimedJob,
     outcome: &Result<SendOutcome, (&'static str, &'static str)>,
     now: i64,
@@ -279,36 +264,49 @@ fn decide_outcome(
             job_id,
             status: *status,
         },
-        SendOutcome::Retryable { status, detail, .. }
-            if job.attempts >= i64::from(cfg.max_attempts) =>
-        {
-            JobOutcome::Dead {
-                job_id,
-                status: *status,
-                reason: "max_attempts",
-                error: detail.clone(),
-            }
-        }
-        SendOutcome::Retryable {
-            status,
-            retry_after,
-            detail,
-        } => {
-            let wait = retry_after
-                .map(|r| r.max(Duration::from_millis(cfg.backoff_initial_ms)))
-                .unwrap_or_else(|| backoff(cfg, &job.job_id, job.attempts));
-            JobOutcome::Retry {
-                job_id,
-                next_at: now + wait.as_millis() as i64,
-                status: *status,
-                error: detail.clone(),
-            }
-        }
         SendOutcome::Permanent { status, detail } => JobOutcome::Dead {
             job_id,
             status: Some(*status),
             reason: "rejected",
             error: detail.clone(),
+        },
+        SendOutcome::Retryable { status, detail, .. } => {
+            retry_or_dead(limits, job, outcome, now, *status, detail.clone())
+        }
+        SendOutcome::BreakerOpen { .. } => retry_or_dead(
+            limits,
+            job,
+            outcome,
+            now,
+            None,
+            "not sent: the CEM sink's circuit breaker is open".into(),
+        ),
+    }
+}
+
+/// Retry after the resilience block's delay, or `dead(max_attempts)` when it says stop.
+fn retry_or_dead(
+    limits: &Resilience,
+    job: &ClaimedJob,
+    outcome: &SendOutcome,
+    now: i64,
+    status: Option<u16>,
+    error: String,
+) -> JobOutcome {
+    let job_id = job.job_id.clone();
+    let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
+    match limits.retry_delay(outcome, &job.job_id, attempts) {
+        Some(wait) => JobOutcome::Retry {
+            job_id,
+            next_at: now + wait.as_millis() as i64,
+            status,
+            error,
+        },
+        None => JobOutcome::Dead {
+            job_id,
+            status,
+            reason: "max_attempts",
+            error,
         },
     }
 }
@@ -316,7 +314,7 @@ fn decide_outcome(
 /// Collect finished pushes and record them in batches (one transaction each).
 async fn record_outcomes(
     store: Store,
-    cfg: SchedulerConfig,
+    sink: CemSink,
     clock: Clock,
     owner: String,
     mut rx: mpsc::Receiver<Finished>,
@@ -333,7 +331,7 @@ async fn record_outcomes(
         let now = clock.now_ms();
         let outcomes: Vec<JobOutcome> = batch
             .iter()
-            .map(|f| decide_outcome(&cfg, &f.job, &f.outcome, now))
+            .map(|f| decide_outcome(sink.resilience(), &f.job, &f.outcome, now))
             .collect();
         match store.record_outcomes(&owner, now, &outcomes).await {
             Ok(applied) => {
@@ -354,10 +352,6 @@ async fn record_outcomes(
 /// Metrics and logs for one recorded outcome.
 fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
     let job = &f.job;
-    if let Ok(pushed) = &f.outcome {
-        counter!("cem_bridge_sink_requests_total", "sink" => "cem", "outcome" => pushed.label())
-            .increment(1);
-    }
     if !applied {
         debug!(job_id = %job.job_id, "outcome not recorded: the lease had passed to another claim");
         return;
@@ -387,27 +381,5 @@ fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
                 .increment(1);
             info!(job_id = %job.job_id, message_id = %job.message_id, reason, rule, "survey suppressed at send time");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered_within_20_percent() {
-        let cfg = SchedulerConfig {
-            backoff_initial_ms: 1000,
-            backoff_max_ms: 8000,
-            ..Default::default()
-        };
-        for (attempts, base) in [(1, 1000u64), (2, 2000), (3, 4000), (4, 8000), (9, 8000)] {
-            let d = backoff(&cfg, "job-a", attempts).as_millis() as u64;
-            assert!(
-                d >= base * 8 / 10 && d <= base * 12 / 10,
-                "attempt {attempts}: {d}"
-            );
-        }
-        assert_eq!(backoff(&cfg, "x", 2), backoff(&cfg, "x", 2));
     }
 }

@@ -69,10 +69,12 @@ pub enum Backend {
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_vault.sql")),
+    (3, include_str!("../migrations/sqlite/0003_tickets.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_vault.sql")),
+    (3, include_str!("../migrations/postgres/0003_tickets.sql")),
 ];
 
 /// Options for opening a store.

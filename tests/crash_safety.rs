@@ -13,9 +13,7 @@ use common::*;
 fn crash_setup(name: &str, cem: &Recorder) -> Setup {
     let mut s = Setup::new(name, &cem.url());
     // Short lease so a job claimed by the crashed process is claimed again quickly.
-    s.scheduler =
-        "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nlease_ms = 1000\n"
-            .into();
+    s.scheduler = "poll_interval_ms = 50\nlease_ms = 1000\n".into();
     s
 }
 

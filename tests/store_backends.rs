@@ -11,42 +11,6 @@ use cem_bridge::store::{
 use common::*;
 use sqlx::Executor;
 
-/// A scratch database on one backend, dropped by `cleanup`.
-struct Db {
-    url: String,
-    pg_name: Option<String>,
-}
-
-impl Db {
-    async fn sqlite(name: &str) -> Self {
-        let dir = scratch_dir(name);
-        Self {
-            url: format!("sqlite://{}", dir.join("store.db").display()),
-            pg_name: None,
-        }
-    }
-
-    async fn postgres(name: &str) -> Self {
-        let (url, db) = pg_database(name).await;
-        Self {
-            url,
-            pg_name: Some(db),
-        }
-    }
-
-    async fn open(&self) -> Store {
-        Store::open(&self.url, &StoreOptions::default())
-            .await
-            .expect("store opens")
-    }
-
-    async fn cleanup(self) {
-        if let Some(db) = self.pg_name {
-            drop_pg_database(&db).await;
-        }
-    }
-}
-
 fn job<'a>(id: &'a str, due: i64) -> NewJob<'a> {
     NewJob {
         job_id: id,

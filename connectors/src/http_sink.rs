@@ -74,6 +74,10 @@ pub enum SendOutcome {
         status: u16,
         detail: String,
     },
+    /// Not sent: the sink's circuit breaker is open (see [`crate::resilience`]).
+    BreakerOpen {
+        retry_in: Duration,
+    },
 }
 
 impl SendOutcome {
@@ -93,6 +97,7 @@ impl SendOutcome {
             } => "5xx",
             Self::Retryable { status: None, .. } => "timeout",
             Self::Permanent { .. } => "4xx",
+            Self::BreakerOpen { .. } => "breaker_open",
         }
     }
 
@@ -100,6 +105,7 @@ impl SendOutcome {
         match self {
             Self::Accepted { status } | Self::Permanent { status, .. } => Some(*status),
             Self::Retryable { status, .. } => *status,
+            Self::BreakerOpen { .. } => None,
         }
     }
 }

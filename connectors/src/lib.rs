@@ -7,8 +7,11 @@
 //! - [`http_sink`] — outbound HTTP to the CEM (reqwest): idempotency key header, configurable
 //!   success rule for `{"code":0}` envelopes, classification of every outcome into
 //!   accepted / retryable / permanent; and the `shadow` sink that appends requests to JSONL.
+//! - [`resilience`] — the one block every HTTP sink (CEM, HCRM, call center) runs under: rate
+//!   limit (governor), circuit breaker, backoff with jitter and `Retry-After`.
 //!
 //! Invariant: nothing here decides business rules; nothing here logs message bodies.
 
 pub mod amqp;
 pub mod http_sink;
+pub mod resilience;

@@ -15,6 +15,8 @@
 //! - [`survey`] — which survey an event triggers, when, and the anonymised CEM dispatch payload.
 //! - [`reid`] — re-identification: vault records and which (caller, purpose) may read what
 //!   (R-ANO-6).
+//! - [`ticket`] — tickets (工单): grading, SLA clocks and escalation, forwarding plan, order,
+//!   calling windows, webhook signatures (R-TKT-1..11).
 //! - [`reason`] — the dead-letter reason codes (R-EVT-1, R-EVT-6, EX-24).
 //! - [`time`] — HL7 / ISO timestamps interpreted in the hospital's zone (R-GEN-1).
 //!
@@ -31,4 +33,5 @@ pub mod policy;
 pub mod reason;
 pub mod reid;
 pub mod survey;
+pub mod ticket;
 pub mod time;

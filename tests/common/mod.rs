@@ -40,9 +40,17 @@ pub fn test_secrets() -> Secrets {
         pseudonym_key: Some(TEST_KEY.to_vec()),
         vault_key: Some(TEST_VAULT_KEY.to_vec()),
         resolve_token: Some(TEST_RESOLVE_TOKEN.to_string()),
+        webhook_secret: Some(TEST_WEBHOOK_SECRET.to_vec()),
+        callcenter_secret: Some(TEST_CALLCENTER_SECRET.to_vec()),
         ..Default::default()
     }
 }
+
+/// The secret the test call center signs its result callbacks with.
+pub const TEST_CALLCENTER_SECRET: &[u8] = b"callcenter-secret-for-tests-4567";
+
+/// The secret the test CEM signs ticket webhooks with.
+pub const TEST_WEBHOOK_SECRET: &[u8] = b"cem-webhook-secret-for-tests-0123";
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_ADDR").unwrap_or_else(|_| AMQP.to_string())
@@ -232,6 +240,8 @@ pub struct Setup {
     pub extra_source: String,
     pub extra_top: String,
     pub scheduler: String,
+    /// Body of `[cem.limits]` (the CEM sink's retries, rate limit and breaker).
+    pub cem_limits: String,
     /// Store URL; a SQLite file in `dir` unless set.
     pub store_url: Option<String>,
     /// Body of the `[ops]` section; a free loopback port by default (tests run in parallel).
@@ -248,7 +258,8 @@ impl Setup {
             cem_url: cem_url.to_string(),
             extra_source: String::new(),
             extra_top: String::new(),
-            scheduler: "poll_interval_ms = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n"
+            scheduler: "poll_interval_ms = 50\n".into(),
+            cem_limits: "backoff_initial_ms = 50\nbackoff_max_ms = 200\nbreaker_open_ms = 200\n"
                 .into(),
             store_url: None,
             ops: "listen = \"127.0.0.1:0\"\n".into(),
@@ -285,12 +296,15 @@ mode = "http"
 url = "{cem}"
 timeout_ms = 2000
 resolve_token_env = "CEM_BRIDGE_TEST_RESOLVE_TOKEN"
+[cem.limits]
+{cem_limits}
 [scheduler]
 {scheduler}
 [ops]
 {ops}
 "#,
             ops = self.ops,
+            cem_limits = self.cem_limits,
             extra_top = self.extra_top,
             store = self
                 .store_url
@@ -316,10 +330,15 @@ resolve_token_env = "CEM_BRIDGE_TEST_RESOLVE_TOKEN"
 
     /// Start the bridge in this process, on the test clock ([`CLOCK_START`]).
     pub async fn start(&self) -> Bridge {
+        self.start_at(CLOCK_START).await
+    }
+
+    /// Start the bridge in this process with its clock starting at `start` (RFC 3339).
+    pub async fn start_at(&self, start: &str) -> Bridge {
         runtime::start_with_clock(
             self.config(),
             test_secrets(),
-            Clock::starting_at(CLOCK_START.parse().expect("clock start")),
+            Clock::starting_at(start.parse().expect("clock start")),
         )
         .await
         .expect("bridge starts")
@@ -625,6 +644,42 @@ pub async fn pg_database(name: &str) -> (String, String) {
         .map(|(r, _)| r.to_string())
         .unwrap_or(base);
     (format!("{root}/{db}"), db)
+}
+
+/// A scratch database on one backend, dropped by `cleanup`.
+pub struct Db {
+    pub url: String,
+    pub pg_name: Option<String>,
+}
+
+impl Db {
+    pub async fn sqlite(name: &str) -> Self {
+        let dir = scratch_dir(name);
+        Self {
+            url: format!("sqlite://{}", dir.join("store.db").display()),
+            pg_name: None,
+        }
+    }
+
+    pub async fn postgres(name: &str) -> Self {
+        let (url, db) = pg_database(name).await;
+        Self {
+            url,
+            pg_name: Some(db),
+        }
+    }
+
+    pub async fn open(&self) -> cem_bridge::store::Store {
+        cem_bridge::store::Store::open(&self.url, &cem_bridge::store::StoreOptions::default())
+            .await
+            .expect("store opens")
+    }
+
+    pub async fn cleanup(self) {
+        if let Some(db) = self.pg_name {
+            drop_pg_database(&db).await;
+        }
+    }
 }
 
 /// Drop a database made by [`pg_database`] (best effort).
