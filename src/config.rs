@@ -62,6 +62,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The ticket loop (domain rules §4); absent = off.
     pub tickets: Option<crate::ticket_config::TicketsConfig>,
+    /// Post-operative follow-up plans (domain rules §5). They run with the ticket loop, whose
+    /// call-center sink makes the calls: without `[tickets]` nothing is planned.
+    #[serde(default)]
+    pub followup: cem_pipeline::followup::FollowupSettings,
     /// The hospital CRM sink for tickets (shadow by default).
     #[serde(default)]
     pub hcrm: crate::ticket_config::PeerConfig,

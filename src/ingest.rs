@@ -14,6 +14,7 @@ use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueTy
 use cem_pipeline::anonymize::{Pseudonymizer, hex};
 use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
 use cem_pipeline::event::{EventKind, PatientEvent};
+use cem_pipeline::followup::FollowupDecision;
 use cem_pipeline::mapping::Outcome;
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
@@ -57,6 +58,9 @@ pub struct IngestContext {
     pub scheduler_wake: Arc<Notify>,
     /// Where each source says whether it is consuming (read by `/ready`).
     pub health: SourceHealth,
+    /// Follow-up planning (R-FUP-1..4); `None` when the ticket loop (which sends the calls) is
+    /// not configured or `[followup] enabled = false`.
+    pub followup: Option<crate::followups::FollowupCtx>,
 }
 
 /// A delivery after the pure work: decoded and decided, or rejected.
@@ -69,7 +73,7 @@ struct Prepared {
 
 /// What the pure work made of a delivery.
 enum Mapped {
-    Event(Format, Box<PatientEvent>, SurveyDecision),
+    Event(Format, Box<PatientEvent>, SurveyDecision, FollowupDecision),
     /// The mapping said `ignore`: ack, count, audit, no effect.
     Ignored {
         message_id: Option<String>,
@@ -236,7 +240,17 @@ fn prepare(
             decode(&msg.body, &opts, set, &msg.headers).map(|d| match d.outcome {
                 Outcome::Event(e) => {
                     let decision = decide(&e, &ctx.policy, &survey);
-                    Mapped::Event(d.format, e, decision)
+                    let followup = match &ctx.followup {
+                        Some(f) => cem_pipeline::followup::decide(
+                            &e,
+                            &ctx.policy,
+                            &survey,
+                            &f.settings,
+                            &f.windows,
+                        ),
+                        None => FollowupDecision::None,
+                    };
+                    Mapped::Event(d.format, e, decision, followup)
                 }
                 Outcome::Ignored { message_id, .. } => Mapped::Ignored {
                     message_id,
@@ -338,7 +352,7 @@ async fn isolate(
 
 fn message_id_of(p: &Prepared) -> Option<String> {
     match &p.result {
-        Ok(Mapped::Event(_, e, _)) => Some(e.message_id.clone()),
+        Ok(Mapped::Event(_, e, _, _)) => Some(e.message_id.clone()),
         Ok(Mapped::Ignored { message_id, .. }) => {
             message_id.clone().or_else(|| p.msg.message_id.clone())
         }
@@ -377,7 +391,7 @@ async fn write_batch(
                 debug!(connector = conn, message_id = ?mid, mapping = %mapping, "ignored by the mapping");
                 None
             }
-            Ok(Mapped::Event(format, event, decision)) => {
+            Ok(Mapped::Event(format, event, decision, followup)) => {
                 match tx
                     .record_inbox(
                         conn,
@@ -419,6 +433,7 @@ async fn write_batch(
                                 .increment(1);
                         }
                         created |= apply_decision(&mut tx, conn, event, decision, ctx, now).await?;
+                        created |= apply_followup(&mut tx, conn, event, followup, ctx, now).await?;
                         None
                     }
                 }
@@ -530,6 +545,7 @@ async fn apply_decision(
                         payload: &payload,
                         connector: conn,
                         message_id: mid,
+                        dnd: true,
                     },
                     now,
                 )
@@ -689,6 +705,22 @@ async fn apply_decision(
                 })
                 .await?;
             }
+            if result.followup_calls > 0 {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    patient_key: Some(&pk),
+                    action: "cancelled",
+                    rule: Some("R-FUP-4"),
+                    reason: Some(reason),
+                    detail: Some(&format!(
+                        "{} pending follow-up call(s) of the stay",
+                        result.followup_calls
+                    )),
+                    ..Default::default()
+                })
+                .await?;
+            }
             if result.cancelled.is_empty() && result.sent.is_empty() && *reason == "visit_cancelled"
             {
                 tx.put_tombstone(visit_key, reason, now + TOMBSTONE_MS)
@@ -740,6 +772,73 @@ async fn apply_decision(
             })
             .await?;
             Ok(false)
+        }
+    }
+}
+
+/// Write a follow-up decision (R-FUP-1..4); `true` if CEM steps were scheduled (the
+/// scheduler is woken; calls wait in the ticket outbox).
+async fn apply_followup(
+    tx: &mut crate::store::StoreTx,
+    conn: &str,
+    event: &PatientEvent,
+    decision: &FollowupDecision,
+    ctx: &IngestContext,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mid = event.message_id.as_str();
+    match decision {
+        FollowupDecision::None => Ok(false),
+        FollowupDecision::Excluded { reason, rule } => {
+            let pk = ctx.pseudo.patient_key(&event.patient.id);
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(&pk),
+                action: "followup_excluded",
+                rule: Some(rule),
+                reason: Some(reason),
+                ..Default::default()
+            })
+            .await?;
+            counter!("cem_bridge_followup_decisions_total", "decision" => "excluded", "reason" => *reason)
+                .increment(1);
+            Ok(false)
+        }
+        FollowupDecision::Plan(plan) => {
+            let Some(f) = &ctx.followup else {
+                return Ok(false);
+            };
+            // R-CAN-6: a merged patient's stay is followed up under the survivor.
+            let mut plan = plan.clone();
+            let survivor = tx.resolve_patient(&plan.patient_key).await?;
+            let own_pk = plan.patient_key.clone();
+            if plan.callee_key == own_pk {
+                plan.callee_key = survivor.clone();
+            }
+            plan.patient_key = survivor;
+            // R-EXC-1: a patient flagged deceased earlier stays excluded.
+            if tx.is_deceased(&plan.patient_key).await? {
+                let d = FollowupDecision::Excluded {
+                    reason: "deceased",
+                    rule: "R-EXC-1",
+                };
+                return Box::pin(apply_followup(tx, conn, event, &d, ctx, now)).await;
+            }
+            // The call center's number and greeting come from the vault at send time.
+            for (pseudonym, record) in entries_for(event, &ctx.pseudo, &own_pk) {
+                tx.vault_put(&ctx.vault, &pseudonym, &record, now)
+                    .await
+                    .map_err(vault_error)?;
+            }
+            let done = tx
+                .followup_plan(&ctx.vault, &f.windows, &plan, conn, mid, &ctx.zone, now)
+                .await?;
+            counter!("cem_bridge_followup_decisions_total", "decision" => "planned", "reason" => plan.plan.code())
+                .increment(1);
+            debug!(connector = conn, message_id = mid, patient_key = %plan.patient_key, plan = plan.plan.code(),
+                   scheduled = done.scheduled, kept = done.kept, "follow-up planned");
+            Ok(done.scheduled > 0)
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod contact;
 pub mod fault;
+pub mod followups;
 pub mod ingest;
 pub mod inspect;
 pub mod lists;

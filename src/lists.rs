@@ -23,6 +23,9 @@ pub struct ListsConfig {
     pub opt_out: Vec<PathBuf>,
     /// Staff files (R-EXC-4: checked on patient, 身份证号 and mobile), e.g. the HR export.
     pub staff: Vec<PathBuf>,
+    /// Follow-up opt-out files (R-FUP-2): no post-operative calls or reminders; surveys still
+    /// go (the survey opt-out list does not stop follow-ups either).
+    pub followup_opt_out: Vec<PathBuf>,
 }
 
 impl ListsConfig {
@@ -32,6 +35,11 @@ impl ListsConfig {
             .iter()
             .map(|p| (ListKind::OptOut, p.as_path()))
             .chain(self.staff.iter().map(|p| (ListKind::Staff, p.as_path())))
+            .chain(
+                self.followup_opt_out
+                    .iter()
+                    .map(|p| (ListKind::FollowupOptOut, p.as_path())),
+            )
     }
 }
 
@@ -125,4 +133,6 @@ impl Lists {
 fn publish_sizes(l: &ExclusionLists) {
     gauge!("cem_bridge_list_entries", "list" => "opt_out").set(l.opt_out.len() as f64);
     gauge!("cem_bridge_list_entries", "list" => "staff").set(l.staff.len() as f64);
+    gauge!("cem_bridge_list_entries", "list" => "followup_opt_out")
+        .set(l.followup_opt_out.len() as f64);
 }

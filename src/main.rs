@@ -312,20 +312,33 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "{}: ok ({} source(s): {}; store {}, cem {:?}; lists: {} opt-out, {} staff)",
+                "{}: ok ({} source(s): {}; store {}, cem {:?}; lists: {} opt-out, {} staff, {} follow-up opt-out)",
                 config.display(),
                 cfg.sources.len(),
                 counts.join(", "),
                 cfg.store.url,
                 cfg.cem.mode,
                 lists.opt_out.len(),
-                lists.staff.len()
+                lists.staff.len(),
+                lists.followup_opt_out.len()
             );
             if tickets {
                 println!(
                     "tickets: on (POST /hooks/cem/tickets on [ops] listen; hcrm {:?}, callcenter {:?})",
                     cfg.hcrm.mode, cfg.callcenter.mode
                 );
+            }
+            match (tickets, cfg.followup.enabled) {
+                (true, true) => println!(
+                    "follow-ups: on (surgical wards {}; calls through the call center, questionnaires {} and reminders {} through the CEM)",
+                    cfg.followup.surgical_wards.join(" "),
+                    cfg.followup.online_template,
+                    cfg.followup.reminder_template
+                ),
+                (false, true) => println!(
+                    "follow-ups: off (they need [tickets]: the ticket loop's call-center sink makes the calls)"
+                ),
+                (_, false) => println!("follow-ups: off ([followup] enabled = false)"),
             }
             Ok(())
         }

@@ -159,6 +159,20 @@ pub fn webhook_secret(cfg: &Config, secrets: &Secrets) -> anyhow::Result<Option<
     Ok(Some(secret))
 }
 
+/// Follow-up planning when the ticket loop runs and `[followup] enabled` (the default).
+fn followup_ctx(cfg: &Config) -> anyhow::Result<Option<crate::followups::FollowupCtx>> {
+    let Some(t) = &cfg.tickets else {
+        return Ok(None);
+    };
+    if !cfg.followup.enabled {
+        return Ok(None);
+    }
+    Ok(Some(crate::followups::FollowupCtx {
+        settings: cfg.followup.clone(),
+        windows: t.windows().map_err(anyhow::Error::msg)?,
+    }))
+}
+
 /// The ticket loop's parts, when `[tickets]` is configured: the intake the ops server serves
 /// and the worker that sends to HCRM and the call center.
 async fn ticket_loop(
@@ -244,6 +258,7 @@ async fn ticket_loop(
         lease_ms: i64::try_from(t.lease_ms).unwrap_or(60_000),
         concurrency: t.concurrency,
         wake,
+        followup: cfg.followup.clone(),
     };
     Ok(Some((intake, worker)))
 }
@@ -441,6 +456,7 @@ pub async fn start_with_clock(
         clock,
         scheduler_wake: Arc::new(Notify::new()),
         health: health.clone(),
+        followup: followup_ctx(&cfg)?,
     });
     let (trigger, _) = shutdown::channel();
     let mut background = vec![tokio::spawn(crate::retention::run(

@@ -70,11 +70,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_vault.sql")),
     (3, include_str!("../migrations/sqlite/0003_tickets.sql")),
+    (4, include_str!("../migrations/sqlite/0004_followups.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_vault.sql")),
     (3, include_str!("../migrations/postgres/0003_tickets.sql")),
+    (4, include_str!("../migrations/postgres/0004_followups.sql")),
 ];
 
 /// Options for opening a store.
@@ -126,6 +128,8 @@ pub struct NewJob<'a> {
     pub payload: &'a str,
     pub connector: &'a str,
     pub message_id: &'a str,
+    /// `false` for a follow-up step (R-FUP-2): no do-not-disturb check, no touch.
+    pub dnd: bool,
 }
 
 /// Result of creating a job (R-SRV-5: an existing job id is a no-op).
@@ -147,6 +151,8 @@ pub struct VisitCancel {
     pub cancelled: Vec<String>,
     /// Jobs of the visit already sent (the cancel is only recorded for them).
     pub sent: Vec<String>,
+    /// Pending follow-up calls of the stay now cancelled (R-FUP-4).
+    pub followup_calls: u64,
 }
 
 /// One audit row (R-GEN-2). No personal data: pseudonyms and message ids only.
@@ -426,7 +432,7 @@ impl Store {
             "UPDATE survey_jobs SET locked_until = $1, lock_owner = $2, attempts = attempts + 1, updated_at = $3 \
              WHERE job_id IN (SELECT job_id FROM survey_jobs WHERE status = 'pending' AND next_attempt_at <= $3 \
              AND locked_until <= $3 ORDER BY next_attempt_at, job_id LIMIT $4{lock}) \
-             RETURNING job_id, template, payload, attempts, due_at, message_id, patient_key, id_card_key, mobile_key"
+             RETURNING job_id, template, payload, attempts, due_at, message_id, patient_key, id_card_key, mobile_key, dnd"
         );
         let mut tx = self.pool.begin().await.map_err(db("begin claim"))?;
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -445,7 +451,11 @@ impl Store {
             // Two instances reserving overlapping keys in different orders would deadlock on
             // the touches rows: take transaction-scoped advisory locks on every key of the batch
             // first, in one global order.
-            let mut all: Vec<String> = rows.iter().flat_map(dnd_keys).collect();
+            let mut all: Vec<String> = rows
+                .iter()
+                .filter(|r| under_dnd(r))
+                .flat_map(dnd_keys)
+                .collect();
             all.sort();
             all.dedup();
             for k in &all {
@@ -468,7 +478,8 @@ impl Store {
                 patient_key: r.try_get("patient_key").map_err(db("read claimed jobs"))?,
                 id_card_key: r.try_get("id_card_key").map_err(db("read claimed jobs"))?,
             };
-            let Some(window) = dnd_window_ms else {
+            // R-FUP-2: follow-up steps are not touches and ignore do-not-disturb.
+            let Some(window) = dnd_window_ms.filter(|_| under_dnd(r)) else {
                 claimed.jobs.push(job);
                 continue;
             };
@@ -825,8 +836,8 @@ impl StoreTx {
     ) -> Result<JobInsert, StoreError> {
         let n = sqlx::query(
             "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, next_attempt_at, \
-             payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9, $10, $11) ON CONFLICT (job_id) DO NOTHING",
+             payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key, dnd) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9, $10, $11, $12) ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(job.job_id)
         .bind(job.template)
@@ -839,6 +850,7 @@ impl StoreTx {
         .bind(now)
         .bind(job.id_card_key)
         .bind(job.mobile_key)
+        .bind(i64::from(job.dnd))
         .execute(&mut *self.tx)
         .await
         .map_err(db("insert job"))?
@@ -938,7 +950,23 @@ impl StoreTx {
                 .await
                 .map_err(db("read sent jobs"))?;
         let sent = job_ids(&rows).map_err(db("read sent jobs"))?;
-        Ok(VisitCancel { cancelled, sent })
+        // R-FUP-4: the stay's pending follow-up calls go too (a new A03 re-plans them).
+        let followup_calls = sqlx::query(
+            "UPDATE ticket_outbox SET status = 'cancelled', reason = $1, locked_until = 0, updated_at = $2 \
+             WHERE ticket_id = $3 AND status = 'pending'",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(format!("fu:{visit_key}"))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("cancel follow-up calls"))?
+        .rows_affected();
+        Ok(VisitCancel {
+            cancelled,
+            sent,
+            followup_calls,
+        })
     }
 
     /// Cancel the pending jobs of one visit or patient with `reason`, releasing any
@@ -1012,6 +1040,16 @@ impl StoreTx {
         let cancelled = self
             .cancel_pending(JobsOf::Patient, patient_key, "deceased", now)
             .await?;
+        // R-FUP-4: death cancels every pending call to the patient, follow-up or ticket.
+        sqlx::query(
+            "UPDATE ticket_outbox SET status = 'cancelled', reason = 'deceased', locked_until = 0, updated_at = $1 \
+             WHERE patient_key = $2 AND sink = 'callcenter' AND status = 'pending'",
+        )
+        .bind(now)
+        .bind(patient_key)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("cancel calls"))?;
         Ok(cancelled)
     }
 
@@ -1122,6 +1160,16 @@ impl StoreTx {
         .execute(&mut *self.tx)
         .await
         .map_err(db("merge deceased flag"))?;
+        // R-FUP-4: pending calls and case updates follow the survivor (one call a day counts
+        // the survivor's calls).
+        sqlx::query(
+            "UPDATE ticket_outbox SET patient_key = $1 WHERE patient_key = $2 AND status = 'pending'",
+        )
+        .bind(survivor.as_str())
+        .bind(merged)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("move calls"))?;
         Ok(moved)
     }
 
@@ -1204,6 +1252,11 @@ fn job_ids(rows: &[AnyRow]) -> Result<Vec<String>, sqlx::Error> {
     rows.iter()
         .map(|r| r.try_get::<String, _>("job_id"))
         .collect()
+}
+
+/// Whether a claimed job row is a survey under do-not-disturb (not a follow-up step).
+fn under_dnd(r: &AnyRow) -> bool {
+    r.try_get::<i64, _>("dnd").map_or(true, |d| d != 0)
 }
 
 /// The do-not-disturb keys of a claimed job row: `pk_`, `ik_` (if any), `mk_` (R-DND-1).

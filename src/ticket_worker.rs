@@ -35,6 +35,8 @@ pub struct TicketWorker {
     pub concurrency: usize,
     /// Woken when the intake applied an update.
     pub wake: Arc<Notify>,
+    /// `[followup]`: when a follow-up call moved by R-FUP-3 is due the next day.
+    pub followup: cem_pipeline::followup::FollowupSettings,
 }
 
 /// Run until shutdown; requests in flight are finished and recorded first.
@@ -109,6 +111,9 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
     } else {
         &w.hcrm
     };
+    if one_call_a_day(w, &row).await {
+        return;
+    }
     let outcome = match request_body(w, &row).await {
         Ok(body) => {
             let sent = sink.push(&row.idem_key, body.to_string().as_bytes()).await;
@@ -142,6 +147,48 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
     }
 }
 
+/// R-FUP-3: a follow-up call on a day the patient already has a call (follow-up or ticket)
+/// moves to the next day at the step time. `true` if the row was not sent now.
+async fn one_call_a_day(w: &TicketWorker, row: &OutboxRow) -> bool {
+    if row.sink != "callcenter" || !row.ticket_id.starts_with("fu:") {
+        return false;
+    }
+    let Some(pk) = row.patient_key.as_deref() else {
+        return false;
+    };
+    let now = w.clock.now_ms();
+    let day = crate::followups::local_day(now, &w.ctx.zone);
+    let taken = match w.store.call_taken(pk, row.id, day, now).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(key = %row.idem_key, error = %e, "cannot check today's calls; the follow-up call waits");
+            let retry = OutboxOutcome::Retry {
+                next_at: now + 5_000,
+                status: None,
+                error: format!("R-FUP-3 check: {e}"),
+            };
+            let _ = w.store.outbox_record(&w.owner, row.id, &retry, now).await;
+            return true;
+        }
+    };
+    if !taken {
+        return false;
+    }
+    let due = crate::followups::next_day_at(now, &w.followup, &w.ctx.zone);
+    match w.store.outbox_postpone(&w.owner, row.id, due, now).await {
+        Ok(_) => {
+            counter!("cem_bridge_followup_postponed_total").increment(1);
+            info!(key = %row.idem_key, patient_key = %pk, due = %cem_pipeline::time::rfc3339_in(
+                jiff::Timestamp::from_millisecond(due).unwrap_or_default(), &w.ctx.zone),
+                "follow-up call moved to the next day: the patient has a call today (R-FUP-3)");
+        }
+        Err(e) => {
+            warn!(key = %row.idem_key, error = %e, "cannot move the follow-up call; it is tried again after its lease")
+        }
+    }
+    true
+}
+
 /// The queued body plus the patient's data from the vault; `Err` = the outcome without sending.
 async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, OutboxOutcome> {
     let mut body = row.body(&w.ctx.cipher).map_err(|e| OutboxOutcome::Dead {
@@ -173,17 +220,27 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
         }
         return Ok(body);
     }
-    let (caller, purpose) = if row.sink == "callcenter" {
-        (Caller::CallCenter, Purpose::TicketCallback)
-    } else {
-        (Caller::Hcrm, Purpose::TicketCase)
+    let followup = row.ticket_id.starts_with("fu:");
+    let (caller, purpose) = match (row.sink.as_str(), followup) {
+        ("callcenter", true) => (Caller::CallCenter, Purpose::FollowupCall),
+        ("callcenter", false) => (Caller::CallCenter, Purpose::TicketCallback),
+        _ => (Caller::Hcrm, Purpose::TicketCase),
+    };
+    // R-FUP-2: a minor's follow-up calls go to the guardian's number, kept under its `mk_`.
+    let lookup_key = match body.get("calleeKey").and_then(Value::as_str) {
+        Some(k) if caller == Caller::CallCenter => k.to_string(),
+        _ => pk.to_string(),
     };
     let access = Access {
         caller,
         purpose,
         job_id: Some(&row.ticket_id),
     };
-    let found = match w.store.vault_lookup(&w.ctx.cipher, access, pk).await {
+    let found = match w
+        .store
+        .vault_lookup(&w.ctx.cipher, access, &lookup_key)
+        .await
+    {
         Ok(l) => l,
         Err(e) => {
             return Err(OutboxOutcome::Retry {

@@ -77,7 +77,7 @@ fn version_aad(ticket_id: &str, version: u32) -> String {
 }
 
 /// The associated data of a sealed outbox request.
-fn outbox_aad(idem_key: &str) -> String {
+pub(crate) fn outbox_aad(idem_key: &str) -> String {
     format!("tko|{idem_key}")
 }
 
@@ -539,7 +539,8 @@ fn hcrm_body(
         "externalTicketId": format!("cem:{}", u.ticket_id),
         "ticketId": u.ticket_id,
         "version": u.version,
-        "source": "cem",
+        // R-FUP-5: a case the bridge opened for a follow-up call, not a CEM ticket.
+        "source": if u.trigger.as_deref() == Some("FOLLOWUP") { "followup" } else { "cem" },
         "status": u.status.code(),
         "grade": grade.code(),
         "patient": { "pseudonym": patient_key },
@@ -924,6 +925,57 @@ impl Store {
     }
 }
 
+/// The R-FUP-4 step key of a follow-up task ref: without the `:{attempt}` of a retry.
+fn followup_step_key(task_ref: &str) -> &str {
+    match task_ref.rsplit_once(':') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => task_ref,
+    }
+}
+
+/// R-FUP-5: open an URGENT case (ticket `FU-…`, derived from the task) for a follow-up call
+/// whose patient needs attention: HCRM create, SLA clocks with the 1 h response, escalations —
+/// the ticket loop's own rules. Returns the case's ticket id.
+#[allow(clippy::too_many_arguments)]
+async fn attention_case(
+    backend: Backend,
+    tx: &mut StoreTx,
+    ctx: &TicketCtx,
+    r: &ticket::CallResult,
+    scene: &str,
+    pk: Option<&str>,
+    at: Timestamp,
+    now: i64,
+) -> Result<String, TicketStoreError> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(followup_step_key(&r.task_ref).as_bytes());
+    let ticket_id = format!("FU-{}", cem_pipeline::anonymize::hex(&digest[..8]));
+    let body = json!({
+        "ticketId": ticket_id,
+        "version": 1,
+        "status": "OPEN",
+        "grade": "URGENT",
+        "trigger": "FOLLOWUP",
+        "category": "随访异常",
+        "comment": format!("follow-up call {scene} ({}): the patient needs attention", r.task_ref),
+        "patientKey": pk,
+        "createdAt": rfc3339_in(at, &ctx.zone),
+    })
+    .to_string();
+    let u = TicketUpdate::parse(body.as_bytes()).map_err(|e| TicketStoreError::Corrupt {
+        ticket_id: ticket_id.clone(),
+        version: 1,
+        why: e.to_string(),
+    })?;
+    let mut row = lock_ticket(tx, backend, &ticket_id, now).await?;
+    if row.applied_version == 0 {
+        insert_version(tx, ctx, &u, body.as_bytes(), "applied", now).await?;
+        apply(tx, ctx, &mut row, &u, now).await?;
+        counter!("cem_bridge_followup_attention_total").increment(1);
+    }
+    Ok(ticket_id)
+}
+
 /// What a call-center result did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallRecorded {
@@ -965,23 +1017,34 @@ impl Store {
         let pk: Option<String> = row.try_get("patient_key").map_err(read())?;
         let key_id: String = row.try_get("key_id").map_err(read())?;
         let sealed: Vec<u8> = row.try_get("body").map_err(read())?;
-        let attempt: u32 = r
-            .task_ref
-            .rsplit(':')
-            .next()
-            .and_then(|n| n.parse().ok())
+        let plain = ctx
+            .cipher
+            .open(&outbox_aad(&r.task_ref), &key_id, &sealed)?;
+        let mut body: Value =
+            serde_json::from_slice(&plain).map_err(|e| TicketStoreError::Corrupt {
+                ticket_id: ticket_id.clone(),
+                version: 0,
+                why: e.to_string(),
+            })?;
+        // The attempt this task was (queued in its body); older rows: the key's last number.
+        let attempt: u32 = body["attempt"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .or_else(|| r.task_ref.rsplit(':').next().and_then(|n| n.parse().ok()))
             .unwrap_or(1);
+        let followup = ticket_id.starts_with("fu:");
         let at = r
             .ended_at
             .unwrap_or_else(|| Timestamp::from_millisecond(now).unwrap_or_default());
-        let closed = sqlx::query("SELECT status FROM tickets WHERE ticket_id = $1")
-            .bind(ticket_id.as_str())
-            .fetch_optional(&mut *tx.tx)
-            .await
-            .map_err(db("read ticket status"))?
-            .and_then(|r| r.try_get::<Option<String>, _>("status").ok().flatten())
-            .and_then(|s| Status::parse(&s))
-            .is_some_and(Status::is_final);
+        let closed = !followup
+            && sqlx::query("SELECT status FROM tickets WHERE ticket_id = $1")
+                .bind(ticket_id.as_str())
+                .fetch_optional(&mut *tx.tx)
+                .await
+                .map_err(db("read ticket status"))?
+                .and_then(|r| r.try_get::<Option<String>, _>("status").ok().flatten())
+                .and_then(|s| Status::parse(&s))
+                .is_some_and(Status::is_final);
         let next = match ticket::call_next(r.status, attempt, at, &ctx.windows, &ctx.zone) {
             // R-TKT-6: a closed ticket gets no more calls.
             ticket::CallNext::Retry { .. } if closed => ticket::CallNext::Final {
@@ -997,17 +1060,13 @@ impl Store {
         });
         match next {
             ticket::CallNext::Retry { attempt: n, due } => {
-                let kind = CallKind::parse(&kind_code).unwrap_or(CallKind::UrgentCallback);
-                let key = ticket::call_key(&ticket_id, kind, n);
-                let plain = ctx
-                    .cipher
-                    .open(&outbox_aad(&r.task_ref), &key_id, &sealed)?;
-                let mut body: Value =
-                    serde_json::from_slice(&plain).map_err(|e| TicketStoreError::Corrupt {
-                        ticket_id: ticket_id.clone(),
-                        version: 0,
-                        why: e.to_string(),
-                    })?;
+                let key = if followup {
+                    // R-FUP-4 step key, then `:{attempt}` for the retries.
+                    format!("{}:{n}", followup_step_key(&r.task_ref))
+                } else {
+                    let kind = CallKind::parse(&kind_code).unwrap_or(CallKind::UrgentCallback);
+                    ticket::call_key(&ticket_id, kind, n)
+                };
                 body["taskRef"] = key.clone().into();
                 body["notBefore"] = rfc3339_in(due, &ctx.zone).into();
                 body["attempt"] = n.into();
@@ -1030,28 +1089,45 @@ impl Store {
             ticket::CallNext::Final { outcome } => call["outcome"] = outcome.into(),
         }
         let outcome = call["outcome"].as_str().unwrap_or("").to_string();
-        let body = json!({
-            "op": "call_result",
-            "externalTicketId": format!("cem:{ticket_id}"),
-            "ticketId": ticket_id,
-            "call": call,
-            "occurredAt": rfc3339_in(at, &ctx.zone),
-            "patient": { "pseudonym": pk },
-        });
-        let key = format!("{}:result:hcrm", r.task_ref);
-        queue(
-            &mut tx,
-            ctx,
-            &ticket_id,
-            "hcrm",
-            "call_result",
-            &key,
-            pk.as_deref(),
-            &body,
-            now,
-            now,
-        )
-        .await?;
+        if !followup {
+            // R-TKT-6: a ticket's call outcome updates its case.
+            let body = json!({
+                "op": "call_result",
+                "externalTicketId": format!("cem:{ticket_id}"),
+                "ticketId": ticket_id,
+                "call": call,
+                "occurredAt": rfc3339_in(at, &ctx.zone),
+                "patient": { "pseudonym": pk },
+            });
+            let key = format!("{}:result:hcrm", r.task_ref);
+            queue(
+                &mut tx,
+                ctx,
+                &ticket_id,
+                "hcrm",
+                "call_result",
+                &key,
+                pk.as_deref(),
+                &body,
+                now,
+                now,
+            )
+            .await?;
+        } else if r.needs_attention {
+            // R-FUP-5: the patient needs attention: an URGENT case with the 1 h clock.
+            let case = attention_case(
+                self.backend,
+                &mut tx,
+                ctx,
+                r,
+                &kind_code,
+                pk.as_deref(),
+                at,
+                now,
+            )
+            .await?;
+            call["case"] = case.into();
+        }
         tx.audit(&AuditEntry {
             job_id: Some(&ticket_id),
             patient_key: pk.as_deref(),

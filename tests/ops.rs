@@ -630,6 +630,7 @@ async fn retention_runs_in_the_bridge_and_keeps_pending_jobs() {
             payload: "{}",
             connector: "adt",
             message_id: job_id,
+            dnd: true,
         };
         tx.insert_job(&job, old).await.unwrap();
     }

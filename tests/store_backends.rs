@@ -23,6 +23,7 @@ fn job<'a>(id: &'a str, due: i64) -> NewJob<'a> {
         payload: "{}",
         connector: "adt",
         message_id: "m",
+        dnd: true,
     }
 }
 

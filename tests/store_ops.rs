@@ -85,6 +85,7 @@ fn job<'a>(id: &'a str, patient: &'a str, message: &'a str, due: i64) -> NewJob<
         payload: "{}",
         connector: "adt",
         message_id: message,
+        dnd: true,
     }
 }
 

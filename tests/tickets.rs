@@ -12,34 +12,6 @@ use cem_pipeline::ticket::sign;
 use common::*;
 use sqlx::Row;
 
-/// A bridge with the ticket loop on, HCRM and the call center pointed at recorders.
-fn ticket_setup(name: &str, cem: &Recorder, hcrm: &Recorder, cc: &Recorder, extra: &str) -> Setup {
-    let mut s = Setup::new(name, &cem.url());
-    s.extra_top = format!(
-        r#"
-[tickets]
-poll_interval_ms = 50
-{extra}
-[hcrm]
-mode = "http"
-url = "{hcrm}"
-[hcrm.limits]
-backoff_initial_ms = 50
-backoff_max_ms = 200
-breaker_open_ms = 300
-[callcenter]
-mode = "http"
-url = "{cc}"
-[callcenter.limits]
-backoff_initial_ms = 50
-backoff_max_ms = 200
-"#,
-        hcrm = hcrm.url(),
-        cc = cc.url()
-    );
-    s
-}
-
 /// Register the outpatient sample so the vault knows the patient; the pseudonym the CEM got.
 async fn known_patient(setup: &Setup, cem: &Recorder, message_id: &str) -> String {
     publish(
@@ -556,6 +528,10 @@ async fn check_requires_the_webhook_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("tickets: on"), "{text}");
+    assert!(
+        text.contains("follow-ups: on (surgical wards CAT GLA RET REF"),
+        "{text}"
+    );
     cleanup(&setup).await;
 }
 

@@ -210,6 +210,11 @@ pub struct Visit {
     pub disposition: Option<String>,
     /// PV1-16 VIP indicator, raw (R-EXC-5).
     pub vip_indicator: Option<String>,
+    /// A procedure of the stay (PR1-3, JSON `visit.surgery`); present = surgery (R-FUP-1).
+    /// Only its presence is used; it never leaves the bridge.
+    pub surgery: Option<String>,
+    /// Follow-up risk level (`HIGH`, `NORMAL`, `LOW`; R-FUP-1), raw.
+    pub risk: Option<String>,
 }
 
 /// Non-fatal findings counted as `cem_bridge_identity_warnings_total{kind}`.

@@ -13,6 +13,7 @@
 //! - [`lists`] — opt-out and staff lists as pseudonyms (R-EXC-3, R-EXC-4).
 //! - [`anonymize`] — pseudonyms (R-ANO-2), masks (R-ANO-3), age bands (R-ANO-4).
 //! - [`survey`] — which survey an event triggers, when, and the anonymised CEM dispatch payload.
+//! - [`followup`] — post-operative follow-up plans: which stays, which steps, when (R-FUP-1..2).
 //! - [`reid`] — re-identification: vault records and which (caller, purpose) may read what
 //!   (R-ANO-6).
 //! - [`ticket`] — tickets (工单): grading, SLA clocks and escalation, forwarding plan, order,
@@ -26,6 +27,7 @@
 pub mod anonymize;
 pub mod decode;
 pub mod event;
+pub mod followup;
 pub mod identifiers;
 pub mod lists;
 pub mod mapping;

@@ -1,4 +1,5 @@
-//! Opt-out and staff lists (R-EXC-3, R-EXC-4), held as pseudonyms only.
+//! Opt-out and staff lists (R-EXC-3, R-EXC-4; the follow-up opt-out of R-FUP-2), held as
+//! pseudonyms only.
 //!
 //! A list file is UTF-8 text, one entry per line: `kind,value[,authority]`, where kind is
 //! `patient_id` (value = PID-3.1, authority = PID-3.4, required), `id_card` (a valid
@@ -22,6 +23,8 @@ pub enum ListKind {
     OptOut,
     /// R-EXC-4: checked on `pk`, `ik` and `mk`.
     Staff,
+    /// R-FUP-2: follow-up calls and reminders only; checked like `OptOut`.
+    FollowupOptOut,
 }
 
 impl ListKind {
@@ -29,6 +32,7 @@ impl ListKind {
         match self {
             Self::OptOut => "opt_out",
             Self::Staff => "staff",
+            Self::FollowupOptOut => "followup_opt_out",
         }
     }
 }
@@ -38,6 +42,7 @@ impl ListKind {
 pub struct ExclusionLists {
     pub opt_out: HashSet<String>,
     pub staff: HashSet<String>,
+    pub followup_opt_out: HashSet<String>,
 }
 
 impl ExclusionLists {
@@ -49,8 +54,28 @@ impl ExclusionLists {
         ik: Option<&str>,
         mk: Option<&str>,
     ) -> Option<(&'static str, &'static str)> {
+        self.check_with(&self.opt_out, pk, ik, mk)
+    }
+
+    /// The same for a follow-up (R-FUP-2): its own opt-out list, then the staff list.
+    pub fn check_followup(
+        &self,
+        pk: &str,
+        ik: Option<&str>,
+        mk: Option<&str>,
+    ) -> Option<(&'static str, &'static str)> {
+        self.check_with(&self.followup_opt_out, pk, ik, mk)
+    }
+
+    fn check_with(
+        &self,
+        opt_out: &HashSet<String>,
+        pk: &str,
+        ik: Option<&str>,
+        mk: Option<&str>,
+    ) -> Option<(&'static str, &'static str)> {
         let on = |set: &HashSet<String>, k: Option<&str>| k.is_some_and(|k| set.contains(k));
-        if on(&self.opt_out, Some(pk)) || on(&self.opt_out, mk) {
+        if on(opt_out, Some(pk)) || on(opt_out, mk) {
             return Some(("opted_out", "R-EXC-3"));
         }
         if on(&self.staff, Some(pk)) || on(&self.staff, ik) || on(&self.staff, mk) {
@@ -63,6 +88,7 @@ impl ExclusionLists {
         match kind {
             ListKind::OptOut => &mut self.opt_out,
             ListKind::Staff => &mut self.staff,
+            ListKind::FollowupOptOut => &mut self.followup_opt_out,
         }
     }
 }

@@ -343,22 +343,84 @@ pub fn decide(
     else {
         return suppress("no_rule", "R-SRV-1");
     };
+    // 3..9: the exclusions of R-EXC-1..7.
+    let Contact { pk, ik, mk, .. } = match screen(event, visit, policy, ctx, ListUse::Survey) {
+        Ok(c) => c,
+        Err((reason, rule)) => return suppress(reason, rule),
+    };
+    // 10 stale_event (R-SRV-4)
+    let (anchor, due_at, stale_after) = due_and_stale(event, visit, policy, ctx.zone, ctx.now);
+    if ctx.now > stale_after {
+        return suppress("stale_event", "R-SRV-4");
+    }
+    let template = &rule.template;
+    let channel = rule
+        .channel
+        .clone()
+        .unwrap_or_else(|| policy.channel.clone());
+    let vk = ctx.pseudo.visit_key(&visit.facility, visit.number.expose());
+    let job_id = job_id(ctx.tenant, &vk, template);
+    let payload = dispatch_payload(
+        event, visit, ctx, &pk, &job_id, template, channel, due_at, anchor,
+    );
+    let mobile_key = mk;
+    SurveyDecision::Schedule(Box::new(SurveyJob {
+        job_id,
+        template: template.clone(),
+        due_at,
+        patient_key: pk,
+        visit_key: vk,
+        id_card_key: ik,
+        mobile_key,
+        payload,
+    }))
+}
+
+/// Which opt-out list an exclusion check uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListUse {
+    /// R-EXC-3: the survey opt-out list.
+    Survey,
+    /// R-FUP-2: the follow-up opt-out list.
+    Followup,
+}
+
+/// Who a message reaches once the exclusions passed: the patient's pseudonyms and the mobile
+/// key it goes to (the guardian's for a minor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub pk: String,
+    pub ik: Option<String>,
+    pub mk: String,
+    pub minor: bool,
+}
+
+/// R-EXC-1..7 in the order of domain rules §2.2 (deceased, disposition_excluded, opted_out,
+/// staff, vip, minor_no_guardian, no_mobile); the first match is the `(reason, rule)`.
+/// Shared by surveys and follow-ups (R-FUP-2).
+pub fn screen(
+    event: &PatientEvent,
+    visit: &crate::event::Visit,
+    policy: &SurveyPolicy,
+    ctx: &SurveyContext<'_>,
+    lists: ListUse,
+) -> Result<Contact, (&'static str, &'static str)> {
     let disposition = visit
         .disposition
         .as_deref()
         .and_then(DispositionClass::of_ub04);
     // 3 deceased (R-EXC-1)
     if event.patient.deceased || disposition == Some(DispositionClass::Death) {
-        return suppress("deceased", "R-EXC-1");
+        return Err(("deceased", "R-EXC-1"));
     }
     // 4 disposition_excluded (R-EXC-2)
     if matches!(
         disposition,
         Some(DispositionClass::Transfer | DispositionClass::StillIn)
     ) {
-        return suppress("disposition_excluded", "R-EXC-2");
+        return Err(("disposition_excluded", "R-EXC-2"));
     }
-    // 5 opted_out, 6 staff (R-EXC-3, R-EXC-4): on the keys the survey would use.
+    // 5 opted_out, 6 staff (R-EXC-3, R-EXC-4): on the keys the message would use.
     let pseudo = ctx.pseudo;
     let minor = is_minor(event, policy, ctx.zone);
     let would_contact = if minor {
@@ -373,8 +435,12 @@ pub fn decide(
         .as_ref()
         .map(|i| pseudo.id_card_key(i.expose()));
     let mk = would_contact.map(|m| pseudo.mobile_key(m.expose()));
-    if let Some((reason, rule)) = ctx.lists.check(&pk, ik.as_deref(), mk.as_deref()) {
-        return suppress(reason, rule);
+    let listed = match lists {
+        ListUse::Survey => ctx.lists.check(&pk, ik.as_deref(), mk.as_deref()),
+        ListUse::Followup => ctx.lists.check_followup(&pk, ik.as_deref(), mk.as_deref()),
+    };
+    if let Some(hit) = listed {
+        return Err(hit);
     }
     // 7 vip (R-EXC-5)
     let vip =
@@ -387,40 +453,45 @@ pub fn decide(
                 .as_deref()
                 .is_some_and(|c| policy.no_publicity_codes.iter().any(|x| x == c));
     if vip {
-        return suppress("vip", "R-EXC-5");
+        return Err(("vip", "R-EXC-5"));
     }
     // 8 minor_no_guardian (R-EXC-6): unknown age counts as adult.
-    let event_date = event.event_time.to_zoned(ctx.zone.clone()).date();
     if minor && would_contact.is_none() {
-        return suppress("minor_no_guardian", "R-EXC-6");
+        return Err(("minor_no_guardian", "R-EXC-6"));
     }
     // 9 no_mobile (R-EXC-7)
-    let Some(mobile_key) = mk else {
-        return suppress("no_mobile", "R-EXC-7");
+    let Some(mk) = mk else {
+        return Err(("no_mobile", "R-EXC-7"));
     };
-    // 10 stale_event (R-SRV-4)
-    let (anchor, due_at, stale_after) = due_and_stale(event, visit, policy, ctx.zone, ctx.now);
-    if ctx.now > stale_after {
-        return suppress("stale_event", "R-SRV-4");
-    }
-    let template = &rule.template;
-    let channel = rule
-        .channel
-        .clone()
-        .unwrap_or_else(|| policy.channel.clone());
-    let vk = pseudo.visit_key(&visit.facility, visit.number.expose());
-    let job_id = job_id(ctx.tenant, &vk, template);
+    Ok(Contact { pk, ik, mk, minor })
+}
+
+/// The anonymised CEM body of a push (R-ANO-1, R-ANO-7) for `template` due at `due_at`;
+/// `anchor` is the visit time the payload shows (generalised by `[anonymization.cem]`).
+#[allow(clippy::too_many_arguments)]
+pub fn dispatch_payload(
+    event: &PatientEvent,
+    visit: &crate::event::Visit,
+    ctx: &SurveyContext<'_>,
+    pk: &str,
+    job_id: &str,
+    template: &str,
+    channel: String,
+    due_at: Timestamp,
+    anchor: Timestamp,
+) -> SurveyDispatch {
     let zone = ctx.zone;
     let f = ctx.fields;
-    let payload = SurveyDispatch {
-        request_id: idempotency_key(&job_id),
-        job_id: job_id.clone(),
-        template_id: template.clone(),
+    let event_date = event.event_time.to_zoned(zone.clone()).date();
+    SurveyDispatch {
+        request_id: idempotency_key(job_id),
+        job_id: job_id.to_string(),
+        template_id: template.to_string(),
         channel,
-        key_id: pseudo.key_id().to_string(),
+        key_id: ctx.pseudo.key_id().to_string(),
         due_at: rfc3339_in(due_at, zone),
         patient: DispatchPatient {
-            pk: pk.clone(),
+            pk: pk.to_string(),
             name_masked: match f.name {
                 NameRule::Mask => event.patient.name.as_ref().map(|n| mask_name(n.expose())),
                 NameRule::Drop => None,
@@ -439,7 +510,7 @@ pub fn decide(
             },
         },
         visit: DispatchVisit {
-            vk: vk.clone(),
+            vk: ctx.pseudo.visit_key(&visit.facility, visit.number.expose()),
             event: event.kind.code(),
             visit_class: visit.class.code(),
             hospital: visit.facility.clone(),
@@ -452,17 +523,7 @@ pub fn decide(
                 VisitTimeRule::Drop => None,
             },
         },
-    };
-    SurveyDecision::Schedule(Box::new(SurveyJob {
-        job_id,
-        template: template.clone(),
-        due_at,
-        patient_key: pk,
-        visit_key: vk,
-        id_card_key: ik,
-        mobile_key,
-        payload,
-    }))
+    }
 }
 
 #[cfg(test)]

@@ -694,3 +694,61 @@ pub async fn drop_pg_database(db: &str) {
         admin.close().await;
     }
 }
+
+/// A bridge with the ticket loop on, HCRM and the call center pointed at recorders.
+pub fn ticket_setup(
+    name: &str,
+    cem: &Recorder,
+    hcrm: &Recorder,
+    cc: &Recorder,
+    extra: &str,
+) -> Setup {
+    let mut s = Setup::new(name, &cem.url());
+    s.extra_top = format!(
+        r#"
+[tickets]
+poll_interval_ms = 50
+{extra}
+[hcrm]
+mode = "http"
+url = "{hcrm}"
+[hcrm.limits]
+backoff_initial_ms = 50
+backoff_max_ms = 200
+breaker_open_ms = 300
+[callcenter]
+mode = "http"
+url = "{cc}"
+[callcenter.limits]
+backoff_initial_ms = 50
+backoff_max_ms = 200
+"#,
+        hcrm = hcrm.url(),
+        cc = cc.url()
+    );
+    s
+}
+
+/// POST `body` to `path` on the ops listener signed like the CEM and the call center do
+/// (HMAC-SHA256 of `timestamp.body`) at Unix second `at_s`; (status, JSON answer).
+pub async fn post_signed_to(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    secret: &[u8],
+    at_s: i64,
+) -> (u16, serde_json::Value) {
+    let ts = at_s.to_string();
+    let sig = cem_pipeline::ticket::sign(secret, &ts, body.as_bytes());
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .header("X-CEM-Timestamp", ts)
+        .header("X-CEM-Signature", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("the webhook answers");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}

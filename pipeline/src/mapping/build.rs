@@ -263,6 +263,8 @@ pub(super) fn build(
         discharge: f.first(Target::VisitDischarge, |s| parse_time(s, zone)),
         disposition: f.text(Target::VisitDisposition),
         vip_indicator: f.text(Target::VisitVip),
+        surgery: f.text(Target::VisitSurgery),
+        risk: f.text(Target::VisitRisk),
     });
     let merged_from = if kind == EventKind::Merged {
         f.text(Target::MergedId).map(|id| PatientId {
@@ -401,6 +403,8 @@ pub fn event_fields(e: &PatientEvent, zone: &jiff::tz::TimeZone) -> Vec<(Target,
         opt(Target::VisitDischarge, v.discharge.map(ts));
         opt(Target::VisitDisposition, v.disposition.clone());
         opt(Target::VisitVip, v.vip_indicator.clone());
+        opt(Target::VisitSurgery, v.surgery.clone());
+        opt(Target::VisitRisk, v.risk.clone());
     }
     if let Some(mf) = &e.merged_from {
         opt(Target::MergedId, Some(mf.id.expose().clone()));

@@ -83,6 +83,8 @@ targets! {
     VisitDischarge = "visit.discharge": Time, "Discharge time (PV1-45).";
     VisitDisposition = "visit.disposition": Text, "Discharge disposition code (HL7 table 0112), R-EXC-8.";
     VisitVip = "visit.vip": Text, "VIP indicator (PV1-16), R-EXC-5.";
+    VisitSurgery = "visit.surgery": Text, "A procedure of the stay (PR1-3); present = surgery, for follow-up plans (R-FUP-1).";
+    VisitRisk = "visit.risk": Text, "Follow-up risk level HIGH / NORMAL / LOW (R-FUP-1); absent = NORMAL.";
     MergedId = "merged.id": Text, "A40: the non-surviving patient id (MRG-1).";
     MergedAuthority = "merged.authority": Text, "Authority of merged.id; default: patient.authority's default.";
 }
