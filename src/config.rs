@@ -72,6 +72,8 @@ pub struct Config {
     /// The AI call-center sink for call-backs and revisits (shadow by default).
     #[serde(default)]
     pub callcenter: crate::ticket_config::PeerConfig,
+    /// Where ticket call outcomes are posted back to the CEM (R-TKT-6); absent = not posted.
+    pub cem_results: Option<crate::ticket_config::PeerConfig>,
 }
 
 fn default_zone() -> String {
@@ -597,6 +599,9 @@ impl Config {
             }
             if let Some(m) = self.callcenter.problem() {
                 return Err(bad("callcenter", m));
+            }
+            if let Some(m) = self.cem_results.as_ref().and_then(|p| p.problem()) {
+                return Err(bad("cem_results", m));
             }
         }
         if self.scheduler.concurrency == 0 || self.scheduler.claim_batch == 0 {

@@ -44,6 +44,7 @@ pub mod sink;
 pub mod store;
 pub mod store_ops;
 pub mod ticket_config;
+pub mod ticket_queue;
 pub mod ticket_worker;
 pub mod tickets;
 pub mod vault;

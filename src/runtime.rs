@@ -43,6 +43,7 @@ pub struct Secrets {
     pub callcenter_secret: Option<Vec<u8>>,
     pub hcrm_token: Option<String>,
     pub callcenter_token: Option<String>,
+    pub cem_results_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -134,6 +135,11 @@ impl Secrets {
                 .token_env
                 .as_ref()
                 .and_then(|e| std::env::var(e).ok()),
+            cem_results_token: cfg
+                .cem_results
+                .as_ref()
+                .and_then(|p| p.token_env.as_ref())
+                .and_then(|e| std::env::var(e).ok()),
         }
     }
 }
@@ -206,18 +212,12 @@ async fn ticket_loop(
         calendar: t.calendar().map_err(anyhow::Error::msg)?,
         windows: t.windows().map_err(anyhow::Error::msg)?,
         gap_hold_ms: t.gap_hold_ms(),
+        cem_results: cfg.cem_results.is_some(),
     };
-    let mut sinks = Vec::new();
-    for (name, p, token) in [
-        ("hcrm", &cfg.hcrm, secrets.hcrm_token.clone()),
-        (
-            "callcenter",
-            &cfg.callcenter,
-            secrets.callcenter_token.clone(),
-        ),
-    ] {
+    let peer = |name: &'static str, p: &crate::ticket_config::PeerConfig, token: Option<String>| {
         let shadow = p.shadow_file(name);
-        sinks.push(
+        let p = p.clone();
+        async move {
             Sink::build(SinkSettings {
                 name,
                 mode: p.mode,
@@ -228,13 +228,20 @@ async fn ticket_loop(
                 success: p.success_rule(),
                 limits: &p.limits,
             })
-            .await?,
-        );
-    }
-    let callcenter = sinks
-        .pop()
-        .ok_or_else(|| anyhow::anyhow!("call-center sink"))?;
-    let hcrm = sinks.pop().ok_or_else(|| anyhow::anyhow!("HCRM sink"))?;
+            .await
+        }
+    };
+    let hcrm = peer("hcrm", &cfg.hcrm, secrets.hcrm_token.clone()).await?;
+    let callcenter = peer(
+        "callcenter",
+        &cfg.callcenter,
+        secrets.callcenter_token.clone(),
+    )
+    .await?;
+    let cem_results = match &cfg.cem_results {
+        Some(p) => Some(peer("cem_results", p, secrets.cem_results_token.clone()).await?),
+        None => None,
+    };
     let wake = Arc::new(Notify::new());
     let intake = Arc::new(crate::webhook::TicketIntake {
         store: store.clone(),
@@ -252,6 +259,7 @@ async fn ticket_loop(
         ctx,
         hcrm,
         callcenter,
+        cem_results,
         clock,
         owner: format!("{}-tickets", instance_id()),
         poll_interval: std::time::Duration::from_millis(t.poll_interval_ms),
@@ -501,11 +509,20 @@ pub async fn start_with_clock(
             trigger.subscribe(),
         ));
     }
-    if let Some((_, worker)) = tickets {
-        if ops_addr.is_none() {
+    if let Some((intake, worker)) = tickets {
+        let queue = cfg.tickets.as_ref().and_then(|t| t.queue.clone());
+        if ops_addr.is_none() && queue.is_none() {
             warn!(
-                "[tickets] is configured but [ops] listen is empty: the ticket webhook has nowhere to listen"
+                "[tickets] is configured but [ops] listen is empty and there is no [tickets.queue]: ticket updates have no way in"
             );
+        }
+        if let Some(q) = queue {
+            background.push(tokio::spawn(crate::ticket_queue::run(
+                intake,
+                q,
+                instance_id(),
+                trigger.subscribe(),
+            )));
         }
         background.push(tokio::spawn(crate::ticket_worker::run(
             worker,

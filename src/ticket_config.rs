@@ -41,6 +41,33 @@ pub struct TicketsConfig {
     pub lease_ms: u64,
     /// Requests to HCRM and the call center in flight at once.
     pub concurrency: usize,
+    /// `[tickets.queue]`: take the same updates from a RabbitMQ queue too (absent = webhook
+    /// only).
+    pub queue: Option<TicketQueueConfig>,
+}
+
+/// `[tickets.queue]`: ticket updates as RabbitMQ messages (the JSON body the webhook takes).
+/// No signature: the broker's credentials and vhost permissions are the gate. Each update is
+/// acked once it is durable in the store; a body that is not an update is dead-lettered with
+/// reason `malformed_ticket`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketQueueConfig {
+    /// `amqp://user:password@host:5672/vhost`.
+    pub url: String,
+    pub queue: String,
+    /// Default `{queue}.dlx`.
+    pub dead_letter_exchange: Option<String>,
+    /// Default `{queue}.dlq`.
+    pub dead_letter_queue: Option<String>,
+    #[serde(default)]
+    pub queue_type: crate::config::QueueTypeConfig,
+    #[serde(default = "default_queue_prefetch")]
+    pub prefetch: u16,
+}
+
+fn default_queue_prefetch() -> u16 {
+    20
 }
 
 impl Default for TicketsConfig {
@@ -58,6 +85,7 @@ impl Default for TicketsConfig {
             poll_interval_ms: 500,
             lease_ms: 60_000,
             concurrency: 8,
+            queue: None,
         }
     }
 }

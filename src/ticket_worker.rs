@@ -28,6 +28,8 @@ pub struct TicketWorker {
     pub ctx: TicketCtx,
     pub hcrm: Sink,
     pub callcenter: Sink,
+    /// `[cem_results]`: ticket call outcomes back to the CEM.
+    pub cem_results: Option<Sink>,
     pub clock: Clock,
     pub owner: String,
     pub poll_interval: Duration,
@@ -106,10 +108,24 @@ pub async fn run(w: TicketWorker, mut shutdown: Shutdown) {
 
 /// Send one outbox row and record what became of it.
 async fn send_one(w: &TicketWorker, row: OutboxRow) {
-    let sink = if row.sink == "callcenter" {
-        &w.callcenter
-    } else {
-        &w.hcrm
+    let sink = match row.sink.as_str() {
+        "callcenter" => &w.callcenter,
+        "cem_results" => match &w.cem_results {
+            Some(s) => s,
+            None => {
+                let dead = OutboxOutcome::Dead {
+                    reason: "not_configured",
+                    status: None,
+                    error: "[cem_results] was removed from the config".into(),
+                };
+                let _ = w
+                    .store
+                    .outbox_record(&w.owner, row.id, &dead, w.clock.now_ms())
+                    .await;
+                return;
+            }
+        },
+        _ => &w.hcrm,
     };
     if one_call_a_day(w, &row).await {
         return;

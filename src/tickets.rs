@@ -28,6 +28,8 @@ pub struct TicketCtx {
     pub windows: CallingWindows,
     /// R-TKT-8: how long early versions wait for the gap to fill.
     pub gap_hold_ms: i64,
+    /// `[cem_results]` is configured: ticket call outcomes are posted back to the CEM.
+    pub cem_results: bool,
 }
 
 /// How an accepted update was taken (the webhook's 200 says which).
@@ -1113,6 +1115,33 @@ impl Store {
                 now,
             )
             .await?;
+            // R-TKT-6: and back to the CEM, which raised the ticket (pseudonyms only).
+            if ctx.cem_results {
+                let body = json!({
+                    "ticketId": ticket_id,
+                    "taskRef": r.task_ref,
+                    "scene": kind_code,
+                    "attempt": attempt,
+                    "status": r.status.code(),
+                    "outcome": outcome,
+                    "occurredAt": rfc3339_in(at, &ctx.zone),
+                    "patientKey": pk,
+                });
+                let key = format!("{}:result:cem", r.task_ref);
+                queue(
+                    &mut tx,
+                    ctx,
+                    &ticket_id,
+                    "cem_results",
+                    "call_result",
+                    &key,
+                    None,
+                    &body,
+                    now,
+                    now,
+                )
+                .await?;
+            }
         } else if r.needs_attention {
             // R-FUP-5: the patient needs attention: an URGENT case with the 1 h clock.
             let case = attention_case(

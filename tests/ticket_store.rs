@@ -22,6 +22,7 @@ fn ctx() -> TicketCtx {
         calendar: Calendar::default(),
         windows: CallingWindows::default(),
         gap_hold_ms: 600_000,
+        cem_results: false,
     }
 }
 

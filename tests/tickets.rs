@@ -552,8 +552,9 @@ async fn post_result(addr: SocketAddr, body: &serde_json::Value, secret: &[u8]) 
 }
 
 /// R-TKT-7 / R-TKT-6: call results — no answer is tried again + 2 h inside a window (10:31 →
-/// 14:00), at most 3 attempts, then `unreachable`; every result updates the HCRM case; a
-/// repeated event id is acknowledged and ignored; an unknown task is 404, a bad signature 401.
+/// 14:00), at most 3 attempts, then `unreachable`; every result updates the HCRM case and is
+/// posted back to the CEM (`[cem_results]`); a repeated event id is acknowledged and ignored;
+/// an unknown task is 404, a bad signature 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_results_retry_in_windows_then_give_up_and_reach_hcrm() {
     let (cem, hcrm, cc) = (
@@ -561,7 +562,9 @@ async fn call_results_retry_in_windows_then_give_up_and_reach_hcrm() {
         Recorder::start().await,
         Recorder::start().await,
     );
-    let setup = ticket_setup("tk-calls", &cem, &hcrm, &cc, "");
+    let cemr = Recorder::start().await;
+    let extra = format!("[cem_results]\nmode = \"http\"\nurl = \"{}\"\n", cemr.url());
+    let setup = ticket_setup("tk-calls", &cem, &hcrm, &cc, &extra);
     let bridge = setup.start().await;
     let addr = bridge.ops_addr().unwrap();
     setup.wait_declared().await;
@@ -641,6 +644,21 @@ async fn call_results_retry_in_windows_then_give_up_and_reach_hcrm() {
         .map(|u| u["call"]["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["retrying", "retrying", "unreachable"]);
+    let posted = wait_requests(&cemr, &id, 3).await;
+    assert_eq!(
+        keys(&posted),
+        [
+            format!("tk:{id}:urgent_callback:1:result:cem"),
+            format!("tk:{id}:urgent_callback:2:result:cem"),
+            format!("tk:{id}:urgent_callback:3:result:cem")
+        ]
+    );
+    assert_eq!(posted[2].json["outcome"], "unreachable");
+    assert_eq!(posted[2].json["patientKey"], pk.as_str());
+    assert!(
+        !posted.iter().any(|p| p.body.contains("mobile")),
+        "pseudonyms only"
+    );
     let tasks: i64 = sqlx::query(
         "SELECT COUNT(*) AS n FROM ticket_outbox WHERE ticket_id = ? AND sink = 'callcenter'",
     )
@@ -704,5 +722,75 @@ async fn shadow_mode_writes_no_reidentified_data() {
     }
     assert!(hcrm.requests().is_empty() && cc.requests().is_empty());
     bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// Issue 7 §1: the same intake from a RabbitMQ queue (`[tickets.queue]`): versions published
+/// out of order apply in order (R-TKT-8), each message is acked once durable, and a body that
+/// is not a ticket update is dead-lettered with its reason — stored and republished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_intake_applies_updates_in_order_and_dead_letters_malformed_ones() {
+    let (cem, hcrm, cc) = (
+        Recorder::start().await,
+        Recorder::start().await,
+        Recorder::start().await,
+    );
+    let queue = unique("cem.tickets");
+    let extra = format!(
+        "[tickets.queue]\nurl = \"{}\"\nqueue = \"{queue}\"\n",
+        amqp_url()
+    );
+    let setup = ticket_setup("tk-queue", &cem, &hcrm, &cc, &extra);
+    let bridge = setup.start().await;
+    wait_for(20, "the ticket queue declared", || {
+        let q = queue.clone();
+        async move { queue_depth(&q).await }
+    })
+    .await;
+    let id = unique("TKQ");
+    let v1 = sample("created_low_score", &id, "pk_queue");
+    let v2 = update(&id, 2, "ASSIGNED", "2026-11-21T10:20:00+08:00");
+    let v3 = update(&id, 3, "IN_PROGRESS", "2026-11-21T10:25:00+08:00");
+    for (body, mid) in [
+        (v1.as_str(), "q-v1"),
+        (v3.as_str(), "q-v3"),
+        ("{\"ticketId\": 7", "q-bad"),
+        (v2.as_str(), "q-v2"),
+    ] {
+        publish(&queue, body.as_bytes(), mid).await;
+    }
+    let sent = wait_requests(&hcrm, &id, 3).await;
+    assert_eq!(
+        keys(&sent),
+        [
+            format!("tk:{id}:1:hcrm"),
+            format!("tk:{id}:2:hcrm"),
+            format!("tk:{id}:3:hcrm")
+        ],
+        "applied and forwarded in version order"
+    );
+    let dlq = format!("{queue}.dlq");
+    let dead = wait_for(20, "the malformed body dead-lettered", || {
+        let q = dlq.clone();
+        async move {
+            let d = drain(&q).await;
+            (!d.is_empty()).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["x-cem-reason"], "malformed_ticket");
+    assert_eq!(dead[0].message_id.as_deref(), Some("q-bad"));
+    let db = sqlite(&setup.db).await;
+    let stored: (String, String) =
+        sqlx::query("SELECT connector, reason FROM dead_letters WHERE message_id = 'q-bad'")
+            .fetch_one(&db)
+            .await
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+    assert_eq!(stored, ("tickets".into(), "malformed_ticket".into()));
+    assert_eq!(queue_depth(&queue).await, Some(0), "everything acked");
+    bridge.shutdown().await;
+    delete_queues(&[queue.clone(), dlq], &[format!("{queue}.dlx")]).await;
     cleanup(&setup).await;
 }

@@ -448,23 +448,34 @@ pub async fn drain(queue: &str) -> Vec<DeadLetter> {
 
 /// Delete a test's queues and exchange (best effort).
 pub async fn cleanup(setup: &Setup) {
+    delete_queues(
+        &[setup.queue.clone(), setup.dlq()],
+        &[format!("{}.dlx", setup.queue)],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+/// Delete queues and exchanges (best effort).
+pub async fn delete_queues(queues: &[String], exchanges: &[String]) {
     if let Ok(conn) = cem_connectors::amqp::connect(&amqp_url(), "test-cleanup").await {
         if let Ok(ch) = conn.create_channel().await {
-            for q in [setup.queue.clone(), setup.dlq()] {
+            for q in queues {
                 let _ = ch
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;
             }
-            let _ = ch
-                .exchange_delete(
-                    format!("{}.dlx", setup.queue).as_str().into(),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await;
+            for x in exchanges {
+                let _ = ch
+                    .exchange_delete(
+                        x.as_str().into(),
+                        lapin::options::ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+            }
         }
         let _ = conn.close(200, "bye".into()).await;
     }
-    let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
 /// Raw personal values of the shared samples, which must never reach the CEM.

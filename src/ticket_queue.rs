@@ -1,0 +1,204 @@
+//! `[tickets.queue]`: CEM ticket updates from a RabbitMQ queue — the same intake as
+//! `POST /hooks/cem/tickets` (R-TKT-8 order, durable before the ack), for CEM deployments that
+//! publish to the hospital's broker instead of calling a webhook.
+//!
+//! One delivery at a time (tickets are few): parse → `ticket_accept` in one transaction → ack.
+//! A body that is not a ticket update is stored as a dead letter (sealed, connector `tickets`,
+//! reason `malformed_ticket`), republished to the dead-letter exchange with the reason, then
+//! acked. A store failure acks nothing: the update is retried with backoff, and after a crash
+//! or shutdown the broker redelivers it (a redelivered version is `stale_version`, no effect).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cem_connectors::amqp::{AmqpSource, AmqpSourceConfig, InboundMessage, QueueType};
+use cem_pipeline::ticket::TicketUpdate;
+use metrics::counter;
+use tracing::{info, warn};
+
+use crate::config::QueueTypeConfig;
+use crate::ingest::{content_hash, dead_letter_aad};
+use crate::shutdown::Shutdown;
+use crate::store::{AuditEntry, DeadLetterEntry, StoreError};
+use crate::ticket_config::TicketQueueConfig;
+use crate::tickets::TicketStoreError;
+use crate::webhook::TicketIntake;
+
+/// The connector name of the queue intake in logs, metrics and dead letters.
+pub const CONNECTOR: &str = "tickets";
+
+fn amqp_config(q: &TicketQueueConfig, instance: &str) -> AmqpSourceConfig {
+    AmqpSourceConfig {
+        url: q.url.clone(),
+        queue: q.queue.clone(),
+        dead_letter_exchange: q
+            .dead_letter_exchange
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlx", q.queue)),
+        dead_letter_queue: q
+            .dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", q.queue)),
+        queue_type: match q.queue_type {
+            QueueTypeConfig::Quorum => QueueType::Quorum,
+            QueueTypeConfig::Classic => QueueType::Classic,
+        },
+        prefetch: q.prefetch,
+        consumer_tag: format!("cem-bridge/{instance}/{CONNECTOR}/{}", q.queue),
+    }
+}
+
+/// Consume until shutdown, reconnecting with backoff when the broker goes away.
+pub async fn run(
+    intake: Arc<TicketIntake>,
+    q: TicketQueueConfig,
+    instance: String,
+    mut shutdown: Shutdown,
+) {
+    let amqp = amqp_config(&q, &instance);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if shutdown.is_triggered() {
+            break;
+        }
+        match AmqpSource::connect(&amqp).await {
+            Ok(mut source) => {
+                info!(connector = CONNECTOR, queue = %q.queue, "consuming ticket updates");
+                backoff = Duration::from_millis(500);
+                let r = consume(&intake, &mut source, &mut shutdown).await;
+                source.close().await;
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        warn!(connector = CONNECTOR, error = %e, "ticket queue stopped; reconnecting")
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(connector = CONNECTOR, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ for the ticket queue");
+            }
+        }
+        if shutdown.sleep(backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    info!(connector = CONNECTOR, "ticket queue stopped");
+}
+
+async fn consume(
+    intake: &TicketIntake,
+    source: &mut AmqpSource,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<()> {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.wait() => {
+                let _ = source.stop_consuming().await;
+                return Ok(());
+            }
+            d = source.recv() => match d {
+                None => anyhow::bail!("the broker cancelled the consumer"),
+                Some(m) => m?,
+            },
+        };
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match handle(intake, source, &msg).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(connector = CONNECTOR, error = %e, retry_in_ms = wait.as_millis() as u64,
+                          "cannot store a ticket update from the queue; not acked, retrying");
+                    if shutdown.sleep(wait).await {
+                        return Ok(()); // unacked: the broker redelivers it
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        source.ack_through(msg.tag).await?;
+        counter!("cem_bridge_messages_acked_total", "connector" => CONNECTOR).increment(1);
+    }
+}
+
+/// Store one delivery's effect; `Ok` = it may be acked.
+async fn handle(
+    intake: &TicketIntake,
+    source: &AmqpSource,
+    msg: &InboundMessage,
+) -> Result<(), TicketStoreError> {
+    let now = intake.clock.now_ms();
+    let update = match TicketUpdate::parse(&msg.body) {
+        Ok(u) => u,
+        Err(e) => return Ok(dead_letter(intake, source, msg, &e.to_string(), now).await?),
+    };
+    match intake
+        .store
+        .ticket_accept(&intake.ctx, &update, &msg.body, None, now)
+        .await
+    {
+        Ok(a) => {
+            counter!("cem_bridge_ticket_intake_total", "via" => "queue", "result" => a.code())
+                .increment(1);
+            info!(connector = CONNECTOR, ticket_id = %update.ticket_id, version = update.version,
+                  status = update.status.code(), result = a.code(), "ticket update accepted");
+            intake.wake.notify_one();
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Keep a body that is not a ticket update (sealed) and republish it with its reason.
+async fn dead_letter(
+    intake: &TicketIntake,
+    source: &AmqpSource,
+    msg: &InboundMessage,
+    detail: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    const REASON: &str = "malformed_ticket";
+    let hash = content_hash(&msg.body);
+    let sealed = intake
+        .ctx
+        .cipher
+        .seal(&dead_letter_aad(&hash), &msg.body)
+        .map_err(|_| StoreError::Sealing)?;
+    let mut tx = intake.store.begin().await?;
+    tx.dead_letter(
+        &DeadLetterEntry {
+            connector: CONNECTOR,
+            message_id: msg.message_id.as_deref(),
+            reason: REASON,
+            detail,
+            content_hash: &hash,
+            size_bytes: msg.body.len() as i64,
+            delivery_count: i64::try_from(msg.delivery_count).unwrap_or(i64::MAX),
+            sealed_body: Some((&sealed.0, &sealed.1)),
+        },
+        now,
+    )
+    .await?;
+    tx.audit(&AuditEntry {
+        connector: Some(CONNECTOR),
+        message_id: msg.message_id.as_deref(),
+        action: "dead_letter",
+        rule: Some("R-TKT-11"),
+        reason: Some(REASON),
+        detail: Some(detail),
+        ..Default::default()
+    })
+    .await?;
+    tx.commit().await?;
+    counter!("cem_bridge_dead_letters_total", "connector" => CONNECTOR, "reason" => REASON)
+        .increment(1);
+    warn!(connector = CONNECTOR, message_id = ?msg.message_id, reason = REASON, detail, "dead-lettered");
+    if let Err(e) = source
+        .publish_dead_letter(msg, CONNECTOR, REASON, detail)
+        .await
+    {
+        // Stored in the dead-letter table already (`cem-bridge dlq`): the ack may go ahead.
+        warn!(connector = CONNECTOR, error = %e, "cannot republish to the dead-letter exchange; the dead letter is in the store");
+    }
+    Ok(())
+}
