@@ -794,3 +794,70 @@ async fn queue_intake_applies_updates_in_order_and_dead_letters_malformed_ones()
     delete_queues(&[queue.clone(), dlq], &[format!("{queue}.dlx")]).await;
     cleanup(&setup).await;
 }
+
+/// Issue 7 §7 end to end on the HCRM sink: a `429` with `Retry-After: 1` is retried after the
+/// server's second, not the 50 ms backoff; a reply slower than `timeout_ms` counts as a failure
+/// and is retried under the same idempotency key, which HCRM answers `409` (already have it) —
+/// recorded as sent, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hcrm_429_retry_after_and_timeout_are_retried_with_the_same_key() {
+    let (cem, hcrm, cc) = (
+        Recorder::start().await,
+        Recorder::start().await,
+        Recorder::start().await,
+    );
+    let mut setup = ticket_setup("tk-429", &cem, &hcrm, &cc, "");
+    setup.extra_top = setup.extra_top.replace(
+        "[hcrm]\nmode = \"http\"",
+        "[hcrm]\ntimeout_ms = 400\nmode = \"http\"",
+    );
+    assert!(setup.extra_top.contains("timeout_ms = 400"));
+    hcrm.script_retry_after(1);
+    hcrm.script_slow(Duration::from_millis(1500));
+    let bridge = setup.start().await;
+    let addr = bridge.ops_addr().unwrap();
+    let id = unique("TK429");
+    let (s, _) = post(addr, &sample("created_low_score", &id, "pk_429")).await;
+    assert_eq!(s, 200);
+    // Every request HCRM saw, answered or not (the recorder keeps them all).
+    let sent = wait_for(20, "three tries of the create", || {
+        let got: Vec<Recorded> = hcrm
+            .requests()
+            .into_iter()
+            .filter(|r| r.json["ticketId"] == id.as_str())
+            .collect();
+        async move { (got.len() >= 3).then_some(got) }
+    })
+    .await;
+    assert_eq!(
+        sent.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [429, 200, 409]
+    );
+    let key = format!("tk:{id}:1:hcrm");
+    assert!(keys(&sent).iter().all(|k| *k == key), "{:?}", keys(&sent));
+    assert!(
+        sent[1].at.duration_since(sent[0].at) >= Duration::from_millis(950),
+        "Retry-After honoured: {:?}",
+        sent[1].at.duration_since(sent[0].at)
+    );
+    let db = sqlite(&setup.db).await;
+    let row = wait_for(20, "the create recorded as sent", || {
+        let db = db.clone();
+        let key = key.clone();
+        async move {
+            sqlx::query(
+                "SELECT status, last_status, attempts FROM ticket_outbox WHERE idem_key = ?",
+            )
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .ok()
+            .filter(|r| r.get::<String, _>("status") == "sent")
+        }
+    })
+    .await;
+    assert_eq!(row.get::<i64, _>("last_status"), 409);
+    assert_eq!(row.get::<i64, _>("attempts"), 3);
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}

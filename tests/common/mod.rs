@@ -117,12 +117,25 @@ pub struct Recorded {
     pub body: String,
     pub json: serde_json::Value,
     pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone, Default)]
+struct Reply {
+    status: u16,
+    body: String,
+    /// A `Retry-After` header, in seconds.
+    retry_after: Option<u32>,
+    /// Answer only after this long (to trip the sender's timeout).
+    delay: Duration,
 }
 
 #[derive(Default)]
 struct RecorderState {
     requests: Vec<Recorded>,
-    script: VecDeque<(u16, String)>,
+    script: VecDeque<Reply>,
     accepted: HashSet<String>,
 }
 
@@ -157,8 +170,31 @@ impl Recorder {
     /// Answer the next requests with these statuses and bodies, in order.
     pub fn script(&self, responses: &[(u16, &str)]) {
         let mut s = self.state.lock().unwrap();
-        s.script
-            .extend(responses.iter().map(|(c, b)| (*c, b.to_string())));
+        s.script.extend(responses.iter().map(|(c, b)| Reply {
+            status: *c,
+            body: b.to_string(),
+            ..Default::default()
+        }));
+    }
+
+    /// Answer the next request `429` with `Retry-After: {secs}`.
+    pub fn script_retry_after(&self, secs: u32) {
+        self.state.lock().unwrap().script.push_back(Reply {
+            status: 429,
+            body: r#"{"code":429,"msg":"too many requests"}"#.into(),
+            retry_after: Some(secs),
+            ..Default::default()
+        });
+    }
+
+    /// Take the next request (a 2xx, remembered as accepted) but answer only after `delay`.
+    pub fn script_slow(&self, delay: Duration) {
+        self.state.lock().unwrap().script.push_back(Reply {
+            status: 200,
+            body: r#"{"code":0,"data":{"deliveryId":"d-slow"}}"#.into(),
+            delay,
+            ..Default::default()
+        });
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -187,7 +223,8 @@ async fn record(
     State(state): State<Arc<Mutex<RecorderState>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let h = |k: &str| {
         headers
             .get(k)
@@ -197,34 +234,47 @@ async fn record(
     let key = h("idempotency-key");
     let text = String::from_utf8_lossy(&body).into_owned();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    let mut s = state.lock().unwrap();
-    let (status, reply) = if let Some(scripted) = s.script.pop_front() {
-        scripted
-    } else if key.as_ref().is_some_and(|k| s.accepted.contains(k)) {
-        (
-            409,
-            r#"{"code":409,"msg":"idempotency key already used"}"#.to_string(),
-        )
-    } else {
-        (200, r#"{"code":0,"data":{"deliveryId":"d-1"}}"#.to_string())
+    let reply = {
+        let mut s = state.lock().unwrap();
+        let reply = if let Some(scripted) = s.script.pop_front() {
+            scripted
+        } else if key.as_ref().is_some_and(|k| s.accepted.contains(k)) {
+            Reply {
+                status: 409,
+                body: r#"{"code":409,"msg":"idempotency key already used"}"#.to_string(),
+                ..Default::default()
+            }
+        } else {
+            Reply {
+                status: 200,
+                body: r#"{"code":0,"data":{"deliveryId":"d-1"}}"#.to_string(),
+                ..Default::default()
+            }
+        };
+        if (200..300).contains(&reply.status)
+            && reply.body.contains("\"code\":0")
+            && let Some(k) = &key
+        {
+            s.accepted.insert(k.clone());
+        }
+        s.requests.push(Recorded {
+            idempotency_key: key,
+            authorization: h("authorization"),
+            body: text,
+            json,
+            status: reply.status,
+            at: Instant::now(),
+        });
+        reply
     };
-    if (200..300).contains(&status)
-        && reply.contains("\"code\":0")
-        && let Some(k) = &key
-    {
-        s.accepted.insert(k.clone());
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
     }
-    s.requests.push(Recorded {
-        idempotency_key: key,
-        authorization: h("authorization"),
-        body: text,
-        json,
-        status,
-    });
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        reply,
-    )
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match reply.retry_after {
+        Some(secs) => (status, [("retry-after", secs.to_string())], reply.body).into_response(),
+        None => (status, reply.body).into_response(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
