@@ -12,6 +12,7 @@ use cem_pipeline::time::rfc3339_in;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde_json::json;
+use sqlx::Row;
 
 use crate::store::{AuditEntry, JobInsert, NewJob, Store, StoreError, StoreTx, db};
 use crate::vault::VaultCipher;
@@ -190,17 +191,33 @@ impl StoreTx {
 }
 
 impl Store {
+    /// `(status, due_at)` of an outbox row by its key (for `trace` and tests).
+    pub async fn outbox_row_state(&self, key: &str) -> Result<Option<(String, i64)>, StoreError> {
+        sqlx::query("SELECT status, due_at FROM ticket_outbox WHERE idem_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read an outbox row"))?
+            .map(|r| Ok((r.try_get("status")?, r.try_get("due_at")?)))
+            .transpose()
+            .map_err(db("read an outbox row"))
+    }
+
     /// R-FUP-3: whether the patient already has a call on the local day `[start, end)`: a
     /// call-center task sent that day, or one claimed before this one (`id`) still in flight.
+    /// Earlier attempts of the same step (`step_key`, `step_key:n`) do not count: a retry
+    /// after no answer is the same call (R-TKT-7).
     pub async fn call_taken(
         &self,
         patient_key: &str,
         id: i64,
+        step_key: &str,
         day: (i64, i64),
         now: i64,
     ) -> Result<bool, StoreError> {
         Ok(sqlx::query(
             "SELECT 1 AS one FROM ticket_outbox WHERE patient_key = $1 AND sink = 'callcenter' AND id <> $2 \
+             AND idem_key <> $6 AND idem_key NOT LIKE $7 ESCAPE '\\' \
              AND ((status = 'sent' AND sent_at >= $3 AND sent_at < $4) \
                OR (status = 'pending' AND locked_until > $5 AND id < $2)) LIMIT 1",
         )
@@ -209,6 +226,8 @@ impl Store {
         .bind(day.0)
         .bind(day.1)
         .bind(now)
+        .bind(step_key)
+        .bind(format!("{}:%", like_literal(step_key)))
         .fetch_optional(&self.pool)
         .await
         .map_err(db("look for today's calls"))?
@@ -238,6 +257,30 @@ impl Store {
         .rows_affected()
             == 1)
     }
+}
+
+/// `s` as a LIKE pattern that matches only itself (escape character `\`).
+fn like_literal(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// `(plan, step)` of a follow-up task key `fu:{stayKey}:{plan}:{step}[:{attempt}]`, for
+/// metric labels (both come from the plan table, never from a patient).
+pub fn plan_and_step(key: &str) -> (&'static str, &'static str) {
+    use cem_pipeline::followup::Plan;
+    let mut parts = crate::tickets::followup_step_key(key).rsplit(':');
+    let step = parts.next().unwrap_or("");
+    let plan = parts.next().unwrap_or("");
+    for p in [Plan::Postop721, Plan::PostopHigh, Plan::CareQuarterly] {
+        if p.code() == plan
+            && let Some(s) = p.steps().iter().find(|s| s.id == step)
+        {
+            return (p.code(), s.id);
+        }
+    }
+    ("unknown", "unknown")
 }
 
 /// The local day `[start, end)` (epoch ms) that `at` falls on.

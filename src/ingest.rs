@@ -812,10 +812,9 @@ async fn apply_followup(
             // R-CAN-6: a merged patient's stay is followed up under the survivor.
             let mut plan = plan.clone();
             let survivor = tx.resolve_patient(&plan.patient_key).await?;
+            // The callee stays this event's own key: its vault entry (written below) holds the
+            // number this discharge carries.
             let own_pk = plan.patient_key.clone();
-            if plan.callee_key == own_pk {
-                plan.callee_key = survivor.clone();
-            }
             plan.patient_key = survivor;
             // R-EXC-1: a patient flagged deceased earlier stays excluded.
             if tx.is_deceased(&plan.patient_key).await? {
@@ -836,6 +835,11 @@ async fn apply_followup(
                 .await?;
             counter!("cem_bridge_followup_decisions_total", "decision" => "planned", "reason" => plan.plan.code())
                 .increment(1);
+            for s in &plan.steps {
+                counter!("cem_bridge_followup_tasks_total", "plan" => plan.plan.code(), "step" => s.step,
+                         "outcome" => "scheduled")
+                .increment(1);
+            }
             debug!(connector = conn, message_id = mid, patient_key = %plan.patient_key, plan = plan.plan.code(),
                    scheduled = done.scheduled, kept = done.kept, "follow-up planned");
             Ok(done.scheduled > 0)

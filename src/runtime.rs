@@ -186,6 +186,7 @@ async fn ticket_loop(
     secrets: &Secrets,
     store: &Store,
     vault: &VaultCipher,
+    lists: &Arc<crate::lists::Lists>,
     clock: Clock,
 ) -> anyhow::Result<
     Option<(
@@ -267,6 +268,7 @@ async fn ticket_loop(
         concurrency: t.concurrency,
         wake,
         followup: cfg.followup.clone(),
+        lists: lists.clone(),
     };
     Ok(Some((intake, worker)))
 }
@@ -430,7 +432,7 @@ pub async fn start_with_clock(
     )
     .await?;
     let sink = CemSink::from_config(&cfg.cem, secrets.cem_token.clone()).await?;
-    let tickets = ticket_loop(&cfg, &secrets, &store, &vault, clock).await?;
+    let tickets = ticket_loop(&cfg, &secrets, &store, &vault, &lists, clock).await?;
     let health = SourceHealth::new(cfg.sources.iter().map(|s| s.name.as_str()));
     let ops_token = match (&secrets.ops_token, cfg.ops.needs_token()) {
         (Some(t), true) => Some(t.clone()),

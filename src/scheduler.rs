@@ -238,7 +238,12 @@ fn send_time_exclusion(
     let Some(mk) = job.mobile_key.as_deref() else {
         return Some(("no_mobile", "R-EXC-7"));
     };
-    lists.check(&job.patient_key, job.id_card_key.as_deref(), Some(mk))
+    if job.dnd {
+        lists.check(&job.patient_key, job.id_card_key.as_deref(), Some(mk))
+    } else {
+        // R-FUP-2: a follow-up questionnaire or reminder answers to the follow-up list.
+        lists.check_followup(&job.patient_key, job.id_card_key.as_deref(), Some(mk))
+    }
 }
 
 /// What the store should record for a push, given the job's attempts so far.

@@ -196,6 +196,8 @@ pub struct ClaimedJob {
     /// `pk_…` and `ik_…`, for the send-time exclusions (R-SRV-6).
     pub patient_key: String,
     pub id_card_key: Option<String>,
+    /// `false` for a follow-up questionnaire or reminder (R-FUP-2: its own opt-out list).
+    pub dnd: bool,
 }
 
 /// What a push came to, as the store records it.
@@ -477,6 +479,7 @@ impl Store {
                 mobile_key: r.try_get("mobile_key").map_err(db("read claimed jobs"))?,
                 patient_key: r.try_get("patient_key").map_err(db("read claimed jobs"))?,
                 id_card_key: r.try_get("id_card_key").map_err(db("read claimed jobs"))?,
+                dnd: under_dnd(r),
             };
             // R-FUP-2: follow-up steps are not touches and ignore do-not-disturb.
             let Some(window) = dnd_window_ms.filter(|_| under_dnd(r)) else {
@@ -1041,7 +1044,7 @@ impl StoreTx {
             .cancel_pending(JobsOf::Patient, patient_key, "deceased", now)
             .await?;
         // R-FUP-4: death cancels every pending call to the patient, follow-up or ticket.
-        sqlx::query(
+        let calls = sqlx::query(
             "UPDATE ticket_outbox SET status = 'cancelled', reason = 'deceased', locked_until = 0, updated_at = $1 \
              WHERE patient_key = $2 AND sink = 'callcenter' AND status = 'pending'",
         )
@@ -1049,7 +1052,19 @@ impl StoreTx {
         .bind(patient_key)
         .execute(&mut *self.tx)
         .await
-        .map_err(db("cancel calls"))?;
+        .map_err(db("cancel calls"))?
+        .rows_affected();
+        if calls > 0 {
+            self.audit(&AuditEntry {
+                patient_key: Some(patient_key),
+                action: "cancelled",
+                rule: Some("R-FUP-4"),
+                reason: Some("deceased"),
+                detail: Some(&format!("{calls} pending call(s) to the patient")),
+                ..Default::default()
+            })
+            .await?;
+        }
         Ok(cancelled)
     }
 

@@ -39,6 +39,8 @@ pub struct TicketWorker {
     pub wake: Arc<Notify>,
     /// `[followup]`: when a follow-up call moved by R-FUP-3 is due the next day.
     pub followup: cem_pipeline::followup::FollowupSettings,
+    /// The follow-up opt-out and staff lists, checked again when a follow-up call is due.
+    pub lists: Arc<crate::lists::Lists>,
 }
 
 /// Run until shutdown; requests in flight are finished and recorded first.
@@ -127,7 +129,7 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
         },
         _ => &w.hcrm,
     };
-    if one_call_a_day(w, &row).await {
+    if followup_gate(w, &row).await {
         return;
     }
     let outcome = match request_body(w, &row).await {
@@ -143,6 +145,11 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
             OutboxOutcome::Sent { status } => {
                 counter!("cem_bridge_tickets_forwarded_total", "sink" => row.sink.clone())
                     .increment(1);
+                if row.ticket_id.starts_with("fu:") {
+                    let (plan, step) = crate::followups::plan_and_step(&row.idem_key);
+                    counter!("cem_bridge_followup_tasks_total", "plan" => plan, "step" => step, "outcome" => "sent")
+                        .increment(1);
+                }
                 info!(ticket_id = %row.ticket_id, sink = %row.sink, kind = %row.kind, key = %row.idem_key, status, "ticket request sent");
             }
             OutboxOutcome::Retry { next_at, error, .. } => {
@@ -151,6 +158,11 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
             OutboxOutcome::Dead { reason, error, .. } => {
                 counter!("cem_bridge_ticket_requests_dead_total", "sink" => row.sink.clone(), "reason" => *reason)
                     .increment(1);
+                if row.ticket_id.starts_with("fu:") {
+                    let (plan, step) = crate::followups::plan_and_step(&row.idem_key);
+                    counter!("cem_bridge_followup_tasks_total", "plan" => plan, "step" => step, "outcome" => "dead")
+                        .increment(1);
+                }
                 warn!(ticket_id = %row.ticket_id, sink = %row.sink, key = %row.idem_key, reason, detail = %error, "ticket request given up");
             }
         },
@@ -163,9 +175,11 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
     }
 }
 
-/// R-FUP-3: a follow-up call on a day the patient already has a call (follow-up or ticket)
-/// moves to the next day at the step time. `true` if the row was not sent now.
-async fn one_call_a_day(w: &TicketWorker, row: &OutboxRow) -> bool {
+/// A due follow-up call, before it is sent: the follow-up opt-out and staff lists again
+/// (R-FUP-2: someone listed after planning gets no call), then R-FUP-3 — on a day the patient
+/// already has a call (follow-up or ticket; a retry of the same step does not count) it moves
+/// to the next day at the step time, inside a calling window. `true` if not sent now.
+async fn followup_gate(w: &TicketWorker, row: &OutboxRow) -> bool {
     if row.sink != "callcenter" || !row.ticket_id.starts_with("fu:") {
         return false;
     }
@@ -173,8 +187,28 @@ async fn one_call_a_day(w: &TicketWorker, row: &OutboxRow) -> bool {
         return false;
     };
     let now = w.clock.now_ms();
+    let (plan, step) = crate::followups::plan_and_step(&row.idem_key);
+    let keys = row.body(&w.ctx.cipher).ok().and_then(|b| {
+        b.get("calleeKey")
+            .and_then(|k| k.as_str().map(String::from))
+    });
+    let mk = keys.as_deref().filter(|k| k.starts_with("mk_"));
+    if let Some((reason, rule)) = w.lists.current().check_followup(pk, None, mk) {
+        let dead = OutboxOutcome::Dead {
+            reason,
+            status: None,
+            error: format!("{rule}: on a list when the call was due"),
+        };
+        if let Ok(true) = w.store.outbox_record(&w.owner, row.id, &dead, now).await {
+            counter!("cem_bridge_followup_tasks_total", "plan" => plan, "step" => step, "outcome" => reason)
+                .increment(1);
+            info!(key = %row.idem_key, patient_key = %pk, reason, "follow-up call not made");
+        }
+        return true;
+    }
     let day = crate::followups::local_day(now, &w.ctx.zone);
-    let taken = match w.store.call_taken(pk, row.id, day, now).await {
+    let step_key = crate::tickets::followup_step_key(&row.idem_key);
+    let taken = match w.store.call_taken(pk, row.id, step_key, day, now).await {
         Ok(t) => t,
         Err(e) => {
             warn!(key = %row.idem_key, error = %e, "cannot check today's calls; the follow-up call waits");
@@ -190,10 +224,20 @@ async fn one_call_a_day(w: &TicketWorker, row: &OutboxRow) -> bool {
     if !taken {
         return false;
     }
-    let due = crate::followups::next_day_at(now, &w.followup, &w.ctx.zone);
+    let next = crate::followups::next_day_at(now, &w.followup, &w.ctx.zone);
+    let due = w
+        .ctx
+        .windows
+        .next_allowed(
+            jiff::Timestamp::from_millisecond(next).unwrap_or_default(),
+            &w.ctx.zone,
+        )
+        .as_millisecond();
     match w.store.outbox_postpone(&w.owner, row.id, due, now).await {
         Ok(_) => {
             counter!("cem_bridge_followup_postponed_total").increment(1);
+            counter!("cem_bridge_followup_tasks_total", "plan" => plan, "step" => step, "outcome" => "postponed")
+                .increment(1);
             info!(key = %row.idem_key, patient_key = %pk, due = %cem_pipeline::time::rfc3339_in(
                 jiff::Timestamp::from_millisecond(due).unwrap_or_default(), &w.ctx.zone),
                 "follow-up call moved to the next day: the patient has a call today (R-FUP-3)");

@@ -542,7 +542,7 @@ fn hcrm_body(
         "ticketId": u.ticket_id,
         "version": u.version,
         // R-FUP-5: a case the bridge opened for a follow-up call, not a CEM ticket.
-        "source": if u.trigger.as_deref() == Some("FOLLOWUP") { "followup" } else { "cem" },
+        "source": if followup_case(u) { "followup" } else { "cem" },
         "status": u.status.code(),
         "grade": grade.code(),
         "patient": { "pseudonym": patient_key },
@@ -634,9 +634,12 @@ async fn apply(
                 .is_some();
             row.patient_key = Some(survivor);
         }
-        // R-TKT-2/4: every clock's three levels, once.
+        // R-TKT-2/4: every clock's three levels, once. A case the bridge opened for a follow-up
+        // call (R-FUP-5) carries its deadlines to HCRM, which owns it: no update of it ever
+        // comes back here, so the bridge does not escalate it.
         sla = ticket::deadlines(u, grade, &ctx.calendar, &ctx.zone).clocks;
-        for (clock, deadline) in &sla {
+        let ladder = if followup_case(u) { &[][..] } else { &sla[..] };
+        for (clock, deadline) in ladder {
             for (level, due) in ticket::escalation_times(grade, *deadline) {
                 sqlx::query(
                     "INSERT INTO ticket_escalations (ticket_id, clock, level, grade, deadline, due_at, state) \
@@ -696,8 +699,14 @@ async fn apply(
             .map_err(db("cancel pending calls"))?;
         }
     }
+    // R-FUP-5: the patient of a follow-up case was just called; staff take it from HCRM.
+    let calls = if followup_case(u) {
+        &[][..]
+    } else {
+        &plan.calls[..]
+    };
     if let Some(pk) = pk.as_deref() {
-        for (kind, due) in &plan.calls {
+        for (kind, due) in calls {
             let n: i64 = sqlx::query(
                 "SELECT COUNT(*) AS n FROM ticket_outbox WHERE ticket_id = $1 AND sink = 'callcenter' AND kind = $2",
             )
@@ -776,7 +785,7 @@ async fn apply(
             "version {} grade {}; calls scheduled {}, kinds cancelled {}",
             u.version,
             grade.code(),
-            plan.calls.len(),
+            calls.len(),
             plan.cancel_calls.len()
         )),
         ..Default::default()
@@ -927,8 +936,13 @@ impl Store {
     }
 }
 
+/// A case the bridge opened itself for a follow-up call (R-FUP-5), not a CEM ticket.
+fn followup_case(u: &TicketUpdate) -> bool {
+    u.trigger.as_deref() == Some("FOLLOWUP")
+}
+
 /// The R-FUP-4 step key of a follow-up task ref: without the `:{attempt}` of a retry.
-fn followup_step_key(task_ref: &str) -> &str {
+pub(crate) fn followup_step_key(task_ref: &str) -> &str {
     match task_ref.rsplit_once(':') {
         Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
         _ => task_ref,
@@ -1172,6 +1186,17 @@ impl Store {
         })
         .await?;
         tx.commit().await?;
+        if followup {
+            // R-MET-1: answered / refused / invalid_number / unreachable / retrying per step.
+            let (plan, step) = crate::followups::plan_and_step(&r.task_ref);
+            let outcome: &'static str = match outcome.as_str() {
+                "retrying" => "retrying",
+                "unreachable" => "unreachable",
+                _ => r.status.code(),
+            };
+            counter!("cem_bridge_followup_tasks_total", "plan" => plan, "step" => step, "outcome" => outcome)
+                .increment(1);
+        }
         counter!("cem_bridge_ticket_call_results_total", "scene" => kind_code, "outcome" => outcome)
             .increment(1);
         Ok(CallRecorded::Recorded(next))

@@ -237,8 +237,9 @@ async fn ex_07_a13_cancels_the_steps_and_the_new_a03_replans_them() {
 }
 
 /// R-FUP-3 then R-FUP-5: on 11-27 the patient gets an urgent ticket call-back first, so the
-/// D+7 call moves to 11-28 10:00 and goes out then; its result says the patient needs
-/// attention, which opens an URGENT HCRM case with the 1 h response clock.
+/// D+7 call moves to 11-28 10:00 and goes out then; no answer → the retry at 14:00 the same
+/// day (a retry is not a second call); its result says the patient needs attention, which
+/// opens an URGENT HCRM case with the 1 h response clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_fup_3_one_call_a_day_then_r_fup_5_needs_attention_opens_an_urgent_case() {
     let (cem, hcrm, cc) = (
@@ -290,9 +291,45 @@ async fn r_fup_3_one_call_a_day_then_r_fup_5_needs_attention_opens_an_urgent_cas
     let addr: SocketAddr = bridge.ops_addr().unwrap();
     let task = wait_task(&cc, "postop_d7").await;
     assert_eq!(task.json["taskRef"], d7.as_str());
+    // No answer at 10:05: the retry is the same call, + 2 h → the 14:00 window (R-TKT-7).
+    let no_answer = serde_json::json!({
+        "eventId": "fu-ev-0", "taskRef": d7, "status": "no_answer",
+        "endedAt": "2026-11-28T10:05:00+08:00"
+    })
+    .to_string();
+    let (s, _) = post_signed_to(
+        addr,
+        "/hooks/callcenter/results",
+        &no_answer,
+        TEST_CALLCENTER_SECRET,
+        now_s(start),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let retry = format!("{d7}:2");
+    let calls = wait_calls(&setup, "the retry queued", |c| {
+        c.iter().any(|x| x.0 == retry)
+    })
+    .await;
+    let r = calls.iter().find(|x| x.0 == retry).unwrap();
+    assert_eq!(r.2, ms("2026-11-28T14:00:00+08:00"));
+    bridge.shutdown().await;
+
+    // At 14:00 the retry goes out the same day: an earlier attempt of the same step is not
+    // another call (R-FUP-3).
+    let start = "2026-11-28T14:00:00+08:00";
+    let bridge = setup.start_at(start).await;
+    let addr: SocketAddr = bridge.ops_addr().unwrap();
+    let again = wait_for(20, "the retry at the call center", || {
+        let t: Vec<Recorded> = tasks(&cc, "postop_d7");
+        async move { (t.len() >= 2).then_some(t) }
+    })
+    .await;
+    assert_eq!(again[1].json["taskRef"], retry.as_str());
+    assert_eq!(again[1].json["attempt"], 2);
     let result = serde_json::json!({
-        "eventId": "fu-ev-1", "taskRef": d7, "status": "answered",
-        "endedAt": "2026-11-28T10:05:00+08:00", "needsAttention": true
+        "eventId": "fu-ev-1", "taskRef": retry, "status": "answered",
+        "endedAt": "2026-11-28T14:05:00+08:00", "needsAttention": true
     })
     .to_string();
     let (s, _) = post_signed_to(
@@ -317,9 +354,22 @@ async fn r_fup_3_one_call_a_day_then_r_fup_5_needs_attention_opens_an_urgent_cas
     assert_eq!(case.json["grade"], "URGENT");
     assert_eq!(
         case.json["sla"]["responseDueAt"],
-        "2026-11-28T11:05:00+08:00"
+        "2026-11-28T15:05:00+08:00"
     );
     assert_eq!(case.json["patient"]["pseudonym"], pk.as_str());
+    let case_id = case.json["ticketId"].as_str().unwrap().to_string();
+    // HCRM owns the case: the bridge neither calls the patient again nor escalates it.
+    let db = sqlite(&setup.db).await;
+    let (calls, ladder): (i64, i64) = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM ticket_outbox WHERE ticket_id = ?1 AND sink = 'callcenter'), \
+                (SELECT COUNT(*) FROM ticket_escalations WHERE ticket_id = ?1)",
+    )
+    .bind(&case_id)
+    .fetch_one(&db)
+    .await
+    .map(|r| (r.get(0), r.get(1)))
+    .unwrap();
+    assert_eq!((calls, ladder), (0, 0));
     // The same event again changes nothing.
     let (s, _) = post_signed_to(
         addr,
@@ -405,6 +455,39 @@ async fn death_cancels_the_calls_and_a_deceased_discharge_plans_none() {
     .await;
     assert_eq!(reason, "deceased");
     assert_eq!(fu_calls(&setup).await.len(), 2, "no new calls");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// R-FUP-2: the follow-up opt-out list is checked again when a call is due — a patient listed
+/// after planning gets no call (recorded `opted_out`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_on_the_follow_up_opt_out_list_when_the_call_is_due_gets_none() {
+    let (cem, hcrm, cc) = (
+        Recorder::start().await,
+        Recorder::start().await,
+        Recorder::start().await,
+    );
+    let mut setup = ticket_setup("fu-optout", &cem, &hcrm, &cc, "");
+    let calls = discharged(&setup).await;
+    let list = setup.dir.join("followup-opt-out.csv");
+    std::fs::write(&list, "kind,value,authority\npatient_id,P00067890,HXEYE\n").unwrap();
+    setup.extra_top.push_str(&format!(
+        "\n[lists]\nfollowup_opt_out = [\"{}\"]\n",
+        list.display()
+    ));
+    let bridge = setup.start_at("2026-11-27T10:00:00+08:00").await;
+    let done = wait_calls(&setup, "the D+7 call given up", |c| c[0].1 == "dead").await;
+    assert_eq!(done[0].0, calls[0].0);
+    let db = sqlite(&setup.db).await;
+    let reason: String = sqlx::query("SELECT reason FROM ticket_outbox WHERE idem_key = ?")
+        .bind(&calls[0].0)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "opted_out");
+    assert!(tasks(&cc, "postop_d7").is_empty(), "no call");
     bridge.shutdown().await;
     cleanup(&setup).await;
 }

@@ -162,3 +162,147 @@ async fn sqlite_two_instances_apply_and_send_tickets_in_order() {
 async fn postgres_two_instances_apply_and_send_tickets_in_order() {
     two_instances_apply_in_order_and_send_in_order(Db::postgres("tk_order").await).await;
 }
+
+/// R-FUP-3 / R-FUP-4 on both backends: a stay's follow-up calls are written, cancelled by an
+/// A13, brought back by the new discharge under the same keys (a step already sent stays
+/// sent), and "a call today" counts other calls but not an earlier attempt of the same step.
+async fn follow_up_steps_replan_and_count_calls(db: Db) {
+    use cem_bridge::followups::local_day;
+    use cem_pipeline::followup::{FollowupPlan, Plan, PlannedStep, StepAction, step_key};
+    let store = db.open().await;
+    let c = ctx();
+    let stay = unique("vk_stay");
+    let pk = unique("pk_fu");
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let plan = |d7: &str, d27: &str| FollowupPlan {
+        plan: Plan::Postop721,
+        stay_key: stay.clone(),
+        patient_key: pk.clone(),
+        id_card_key: None,
+        mobile_key: "mk_x".into(),
+        callee_key: pk.clone(),
+        steps: vec![
+            PlannedStep {
+                key: step_key(&stay, Plan::Postop721, "d7"),
+                step: "d7",
+                due_at: at(d7),
+                action: StepAction::Call { scene: "postop_d7" },
+            },
+            PlannedStep {
+                key: step_key(&stay, Plan::Postop721, "d27"),
+                step: "d27",
+                due_at: at(d27),
+                action: StepAction::Call {
+                    scene: "review_reminder",
+                },
+            },
+        ],
+    };
+    let write = |p: FollowupPlan| {
+        let store = store.clone();
+        let cipher = c.cipher.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let done = tx
+                .followup_plan(
+                    &cipher,
+                    &CallingWindows::default(),
+                    &p,
+                    "adt",
+                    "m1",
+                    &cem_pipeline::time::default_zone(),
+                    now(),
+                )
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            done
+        }
+    };
+    let rows = || {
+        let store = store.clone();
+        let stay = stay.clone();
+        async move {
+            let mut out: Vec<(String, String, i64)> = Vec::new();
+            for key in ["d7", "d27"] {
+                let k = step_key(&stay, Plan::Postop721, key);
+                let r = store.outbox_row_state(&k).await.unwrap().unwrap();
+                out.push((key.to_string(), r.0, r.1));
+            }
+            out
+        }
+    };
+    let first = write(plan("2026-11-27T02:00:00Z", "2026-12-17T02:00:00Z")).await;
+    assert_eq!(first.scheduled, 2);
+    // Mark d7 sent, then the A13 cancels what is pending.
+    let d7 = step_key(&stay, Plan::Postop721, "d7");
+    let claimed = store
+        .outbox_claim(
+            "t",
+            at("2026-11-27T02:00:00Z").as_millisecond(),
+            i64::MAX,
+            10,
+        )
+        .await
+        .unwrap();
+    let row = claimed.iter().find(|r| r.idem_key == d7).expect("d7 due");
+    store
+        .outbox_record(
+            "t",
+            row.id,
+            &OutboxOutcome::Sent { status: 200 },
+            at("2026-11-27T02:00:05Z").as_millisecond(),
+        )
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let cancel = tx
+        .cancel_visit(&stay, "discharge_cancelled", now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(cancel.followup_calls, 1, "only the pending d27");
+    let again = write(plan("2026-11-29T02:00:00Z", "2026-12-19T02:00:00Z")).await;
+    assert_eq!((again.scheduled, again.kept), (1, 1));
+    assert_eq!(
+        rows().await,
+        [
+            (
+                "d7".to_string(),
+                "sent".to_string(),
+                at("2026-11-27T02:00:00Z").as_millisecond()
+            ),
+            (
+                "d27".to_string(),
+                "pending".to_string(),
+                at("2026-12-19T02:00:00Z").as_millisecond()
+            ),
+        ]
+    );
+    // "A call today" (2026-11-27 local): d7's own retry does not count, another call does.
+    let zone = cem_pipeline::time::default_zone();
+    let day = local_day(at("2026-11-27T06:00:00Z").as_millisecond(), &zone);
+    let noon = at("2026-11-27T04:00:00Z").as_millisecond();
+    assert!(!store.call_taken(&pk, -1, &d7, day, noon).await.unwrap());
+    let d27 = step_key(&stay, Plan::Postop721, "d27");
+    assert!(store.call_taken(&pk, -1, &d27, day, noon).await.unwrap());
+    let other_day = local_day(at("2026-11-28T06:00:00Z").as_millisecond(), &zone);
+    assert!(
+        !store
+            .call_taken(&pk, -1, &d27, other_day, noon)
+            .await
+            .unwrap()
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_follow_up_steps_replan_and_count_calls() {
+    follow_up_steps_replan_and_count_calls(Db::sqlite("fu-steps").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_follow_up_steps_replan_and_count_calls() {
+    follow_up_steps_replan_and_count_calls(Db::postgres("fu_steps").await).await;
+}
