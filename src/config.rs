@@ -464,6 +464,9 @@ pub struct RetentionConfig {
     /// Re-identification vault records, by the last event of their patient, visit or mobile
     /// (R-ANO-6: 180 days).
     pub vault_days: u32,
+    /// Ticket and follow-up requests that are `sent`, `cancelled` or `dead`, by their last
+    /// change (pending ones are never pruned).
+    pub tickets_days: u32,
     /// How often the pruning runs (first run at start).
     pub interval_minutes: u64,
     /// Rows deleted per statement: small batches keep write locks short.
@@ -481,6 +484,7 @@ impl Default for RetentionConfig {
             audit_days: 180,
             dead_letters_days: 90,
             vault_days: 180,
+            tickets_days: 180,
             interval_minutes: 60,
             batch_rows: 1000,
         }

@@ -24,6 +24,8 @@ pub struct Pruned {
     pub audit: u64,
     pub dead_letters: u64,
     pub vault: u64,
+    pub ticket_requests: u64,
+    pub webhook_seen: u64,
     pub tombstones: u64,
 }
 
@@ -35,13 +37,22 @@ impl Pruned {
             PrunedTable::Audit => &mut self.audit,
             PrunedTable::DeadLetters => &mut self.dead_letters,
             PrunedTable::Vault => &mut self.vault,
+            PrunedTable::TicketRequests => &mut self.ticket_requests,
+            PrunedTable::WebhookSeen => &mut self.webhook_seen,
             PrunedTable::Tombstones => &mut self.tombstones,
         };
         *slot += n;
     }
 
     pub fn total(&self) -> u64 {
-        self.inbox + self.jobs + self.audit + self.dead_letters + self.vault + self.tombstones
+        self.inbox
+            + self.jobs
+            + self.audit
+            + self.dead_letters
+            + self.vault
+            + self.ticket_requests
+            + self.webhook_seen
+            + self.tombstones
     }
 }
 
@@ -53,6 +64,8 @@ fn cutoff(cfg: &RetentionConfig, table: PrunedTable, now: i64) -> Option<i64> {
         PrunedTable::Audit => cfg.audit_days,
         PrunedTable::DeadLetters => cfg.dead_letters_days,
         PrunedTable::Vault => cfg.vault_days,
+        PrunedTable::TicketRequests => cfg.tickets_days,
+        PrunedTable::WebhookSeen => return Some(now.saturating_sub(DAY_MS)),
         // A tombstone carries its own expiry (R-CAN-2: 7 days).
         PrunedTable::Tombstones => return Some(now),
     };
@@ -95,6 +108,7 @@ pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
         audit_days = cfg.audit_days,
         dead_letters_days = cfg.dead_letters_days,
         vault_days = cfg.vault_days,
+        tickets_days = cfg.tickets_days,
         every_minutes = cfg.interval_minutes,
         "retention started"
     );
@@ -106,6 +120,8 @@ pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
                 audit = p.audit,
                 dead_letters = p.dead_letters,
                 vault = p.vault,
+                ticket_requests = p.ticket_requests,
+                webhook_seen = p.webhook_seen,
                 tombstones = p.tombstones,
                 "retention pruned old rows"
             ),

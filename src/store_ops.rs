@@ -350,17 +350,26 @@ pub enum PrunedTable {
     DeadLetters,
     /// Re-identification vault records, by `last_event_at` (R-ANO-6).
     Vault,
+    /// Finished ticket and follow-up requests (`sent`, `cancelled`, `dead`), by `updated_at`;
+    /// never `pending` (R-TKT-8's order only looks at pending rows).
+    TicketRequests,
+    /// Ticket webhook signatures and call-result event ids seen (replay / dedupe, R-TKT-11), a
+    /// day after they arrived; not configurable (a replay older than `max_skew_s` is stale
+    /// anyway).
+    WebhookSeen,
     /// Cancel-before-registration tombstones (R-CAN-2) past their `until`; not configurable.
     Tombstones,
 }
 
 impl PrunedTable {
-    pub const ALL: [PrunedTable; 6] = [
+    pub const ALL: [PrunedTable; 8] = [
         Self::Inbox,
         Self::Jobs,
         Self::Audit,
         Self::DeadLetters,
         Self::Vault,
+        Self::TicketRequests,
+        Self::WebhookSeen,
         Self::Tombstones,
     ];
 
@@ -371,6 +380,8 @@ impl PrunedTable {
             Self::Audit => "audit",
             Self::DeadLetters => "dead_letters",
             Self::Vault => "vault",
+            Self::TicketRequests => "ticket_outbox",
+            Self::WebhookSeen => "webhook_seen",
             Self::Tombstones => "tombstones",
         }
     }
@@ -398,6 +409,15 @@ impl PrunedTable {
             Self::Vault => {
                 "DELETE FROM vault WHERE pseudonym IN \
                  (SELECT pseudonym FROM vault WHERE last_event_at < $1 LIMIT $2)"
+            }
+            Self::TicketRequests => {
+                "DELETE FROM ticket_outbox WHERE id IN \
+                 (SELECT id FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead') \
+                 AND updated_at < $1 ORDER BY id LIMIT $2)"
+            }
+            Self::WebhookSeen => {
+                "DELETE FROM webhook_seen WHERE signature IN \
+                 (SELECT signature FROM webhook_seen WHERE seen_at < $1 LIMIT $2)"
             }
             Self::Tombstones => {
                 "DELETE FROM tombstones WHERE visit_key IN \

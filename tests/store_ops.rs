@@ -5,73 +5,9 @@ mod common;
 
 use cem_bridge::config::RetentionConfig;
 use cem_bridge::retention::{Pruned, prune_once};
-use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, StoreOptions, now_ms};
+use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, now_ms};
 use cem_bridge::store_ops::PendingSummary;
 use common::*;
-use sqlx::{Executor, Row};
-
-/// A scratch database on one backend, dropped by `cleanup`.
-struct Db {
-    url: String,
-    pg_name: Option<String>,
-    dir: Option<std::path::PathBuf>,
-}
-
-impl Db {
-    async fn sqlite(name: &str) -> Self {
-        let dir = scratch_dir(name);
-        Self {
-            url: format!("sqlite://{}", dir.join("store.db").display()),
-            pg_name: None,
-            dir: Some(dir),
-        }
-    }
-
-    async fn postgres(name: &str) -> Self {
-        let (url, db) = pg_database(name).await;
-        Self {
-            url,
-            pg_name: Some(db),
-            dir: None,
-        }
-    }
-
-    async fn open(&self) -> Store {
-        Store::open(&self.url, &StoreOptions::default())
-            .await
-            .expect("store opens")
-    }
-
-    /// Run SQL directly (to set up states the write paths reach only through time or pushes).
-    async fn exec(&self, sql: &str) {
-        let pool = sqlx::AnyPool::connect(&self.url).await.expect("connect");
-        pool.execute(sqlx::AssertSqlSafe(sql.to_string()))
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        pool.close().await;
-    }
-
-    /// `SELECT COUNT(*) AS n …` or any query returning one BIGINT column `n`.
-    async fn count(&self, sql: &str) -> i64 {
-        let pool = sqlx::AnyPool::connect(&self.url).await.expect("connect");
-        let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&pool)
-            .await
-            .and_then(|r| r.try_get::<i64, _>("n"))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        pool.close().await;
-        n
-    }
-
-    async fn cleanup(self) {
-        if let Some(db) = self.pg_name {
-            drop_pg_database(&db).await;
-        }
-        if let Some(dir) = self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 fn job<'a>(id: &'a str, patient: &'a str, message: &'a str, due: i64) -> NewJob<'a> {
     NewJob {

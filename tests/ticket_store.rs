@@ -306,3 +306,72 @@ async fn sqlite_follow_up_steps_replan_and_count_calls() {
 async fn postgres_follow_up_steps_replan_and_count_calls() {
     follow_up_steps_replan_and_count_calls(Db::postgres("fu_steps").await).await;
 }
+
+/// Retention of the ticket tables on both backends: finished requests go after
+/// `tickets_days`, pending ones never; seen signatures after a day.
+async fn retention_prunes_finished_ticket_requests_and_seen_signatures(db: Db) {
+    use cem_bridge::config::RetentionConfig;
+    use cem_bridge::retention::prune_once;
+    let store = db.open().await;
+    let c = ctx();
+    let id = unique("TKRET");
+    let b = body(&id, 1);
+    let u = TicketUpdate::parse(b.as_bytes()).unwrap();
+    store
+        .ticket_accept(&c, &u, b.as_bytes(), Some("sig-ret-1"), now())
+        .await
+        .unwrap();
+    // v1 queues the HCRM create: send it; v2's update then stays pending.
+    let claimed = store
+        .outbox_claim("t", now(), now() + 60_000, 10)
+        .await
+        .unwrap();
+    let create = claimed
+        .iter()
+        .find(|r| r.sink == "hcrm" && r.ticket_id == id)
+        .expect("the create is due");
+    store
+        .outbox_record("t", create.id, &OutboxOutcome::Sent { status: 200 }, now())
+        .await
+        .unwrap();
+    let b2 = body(&id, 2);
+    let u2 = TicketUpdate::parse(b2.as_bytes()).unwrap();
+    store
+        .ticket_accept(&c, &u2, b2.as_bytes(), None, now())
+        .await
+        .unwrap();
+    let count = |cond: &str| {
+        let sql = format!("SELECT COUNT(*) AS n FROM ticket_outbox WHERE ticket_id = '{id}'{cond}");
+        let db = &db;
+        async move { db.count(&sql).await }
+    };
+    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    let cfg = RetentionConfig::default();
+    const DAY: i64 = 86_400_000;
+    // A day later: the signature goes, the sent create stays (180 days).
+    let p = prune_once(&store, &cfg, now() + DAY + 1, &mut shutdown)
+        .await
+        .unwrap();
+    assert!(p.webhook_seen >= 1, "{p:?}");
+    assert_eq!(count("").await, 2);
+    // 181 days later: the sent create goes; the pending call stays.
+    let p = prune_once(&store, &cfg, now() + 181 * DAY, &mut shutdown)
+        .await
+        .unwrap();
+    assert!(p.ticket_requests >= 1, "{p:?}");
+    assert_eq!(count(" AND status = 'pending'").await, 1);
+    assert_eq!(count("").await, 1);
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_retention_prunes_ticket_tables() {
+    retention_prunes_finished_ticket_requests_and_seen_signatures(Db::sqlite("tk-ret").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_prunes_ticket_tables() {
+    retention_prunes_finished_ticket_requests_and_seen_signatures(Db::postgres("tk_ret").await)
+        .await;
+}

@@ -711,6 +711,7 @@ pub async fn pg_database(name: &str) -> (String, String) {
 pub struct Db {
     pub url: String,
     pub pg_name: Option<String>,
+    pub dir: Option<PathBuf>,
 }
 
 impl Db {
@@ -719,6 +720,7 @@ impl Db {
         Self {
             url: format!("sqlite://{}", dir.join("store.db").display()),
             pg_name: None,
+            dir: Some(dir),
         }
     }
 
@@ -727,6 +729,7 @@ impl Db {
         Self {
             url,
             pg_name: Some(db),
+            dir: None,
         }
     }
 
@@ -736,9 +739,35 @@ impl Db {
             .expect("store opens")
     }
 
+    /// Run SQL directly (to set up states the write paths reach only through time or pushes).
+    pub async fn exec(&self, sql: &str) {
+        use sqlx::Executor;
+        let pool = sqlx::AnyPool::connect(&self.url).await.expect("connect");
+        pool.execute(sqlx::AssertSqlSafe(sql.to_string()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+    }
+
+    /// `SELECT COUNT(*) AS n …` or any query returning one BIGINT column `n`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        use sqlx::Row;
+        let pool = sqlx::AnyPool::connect(&self.url).await.expect("connect");
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+        n
+    }
+
     pub async fn cleanup(self) {
         if let Some(db) = self.pg_name {
             drop_pg_database(&db).await;
+        }
+        if let Some(dir) = self.dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
