@@ -414,6 +414,10 @@ async fn summary(State(s): State<OpsState>) -> Response {
                 .collect::<Vec<_>>()
         });
     let dead_letters_total = s.store.dead_letter_count().await.map_err(&mut note).ok();
+    let tickets = match s.tickets {
+        Some(_) => s.store.ticket_summary().await.map_err(&mut note).ok(),
+        None => None,
+    };
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {
@@ -428,6 +432,7 @@ async fn summary(State(s): State<OpsState>) -> Response {
         "oldest_overdue_seconds": pending.map(|p| p.oldest_overdue_ms(s.clock.now_ms()) / 1000),
         "dead_letters": dead_letters,
         "dead_letters_total": dead_letters_total,
+        "tickets": tickets,
         "errors": errors,
     });
     (status, axum::Json(body)).into_response()

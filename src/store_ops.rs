@@ -38,7 +38,86 @@ pub struct JobCount {
     pub count: i64,
 }
 
+/// Tickets at a glance (the ops page, R-MET-2): by status, and the first level of each SLA
+/// clock — met on time, breached (escalated) or still running.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TicketSummary {
+    /// `(status, count)`; a ticket whose first version is still held has no status: `HELD`.
+    pub by_status: Vec<(String, i64)>,
+    /// Per clock: `{met, breached, running}` of its level-1 deadline.
+    pub clocks: Vec<ClockSummary>,
+    /// Escalations emitted, `(clock, level, count)`.
+    pub escalations: Vec<(String, i64, i64)>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClockSummary {
+    pub clock: String,
+    pub met: i64,
+    pub breached: i64,
+    pub running: i64,
+}
+
 impl Store {
+    /// Tickets by status and SLA clock (R-TKT-2, R-TKT-4), for the ops page.
+    pub async fn ticket_summary(&self) -> Result<TicketSummary, StoreError> {
+        let e = || db("summarise tickets");
+        let by_status = sqlx::query(
+            "SELECT COALESCE(status, 'HELD') AS status, COUNT(*) AS n FROM tickets \
+             GROUP BY COALESCE(status, 'HELD') ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e())?
+        .iter()
+        .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(e())?;
+        let mut clocks: Vec<ClockSummary> = Vec::new();
+        for r in sqlx::query(
+            "SELECT clock, state, COUNT(*) AS n FROM ticket_escalations WHERE level = 1 \
+             GROUP BY clock, state ORDER BY clock",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e())?
+        {
+            let clock: String = r.try_get("clock").map_err(e())?;
+            let state: String = r.try_get("state").map_err(e())?;
+            let n: i64 = r.try_get("n").map_err(e())?;
+            if clocks.last().is_none_or(|c| c.clock != clock) {
+                clocks.push(ClockSummary {
+                    clock,
+                    ..Default::default()
+                });
+            }
+            if let Some(c) = clocks.last_mut() {
+                match state.as_str() {
+                    "met" => c.met += n,
+                    "emitted" => c.breached += n,
+                    "pending" => c.running += n,
+                    _ => {} // void: the ticket closed another way (INVALID)
+                }
+            }
+        }
+        let escalations = sqlx::query(
+            "SELECT clock, level, COUNT(*) AS n FROM ticket_escalations WHERE state = 'emitted' \
+             GROUP BY clock, level ORDER BY clock, level",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e())?
+        .iter()
+        .map(|r| Ok((r.try_get("clock")?, r.try_get("level")?, r.try_get("n")?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(e())?;
+        Ok(TicketSummary {
+            by_status,
+            clocks,
+            escalations,
+        })
+    }
+
     /// Survey jobs by status and reason.
     pub async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
         let rows = sqlx::query(

@@ -448,12 +448,6 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn assert_no_pii(what: &str, text: &str) {
-    for pii in SAMPLE_PII {
-        assert!(!text.contains(pii), "R-ANO-8: {pii:?} in {what}: {text}");
-    }
-}
-
 /// `dlq list|show` and `trace` read what the running bridge recorded: reasons, details,
 /// decisions with rule and reason, job status, attempts and HTTP status, in the configured
 /// zone; a re-sent visit (new MSH-10) shows up in the first message's trace through its job.

@@ -528,6 +528,13 @@ pub async fn delete_queues(queues: &[String], exchanges: &[String]) {
     }
 }
 
+/// R-ANO-8: none of the samples' personal values in `text` (named `what` in the failure).
+pub fn assert_no_pii(what: &str, text: &str) {
+    for pii in SAMPLE_PII {
+        assert!(!text.contains(pii), "R-ANO-8: {pii:?} in {what}: {text}");
+    }
+}
+
 /// Raw personal values of the shared samples, which must never reach the CEM.
 pub const SAMPLE_PII: &[&str] = &[
     // adt_a03_discharge / a01 / a08 / a13: 王秀英

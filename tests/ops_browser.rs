@@ -1,0 +1,254 @@
+//! The ops page in a real browser (issue 8 §2): headless Chromium loads `/` from a bridge that
+//! has taken the HL7 samples, a ticket and a call result, runs the page's own script against
+//! `/api/summary` and `/metrics`, and the numbers it renders are asserted on the DOM it dumps.
+//! A screenshot is kept as a test artifact (path printed; `bash .ci/run` copies it to
+//! `artifacts/`). Chromium comes from Debian's `chromium` package (`.ci/run` installs it);
+//! `CHROMIUM=/path` picks another binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cem_bridge::clock::Clock;
+use common::*;
+
+fn chromium() -> PathBuf {
+    if let Ok(p) = std::env::var("CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+            let p = Path::new(dir).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "this test drives the ops page in headless Chromium, which is not installed: \
+         `apt-get install chromium` (bash .ci/run does it), or set CHROMIUM=/path/to/chrome"
+    );
+}
+
+/// Run headless Chromium on `url` with `extra` flags; stdout.
+fn headless(url: &str, profile: &Path, extra: &[String]) -> String {
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+            "--lang=zh-CN",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var("CEM_BRIDGE_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts"));
+    std::fs::create_dir_all(&dir).expect("artifact directory");
+    dir
+}
+
+/// The text of the `<tbody>` of table `id`, rows as `cell | cell | …` (tags stripped).
+fn table(dom: &str, id: &str) -> Vec<String> {
+    let start = dom
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("table {id} on the page"));
+    let body = &dom[start..];
+    let body = &body[body.find("<tbody>").expect("tbody")..body.find("</tbody>").expect("/tbody")];
+    body.split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|c| {
+                    let c = &c[c.find('>').map_or(0, |i| i + 1)..];
+                    c[..c.find("</td>").unwrap_or(c.len())].trim().to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect()
+}
+
+fn text_of(dom: &str, id: &str) -> String {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("#{id} on the page"));
+    let rest = &dom[start..];
+    let rest = &rest[rest.find('>').unwrap() + 1..];
+    rest[..rest.find('<').unwrap()].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
+    let browser = chromium();
+    let (cem, hcrm, cc) = (
+        Recorder::start().await,
+        Recorder::start().await,
+        Recorder::start().await,
+    );
+    let setup = ticket_setup("ops-browser", &cem, &hcrm, &cc, "");
+    let bridge = setup.start().await;
+    let addr = bridge.ops_addr().unwrap();
+    setup.wait_declared().await;
+    for f in [
+        "hl7v2/adt_a03_discharge.hl7",
+        "hl7v2/adt_a04_outpatient_registration.hl7",
+        "bad/truncated.hl7",
+        "bad/missing_patient_id.hl7",
+    ] {
+        publish(&setup.queue, &read_fixture(f), f).await;
+    }
+    wait_for(20, "two surveys accepted", || {
+        let n = cem.accepted().len();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    // A ticket answered in time (R-TKT-2) for the registered patient, and its call-back
+    // answered (R-TKT-7).
+    let pk = cem
+        .accepted()
+        .into_iter()
+        .find(|r| r.json["templateId"] == "OP-SAT-01")
+        .map(|r| r.json["patient"]["pk"].as_str().unwrap().to_string())
+        .unwrap();
+    let now = || {
+        Clock::starting_at(CLOCK_START.parse().unwrap())
+            .now()
+            .as_second()
+    };
+    let created = String::from_utf8(read_fixture("tickets/created_low_score.json"))
+        .unwrap()
+        .replace("pk_3f9a0c", &pk);
+    let assigned = String::from_utf8(read_fixture("tickets/assigned.json")).unwrap();
+    for body in [&created, &assigned] {
+        let (s, _) =
+            post_signed_to(addr, "/hooks/cem/tickets", body, TEST_WEBHOOK_SECRET, now()).await;
+        assert_eq!(s, 200);
+    }
+    let task = wait_for(20, "the urgent call-back", || {
+        let t = cc.accepted().into_iter().next();
+        async move { t }
+    })
+    .await;
+    let result = serde_json::json!({
+        "eventId": "browser-1", "taskRef": task.json["taskRef"], "status": "answered",
+        "endedAt": "2026-11-21T10:40:00+08:00"
+    })
+    .to_string();
+    let (s, _) = post_signed_to(
+        addr,
+        "/hooks/callcenter/results",
+        &result,
+        TEST_CALLCENTER_SECRET,
+        now(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // What the page will show must be in the summary first (the page reads the same API).
+    wait_for(
+        20,
+        "the summary with both dead letters and the ticket",
+        || async move {
+            let body = reqwest::get(format!("http://{addr}/api/summary"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["dead_letters_total"] == 2 && v["tickets"]["by_status"][0][0] == "ASSIGNED")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let url = format!("http://{addr}/");
+    let profile = setup.dir.join("chromium-profile");
+    let dom = tokio::task::spawn_blocking({
+        let (url, profile) = (url.clone(), profile.clone());
+        move || headless(&url, &profile, &["--dump-dom".into()])
+    })
+    .await
+    .unwrap();
+    let shot = artifacts().join("ops-page.png");
+    tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || {
+            headless(
+                &url,
+                &profile,
+                &[
+                    format!("--screenshot={}", shot.display()),
+                    "--window-size=1280,1800".into(),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    println!("ops page screenshot: {}", shot.display());
+    assert!(
+        std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000,
+        "a screenshot was written ({})",
+        browser.display()
+    );
+
+    assert_eq!(text_of(&dom, "banner"), "就绪 · ready", "the script ran");
+    assert_eq!(text_of(&dom, "error"), "");
+    assert_eq!(text_of(&dom, "dltotal"), "(共 total 2)");
+    assert_eq!(
+        table(&dom, "flow"),
+        ["adt | 已连接 connected | 4 | 2 | 0 | 2 | –"],
+        "connector, state, acked, new, duplicates, dead letters, per minute"
+    );
+    assert!(
+        table(&dom, "jobs").contains(&"sent | – | 2".to_string()),
+        "{:?}",
+        table(&dom, "jobs")
+    );
+    let sink = table(&dom, "sink");
+    for row in ["cem | 2xx | 2", "cem | 5xx | 0", "callcenter | 2xx | 1"] {
+        assert!(sink.contains(&row.to_string()), "{row:?} in {sink:?}");
+    }
+    let dead = table(&dom, "deadletters");
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].contains("missing_patient_id"), "{dead:?}");
+    assert!(dead[1].contains("truncated") && dead[1].contains("bad/truncated.hl7"));
+    assert_eq!(table(&dom, "tickets"), ["ASSIGNED | 1"]);
+    assert_eq!(
+        table(&dom, "kpis"),
+        [
+            "24 小时处理率 · 24 h handling rate | 100.0 % | 响应按时 1 / 已到期 1 · response met on time / due",
+            "随访完成率 · follow-up completion | – | 接听 0 / 已结束 0 · answered / finished calls",
+            "接通率 · connection rate | 100.0 % | 接通 1 / 呼叫 1 · answered or refused / call results",
+        ]
+    );
+    let sla = table(&dom, "sla");
+    assert!(
+        sla.contains(&"response | 1 | 0 | 0 | 0 / 0 / 0".to_string()),
+        "{sla:?}"
+    );
+    assert_no_pii("the rendered page", &dom);
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
