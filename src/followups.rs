@@ -120,6 +120,10 @@ impl StoreTx {
             };
             if fresh {
                 out.scheduled += 1;
+                // Counted when written (a resent discharge keeps its steps: not counted again).
+                metrics::counter!("cem_bridge_followup_tasks_total", "plan" => p.plan.code(),
+                                  "step" => step.step, "outcome" => "scheduled")
+                .increment(1);
             } else {
                 out.kept += 1;
             }

@@ -835,11 +835,7 @@ async fn apply_followup(
                 .await?;
             counter!("cem_bridge_followup_decisions_total", "decision" => "planned", "reason" => plan.plan.code())
                 .increment(1);
-            for s in &plan.steps {
-                counter!("cem_bridge_followup_tasks_total", "plan" => plan.plan.code(), "step" => s.step,
-                         "outcome" => "scheduled")
-                .increment(1);
-            }
+
             debug!(connector = conn, message_id = mid, patient_key = %plan.patient_key, plan = plan.plan.code(),
                    scheduled = done.scheduled, kept = done.kept, "follow-up planned");
             Ok(done.scheduled > 0)

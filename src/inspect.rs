@@ -82,7 +82,14 @@ fn rfc3339_ms(ms: i64, zone: &TimeZone) -> Value {
 }
 
 /// Fields holding epoch milliseconds in the store's rows.
-const TIME_FIELDS: &[&str] = &["at", "due_at", "sent_at", "next_attempt_at", "created_at"];
+const TIME_FIELDS: &[&str] = &[
+    "at",
+    "due_at",
+    "sent_at",
+    "next_attempt_at",
+    "created_at",
+    "replayed_at",
+];
 
 /// Serialize a row with its times as RFC 3339 in `zone`; the raw value stays as `{field}_ms`.
 pub(crate) fn json_row<T: serde::Serialize>(row: &T, zone: &TimeZone) -> Value {
@@ -166,7 +173,10 @@ pub fn dead_letter_list(
                 r.id.to_string(),
                 local_time(r.at, zone),
                 r.connector.clone(),
-                r.reason.clone(),
+                match r.replayed_at {
+                    Some(_) => format!("{} (replayed)", r.reason),
+                    None => r.reason.clone(),
+                },
                 or_dash(r.message_id.as_deref()),
                 shorten(&r.detail, 80),
             ]
@@ -192,6 +202,9 @@ pub fn dead_letter_detail(
 ) -> String {
     let body_at = match dlq {
         Some(q) => format!("RabbitMQ queue {q} (with headers x-cem-reason, x-cem-detail)"),
+        None if r.connector == crate::ticket_queue::CONNECTOR => {
+            "the dead-letter queue of [tickets.queue]".to_string()
+        }
         None => format!(
             "the dead-letter queue of connector {} (not in this config any more)",
             r.connector
@@ -214,6 +227,12 @@ pub fn dead_letter_detail(
         ("size", format!("{} bytes", r.size_bytes)),
         ("sha-256", r.content_hash.clone()),
         ("earlier deliveries", r.delivery_count.to_string()),
+        (
+            "replayed",
+            r.replayed_at
+                .map(|ms| local_time(ms, zone))
+                .unwrap_or_else(|| "no (`cem-bridge dlq replay`)".into()),
+        ),
         (
             "body",
             format!("sealed in the store (vault key); the original is in {body_at}"),
@@ -369,6 +388,7 @@ mod tests {
             content_hash: "ab".into(),
             size_bytes: 3,
             delivery_count: 0,
+            replayed_at: None,
         };
         let v = json_row(&row, &shanghai());
         assert_eq!(v["at"], "2026-11-20T09:30:00.250+08:00");

@@ -26,6 +26,7 @@ pub mod bench_decode;
 pub mod clock;
 pub mod config;
 pub mod contact;
+pub mod dlq_replay;
 pub mod fault;
 pub mod followups;
 pub mod ingest;

@@ -169,6 +169,33 @@ enum DlqCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Put dead letters back through a mapping: `--dry-run` shows, per message, what the
+    /// configured mappings and a new `--mapping` make of it; without it, every message the
+    /// mapping now accepts is republished to its source queue (and marked replayed).
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only these dead letter ids (as `dlq list` shows); default: all not replayed yet.
+        ids: Vec<i64>,
+        /// A new mapping file or folder to use instead of the configured ones (repeatable).
+        #[arg(long = "mapping")]
+        mappings: Vec<String>,
+        /// Show what would happen; send and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only dead letters of this connector.
+        #[arg(long)]
+        connector: Option<String>,
+        /// Only dead letters with this reason (e.g. missing_patient_id).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Also the ones replayed before.
+        #[arg(long)]
+        again: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// One dead letter in full, and where its body is.
     Show {
         #[command(flatten)]
@@ -324,8 +351,18 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             );
             if tickets {
                 println!(
-                    "tickets: on (POST /hooks/cem/tickets on [ops] listen; hcrm {:?}, callcenter {:?})",
-                    cfg.hcrm.mode, cfg.callcenter.mode
+                    "tickets: on (POST /hooks/cem/tickets on [ops] listen{}; hcrm {:?}, callcenter {:?}; call outcomes to the CEM: {})",
+                    cfg.tickets
+                        .as_ref()
+                        .and_then(|t| t.queue.as_ref())
+                        .map(|q| format!(", and queue {}", q.queue))
+                        .unwrap_or_default(),
+                    cfg.hcrm.mode,
+                    cfg.callcenter.mode,
+                    cfg.cem_results
+                        .as_ref()
+                        .map(|p| format!("{:?}", p.mode))
+                        .unwrap_or_else(|| "off".into())
                 );
             }
             match (tickets, cfg.followup.enabled) {
@@ -479,6 +516,36 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 "{}",
                 inspect::dead_letter_detail(&row, dlq.as_deref(), &cfg.zone(), json).trim_end()
             );
+            Ok(())
+        }
+        Cmd::Dlq {
+            what:
+                DlqCmd::Replay {
+                    config,
+                    ids,
+                    mappings,
+                    dry_run,
+                    connector,
+                    reason,
+                    again,
+                    limit,
+                },
+        } => {
+            let cfg = load_for_reading(&config.config)?;
+            let secrets = Secrets::from_env(&cfg);
+            let req = cem_bridge::dlq_replay::ReplayRequest {
+                filter: cem_bridge::store_ops::ReplayFilter {
+                    ids,
+                    connector,
+                    reason,
+                    again,
+                    limit,
+                },
+                mappings,
+                dry_run,
+            };
+            let report = cem_bridge::dlq_replay::replay(&cfg, &secrets, &req).await?;
+            print!("{}", report.text);
             Ok(())
         }
         Cmd::Trace { config, id, json } => {

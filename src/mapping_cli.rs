@@ -93,6 +93,11 @@ pub struct MapRequest<'a> {
 pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
     let body =
         std::fs::read(req.file).with_context(|| format!("reading {}", req.file.display()))?;
+    map_body(req, &req.file.display().to_string(), &body)
+}
+
+/// [`map_report`] of a body already in memory (`dlq replay --dry-run`), named `label`.
+pub fn map_body(req: &MapRequest<'_>, label: &str, body: &[u8]) -> anyhow::Result<Value> {
     let opts = DecodeOptions {
         zone: req.zone.clone(),
         now: req.now,
@@ -100,11 +105,11 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
         facility: req.facility.clone(),
         ..Default::default()
     };
-    let decoded = match decode(&body, &opts, req.mappings, &req.headers) {
+    let decoded = match decode(body, &opts, req.mappings, &req.headers) {
         Ok(d) => d,
         Err(rej) => {
             return Ok(json!({
-                "file": req.file.display().to_string(),
+                "file": label,
                 "result": "dead_letter",
                 "reason": rej.reason.code(),
                 "detail": rej.detail,
@@ -114,7 +119,7 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
     let event = match decoded.outcome {
         Outcome::Ignored { message_id, code } => {
             return Ok(json!({
-                "file": req.file.display().to_string(),
+                "file": label,
                 "format": decoded.format.code(),
                 "mapping": decoded.mapping,
                 "result": "ignored",
@@ -178,7 +183,7 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
         }
     };
     Ok(json!({
-        "file": req.file.display().to_string(),
+        "file": label,
         "format": decoded.format.code(),
         "mapping": decoded.mapping,
         "result": "event",

@@ -59,6 +59,91 @@ pub struct ClockSummary {
 }
 
 impl Store {
+    /// Dead letters for `dlq replay`, oldest first, with their sealed bodies.
+    pub async fn dead_letters_to_replay(
+        &self,
+        f: &ReplayFilter,
+    ) -> Result<Vec<SealedDeadLetter>, StoreError> {
+        let mut sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS}, body_key_id, body FROM dead_letters WHERE 1 = 1"
+        );
+        let mut n = 0;
+        let mut param = || {
+            n += 1;
+            format!("${n}")
+        };
+        if !f.ids.is_empty() {
+            let list: Vec<String> = f.ids.iter().map(|_| param()).collect();
+            sql.push_str(&format!(" AND id IN ({})", list.join(", ")));
+        }
+        if f.connector.is_some() {
+            sql.push_str(&format!(" AND connector = {}", param()));
+        }
+        if f.reason.is_some() {
+            sql.push_str(&format!(" AND reason = {}", param()));
+        }
+        if !f.again {
+            sql.push_str(" AND replayed_at IS NULL");
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", param()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in &f.ids {
+            q = q.bind(*id);
+        }
+        if let Some(c) = &f.connector {
+            q = q.bind(c.as_str());
+        }
+        if let Some(r) = &f.reason {
+            q = q.bind(r.as_str());
+        }
+        let rows = q
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read dead letters to replay"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(SealedDeadLetter {
+                    record: dead_letter_record(r)?,
+                    key_id: r.try_get("body_key_id")?,
+                    sealed: r.try_get("body")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("read dead letters to replay"))
+    }
+
+    /// Record that dead letter `id` was republished to `queue`, with an audit row.
+    pub async fn mark_replayed(&self, id: i64, queue: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "UPDATE dead_letters SET replayed_at = $1 WHERE id = $2 RETURNING connector, message_id",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx.tx)
+        .await
+        .map_err(db("mark dead letter replayed"))?;
+        let (connector, message_id): (Option<String>, Option<String>) = match &row {
+            Some(r) => (
+                r.try_get("connector").ok(),
+                r.try_get("message_id").ok().flatten(),
+            ),
+            None => (None, None),
+        };
+        tx.audit(&crate::store::AuditEntry {
+            connector: connector.as_deref(),
+            message_id: message_id.as_deref(),
+            action: "dlq_replayed",
+            rule: Some("R-EVT-6"),
+            detail: Some(&format!("dead letter {id} republished to {queue}")),
+            ..Default::default()
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Tickets by status and SLA clock (R-TKT-2, R-TKT-4), for the ops page.
     pub async fn ticket_summary(&self) -> Result<TicketSummary, StoreError> {
         let e = || db("summarise tickets");
@@ -169,6 +254,28 @@ pub struct DeadLetterRecord {
     pub content_hash: String,
     pub size_bytes: i64,
     pub delivery_count: i64,
+    /// When `dlq replay` republished it (epoch ms).
+    pub replayed_at: Option<i64>,
+}
+
+/// Which dead letters `dlq replay` takes.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    /// These ids only; empty = all that match the rest.
+    pub ids: Vec<i64>,
+    pub connector: Option<String>,
+    pub reason: Option<String>,
+    /// Also the ones replayed before.
+    pub again: bool,
+    pub limit: u32,
+}
+
+/// A dead letter with its sealed body (opened with the vault key by the caller).
+#[derive(Debug, Clone)]
+pub struct SealedDeadLetter {
+    pub record: DeadLetterRecord,
+    pub key_id: Option<String>,
+    pub sealed: Option<Vec<u8>>,
 }
 
 /// A survey job as `trace` shows it (no payload).
@@ -222,8 +329,8 @@ impl Trace {
 /// At most this many jobs are followed from one trace (a patient with years of visits).
 const TRACE_MAX_JOBS: usize = 500;
 
-const DEAD_LETTER_COLUMNS: &str =
-    "id, at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count";
+const DEAD_LETTER_COLUMNS: &str = "id, at, connector, message_id, reason, detail, content_hash, \
+     size_bytes, delivery_count, replayed_at";
 const TRACE_JOB_COLUMNS: &str = "job_id, template, patient_key, status, reason, attempts, \
      last_status, last_error, due_at, next_attempt_at, sent_at, created_at, connector, message_id";
 const TRACE_AUDIT_COLUMNS: &str =
@@ -240,6 +347,7 @@ fn dead_letter_record(r: &AnyRow) -> Result<DeadLetterRecord, sqlx::Error> {
         content_hash: r.try_get("content_hash")?,
         size_bytes: r.try_get("size_bytes")?,
         delivery_count: r.try_get("delivery_count")?,
+        replayed_at: r.try_get("replayed_at")?,
     })
 }
 

@@ -151,6 +151,27 @@ impl TicketsConfig {
         if self.concurrency == 0 || self.max_skew_s <= 0 {
             return Some(("tickets", "concurrency and max_skew_s must be ≥ 1".into()));
         }
+        // Seen signatures are kept a day (retention): a longer skew would let a replay through.
+        if self.max_skew_s > 3_600 {
+            return Some((
+                "tickets.max_skew_s",
+                "at most 3600 s (seen signatures are kept a day; R-TKT-11 uses 300)".into(),
+            ));
+        }
+        if let Some(q) = &self.queue {
+            if q.queue.trim().is_empty() || !q.url.starts_with("amqp") {
+                return Some((
+                    "tickets.queue",
+                    "needs url = \"amqp://…\" and a queue name".into(),
+                ));
+            }
+            if q.prefetch == 0 {
+                return Some((
+                    "tickets.queue.prefetch",
+                    "must be ≥ 1 (0 would mean unlimited in AMQP)".into(),
+                ));
+            }
+        }
         None
     }
 

@@ -27,6 +27,12 @@ use crate::webhook::TicketIntake;
 /// The connector name of the queue intake in logs, metrics and dead letters.
 pub const CONNECTOR: &str = "tickets";
 
+/// A delivery redelivered more often than this (crashes while handling it) is dead-lettered.
+const POISON_AFTER: u64 = 5;
+
+/// Failures other than a store outage tolerated before an update is dead-lettered.
+const UNPROCESSABLE_AFTER: u32 = 5;
+
 fn amqp_config(q: &TicketQueueConfig, instance: &str) -> AmqpSourceConfig {
     AmqpSourceConfig {
         url: q.url.clone(),
@@ -103,18 +109,32 @@ async fn consume(
             },
         };
         let mut wait = Duration::from_millis(200);
+        let mut failures = 0u32;
         loop {
-            match handle(intake, source, &msg).await {
+            let e = match handle(intake, source, &msg).await {
                 Ok(()) => break,
-                Err(e) => {
-                    warn!(connector = CONNECTOR, error = %e, retry_in_ms = wait.as_millis() as u64,
-                          "cannot store a ticket update from the queue; not acked, retrying");
-                    if shutdown.sleep(wait).await {
-                        return Ok(()); // unacked: the broker redelivers it
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                Err(e) => e,
+            };
+            failures += 1;
+            // A store outage: keep trying (nothing is acked, nothing lost). Anything else (a
+            // stored version that no longer opens or parses) would block the queue for good:
+            // after a few tries the update is dead-lettered instead.
+            if !matches!(e, TicketStoreError::Store(_)) && failures > UNPROCESSABLE_AFTER {
+                let detail = format!("cannot apply: {e}");
+                let now = intake.clock.now_ms();
+                if dead_letter(intake, source, &msg, "unprocessable", &detail, now)
+                    .await
+                    .is_ok()
+                {
+                    break;
                 }
             }
+            warn!(connector = CONNECTOR, error = %e, retry_in_ms = wait.as_millis() as u64,
+                  "cannot store a ticket update from the queue; not acked, retrying");
+            if shutdown.sleep(wait).await {
+                return Ok(()); // unacked: the broker redelivers it
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
         }
         source.ack_through(msg.tag).await?;
         counter!("cem_bridge_messages_acked_total", "connector" => CONNECTOR).increment(1);
@@ -128,9 +148,20 @@ async fn handle(
     msg: &InboundMessage,
 ) -> Result<(), TicketStoreError> {
     let now = intake.clock.now_ms();
+    if msg.delivery_count > POISON_AFTER {
+        let detail = format!(
+            "delivered {} times before: it keeps failing",
+            msg.delivery_count
+        );
+        return Ok(dead_letter(intake, source, msg, "poison", &detail, now).await?);
+    }
     let update = match TicketUpdate::parse(&msg.body) {
         Ok(u) => u,
-        Err(e) => return Ok(dead_letter(intake, source, msg, &e.to_string(), now).await?),
+        Err(e) => {
+            return Ok(
+                dead_letter(intake, source, msg, "malformed_ticket", &e.to_string(), now).await?,
+            );
+        }
     };
     match intake
         .store
@@ -149,15 +180,16 @@ async fn handle(
     }
 }
 
-/// Keep a body that is not a ticket update (sealed) and republish it with its reason.
+/// Keep a body the loop cannot take (sealed) and republish it with its reason:
+/// `malformed_ticket`, `poison` (redelivered too often) or `unprocessable`.
 async fn dead_letter(
     intake: &TicketIntake,
     source: &AmqpSource,
     msg: &InboundMessage,
+    reason: &'static str,
     detail: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    const REASON: &str = "malformed_ticket";
     let hash = content_hash(&msg.body);
     let sealed = intake
         .ctx
@@ -169,7 +201,7 @@ async fn dead_letter(
         &DeadLetterEntry {
             connector: CONNECTOR,
             message_id: msg.message_id.as_deref(),
-            reason: REASON,
+            reason,
             detail,
             content_hash: &hash,
             size_bytes: msg.body.len() as i64,
@@ -184,17 +216,17 @@ async fn dead_letter(
         message_id: msg.message_id.as_deref(),
         action: "dead_letter",
         rule: Some("R-TKT-11"),
-        reason: Some(REASON),
+        reason: Some(reason),
         detail: Some(detail),
         ..Default::default()
     })
     .await?;
     tx.commit().await?;
-    counter!("cem_bridge_dead_letters_total", "connector" => CONNECTOR, "reason" => REASON)
+    counter!("cem_bridge_dead_letters_total", "connector" => CONNECTOR, "reason" => reason)
         .increment(1);
-    warn!(connector = CONNECTOR, message_id = ?msg.message_id, reason = REASON, detail, "dead-lettered");
+    warn!(connector = CONNECTOR, message_id = ?msg.message_id, reason, detail, "dead-lettered");
     if let Err(e) = source
-        .publish_dead_letter(msg, CONNECTOR, REASON, detail)
+        .publish_dead_letter(msg, CONNECTOR, reason, detail)
         .await
     {
         // Stored in the dead-letter table already (`cem-bridge dlq`): the ack may go ahead.

@@ -120,10 +120,15 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
                     status: None,
                     error: "[cem_results] was removed from the config".into(),
                 };
-                let _ = w
+                warn!(key = %row.idem_key, "call outcome for the CEM not sent: [cem_results] is no longer configured");
+                if let Ok(true) = w
                     .store
                     .outbox_record(&w.owner, row.id, &dead, w.clock.now_ms())
-                    .await;
+                    .await
+                {
+                    counter!("cem_bridge_ticket_requests_dead_total", "sink" => row.sink.clone(), "reason" => "not_configured")
+                        .increment(1);
+                }
                 return;
             }
         },

@@ -936,9 +936,13 @@ impl Store {
     }
 }
 
-/// A case the bridge opened itself for a follow-up call (R-FUP-5), not a CEM ticket.
+/// A case the bridge opened itself for a follow-up call (R-FUP-5), not a CEM ticket: its
+/// `FU-` + 16 hex id (see [`attention_case`]), whatever a later update of it says.
 fn followup_case(u: &TicketUpdate) -> bool {
     u.trigger.as_deref() == Some("FOLLOWUP")
+        || u.ticket_id
+            .strip_prefix("FU-")
+            .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The R-FUP-4 step key of a follow-up task ref: without the `:{attempt}` of a retry.

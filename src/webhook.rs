@@ -102,6 +102,8 @@ pub async fn tickets(State(s): State<OpsState>, headers: HeaderMap, body: Bytes)
         }
         Ok(a) => {
             info!(ticket_id = %update.ticket_id, version = update.version, status = update.status.code(), result = a.code(), "ticket update accepted");
+            counter!("cem_bridge_ticket_intake_total", "via" => "webhook", "result" => a.code())
+                .increment(1);
             intake.wake.notify_one();
             answer(
                 StatusCode::OK,

@@ -9,8 +9,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::*;
+use sqlx::Row;
 
 /// One sample line of the Prometheus text format.
 #[derive(Debug, Clone)]
@@ -912,6 +914,137 @@ async fn non_loopback_ops_needs_the_bearer_token_for_data() {
         async move { (s.await == 200).then_some(()) }
     })
     .await;
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// `cem-bridge` with the test keys and clock in the environment: (success, stdout, stderr).
+fn cli_with_keys(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bridge_bin())
+        .args(args)
+        .env(
+            "CEM_BRIDGE_TEST_KEY",
+            String::from_utf8_lossy(TEST_KEY).into_owned(),
+        )
+        .env("CEM_BRIDGE_TEST_VAULT_KEY", TEST_VAULT_KEY_HEX)
+        .env("CEM_BRIDGE_CLOCK_START", CLOCK_START)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cem-bridge");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 8 §3: a HIS that sends the patient id in PID-2 gets `missing_patient_id`; `dlq replay
+/// --mapping FIXED --dry-run` shows, per message, what the configured and the fixed mapping
+/// make of it (personal values masked) and changes nothing; with the fixed mapping installed,
+/// `dlq replay` republishes it, the bridge ingests it and the survey goes out — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_dry_run_diffs_the_new_mapping_then_replay_republishes() {
+    let cem = Recorder::start().await;
+    let mut setup = Setup::new("dlq-replay", &cem.url());
+    // The fixed mapping: the patient id may come in PID-2.
+    let fixed = setup.dir.join("fixed");
+    std::fs::create_dir_all(&fixed).unwrap();
+    let adt = std::fs::read_to_string("mappings/hl7v2/adt.yaml").unwrap();
+    let adt = adt[..adt.find("\ntests:").unwrap()]
+        .replace("name: hl7v2-adt", "name: hl7v2-adt-fixed")
+        .replace("  patient.id: $pid.1", "  patient.id: [$pid.1, PID-2.1]")
+        .replace(
+            "  patient.authority: [$pid.4.1, MSH-4.1]",
+            "  patient.authority: [$pid.4.1, PID-2.4, MSH-4.1]",
+        );
+    assert!(adt.contains("PID-2.1") && adt.contains("PID-2.4"));
+    std::fs::write(fixed.join("adt.yaml"), adt).unwrap();
+    let msg = String::from_utf8(read_fixture("bad/missing_patient_id.hl7"))
+        .unwrap()
+        .replace(
+            "PID|1||||无名^氏|||U",
+            "PID|1|P00055555^^^HXEYE^PI|||赵^六|||U|||||13612345678^PRN^CP",
+        );
+    assert!(msg.contains("P00055555"));
+
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    publish(&setup.queue, msg.as_bytes(), "pid2").await;
+    let db = sqlite(&setup.db).await;
+    wait_for(20, "the dead letter", || {
+        let db = db.clone();
+        async move {
+            sqlx::query("SELECT id FROM dead_letters WHERE reason = 'missing_patient_id'")
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let config = setup.write_config();
+    let config = config.to_str().unwrap();
+    let fixed_dir = fixed.to_str().unwrap();
+    let (ok, out, err) = cli_with_keys(&[
+        "dlq",
+        "replay",
+        "-c",
+        config,
+        "--mapping",
+        fixed_dir,
+        "--dry-run",
+    ]);
+    assert!(ok, "{out}{err}");
+    for want in [
+        "(adt, missing_patient_id)",
+        "configured mapping: dead letter missing_patient_id",
+        "new mapping:        event registration via mapping hl7v2-adt-fixed → survey OP-SAT-01 due 2026-11-21T10:30",
+        "+ patient.id = P0*****55",
+        "1 dead letter(s): 1 would map now, 0 still rejected, 0 skipped (dry run",
+    ] {
+        assert!(out.contains(want), "{want:?} in:\n{out}");
+    }
+    assert_no_pii("dlq replay --dry-run", &out);
+    for clear in ["P00055555", "赵六", "13612345678"] {
+        assert!(!out.contains(clear), "{clear} in {out}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cem.requests().is_empty(), "a dry run sends nothing");
+    let replayed: Option<i64> = sqlx::query("SELECT replayed_at FROM dead_letters")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(replayed, None, "a dry run changes nothing");
+    bridge.shutdown().await;
+
+    // The fixed mapping installed: replay for real.
+    setup.extra_source = format!("mappings = [\"{fixed_dir}\"]\n");
+    let config = setup.write_config();
+    let config = config.to_str().unwrap();
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    let (ok, out, err) = cli_with_keys(&["dlq", "replay", "-c", config]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("republished to {}", setup.queue)),
+        "{out}"
+    );
+    assert!(out.contains("1 dead letter(s): 1 republished"), "{out}");
+    let push = cem.first_accepted().await;
+    assert_eq!(push.json["templateId"], "OP-SAT-01");
+    let replayed: Option<i64> = sqlx::query("SELECT replayed_at FROM dead_letters")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(replayed.is_some());
+    let (ok, out, _) = cli_with_keys(&["dlq", "replay", "-c", config]);
+    assert!(ok);
+    assert!(out.contains("0 dead letter(s)"), "replayed once: {out}");
+    let (ok, out, _) = cli_with_keys(&["dlq", "list", "-c", config]);
+    assert!(ok && out.contains("missing_patient_id (replayed)"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cem.accepted().len(), 1, "one survey");
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
