@@ -74,6 +74,10 @@ pub struct Config {
     pub callcenter: crate::ticket_config::PeerConfig,
     /// Where ticket call outcomes are posted back to the CEM (R-TKT-6); absent = not posted.
     pub cem_results: Option<crate::ticket_config::PeerConfig>,
+    /// The file this config was read from (for the live reload of `[surveys]`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub file: Option<crate::reload::ConfigSource>,
 }
 
 fn default_zone() -> String {
@@ -517,7 +521,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.file = Some(crate::reload::ConfigSource {
+            path: path.to_path_buf(),
+            started: toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?,
+        });
+        Ok(cfg)
     }
 
     /// Parse and check config text; `path` is used in messages.

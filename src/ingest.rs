@@ -16,7 +16,6 @@ use cem_pipeline::decode::{Charset, DecodeOptions, Format, decode};
 use cem_pipeline::event::{EventKind, PatientEvent};
 use cem_pipeline::followup::FollowupDecision;
 use cem_pipeline::mapping::Outcome;
-use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
 use cem_pipeline::reid::entries_for;
 use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
@@ -47,7 +46,8 @@ pub struct IngestContext {
     /// Seals what the vault keeps and dead-letter bodies (R-ANO-6, R-ANO-8).
     pub vault: crate::vault::VaultCipher,
     pub tenant: String,
-    pub policy: SurveyPolicy,
+    /// The survey policy (`[surveys]`), swapped whole by a config reload.
+    pub policy: Arc<crate::reload::Policy>,
     /// Opt-out and staff lists (R-EXC-3, R-EXC-4), swapped whole on reload.
     pub lists: Arc<crate::lists::Lists>,
     /// How each field is treated in the CEM dispatch (R-ANO-1).
@@ -239,11 +239,12 @@ fn prepare(
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
             decode(&msg.body, &opts, set, &msg.headers).map(|d| match d.outcome {
                 Outcome::Event(e) => {
-                    let decision = decide(&e, &ctx.policy, &survey);
+                    let policy = ctx.policy.current();
+                    let decision = decide(&e, &policy, &survey);
                     let followup = match &ctx.followup {
                         Some(f) => cem_pipeline::followup::decide(
                             &e,
-                            &ctx.policy,
+                            &policy,
                             &survey,
                             &f.settings,
                             &f.windows,

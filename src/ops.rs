@@ -287,6 +287,9 @@ pub struct OpsState {
     pub resolve_token: Option<String>,
     /// The signed ticket intake, when `[tickets]` is configured (R-TKT-11).
     pub tickets: Option<std::sync::Arc<crate::webhook::TicketIntake>>,
+    /// For the page: a refused reload of mappings or of the config shows until one succeeds.
+    pub mappings: std::sync::Arc<crate::reload::Mappings>,
+    pub policy: std::sync::Arc<crate::reload::Policy>,
 }
 
 /// The ops page: static, bilingual, no data of its own.
@@ -433,6 +436,12 @@ async fn summary(State(s): State<OpsState>) -> Response {
         "dead_letters": dead_letters,
         "dead_letters_total": dead_letters_total,
         "tickets": tickets,
+        // Issue 8 §5: a refused reload keeps the last good version; the page says so.
+        "reload": {
+            "mappings_generation": s.mappings.generation(),
+            "mappings_error": s.mappings.last_error(),
+            "config_error": s.policy.last_error(),
+        },
         "errors": errors,
     });
     (status, axum::Json(body)).into_response()

@@ -1,11 +1,17 @@
-//! Safe hot reload of mapping files and the opt-out / staff lists (`lists.rs`): on SIGHUP and
-//! when one of their files changes on disk.
+//! Safe hot reload of mapping files, the opt-out / staff lists (`lists.rs`) and the survey
+//! policy (`[surveys]` of the config file): on SIGHUP and when one of their files changes on
+//! disk.
 //!
 //! A reload compiles every source's mappings; only if all compile are they swapped in, in one
 //! step, for all sources. On any error the last good mappings stay in use, the problems are
 //! logged with file:line:column, `cem_bridge_mapping_reloads_total{result="failed"}` counts it
 //! and `cem_bridge_mapping_reload_failed` is 1 until a reload succeeds. Each delivery takes the
 //! mapping set current when it is decoded, so no message is half-mapped across a swap.
+//!
+//! The config file is re-read and checked whole; only `[surveys]` is swapped live (the same
+//! all-or-nothing rule, `cem_bridge_config_reloads_total{result}` and
+//! `cem_bridge_config_reload_failed`); a change to any other section is logged as needing a
+//! restart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,9 +19,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use cem_pipeline::mapping::MappingSet;
+use cem_pipeline::policy::SurveyPolicy;
 use jiff::tz::TimeZone;
 use metrics::{counter, gauge};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::SourceConfig;
 use crate::shutdown::Shutdown;
@@ -97,6 +104,99 @@ impl Mappings {
     }
 }
 
+/// The survey policy in use (`[surveys]`), swapped whole by a reload of the config file.
+#[derive(Debug)]
+pub struct Policy {
+    current: RwLock<Arc<SurveyPolicy>>,
+    last_error: RwLock<Option<String>>,
+}
+
+impl Policy {
+    pub fn new(initial: SurveyPolicy) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(initial)),
+            last_error: RwLock::new(None),
+        }
+    }
+
+    /// The policy now; a decision holds it for its whole run.
+    pub fn current(&self) -> Arc<SurveyPolicy> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Why the last config reload was refused, until one succeeds.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-read the config at `path`: if it parses and checks, swap in its `[surveys]` (when it
+    /// changed) and return the other top-level sections that differ from `started` (they need a
+    /// restart); else keep the policy and return the problem.
+    pub fn reload(
+        &self,
+        path: &std::path::Path,
+        started: &toml::Value,
+        why: &str,
+    ) -> Result<Vec<String>, String> {
+        let result = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            .and_then(|text| {
+                let cfg = crate::config::Config::parse(&text, path).map_err(|e| e.to_string())?;
+                let now: toml::Value = toml::from_str(&text).map_err(|e| e.to_string())?;
+                Ok((cfg, now))
+            });
+        match result {
+            Ok((cfg, now)) => {
+                *self.last_error.write().unwrap_or_else(|p| p.into_inner()) = None;
+                counter!("cem_bridge_config_reloads_total", "result" => "ok").increment(1);
+                gauge!("cem_bridge_config_reload_failed").set(0.0);
+                if *self.current() != cfg.surveys {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+                        Arc::new(cfg.surveys);
+                    info!(trigger = why, "survey policy reloaded");
+                }
+                Ok(changed_sections(started, &now))
+            }
+            Err(problem) => {
+                error!(
+                    trigger = why,
+                    "config reload failed; the last good survey policy stays in use: {problem}"
+                );
+                *self.last_error.write().unwrap_or_else(|p| p.into_inner()) = Some(problem.clone());
+                counter!("cem_bridge_config_reloads_total", "result" => "failed").increment(1);
+                gauge!("cem_bridge_config_reload_failed").set(1.0);
+                Err(problem)
+            }
+        }
+    }
+}
+
+/// Top-level keys other than `surveys` whose values differ.
+fn changed_sections(a: &toml::Value, b: &toml::Value) -> Vec<String> {
+    let empty = toml::map::Map::new();
+    let a = a.as_table().unwrap_or(&empty);
+    let b = b.as_table().unwrap_or(&empty);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| k.as_str() != "surveys" && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// The config file a running bridge was started from.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Its contents at start (to tell which sections changed).
+    pub started: toml::Value,
+}
+
 /// What is reloaded, and what from.
 pub struct Reloadable {
     pub mappings: Arc<Mappings>,
@@ -105,18 +205,38 @@ pub struct Reloadable {
     pub lists: Arc<crate::lists::Lists>,
     pub lists_cfg: crate::lists::ListsConfig,
     pub pseudo: cem_pipeline::anonymize::Pseudonymizer,
+    pub policy: Arc<Policy>,
+    /// `None` when the bridge was started from a config not read from a file (tests).
+    pub config: Option<ConfigSource>,
 }
 
 impl Reloadable {
-    /// Mappings and lists, each all-or-nothing.
+    /// Mappings, lists and the survey policy, each all-or-nothing.
     fn reload(&self, why: &str) {
         self.mappings.reload(&self.sources, &self.zone, why);
         self.lists
             .reload(&self.lists_cfg, &self.pseudo, &self.zone, why);
+        if let Some(c) = &self.config
+            && let Ok(changed) = self.policy.reload(&c.path, &c.started, why)
+            && !changed.is_empty()
+        {
+            warn!(
+                sections = %changed.join(", "),
+                "config sections changed on disk take effect after a restart (only [surveys] reloads live)"
+            );
+        }
     }
 
     fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         let mut out = fingerprint(&self.sources);
+        if let Some(c) = &self.config {
+            let meta = std::fs::metadata(&c.path).ok();
+            out.push((
+                c.path.clone(),
+                meta.as_ref().and_then(|m| m.modified().ok()),
+                meta.map(|m| m.len()).unwrap_or(0),
+            ));
+        }
         for (_, p) in self.lists_cfg.files() {
             let meta = std::fs::metadata(p).ok();
             out.push((
@@ -159,6 +279,7 @@ pub async fn run(what: Reloadable, mut shutdown: Shutdown) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut seen = what.fingerprint();
     gauge!("cem_bridge_mapping_reload_failed").set(0.0);
+    gauge!("cem_bridge_config_reload_failed").set(0.0);
     loop {
         #[cfg(unix)]
         let hup_fired = async {

@@ -342,6 +342,8 @@ pub struct Bridge {
     pub store: Store,
     /// The mappings in use (reloaded on SIGHUP and on file change).
     pub mappings: Arc<crate::reload::Mappings>,
+    /// The survey policy in use (`[surveys]`, reloaded with the config file).
+    pub policy: Arc<crate::reload::Policy>,
 }
 
 fn instance_id() -> String {
@@ -453,6 +455,7 @@ pub async fn start_with_clock(
     };
     let zone = cfg.zone();
     let mappings = Arc::new(crate::reload::Mappings::new(load_mappings(&cfg, &zone)?));
+    let policy = Arc::new(crate::reload::Policy::new(cfg.surveys.clone()));
     let ctx = Arc::new(IngestContext {
         mappings: mappings.clone(),
         store: store.clone(),
@@ -460,7 +463,7 @@ pub async fn start_with_clock(
         vault: vault.clone(),
         lists: lists.clone(),
         tenant: cfg.tenant.clone(),
-        policy: cfg.surveys.clone(),
+        policy: policy.clone(),
         fields: cfg.anonymization.cem.clone(),
         zone,
         clock,
@@ -482,6 +485,8 @@ pub async fn start_with_clock(
             lists: lists.clone(),
             lists_cfg: cfg.lists.clone(),
             pseudo,
+            policy: policy.clone(),
+            config: cfg.file.clone(),
         },
         trigger.subscribe(),
     )));
@@ -507,6 +512,8 @@ pub async fn start_with_clock(
                 vault: vault.clone(),
                 resolve_token: secrets.resolve_token.clone(),
                 tickets: tickets.as_ref().map(|(i, _)| i.clone()),
+                mappings: mappings.clone(),
+                policy: policy.clone(),
             },
             trigger.subscribe(),
         ));
@@ -549,7 +556,7 @@ pub async fn start_with_clock(
             store: store.clone(),
             sink,
             cfg: cfg.scheduler.clone(),
-            dnd_days: cfg.surveys.dnd_days,
+            policy: policy.clone(),
             clock,
             owner: instance,
             wake: ctx.scheduler_wake.clone(),
@@ -568,6 +575,7 @@ pub async fn start_with_clock(
         ops_addr,
         store,
         mappings,
+        policy,
     })
 }
 

@@ -45,8 +45,8 @@ pub struct Scheduler {
     pub store: Store,
     pub sink: CemSink,
     pub cfg: SchedulerConfig,
-    /// The do-not-disturb window (R-DND-1).
-    pub dnd_days: u32,
+    /// The survey policy: its do-not-disturb window (R-DND-1) is read at each claim.
+    pub policy: Arc<crate::reload::Policy>,
     pub clock: Clock,
     /// This instance's lease owner name.
     pub owner: String,
@@ -65,7 +65,7 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
         store,
         sink,
         cfg,
-        dnd_days,
+        policy,
         clock,
         owner,
         wake,
@@ -89,8 +89,6 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
         owner.clone(),
         done_rx,
     ));
-    // R-DND-1: a touch blocks every key for this long (rolling window, R-DND-4).
-    let dnd_window_ms = i64::from(dnd_days) * 24 * 3_600_000;
     let mut tasks = JoinSet::new();
     info!(sink = %sink.describe(), owner = %owner, "scheduler started");
     loop {
@@ -109,7 +107,8 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
                     now,
                     now + cfg.lease_ms as i64,
                     want,
-                    Some(dnd_window_ms),
+                    // R-DND-1: a touch blocks every key this long (rolling, R-DND-4).
+                    Some(i64::from(policy.current().dnd_days) * 24 * 3_600_000),
                 )
                 .await
             {

@@ -102,3 +102,85 @@ async fn mapping_changes_are_reloaded_and_broken_ones_refused() {
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+fn templates(cem: &Recorder) -> Vec<String> {
+    let mut v: Vec<String> = cem
+        .accepted()
+        .iter()
+        .map(|r| r.json["templateId"].as_str().unwrap_or("").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 8 §5 for the survey policy: `[surveys]` edited in the config file is swapped in while
+/// the bridge runs; a config that does not check is refused (the last good policy stays,
+/// reported on `/api/summary` for the ops page) until it is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survey_policy_changes_in_the_config_file_are_reloaded_and_broken_ones_refused() {
+    let cem = Recorder::start().await;
+    let mut setup = Setup::new("reload-policy", &cem.url());
+    let policy = |template: &str, extra: &str| {
+        format!(
+            "[surveys]\n{extra}[[surveys.rule]]\nevent = \"registered\"\nclass = \"O\"\ntemplate = \"{template}\"\n"
+        )
+    };
+    setup.extra_top = policy("OP-A", "");
+    let path = setup.write_config();
+    let cfg = cem_bridge::config::Config::load(&path).unwrap();
+    let bridge = cem_bridge::runtime::start_with_clock(
+        cfg,
+        test_secrets(),
+        cem_bridge::clock::Clock::starting_at(CLOCK_START.parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    setup.wait_declared().await;
+    let bodies = registrations(3, "policy");
+    publish(&setup.queue, &bodies[0], "p0").await;
+    wait_pushes(&cem, 1).await;
+    assert_eq!(templates(&cem), ["OP-A"]);
+
+    setup.extra_top = policy("OP-BBB", "");
+    setup.write_config();
+    let p = bridge.policy.clone();
+    wait_for(20, "the new policy", || {
+        let p = p.clone();
+        async move { (p.current().rules[0].template == "OP-BBB").then_some(()) }
+    })
+    .await;
+    publish(&setup.queue, &bodies[1], "p1").await;
+    wait_pushes(&cem, 2).await;
+    assert_eq!(templates(&cem), ["OP-A", "OP-BBB"]);
+
+    // A broken config is refused; the last good policy keeps working and the page says so.
+    setup.extra_top = policy("OP-CCCC", "dnd_days = \"thirty\"\n");
+    setup.write_config();
+    let err = wait_for(20, "the refused reload reported", || {
+        let p = p.clone();
+        async move { p.last_error() }
+    })
+    .await;
+    assert!(
+        err.contains("bridge.toml") && err.contains("dnd_days"),
+        "{err}"
+    );
+    let addr = bridge.ops_addr().unwrap();
+    let summary: serde_json::Value = reqwest::get(format!("http://{addr}/api/summary"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["reload"]["config_error"], err.as_str());
+    publish(&setup.queue, &bodies[2], "p2").await;
+    wait_pushes(&cem, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        templates(&cem),
+        ["OP-A", "OP-BBB", "OP-BBB"],
+        "each message decided by one whole policy; the broken one never applied"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
