@@ -471,6 +471,13 @@ pub struct RetentionConfig {
     /// Ticket and follow-up requests that are `sent`, `cancelled` or `dead`, by their last
     /// change (pending ones are never pruned).
     pub tickets_days: u32,
+    /// Size caps (0 = none): after the age rules, the oldest rows over the cap go — finished
+    /// survey jobs, audit rows, dead letters, finished ticket requests. They bound the store
+    /// when a flood (a feed replayed, a mapping gone wrong) makes rows faster than age removes.
+    pub max_jobs_rows: u64,
+    pub max_audit_rows: u64,
+    pub max_dead_letters_rows: u64,
+    pub max_tickets_rows: u64,
     /// How often the pruning runs (first run at start).
     pub interval_minutes: u64,
     /// Rows deleted per statement: small batches keep write locks short.
@@ -489,6 +496,10 @@ impl Default for RetentionConfig {
             dead_letters_days: 90,
             vault_days: 180,
             tickets_days: 180,
+            max_jobs_rows: 5_000_000,
+            max_audit_rows: 10_000_000,
+            max_dead_letters_rows: 200_000,
+            max_tickets_rows: 2_000_000,
             interval_minutes: 60,
             batch_rows: 1000,
         }

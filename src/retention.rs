@@ -72,8 +72,20 @@ fn cutoff(cfg: &RetentionConfig, table: PrunedTable, now: i64) -> Option<i64> {
     (days != 0).then(|| now.saturating_sub(i64::from(days).saturating_mul(DAY_MS)))
 }
 
-/// One pass at `now`: every table, batch after batch until a batch comes back short.
-/// Stops early (with what was done) when shutdown is requested.
+/// The size cap of `table` (0 = none).
+fn cap(cfg: &RetentionConfig, table: PrunedTable) -> u64 {
+    match table {
+        PrunedTable::Jobs => cfg.max_jobs_rows,
+        PrunedTable::Audit => cfg.max_audit_rows,
+        PrunedTable::DeadLetters => cfg.max_dead_letters_rows,
+        PrunedTable::TicketRequests => cfg.max_tickets_rows,
+        _ => 0,
+    }
+}
+
+/// One pass at `now`: every table by age, batch after batch until a batch comes back short,
+/// then by size (the oldest rows over the table's cap). Stops early (with what was done) when
+/// shutdown is requested.
 pub async fn prune_once(
     store: &Store,
     cfg: &RetentionConfig,
@@ -82,14 +94,35 @@ pub async fn prune_once(
 ) -> Result<Pruned, StoreError> {
     let mut pruned = Pruned::default();
     for table in PrunedTable::ALL {
-        let Some(cutoff) = cutoff(cfg, table, now) else {
-            continue;
-        };
-        loop {
-            let n = store.prune_batch(table, cutoff, cfg.batch_rows).await?;
-            pruned.add(table, n);
-            if n < u64::from(cfg.batch_rows) || shutdown.sleep(BATCH_PAUSE).await {
-                break;
+        if let Some(cutoff) = cutoff(cfg, table, now) {
+            loop {
+                let n = store.prune_batch(table, cutoff, cfg.batch_rows).await?;
+                pruned.add(table, n);
+                if n < u64::from(cfg.batch_rows) || shutdown.sleep(BATCH_PAUSE).await {
+                    break;
+                }
+            }
+        }
+        let max = cap(cfg, table);
+        if max > 0 && !shutdown.is_triggered() {
+            let mut over = store.rows_over_cap(table, max).await?;
+            if over > 0 {
+                warn!(
+                    table = table.name(),
+                    max_rows = max,
+                    over,
+                    "the table is over its size cap: pruning its oldest rows"
+                );
+            }
+            while over > 0 {
+                let n = store
+                    .prune_oldest(table, over.min(u64::from(cfg.batch_rows)))
+                    .await?;
+                pruned.add(table, n);
+                over = over.saturating_sub(n);
+                if n == 0 || shutdown.sleep(BATCH_PAUSE).await {
+                    break;
+                }
             }
         }
         if shutdown.is_triggered() {

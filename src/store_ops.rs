@@ -614,7 +614,66 @@ impl PrunedTable {
     }
 }
 
+impl PrunedTable {
+    /// For a table with a size cap: how to count its prunable rows, and how to delete the
+    /// oldest `$1` of them.
+    fn cap_sql(self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            Self::Jobs => (
+                "SELECT COUNT(*) AS n FROM survey_jobs WHERE status IN ('sent', 'dead', 'cancelled', 'suppressed')",
+                "DELETE FROM survey_jobs WHERE job_id IN \
+                 (SELECT job_id FROM survey_jobs WHERE status IN ('sent', 'dead', 'cancelled', 'suppressed') \
+                 ORDER BY updated_at, job_id LIMIT $1)",
+            ),
+            Self::Audit => (
+                "SELECT COUNT(*) AS n FROM audit",
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit ORDER BY id LIMIT $1)",
+            ),
+            Self::DeadLetters => (
+                "SELECT COUNT(*) AS n FROM dead_letters",
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT $1)",
+            ),
+            Self::TicketRequests => (
+                "SELECT COUNT(*) AS n FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead')",
+                "DELETE FROM ticket_outbox WHERE id IN \
+                 (SELECT id FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead') ORDER BY id LIMIT $1)",
+            ),
+            _ => return None,
+        })
+    }
+}
+
 impl Store {
+    /// Size cap (issue 8 §6): how many prunable rows of `table` are over `max_rows`.
+    pub async fn rows_over_cap(
+        &self,
+        table: PrunedTable,
+        max_rows: u64,
+    ) -> Result<u64, StoreError> {
+        let Some((count, _)) = table.cap_sql() else {
+            return Ok(0);
+        };
+        let n: i64 = sqlx::query(count)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get("n"))
+            .map_err(db("count rows for the size cap"))?;
+        Ok(u64::try_from(n).unwrap_or(0).saturating_sub(max_rows))
+    }
+
+    /// Delete the oldest `limit` prunable rows of `table` (size cap); how many went.
+    pub async fn prune_oldest(&self, table: PrunedTable, limit: u64) -> Result<u64, StoreError> {
+        let Some((_, delete)) = table.cap_sql() else {
+            return Ok(0);
+        };
+        sqlx::query(delete)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(db("prune the oldest rows"))
+    }
+
     /// Delete at most `limit` rows of `table` older than `cutoff` (epoch ms); how many went.
     /// Each call is its own short transaction, so ingest is never blocked for long.
     pub async fn prune_batch(

@@ -342,6 +342,58 @@ async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
     db.cleanup().await;
 }
 
+/// Issue 8 §6 "by size": over a table's cap the oldest rows go, whatever their age — finished
+/// jobs by their last change, audit and dead letters by id; pending jobs never; 0 = no cap.
+async fn size_caps_prune_the_oldest_rows_and_never_pending_jobs(db: Db) {
+    let store = db.open().await;
+    let now = now_ms();
+    seed_ages(&store, &db, now).await;
+    assert_eq!(rows(&db).await, (3, 7, 6, 4));
+    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    // Ages keep everything (0 = forever); only the caps act.
+    let caps = RetentionConfig {
+        inbox_days: 0,
+        jobs_days: 0,
+        audit_days: 0,
+        dead_letters_days: 0,
+        vault_days: 0,
+        tickets_days: 0,
+        max_jobs_rows: 2,
+        max_audit_rows: 4,
+        max_dead_letters_rows: 1,
+        max_tickets_rows: 0,
+        batch_rows: 2,
+        ..Default::default()
+    };
+    let p = prune_once(&store, &caps, now, &mut shutdown).await.unwrap();
+    assert_eq!(
+        p,
+        Pruned {
+            jobs: 4,
+            audit: 2,
+            dead_letters: 3,
+            ..Default::default()
+        }
+    );
+    assert_eq!(rows(&db).await, (3, 3, 4, 1));
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM survey_jobs WHERE job_id IN ('pending-old', 'sent-mid', 'sent-new')")
+            .await,
+        3,
+        "the pending job stays and the newest finished ones are kept"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM audit WHERE detail = 'old'")
+            .await,
+        1,
+        "the oldest audit rows went first"
+    );
+    let p = prune_once(&store, &caps, now, &mut shutdown).await.unwrap();
+    assert_eq!(p.total(), 0, "under the caps now");
+    store.close().await;
+    db.cleanup().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -368,4 +420,5 @@ both_backends!(
     dead_letters_newest_first_and_by_id,
     pending_summary_counts_pending_jobs_only,
     retention_prunes_old_rows_in_batches_and_never_pending_jobs,
+    size_caps_prune_the_oldest_rows_and_never_pending_jobs,
 );
