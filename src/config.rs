@@ -617,6 +617,19 @@ impl Config {
         if let Some(m) = self.cem.limits.problem() {
             return Err(bad("cem.limits", m));
         }
+        if self
+            .sources
+            .iter()
+            .any(|s| s.name == crate::ticket_queue::CONNECTOR)
+        {
+            return Err(bad(
+                "source.name",
+                format!(
+                    "{:?} is the ticket queue's connector name (logs, metrics, dead letters); name the source differently",
+                    crate::ticket_queue::CONNECTOR
+                ),
+            ));
+        }
         if let Some(t) = &self.tickets {
             if let Some((field, m)) = t.problem() {
                 return Err(bad(field, m));

@@ -373,107 +373,122 @@ async fn write_batch(
     let mut created = false;
     for p in prepared {
         let mid = message_id_of(p);
-        let reject = |tx_reason: DeadLetterReason, detail: String| (tx_reason, detail);
-        let dl = match &p.result {
-            Err(r) => Some(reject(r.reason, r.detail.clone())),
-            Ok(Mapped::Ignored { mapping, .. }) => {
-                tx.audit(&AuditEntry {
-                    connector: Some(conn),
-                    message_id: mid.as_deref(),
-                    action: "ignored",
-                    rule: Some("mapping"),
-                    reason: Some("ignored"),
-                    detail: Some(&format!("mapping {mapping} says ignore")),
-                    ..Default::default()
-                })
-                .await?;
-                counter!("cem_bridge_messages_ignored_total", "connector" => src.name.clone())
-                    .increment(1);
-                debug!(connector = conn, message_id = ?mid, mapping = %mapping, "ignored by the mapping");
-                None
-            }
-            Ok(Mapped::Event(format, event, decision, followup)) => {
-                match tx
-                    .record_inbox(
-                        conn,
-                        &event.message_key,
-                        &p.hash,
-                        &event.message_id,
-                        event.kind.code(),
-                        now,
-                    )
-                    .await?
-                {
-                    InboxResult::Duplicate => {
-                        tx.audit(&AuditEntry {
-                            connector: Some(conn),
-                            message_id: Some(&event.message_id),
-                            action: "duplicate",
-                            rule: Some("R-EVT-4"),
-                            reason: Some("duplicate"),
-                            ..Default::default()
-                        })
-                        .await?;
-                        counter!("cem_bridge_messages_duplicate_total", "connector" => src.name.clone()).increment(1);
-                        debug!(connector = conn, message_id = %event.message_id, "duplicate delivery acked without effect");
-                        None
-                    }
-                    InboxResult::Conflict => Some(reject(
-                        DeadLetterReason::DuplicateIdConflict,
-                        format!(
-                            "message {} was seen before with different content",
-                            event.message_id
-                        ),
-                    )),
-                    InboxResult::New => {
-                        counter!("cem_bridge_messages_in_total", "connector" => src.name.clone(),
-                                 "format" => format.code(), "event" => event.kind.code())
+        // Every line about this message carries its id and trace id (issue 8 §4); a message
+        // without an id is traced by its content hash.
+        let traced = mid
+            .clone()
+            .unwrap_or_else(|| format!("sha256:{}", p.hash.get(..16).unwrap_or(&p.hash)));
+        let span = crate::logctx::message_span(conn, &traced);
+        let made = tracing::Instrument::instrument(
+            async {
+                let mut made = false;
+            let reject = |tx_reason: DeadLetterReason, detail: String| (tx_reason, detail);
+            let dl = match &p.result {
+                Err(r) => Some(reject(r.reason, r.detail.clone())),
+                Ok(Mapped::Ignored { mapping, .. }) => {
+                    tx.audit(&AuditEntry {
+                        connector: Some(conn),
+                        message_id: mid.as_deref(),
+                        action: "ignored",
+                        rule: Some("mapping"),
+                        reason: Some("ignored"),
+                        detail: Some(&format!("mapping {mapping} says ignore")),
+                        ..Default::default()
+                    })
+                    .await?;
+                    counter!("cem_bridge_messages_ignored_total", "connector" => src.name.clone())
                         .increment(1);
-                        for w in &event.warnings {
-                            counter!("cem_bridge_identity_warnings_total", "kind" => w.code())
-                                .increment(1);
+                    debug!(connector = conn, message_id = ?mid, mapping = %mapping, "ignored by the mapping");
+                    None
+                }
+                Ok(Mapped::Event(format, event, decision, followup)) => {
+                    match tx
+                        .record_inbox(
+                            conn,
+                            &event.message_key,
+                            &p.hash,
+                            &event.message_id,
+                            event.kind.code(),
+                            now,
+                        )
+                        .await?
+                    {
+                        InboxResult::Duplicate => {
+                            tx.audit(&AuditEntry {
+                                connector: Some(conn),
+                                message_id: Some(&event.message_id),
+                                action: "duplicate",
+                                rule: Some("R-EVT-4"),
+                                reason: Some("duplicate"),
+                                ..Default::default()
+                            })
+                            .await?;
+                            counter!("cem_bridge_messages_duplicate_total", "connector" => src.name.clone()).increment(1);
+                            debug!(connector = conn, message_id = %event.message_id, "duplicate delivery acked without effect");
+                            None
                         }
-                        created |= apply_decision(&mut tx, conn, event, decision, ctx, now).await?;
-                        created |= apply_followup(&mut tx, conn, event, followup, ctx, now).await?;
-                        None
+                        InboxResult::Conflict => Some(reject(
+                            DeadLetterReason::DuplicateIdConflict,
+                            format!(
+                                "message {} was seen before with different content",
+                                event.message_id
+                            ),
+                        )),
+                        InboxResult::New => {
+                            counter!("cem_bridge_messages_in_total", "connector" => src.name.clone(),
+                                     "format" => format.code(), "event" => event.kind.code())
+                            .increment(1);
+                            for w in &event.warnings {
+                                counter!("cem_bridge_identity_warnings_total", "kind" => w.code())
+                                    .increment(1);
+                            }
+                            made |= apply_decision(&mut tx, conn, event, decision, ctx, now).await?;
+                            made |= apply_followup(&mut tx, conn, event, followup, ctx, now).await?;
+                            None
+                        }
                     }
                 }
-            }
-        };
-        match dl {
-            None => out.push(Disposition::Ack),
-            Some((reason, detail)) => {
-                let sealed = ctx
-                    .vault
-                    .seal(&dead_letter_aad(&p.hash), &p.msg.body)
-                    .map_err(|_| StoreError::Sealing)?;
-                tx.dead_letter(
-                    &DeadLetterEntry {
-                        connector: conn,
+            };
+            match dl {
+                None => out.push(Disposition::Ack),
+                Some((reason, detail)) => {
+                    let sealed = ctx
+                        .vault
+                        .seal(&dead_letter_aad(&p.hash), &p.msg.body)
+                        .map_err(|_| StoreError::Sealing)?;
+                    tx.dead_letter(
+                        &DeadLetterEntry {
+                            connector: conn,
+                            message_id: mid.as_deref(),
+                            reason: reason.code(),
+                            detail: &detail,
+                            content_hash: &p.hash,
+                            size_bytes: p.msg.body.len() as i64,
+                            delivery_count: i64::try_from(p.msg.delivery_count).unwrap_or(i64::MAX),
+                            sealed_body: Some((&sealed.0, &sealed.1)),
+                        },
+                        now,
+                    )
+                    .await?;
+                    tx.audit(&AuditEntry {
+                        connector: Some(conn),
                         message_id: mid.as_deref(),
-                        reason: reason.code(),
-                        detail: &detail,
-                        content_hash: &p.hash,
-                        size_bytes: p.msg.body.len() as i64,
-                        delivery_count: i64::try_from(p.msg.delivery_count).unwrap_or(i64::MAX),
-                        sealed_body: Some((&sealed.0, &sealed.1)),
-                    },
-                    now,
-                )
-                .await?;
-                tx.audit(&AuditEntry {
-                    connector: Some(conn),
-                    message_id: mid.as_deref(),
-                    action: "dead_letter",
-                    rule: Some("R-EVT-6"),
-                    reason: Some(reason.code()),
-                    detail: Some(&detail),
-                    ..Default::default()
-                })
-                .await?;
-                out.push(Disposition::DeadLetter { reason, detail });
+                        action: "dead_letter",
+                        rule: Some("R-EVT-6"),
+                        reason: Some(reason.code()),
+                        detail: Some(&detail),
+                        ..Default::default()
+                    })
+                    .await?;
+                    out.push(Disposition::DeadLetter { reason, detail });
+                }
             }
-        }
+                Ok::<bool, StoreError>(made)
+            },
+            span,
+        )
+        .await?;
+        created |= made;
     }
     fault::hit(Point::BeforeCommit);
     tx.commit().await?;
@@ -895,7 +910,15 @@ async fn finish(
         if let Disposition::DeadLetter { reason, detail } = d {
             let mid = message_id_of(p).unwrap_or_default();
             counter!("cem_bridge_dead_letters_total", "connector" => src.name.clone(), "reason" => reason.code()).increment(1);
-            info!(connector = %src.name, message_id = %mid, reason = reason.code(), detail = %detail, "dead-lettered");
+            {
+                let traced = if mid.is_empty() {
+                    format!("sha256:{}", p.hash.get(..16).unwrap_or(&p.hash))
+                } else {
+                    mid.clone()
+                };
+                let _span = crate::logctx::message_span(&src.name, &traced).entered();
+                info!(reason = reason.code(), detail = %detail, "dead-lettered");
+            }
             if let Err(e) = source
                 .publish_dead_letter(&p.msg, &src.name, reason.code(), detail)
                 .await

@@ -32,6 +32,7 @@ pub mod followups;
 pub mod ingest;
 pub mod inspect;
 pub mod lists;
+pub mod logctx;
 pub mod mapping_cli;
 pub mod mappings;
 pub mod ops;

@@ -141,32 +141,36 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
             }
             let (sink, done_tx, http) = (sink.clone(), done_tx.clone(), http.clone());
             let contact = contact.clone();
-            tasks.spawn(async move {
-                let outcome = match http.acquire_owned().await {
-                    Ok(_in_flight) => match contact.body(&job).await {
-                        Ok(body) => {
-                            sink.push(&idempotency_key(&job.job_id), body.as_bytes())
-                                .await
-                        }
-                        Err(detail) => SendOutcome::Retryable {
-                            status: None,
-                            retry_after: None,
-                            detail,
+            let span = crate::logctx::job_span(&job.job_id, &job.message_id);
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let outcome = match http.acquire_owned().await {
+                        Ok(_in_flight) => match contact.body(&job).await {
+                            Ok(body) => {
+                                sink.push(&idempotency_key(&job.job_id), body.as_bytes())
+                                    .await
+                            }
+                            Err(detail) => SendOutcome::Retryable {
+                                status: None,
+                                retry_after: None,
+                                detail,
+                            },
                         },
-                    },
-                    Err(_) => return,
-                };
-                if matches!(outcome, SendOutcome::Accepted { .. }) {
-                    fault::hit(Point::AfterPush);
-                }
-                let _ = done_tx
-                    .send(Finished {
-                        job,
-                        outcome: Ok(outcome),
-                        _permit: slot,
-                    })
-                    .await;
-            });
+                        Err(_) => return,
+                    };
+                    if matches!(outcome, SendOutcome::Accepted { .. }) {
+                        fault::hit(Point::AfterPush);
+                    }
+                    let _ = done_tx
+                        .send(Finished {
+                            job,
+                            outcome: Ok(outcome),
+                            _permit: slot,
+                        })
+                        .await;
+                },
+                span,
+            ));
         }
         if want > 0 && got < want as usize {
             // Every due job is claimed: wait for new work (or the next due time).
@@ -356,6 +360,7 @@ async fn record_outcomes(
 /// Metrics and logs for one recorded outcome.
 fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
     let job = &f.job;
+    let _span = crate::logctx::job_span(&job.job_id, &job.message_id).entered();
     if !applied {
         debug!(job_id = %job.job_id, "outcome not recorded: the lease had passed to another claim");
         return;

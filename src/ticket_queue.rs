@@ -3,9 +3,10 @@
 //! publish to the hospital's broker instead of calling a webhook.
 //!
 //! One delivery at a time (tickets are few): parse → `ticket_accept` in one transaction → ack.
-//! A body that is not a ticket update is stored as a dead letter (sealed, connector `tickets`,
-//! reason `malformed_ticket`), republished to the dead-letter exchange with the reason, then
-//! acked. A store failure acks nothing: the update is retried with backoff, and after a crash
+//! A body the loop cannot take is stored as a dead letter (sealed, connector `tickets`), then
+//! republished to the dead-letter exchange with its reason and acked: `malformed_ticket` (not a
+//! ticket update), `poison` (redelivered more than 5 times), `unprocessable` (a failure other
+//! than a store outage, 5 times in a row). A store failure acks nothing: the update is retried with backoff, and after a crash
 //! or shutdown the broker redelivers it (a redelivered version is `stale_version`, no effect).
 
 use std::sync::Arc;
@@ -115,11 +116,13 @@ async fn consume(
                 Ok(()) => break,
                 Err(e) => e,
             };
-            failures += 1;
+            if !matches!(e, TicketStoreError::Store(_)) {
+                failures += 1;
+            }
             // A store outage: keep trying (nothing is acked, nothing lost). Anything else (a
             // stored version that no longer opens or parses) would block the queue for good:
             // after a few tries the update is dead-lettered instead.
-            if !matches!(e, TicketStoreError::Store(_)) && failures > UNPROCESSABLE_AFTER {
+            if failures > UNPROCESSABLE_AFTER {
                 let detail = format!("cannot apply: {e}");
                 let now = intake.clock.now_ms();
                 if dead_letter(intake, source, &msg, "unprocessable", &detail, now)

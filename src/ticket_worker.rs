@@ -85,10 +85,14 @@ pub async fn run(w: TicketWorker, mut shutdown: Shutdown) {
                 break;
             };
             let w = w.clone();
-            tasks.spawn(async move {
-                send_one(&w, row).await;
-                drop(permit);
-            });
+            let span = crate::logctx::ticket_span(&row.ticket_id, &row.idem_key);
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    send_one(&w, row).await;
+                    drop(permit);
+                },
+                span,
+            ));
         }
         if got == 0 {
             tokio::select! {

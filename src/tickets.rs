@@ -954,8 +954,9 @@ pub(crate) fn followup_step_key(task_ref: &str) -> &str {
 }
 
 /// R-FUP-5: open an URGENT case (ticket `FU-…`, derived from the task) for a follow-up call
-/// whose patient needs attention: HCRM create, SLA clocks with the 1 h response, escalations —
-/// the ticket loop's own rules. Returns the case's ticket id.
+/// whose patient needs attention: the HCRM create with its SLA deadlines (1 h response). HCRM
+/// owns the case: the bridge makes no call for it and runs no escalation ladder (no update of
+/// it ever comes back). Returns the case's ticket id.
 #[allow(clippy::too_many_arguments)]
 async fn attention_case(
     backend: Backend,
