@@ -368,7 +368,8 @@ fn registration(base: &str, i: usize) -> Vec<u8> {
         .into_bytes()
 }
 
-fn bar(len: u64, prefix: &'static str) -> ProgressBar {
+/// A progress bar for the benches (stderr).
+pub(crate) fn bar(len: u64, prefix: &'static str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template(
         "{spinner} {prefix:>14} [{bar:32}] {pos}/{len} {elapsed} {msg}",

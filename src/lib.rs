@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod bench_decode;
+pub mod bench_dispatch;
 pub mod clock;
 pub mod config;
 pub mod contact;

@@ -213,6 +213,16 @@ enum BenchCmd {
     /// Decode+decide in memory, raw RabbitMQ consume+ack, and the bridge's ingest and push rates.
     /// Decode+map rate per format against the bare parser of the same bytes (no broker).
     Decode,
+    /// Due survey jobs pushed to a local HTTP recorder: store-only and full dispatch rates on
+    /// SQLite, and on PostgreSQL with one and two instances (issue 5).
+    Dispatch {
+        /// Due jobs per run.
+        #[arg(long, default_value_t = cem_bridge::bench_dispatch::DEFAULT_COUNT)]
+        count: usize,
+        /// PostgreSQL admin URL (a scratch database is created and dropped); `none` = SQLite only.
+        #[arg(long, default_value = cem_bridge::bench_dispatch::DEFAULT_POSTGRES)]
+        postgres: String,
+    },
     Ingest {
         /// Messages per broker measurement.
         #[arg(long, default_value_t = bench::DEFAULT_COUNT)]
@@ -569,6 +579,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let figures = tokio::task::spawn_blocking(cem_bridge::bench_decode::run).await??;
             print!("{}", cem_bridge::bench_decode::render(&figures));
             Ok(())
+        }
+        Cmd::Bench {
+            what: BenchCmd::Dispatch { count, postgres },
+        } => {
+            bench::init_logs();
+            cem_bridge::bench_dispatch::run(&cem_bridge::bench_dispatch::DispatchBench {
+                count,
+                postgres: (postgres != "none").then_some(postgres),
+            })
+            .await
         }
         Cmd::Bench {
             what: BenchCmd::Ingest { count, amqp },
