@@ -104,6 +104,7 @@ pub async fn replay(
                     mappings: set,
                     file: Path::new(""),
                     headers: BTreeMap::new(),
+                    max_bytes: src.max_message_bytes,
                     zone: zone.clone(),
                     facility: src.facility().to_string(),
                     charset: cem_pipeline::decode::Charset::from_label(&src.charset)

@@ -429,6 +429,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 mappings: &set,
                 file: &file,
                 headers: headers.into_iter().collect(),
+                max_bytes: src.max_message_bytes,
                 zone: zone.clone(),
                 facility: src.facility().to_string(),
                 charset: cem_pipeline::decode::Charset::from_label(&src.charset)

@@ -74,6 +74,8 @@ pub struct MapRequest<'a> {
     pub mappings: &'a MappingSet,
     pub file: &'a Path,
     pub headers: BTreeMap<String, String>,
+    /// The source's `max_message_bytes` (a bigger body is `oversized`, as ingest says).
+    pub max_bytes: usize,
     pub zone: TimeZone,
     pub facility: String,
     pub charset: Charset,
@@ -99,11 +101,11 @@ pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
 /// [`map_report`] of a body already in memory (`dlq replay --dry-run`), named `label`.
 pub fn map_body(req: &MapRequest<'_>, label: &str, body: &[u8]) -> anyhow::Result<Value> {
     let opts = DecodeOptions {
+        max_bytes: req.max_bytes,
         zone: req.zone.clone(),
         now: req.now,
         default_charset: req.charset,
         facility: req.facility.clone(),
-        ..Default::default()
     };
     let decoded = match decode(body, &opts, req.mappings, &req.headers) {
         Ok(d) => d,
