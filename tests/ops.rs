@@ -435,14 +435,18 @@ fn the_metrics_parser_reads_labels_and_escapes() {
 
 /// Run the binary with only the config (no pseudonym key is needed to read the store).
 fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bridge_bin())
-        .args(args)
+    let mut cmd = std::process::Command::new(bridge_bin());
+    cmd.args(args)
         .env_remove("CEM_BRIDGE_PSEUDONYM_KEY")
         .env_remove("CEM_BRIDGE_TEST_KEY")
         .env_remove("CEM_BRIDGE_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run cem-bridge");
+        .env_remove("RUST_LOG");
+    run_cli(cmd)
+}
+
+/// Run a prepared `cem-bridge` command: (success, stdout, stderr).
+fn run_cli(mut cmd: std::process::Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run cem-bridge");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -920,22 +924,16 @@ async fn non_loopback_ops_needs_the_bearer_token_for_data() {
 
 /// `cem-bridge` with the test keys and clock in the environment: (success, stdout, stderr).
 fn cli_with_keys(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bridge_bin())
-        .args(args)
+    let mut cmd = std::process::Command::new(bridge_bin());
+    cmd.args(args)
         .env(
             "CEM_BRIDGE_TEST_KEY",
             String::from_utf8_lossy(TEST_KEY).into_owned(),
         )
         .env("CEM_BRIDGE_TEST_VAULT_KEY", TEST_VAULT_KEY_HEX)
         .env("CEM_BRIDGE_CLOCK_START", CLOCK_START)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run cem-bridge");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env("RUST_LOG", "warn");
+    run_cli(cmd)
 }
 
 /// Issue 8 §3: a HIS that sends the patient id in PID-2 gets `missing_patient_id`; `dlq replay
