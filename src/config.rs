@@ -471,6 +471,14 @@ pub struct RetentionConfig {
     /// Ticket and follow-up requests that are `sent`, `cancelled` or `dead`, by their last
     /// change (pending ones are never pruned).
     pub tickets_days: u32,
+    /// Do-not-disturb touches (R-DND-2), by when they were sent: a touch older than the
+    /// window blocks nothing. At least `[surveys] dnd_days` (checked); 0 keeps them forever.
+    pub touches_days: u32,
+    /// What the store knows of a patient who is not deceased (the latest mobile pseudonym and
+    /// the time of the demographics it came from, R-CAN-5), by that time. Deceased flags
+    /// (R-EXC-1) and merge aliases (R-CAN-6) are never pruned: they are small and forgetting
+    /// them would survey a deceased patient or split a merged one.
+    pub patients_days: u32,
     /// Size caps (0 = none): after the age rules, the oldest rows over the cap go — finished
     /// survey jobs, audit rows, dead letters, finished ticket requests. They bound the store
     /// when a flood (a feed replayed, a mapping gone wrong) makes rows faster than age removes.
@@ -496,6 +504,8 @@ impl Default for RetentionConfig {
             dead_letters_days: 90,
             vault_days: 180,
             tickets_days: 180,
+            touches_days: 60,
+            patients_days: 365,
             max_jobs_rows: 5_000_000,
             max_audit_rows: 10_000_000,
             max_dead_letters_rows: 200_000,
@@ -684,6 +694,15 @@ impl Config {
                 ),
             ));
         }
+        if r.touches_days != 0 && r.touches_days < self.surveys.dnd_days {
+            return Err(bad(
+                "retention.touches_days",
+                format!(
+                    "{} is shorter than the do-not-disturb window ([surveys] dnd_days = {}): a patient could be surveyed again inside it (R-DND-1); use {} or more, or 0 to keep touches forever",
+                    r.touches_days, self.surveys.dnd_days, self.surveys.dnd_days
+                ),
+            ));
+        }
         if r.interval_minutes == 0 || r.batch_rows == 0 {
             return Err(bad(
                 "retention",
@@ -792,6 +811,26 @@ mode = "shadow"
         let text = format!("{MIN}[retention]\ninbox_days = 0\naudit_days = 7\n");
         let c = Config::parse(&text, Path::new("b.toml")).unwrap();
         assert_eq!((c.retention.inbox_days, c.retention.audit_days), (0, 7));
+    }
+
+    /// R-DND-1: touches are kept at least as long as the do-not-disturb window.
+    #[test]
+    fn touches_are_kept_at_least_the_dnd_window() {
+        let c = Config::parse(MIN, Path::new("b.toml")).unwrap();
+        assert_eq!(
+            (c.retention.touches_days, c.retention.patients_days),
+            (60, 365)
+        );
+        let text = format!("{MIN}[surveys]\ndnd_days = 90\n");
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retention.touches_days") && e.contains("dnd_days = 90"),
+            "{e}"
+        );
+        let text = format!("{MIN}[surveys]\ndnd_days = 90\n[retention]\ntouches_days = 0\n");
+        assert!(Config::parse(&text, Path::new("b.toml")).is_ok());
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Pruned {
     pub ticket_requests: u64,
     pub webhook_seen: u64,
     pub tombstones: u64,
+    pub touches: u64,
+    pub patients: u64,
 }
 
 impl Pruned {
@@ -40,6 +42,8 @@ impl Pruned {
             PrunedTable::TicketRequests => &mut self.ticket_requests,
             PrunedTable::WebhookSeen => &mut self.webhook_seen,
             PrunedTable::Tombstones => &mut self.tombstones,
+            PrunedTable::Touches => &mut self.touches,
+            PrunedTable::Patients => &mut self.patients,
         };
         *slot += n;
     }
@@ -53,6 +57,8 @@ impl Pruned {
             + self.ticket_requests
             + self.webhook_seen
             + self.tombstones
+            + self.touches
+            + self.patients
     }
 }
 
@@ -65,6 +71,8 @@ fn cutoff(cfg: &RetentionConfig, table: PrunedTable, now: i64) -> Option<i64> {
         PrunedTable::DeadLetters => cfg.dead_letters_days,
         PrunedTable::Vault => cfg.vault_days,
         PrunedTable::TicketRequests => cfg.tickets_days,
+        PrunedTable::Touches => cfg.touches_days,
+        PrunedTable::Patients => cfg.patients_days,
         PrunedTable::WebhookSeen => return Some(now.saturating_sub(DAY_MS)),
         // A tombstone carries its own expiry (R-CAN-2: 7 days).
         PrunedTable::Tombstones => return Some(now),
@@ -142,6 +150,8 @@ pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
         dead_letters_days = cfg.dead_letters_days,
         vault_days = cfg.vault_days,
         tickets_days = cfg.tickets_days,
+        touches_days = cfg.touches_days,
+        patients_days = cfg.patients_days,
         every_minutes = cfg.interval_minutes,
         "retention started"
     );
@@ -156,6 +166,8 @@ pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
                 ticket_requests = p.ticket_requests,
                 webhook_seen = p.webhook_seen,
                 tombstones = p.tombstones,
+                touches = p.touches,
+                patients = p.patients,
                 "retention pruned old rows"
             ),
             Ok(_) => debug!("retention: nothing to prune"),

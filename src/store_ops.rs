@@ -546,10 +546,14 @@ pub enum PrunedTable {
     WebhookSeen,
     /// Cancel-before-registration tombstones (R-CAN-2) past their `until`; not configurable.
     Tombstones,
+    /// Do-not-disturb touches (R-DND-2), by `last_sent`.
+    Touches,
+    /// Patient records that are not deceased, by `demographics_at` (R-CAN-5).
+    Patients,
 }
 
 impl PrunedTable {
-    pub const ALL: [PrunedTable; 8] = [
+    pub const ALL: [PrunedTable; 10] = [
         Self::Inbox,
         Self::Jobs,
         Self::Audit,
@@ -558,6 +562,8 @@ impl PrunedTable {
         Self::TicketRequests,
         Self::WebhookSeen,
         Self::Tombstones,
+        Self::Touches,
+        Self::Patients,
     ];
 
     pub fn name(self) -> &'static str {
@@ -570,6 +576,8 @@ impl PrunedTable {
             Self::TicketRequests => "ticket_outbox",
             Self::WebhookSeen => "webhook_seen",
             Self::Tombstones => "tombstones",
+            Self::Touches => "touches",
+            Self::Patients => "patients",
         }
     }
 
@@ -609,6 +617,14 @@ impl PrunedTable {
             Self::Tombstones => {
                 "DELETE FROM tombstones WHERE visit_key IN \
                  (SELECT visit_key FROM tombstones WHERE until < $1 LIMIT $2)"
+            }
+            Self::Touches => {
+                "DELETE FROM touches WHERE dnd_key IN \
+                 (SELECT dnd_key FROM touches WHERE last_sent < $1 LIMIT $2)"
+            }
+            Self::Patients => {
+                "DELETE FROM patients WHERE patient_key IN \
+                 (SELECT patient_key FROM patients WHERE deceased = 0 AND demographics_at < $1 LIMIT $2)"
             }
         }
     }

@@ -415,7 +415,55 @@ macro_rules! both_backends {
     };
 }
 
+/// Retention of the do-not-disturb and patient state: touches older than `touches_days` go
+/// (they block nothing: R-DND-4), younger ones stay; patient records go by the time of their
+/// demographics, except deceased ones (R-EXC-1); merge aliases (R-CAN-6) stay.
+async fn retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases(db: Db) {
+    let store = db.open().await;
+    let now = now_ms();
+    let old = now - 61 * DAY;
+    let young = now - 29 * DAY;
+    let ancient = now - 400 * DAY;
+    db.exec(&format!(
+        "INSERT INTO touches (dnd_key, last_sent, job_id) VALUES \
+         ('pk_old', {old}, 'j1'), ('mk_old', {old}, 'j1'), ('pk_young', {young}, 'j2'); \
+         INSERT INTO patients (patient_key, deceased, mobile_key, demographics_at) VALUES \
+         ('pk_gone', 0, 'mk_a', {ancient}), ('pk_dead', 1, NULL, {ancient}), ('pk_recent', 0, 'mk_b', {young}); \
+         INSERT INTO patient_aliases (alias_key, survivor_key) VALUES ('pk_merged', 'pk_recent')"
+    ))
+    .await;
+    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    let p = prune_once(&store, &RetentionConfig::default(), now, &mut shutdown)
+        .await
+        .unwrap();
+    assert_eq!((p.touches, p.patients), (2, 1), "{p:?}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM touches WHERE dnd_key = 'pk_young'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) AS n FROM patients WHERE patient_key IN ('pk_dead', 'pk_recent')"
+        )
+        .await,
+        2,
+        "the deceased flag and the recent record stay"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM patient_aliases").await,
+        1
+    );
+    // A deceased patient is still excluded after any number of passes.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.is_deceased("pk_dead").await.unwrap());
+    tx.commit().await.unwrap();
+    store.close().await;
+    db.cleanup().await;
+}
+
 both_backends!(
+    retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases,
     trace_follows_message_job_and_pseudonym,
     dead_letters_newest_first_and_by_id,
     pending_summary_counts_pending_jobs_only,
