@@ -4,12 +4,19 @@
 //! clock, so tests and demos can replay dated samples as if it were their day. Set
 //! `CEM_BRIDGE_CLOCK_START=2026-11-21T10:30:00+08:00` to start the clock there (it then runs at
 //! normal speed); unset, it is the system clock.
+//!
+//! Clones share one offset: [`Clock::set`] moves every component of a running bridge at once
+//! (the worked-example tests jump days and weeks between steps this way).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use jiff::{SignedDuration, Timestamp};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Clock {
-    offset: SignedDuration,
+    /// Nanoseconds added to the system time; shared by every clone.
+    offset_ns: Arc<AtomicI64>,
 }
 
 impl Clock {
@@ -20,9 +27,20 @@ impl Clock {
 
     /// A clock that reads `start` now and advances in real time.
     pub fn starting_at(start: Timestamp) -> Self {
-        Self {
-            offset: start.duration_since(Timestamp::now()),
-        }
+        let c = Self::default();
+        c.set(start);
+        c
+    }
+
+    /// Make this clock and every clone of it read `at` now (then advance in real time).
+    pub fn set(&self, at: Timestamp) {
+        let offset = at.duration_since(Timestamp::now());
+        let ns = i64::try_from(offset.as_nanos()).unwrap_or(0);
+        self.offset_ns.store(ns, Ordering::SeqCst);
+    }
+
+    fn offset(&self) -> SignedDuration {
+        SignedDuration::from_nanos(self.offset_ns.load(Ordering::SeqCst))
     }
 
     /// From `CEM_BRIDGE_CLOCK_START`, else the system clock.
@@ -42,7 +60,7 @@ impl Clock {
 
     pub fn now(&self) -> Timestamp {
         Timestamp::now()
-            .checked_add(self.offset)
+            .checked_add(self.offset())
             .unwrap_or_else(|_| Timestamp::now())
     }
 
@@ -51,7 +69,7 @@ impl Clock {
     }
 
     pub fn is_shifted(&self) -> bool {
-        !self.offset.is_zero()
+        !self.offset().is_zero()
     }
 }
 
@@ -70,5 +88,18 @@ mod tests {
         );
         assert!(c.is_shifted());
         assert!(!Clock::system().is_shifted());
+    }
+
+    #[test]
+    fn setting_a_clone_moves_every_clone() {
+        let c = Clock::starting_at("2026-11-21T02:30:00Z".parse().unwrap());
+        let other = c.clone();
+        let later: Timestamp = "2026-12-20T03:30:00Z".parse().unwrap();
+        other.set(later);
+        let d = c.now().duration_since(later);
+        assert!(
+            d >= SignedDuration::ZERO && d < SignedDuration::from_secs(5),
+            "{d:?}"
+        );
     }
 }

@@ -188,6 +188,7 @@ async fn ticket_loop(
     vault: &VaultCipher,
     lists: &Arc<crate::lists::Lists>,
     clock: Clock,
+    instance: &str,
 ) -> anyhow::Result<
     Option<(
         Arc<crate::webhook::TicketIntake>,
@@ -252,7 +253,7 @@ async fn ticket_loop(
         timestamp_header: t.timestamp_header.clone(),
         signature_header: t.signature_header.clone(),
         max_skew_s: t.max_skew_s,
-        clock,
+        clock: clock.clone(),
         wake: wake.clone(),
     });
     let worker = crate::ticket_worker::TicketWorker {
@@ -262,7 +263,7 @@ async fn ticket_loop(
         callcenter,
         cem_results,
         clock,
-        owner: format!("{}-tickets", instance_id()),
+        owner: format!("{instance}-tickets"),
         poll_interval: std::time::Duration::from_millis(t.poll_interval_ms),
         lease_ms: i64::try_from(t.lease_ms).unwrap_or(60_000),
         concurrency: t.concurrency,
@@ -346,13 +347,20 @@ pub struct Bridge {
     pub policy: Arc<crate::reload::Policy>,
 }
 
+/// `host-pid` names this instance in job leases, outbox claims and consumer tags; a second
+/// bridge started in the same process (tests of two instances) gets `host-pid-2`, and so on.
 fn instance_id() -> String {
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    format!("{host}-{}", std::process::id())
+    match n {
+        1 => format!("{host}-{}", std::process::id()),
+        n => format!("{host}-{}-{n}", std::process::id()),
+    }
 }
 
 /// Compile each source's mappings; every problem in every file is reported at once.
@@ -411,6 +419,7 @@ pub async fn start_with_clock(
     if clock.is_shifted() {
         warn!(now = %clock.now(), "the clock is shifted (CEM_BRIDGE_CLOCK_START): for tests and demos only");
     }
+    let instance = instance_id();
     let pseudo = pseudonymizer(&cfg, &secrets)?;
     let vault = vault_cipher(&cfg, &secrets)?;
     let lists = Arc::new(crate::lists::Lists::new(load_lists(&cfg, &pseudo)?));
@@ -434,7 +443,16 @@ pub async fn start_with_clock(
     )
     .await?;
     let sink = CemSink::from_config(&cfg.cem, secrets.cem_token.clone()).await?;
-    let tickets = ticket_loop(&cfg, &secrets, &store, &vault, &lists, clock).await?;
+    let tickets = ticket_loop(
+        &cfg,
+        &secrets,
+        &store,
+        &vault,
+        &lists,
+        clock.clone(),
+        &instance,
+    )
+    .await?;
     let health = SourceHealth::new(cfg.sources.iter().map(|s| s.name.as_str()));
     let ops_token = match (&secrets.ops_token, cfg.ops.needs_token()) {
         (Some(t), true) => Some(t.clone()),
@@ -466,7 +484,7 @@ pub async fn start_with_clock(
         policy: policy.clone(),
         fields: cfg.anonymization.cem.clone(),
         zone,
-        clock,
+        clock: clock.clone(),
         scheduler_wake: Arc::new(Notify::new()),
         health: health.clone(),
         followup: followup_ctx(&cfg)?,
@@ -497,7 +515,7 @@ pub async fn start_with_clock(
         background.push(tokio::spawn(ops::run_gauges(
             store.clone(),
             prom.clone(),
-            clock,
+            clock.clone(),
             trigger.subscribe(),
         )));
         background.push(ops::serve(
@@ -508,7 +526,7 @@ pub async fn start_with_clock(
                 sources: health,
                 token: ops_token,
                 zone: cfg.zone(),
-                clock,
+                clock: clock.clone(),
                 vault: vault.clone(),
                 resolve_token: secrets.resolve_token.clone(),
                 tickets: tickets.as_ref().map(|(i, _)| i.clone()),
@@ -529,7 +547,7 @@ pub async fn start_with_clock(
             background.push(tokio::spawn(crate::ticket_queue::run(
                 intake,
                 q,
-                instance_id(),
+                instance.clone(),
                 trigger.subscribe(),
             )));
         }
@@ -538,7 +556,6 @@ pub async fn start_with_clock(
             trigger.subscribe(),
         )));
     }
-    let instance = instance_id();
     let sources = cfg
         .sources
         .iter()

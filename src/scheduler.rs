@@ -85,7 +85,7 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
     let recorder = tokio::spawn(record_outcomes(
         store.clone(),
         sink.clone(),
-        clock,
+        clock.clone(),
         owner.clone(),
         done_rx,
     ));
