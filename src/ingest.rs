@@ -547,6 +547,17 @@ async fn apply_decision(
                 };
                 return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
             }
+            // R-EXC-3: the CEM reported an unsubscribe of this patient or mobile (opt_outs).
+            if tx
+                .opted_out(&[job.patient_key.as_str(), job.mobile_key.as_str()])
+                .await?
+            {
+                let decision = SurveyDecision::Suppress {
+                    reason: "opted_out",
+                    rule: "R-EXC-3",
+                };
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
             let payload = serde_json::to_string(&job.payload).unwrap_or_default();
             let r = tx
                 .insert_job(

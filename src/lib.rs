@@ -19,6 +19,7 @@
 //! - [`ticket_config`], [`tickets`], [`ticket_worker`], [`webhook`] — the ticket loop (domain
 //!   rules §4): config; accepting updates in order and emitting escalations (store side);
 //!   sending the outbox to HCRM and the call center; the signed `POST /hooks/cem/tickets`.
+//! - [`opt_outs`] — the CEM's unsubscribes (回复TD) into the store's opt-out table (R-EXC-3).
 //! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
 
 pub mod bench;
@@ -37,6 +38,7 @@ pub mod logctx;
 pub mod mapping_cli;
 pub mod mappings;
 pub mod ops;
+pub mod opt_outs;
 pub mod publish;
 pub mod reload;
 pub mod retention;

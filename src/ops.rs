@@ -144,6 +144,10 @@ fn describe_metrics() {
         "Redeliveries of a message already processed (R-EVT-4), acked without effect"
     );
     describe_counter!(
+        "cem_bridge_optouts_total",
+        "CEM unsubscribes (回复TD) received by result: recorded, already, unknown_job (R-EXC-3)"
+    );
+    describe_counter!(
         "cem_bridge_mapping_reloads_total",
         "Mapping reloads (SIGHUP or file change) by result: ok, or failed (last good kept)"
     );
@@ -332,6 +336,10 @@ fn router(state: OpsState) -> Router {
         .route("/ready", get(ready))
         .route("/contact/resolve", post(crate::contact::resolve))
         .route("/hooks/cem/tickets", post(crate::webhook::tickets))
+        .route(
+            "/hooks/cem/unsubscribes",
+            post(crate::opt_outs::unsubscribes),
+        )
         .route(
             "/hooks/callcenter/results",
             post(crate::webhook::call_results),

@@ -123,7 +123,11 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
             counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => "dnd")
                 .increment(claimed.suppressed as u64);
         }
-        let got = claimed.jobs.len() + claimed.suppressed;
+        if claimed.opted_out > 0 {
+            counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => "opted_out")
+                .increment(claimed.opted_out as u64);
+        }
+        let got = claimed.jobs.len() + claimed.suppressed + claimed.opted_out;
         let lists_now = lists.current();
         for job in claimed.jobs {
             let Ok(slot) = slots.clone().acquire_owned().await else {

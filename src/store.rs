@@ -71,12 +71,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_vault.sql")),
     (3, include_str!("../migrations/sqlite/0003_tickets.sql")),
     (4, include_str!("../migrations/sqlite/0004_followups.sql")),
+    (5, include_str!("../migrations/sqlite/0005_opt_outs.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_vault.sql")),
     (3, include_str!("../migrations/postgres/0003_tickets.sql")),
     (4, include_str!("../migrations/postgres/0004_followups.sql")),
+    (5, include_str!("../migrations/postgres/0005_opt_outs.sql")),
 ];
 
 /// Options for opening a store.
@@ -231,7 +233,11 @@ pub enum JobOutcome {
 #[derive(Debug, Clone, Default)]
 pub struct Claimed {
     pub jobs: Vec<ClaimedJob>,
+    /// Suppressed `dnd` in the claim (R-DND-1).
     pub suppressed: usize,
+    /// Suppressed `opted_out` in the claim: the CEM reported an unsubscribe of the patient or
+    /// the mobile after the job was scheduled (R-EXC-3, table `opt_outs`).
+    pub opted_out: usize,
 }
 
 /// A job as stored (for tests, `trace` and the ops page).
@@ -448,7 +454,9 @@ impl Store {
         let mut claimed = Claimed {
             jobs: Vec::with_capacity(rows.len()),
             suppressed: 0,
+            opted_out: 0,
         };
+        let opted = opted_out_among(&mut tx, &rows).await?;
         if dnd_window_ms.is_some() && self.backend == Backend::Postgres {
             // Two instances reserving overlapping keys in different orders would deadlock on
             // the touches rows: take transaction-scoped advisory locks on every key of the batch
@@ -481,6 +489,25 @@ impl Store {
                 id_card_key: r.try_get("id_card_key").map_err(db("read claimed jobs"))?,
                 dnd: under_dnd(r),
             };
+            // R-EXC-3 at send time: an unsubscribe the CEM reported since scheduling.
+            if job.dnd
+                && [Some(&job.patient_key), job.mobile_key.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|k| opted.contains(k))
+            {
+                claimed.opted_out += 1;
+                suppress_in(
+                    &mut tx,
+                    &job,
+                    now,
+                    "opted_out",
+                    "R-EXC-3",
+                    "the patient or the mobile unsubscribed at the CEM (opt_outs) after scheduling",
+                )
+                .await?;
+                continue;
+            }
             // R-FUP-2: follow-up steps are not touches and ignore do-not-disturb.
             let Some(window) = dnd_window_ms.filter(|_| under_dnd(r)) else {
                 claimed.jobs.push(job);
@@ -493,29 +520,16 @@ impl Store {
                 None => claimed.jobs.push(job),
                 Some(blocking) => {
                     claimed.suppressed += 1;
-                    sqlx::query(
-                        "UPDATE survey_jobs SET status = 'suppressed', reason = 'dnd', locked_until = 0, updated_at = $1 \
-                         WHERE job_id = $2",
-                    )
-                    .bind(now)
-                    .bind(job.job_id.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("suppress job"))?;
                     let kind = blocking.get(..2).unwrap_or("key");
-                    audit_in(
+                    suppress_in(
                         &mut tx,
-                        &AuditEntry {
-                            message_id: Some(&job.message_id),
-                            job_id: Some(&job.job_id),
-                            action: "suppressed",
-                            rule: Some("R-DND-1"),
-                            reason: Some("dnd"),
-                            detail: Some(&format!(
-                                "a survey reached this {kind} pseudonym within the do-not-disturb window"
-                            )),
-                            ..Default::default()
-                        },
+                        &job,
+                        now,
+                        "dnd",
+                        "R-DND-1",
+                        &format!(
+                            "a survey reached this {kind} pseudonym within the do-not-disturb window"
+                        ),
                     )
                     .await?;
                 }
@@ -1175,6 +1189,17 @@ impl StoreTx {
         .execute(&mut *self.tx)
         .await
         .map_err(db("merge deceased flag"))?;
+        // R-CAN-6: an opt-out of the merged patient holds for the survivor.
+        sqlx::query(
+            "INSERT INTO opt_outs (opt_key, source, job_id, at) \
+             SELECT $1, source, job_id, at FROM opt_outs WHERE opt_key = $2 \
+             ON CONFLICT (opt_key) DO NOTHING",
+        )
+        .bind(survivor.as_str())
+        .bind(merged)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db("merge opt-out"))?;
         // R-FUP-4: pending calls and case updates follow the survivor (one call a day counts
         // the survivor's calls).
         sqlx::query(
@@ -1186,6 +1211,21 @@ impl StoreTx {
         .await
         .map_err(db("move calls"))?;
         Ok(moved)
+    }
+
+    /// R-EXC-3: whether the CEM reported an unsubscribe of any of these pseudonyms.
+    pub async fn opted_out(&mut self, keys: &[&str]) -> Result<bool, StoreError> {
+        for k in keys {
+            let found = sqlx::query("SELECT 1 AS one FROM opt_outs WHERE opt_key = $1")
+                .bind(*k)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db("read opt-outs"))?;
+            if found.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Remember a cancel that came before its visit's registration (R-CAN-2).
@@ -1280,6 +1320,77 @@ fn dnd_keys(r: &AnyRow) -> Vec<String> {
         .iter()
         .filter_map(|c| r.try_get::<Option<String>, _>(*c).ok().flatten())
         .collect()
+}
+
+/// Suppress a claimed job in the claim transaction, with its audit row.
+async fn suppress_in(
+    tx: &mut Transaction<'static, Any>,
+    job: &ClaimedJob,
+    now: i64,
+    reason: &str,
+    rule: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE survey_jobs SET status = 'suppressed', reason = $1, locked_until = 0, updated_at = $2 \
+         WHERE job_id = $3",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(job.job_id.as_str())
+    .execute(&mut **tx)
+    .await
+    .map_err(db("suppress job"))?;
+    audit_in(
+        tx,
+        &AuditEntry {
+            message_id: Some(&job.message_id),
+            job_id: Some(&job.job_id),
+            action: "suppressed",
+            rule: Some(rule),
+            reason: Some(reason),
+            detail: Some(detail),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The patient and mobile pseudonyms of the claimed surveys that are on `opt_outs`: one
+/// statement per claimed batch.
+async fn opted_out_among(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[AnyRow],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut keys: Vec<String> = rows
+        .iter()
+        .filter(|r| under_dnd(r))
+        .flat_map(|r| {
+            ["patient_key", "mobile_key"]
+                .iter()
+                .filter_map(|c| r.try_get::<Option<String>, _>(*c).ok().flatten())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let marks: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT opt_key FROM opt_outs WHERE opt_key IN ({})",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for k in &keys {
+        q = q.bind(k.as_str());
+    }
+    let found = q.fetch_all(&mut **tx).await.map_err(db("read opt-outs"))?;
+    Ok(found
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>("opt_key").ok())
+        .collect())
 }
 
 /// R-DND-3: reserve every key for `job_id` inside a savepoint, or roll back and name the first
