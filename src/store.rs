@@ -457,25 +457,12 @@ impl Store {
             opted_out: 0,
         };
         let opted = opted_out_among(&mut tx, &rows).await?;
-        if dnd_window_ms.is_some() && self.backend == Backend::Postgres {
-            // Two instances reserving overlapping keys in different orders would deadlock on
-            // the touches rows: take transaction-scoped advisory locks on every key of the batch
-            // first, in one global order.
-            let mut all: Vec<String> = rows
-                .iter()
-                .filter(|r| under_dnd(r))
-                .flat_map(dnd_keys)
-                .collect();
-            all.sort();
-            all.dedup();
-            for k in &all {
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(k.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("lock do-not-disturb key"))?;
-            }
-        }
+        // R-DND-3 for the whole batch: lock its keys (PostgreSQL), read their touches once,
+        // decide job by job in claim order, write every reservation in one statement.
+        let mut touches = match dnd_window_ms {
+            Some(_) => self.lock_and_read_touches(&mut tx, &rows).await?,
+            None => TouchState::default(),
+        };
         for r in &rows {
             let job = ClaimedJob {
                 job_id: r.try_get("job_id").map_err(db("read claimed jobs"))?,
@@ -516,7 +503,7 @@ impl Store {
             let mut keys = dnd_keys(r);
             keys.sort();
             keys.dedup();
-            match reserve_touches(&mut tx, &job.job_id, &keys, now, now - window).await? {
+            match touches.reserve(&job.job_id, &keys, now, now - window) {
                 None => claimed.jobs.push(job),
                 Some(blocking) => {
                     claimed.suppressed += 1;
@@ -535,6 +522,7 @@ impl Store {
                 }
             }
         }
+        touches.write(&mut tx).await?;
         tx.commit().await.map_err(db("commit claim"))?;
         Ok(claimed)
     }
@@ -1215,17 +1203,23 @@ impl StoreTx {
 
     /// R-EXC-3: whether the CEM reported an unsubscribe of any of these pseudonyms.
     pub async fn opted_out(&mut self, keys: &[&str]) -> Result<bool, StoreError> {
-        for k in keys {
-            let found = sqlx::query("SELECT 1 AS one FROM opt_outs WHERE opt_key = $1")
-                .bind(*k)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(db("read opt-outs"))?;
-            if found.is_some() {
-                return Ok(true);
-            }
+        if keys.is_empty() {
+            return Ok(false);
         }
-        Ok(false)
+        let marks: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT 1 AS one FROM opt_outs WHERE opt_key IN ({}) LIMIT 1",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for k in keys {
+            q = q.bind(*k);
+        }
+        let found = q
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db("read opt-outs"))?;
+        Ok(found.is_some())
     }
 
     /// Remember a cancel that came before its visit's registration (R-CAN-2).
@@ -1393,39 +1387,115 @@ async fn opted_out_among(
         .collect())
 }
 
-/// R-DND-3: reserve every key for `job_id` inside a savepoint, or roll back and name the first
-/// key touched after `since` by another job. The upsert is the check: on PostgreSQL a
-/// concurrent reservation of the same key waits for the other transaction, then sees its row.
-async fn reserve_touches(
-    tx: &mut Transaction<'static, Any>,
-    job_id: &str,
-    keys: &[String],
+/// The do-not-disturb touches of one claimed batch's keys, as read under the batch's locks,
+/// and the reservations decided in it (R-DND-3).
+#[derive(Default)]
+struct TouchState {
+    /// key → (last_sent, job_id), updated as the batch reserves.
+    current: std::collections::HashMap<String, (i64, String)>,
+    /// key → job_id reserved in this batch (written by [`TouchState::write`]).
+    reserved: std::collections::BTreeMap<String, String>,
     now: i64,
-    since: i64,
-) -> Result<Option<String>, StoreError> {
-    use sqlx::Acquire;
-    let mut sp = tx.begin().await.map_err(db("begin reservation"))?;
-    for k in keys {
-        let n = sqlx::query(
-            "INSERT INTO touches (dnd_key, last_sent, job_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (dnd_key) DO UPDATE SET last_sent = excluded.last_sent, job_id = excluded.job_id \
-             WHERE touches.last_sent <= $4 OR touches.job_id = excluded.job_id",
-        )
-        .bind(k.as_str())
-        .bind(now)
-        .bind(job_id)
-        .bind(since)
-        .execute(&mut *sp)
-        .await
-        .map_err(db("reserve do-not-disturb key"))?
-        .rows_affected();
-        if n == 0 {
-            sp.rollback().await.map_err(db("release reservation"))?;
-            return Ok(Some(k.clone()));
+}
+
+impl TouchState {
+    /// Reserve every key for `job_id`, or name the first key touched after `since` by another
+    /// job (a touch of the same job is its own earlier reservation: a re-claim after a crash).
+    fn reserve(&mut self, job_id: &str, keys: &[String], now: i64, since: i64) -> Option<String> {
+        if let Some(k) = keys.iter().find(|k| {
+            self.current
+                .get(k.as_str())
+                .is_some_and(|(at, owner)| *at > since && owner != job_id)
+        }) {
+            return Some(k.clone());
         }
+        self.now = now;
+        for k in keys {
+            self.current.insert(k.clone(), (now, job_id.to_string()));
+            self.reserved.insert(k.clone(), job_id.to_string());
+        }
+        None
     }
-    sp.commit().await.map_err(db("keep reservation"))?;
-    Ok(None)
+
+    /// Write the batch's reservations: one multi-row upsert per 300 keys.
+    async fn write(&self, tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
+        let rows: Vec<(&String, &String)> = self.reserved.iter().collect();
+        for chunk in rows.chunks(300) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO touches (dnd_key, last_sent, job_id) VALUES {} \
+                 ON CONFLICT (dnd_key) DO UPDATE SET last_sent = excluded.last_sent, job_id = excluded.job_id",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (key, job) in chunk {
+                q = q.bind(key.as_str()).bind(self.now).bind(job.as_str());
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(db("reserve do-not-disturb keys"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Lock (PostgreSQL) and read the touches of every do-not-disturb key of a claimed batch.
+    /// Two instances reserving overlapping keys must not interleave: each takes
+    /// transaction-scoped advisory locks on its batch's keys first, in one global (sorted)
+    /// order and in one statement, so the read below sees every reservation committed before
+    /// and none can land until this transaction ends. SQLite's single writer gives the same.
+    async fn lock_and_read_touches(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        rows: &[AnyRow],
+    ) -> Result<TouchState, StoreError> {
+        let mut all: Vec<String> = rows
+            .iter()
+            .filter(|r| under_dnd(r))
+            .flat_map(dnd_keys)
+            .collect();
+        all.sort();
+        all.dedup();
+        let mut state = TouchState::default();
+        if all.is_empty() {
+            return Ok(state);
+        }
+        if self.backend == Backend::Postgres {
+            // Pseudonyms are `pk_`/`ik_`/`mk_` + hex: no commas. unnest keeps the array order.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(string_to_array($1, ',')) AS k",
+            )
+            .bind(all.join(","))
+            .execute(&mut **tx)
+            .await
+            .map_err(db("lock do-not-disturb keys"))?;
+        }
+        for chunk in all.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT dnd_key, last_sent, job_id FROM touches WHERE dnd_key IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for k in chunk {
+                q = q.bind(k.as_str());
+            }
+            for r in q
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db("read do-not-disturb touches"))?
+            {
+                let key: String = r.try_get("dnd_key").map_err(db("read touches"))?;
+                let at: i64 = r.try_get("last_sent").map_err(db("read touches"))?;
+                let job: String = r.try_get("job_id").map_err(db("read touches"))?;
+                state.current.insert(key, (at, job));
+            }
+        }
+        Ok(state)
+    }
 }
 
 /// R-DND-3 after the push: accepted → the reservation becomes the touch at the send time; a
