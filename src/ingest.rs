@@ -851,9 +851,18 @@ async fn apply_followup(
                 };
                 return Box::pin(apply_followup(tx, conn, event, &d, ctx, now)).await;
             }
-            // The call center's number and greeting come from the vault at send time.
+            // The call center's number and greeting come from the vault at send time: the
+            // entries count as used at the plan's last step, so `[retention] vault_days` keeps
+            // them until that long after it (CARE-QUARTERLY reminders run to D+360).
+            let last_step = plan
+                .steps
+                .iter()
+                .map(|s| s.due_at.as_millisecond())
+                .max()
+                .unwrap_or(now)
+                .max(now);
             for (pseudonym, record) in entries_for(event, &ctx.pseudo, &own_pk) {
-                tx.vault_put(&ctx.vault, &pseudonym, &record, now)
+                tx.vault_put(&ctx.vault, &pseudonym, &record, last_step)
                     .await
                     .map_err(vault_error)?;
             }

@@ -204,7 +204,8 @@ pub fn with_member(payload: &str, name: &str, value: &str) -> String {
 
 impl StoreTx {
     /// Seal and store `record` under `pseudonym` (replacing what was there), noting `now` as the
-    /// patient's last event for the purge (R-ANO-6).
+    /// patient's last event for the purge (R-ANO-6) unless a later one is already noted (a
+    /// follow-up plan notes its last step, so a new visit does not shorten its keep).
     pub async fn vault_put(
         &mut self,
         cipher: &VaultCipher,
@@ -217,7 +218,8 @@ impl StoreTx {
         sqlx::query(
             "INSERT INTO vault (pseudonym, key_id, sealed, last_event_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (pseudonym) DO UPDATE SET key_id = excluded.key_id, sealed = excluded.sealed, \
-             last_event_at = excluded.last_event_at",
+             last_event_at = CASE WHEN excluded.last_event_at > vault.last_event_at \
+             THEN excluded.last_event_at ELSE vault.last_event_at END",
         )
         .bind(pseudonym)
         .bind(key_id)

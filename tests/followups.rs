@@ -129,6 +129,25 @@ async fn ex_05_discharge_plans_postop_721_and_the_d7_call_goes_out_on_day_7() {
         ]
     );
     assert!(cc.requests().is_empty(), "no call before its day");
+    // R-ANO-6 retention: the stay's vault records count as used at the last step (D+60), so
+    // `vault_days` keeps the number the questionnaire needs; the survey's own write (at the
+    // discharge) does not move that back.
+    let db = sqlite(&setup.db).await;
+    let kept: Vec<i64> = sqlx::query(
+        "SELECT last_event_at FROM vault WHERE pseudonym LIKE 'pk_%' OR pseudonym LIKE 'mk_%'",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.iter().all(|t| *t == ms("2027-01-19T10:00:00+08:00")),
+        "{kept:?}"
+    );
+    db.close().await;
 
     let bridge = setup.start_at("2026-11-27T10:00:00+08:00").await;
     let task = wait_task(&cc, "postop_d7").await;
