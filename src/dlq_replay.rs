@@ -93,6 +93,16 @@ pub async fn replay(
                 continue;
             }
         };
+        let headers = match open_headers(&vault, row) {
+            Ok(h) => h,
+            Err(why) => {
+                report.skipped += 1;
+                report
+                    .text
+                    .push_str(&format!("{title}\n  skipped: {why}\n"));
+                continue;
+            }
+        };
         if !sets.contains_key(&src.name) {
             let set = load_set(&src.mappings, &zone, &format!("[[source]] {}", src.name))?;
             sets.insert(src.name.clone(), set);
@@ -103,7 +113,7 @@ pub async fn replay(
                 &MapRequest {
                     mappings: set,
                     file: Path::new(""),
-                    headers: BTreeMap::new(),
+                    headers: headers.clone(),
                     max_bytes: src.max_message_bytes,
                     zone: zone.clone(),
                     facility: src.facility().to_string(),
@@ -154,7 +164,15 @@ pub async fn replay(
         if req.dry_run {
             continue;
         }
-        publish_one(&mut publishers, src, d.id, d.message_id.clone(), body).await?;
+        publish_one(
+            &mut publishers,
+            src,
+            d.id,
+            d.message_id.clone(),
+            body,
+            headers,
+        )
+        .await?;
         store
             .mark_replayed(d.id, &src.queue, now.as_millisecond())
             .await?;
@@ -205,12 +223,31 @@ fn open_body(vault: &crate::vault::VaultCipher, row: &SealedDeadLetter) -> Resul
         .map_err(|e| format!("cannot open its body with the vault key: {e}"))
 }
 
+/// The dead letter's original headers (empty when it had none or predates migration 6).
+fn open_headers(
+    vault: &crate::vault::VaultCipher,
+    row: &SealedDeadLetter,
+) -> Result<BTreeMap<String, String>, String> {
+    let (Some(key_id), Some(sealed)) = (&row.key_id, &row.sealed_headers) else {
+        return Ok(BTreeMap::new());
+    };
+    let json = vault
+        .open(
+            &crate::store::dead_letter_headers_aad(&row.record.content_hash),
+            key_id,
+            sealed,
+        )
+        .map_err(|e| format!("cannot open its headers with the vault key: {e}"))?;
+    serde_json::from_slice(&json).map_err(|e| format!("its stored headers are not readable: {e}"))
+}
+
 async fn publish_one(
     publishers: &mut BTreeMap<String, AmqpPublisher>,
     src: &SourceConfig,
     id: i64,
     message_id: Option<String>,
     body: Vec<u8>,
+    mut headers: BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     if !publishers.contains_key(&src.url) {
         let p = AmqpPublisher::connect(&src.url)
@@ -219,7 +256,6 @@ async fn publish_one(
         publishers.insert(src.url.clone(), p);
     }
     let p = &publishers[&src.url];
-    let mut headers = BTreeMap::new();
     headers.insert("x-cem-replay-of".to_string(), id.to_string());
     p.publish(
         &src.queue,

@@ -456,6 +456,7 @@ async fn write_batch(
                         .vault
                         .seal(&dead_letter_aad(&p.hash), &p.msg.body)
                         .map_err(|_| StoreError::Sealing)?;
+                    let headers = seal_headers(&ctx.vault, &p.hash, &p.msg.headers)?;
                     tx.dead_letter(
                         &DeadLetterEntry {
                             connector: conn,
@@ -466,6 +467,7 @@ async fn write_batch(
                             size_bytes: p.msg.body.len() as i64,
                             delivery_count: i64::try_from(p.msg.delivery_count).unwrap_or(i64::MAX),
                             sealed_body: Some((&sealed.0, &sealed.1)),
+                            sealed_headers: headers.as_deref(),
                         },
                         now,
                     )
@@ -882,6 +884,27 @@ async fn apply_followup(
 /// The associated data a dead-letter body is sealed under: its content hash.
 pub fn dead_letter_aad(content_hash: &str) -> String {
     format!("dl|{content_hash}")
+}
+
+/// The headers a mapping may match on (`$header.NAME`), as sealed JSON for the dead-letter
+/// record; broker and bridge headers (`x-…`) are left out. `None` when there are none.
+pub fn seal_headers(
+    vault: &crate::vault::VaultCipher,
+    content_hash: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let kept: std::collections::BTreeMap<&String, &String> = headers
+        .iter()
+        .filter(|(k, _)| !k.to_ascii_lowercase().starts_with("x-"))
+        .collect();
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    let json = serde_json::to_vec(&kept).map_err(|_| StoreError::Sealing)?;
+    let (_, sealed) = vault
+        .seal(&crate::store::dead_letter_headers_aad(content_hash), &json)
+        .map_err(|_| StoreError::Sealing)?;
+    Ok(Some(sealed))
 }
 
 /// A vault write failure as the store error the batch retry understands.

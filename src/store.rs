@@ -72,6 +72,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_tickets.sql")),
     (4, include_str!("../migrations/sqlite/0004_followups.sql")),
     (5, include_str!("../migrations/sqlite/0005_opt_outs.sql")),
+    (
+        6,
+        include_str!("../migrations/sqlite/0006_dead_letter_headers.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -79,6 +83,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_tickets.sql")),
     (4, include_str!("../migrations/postgres/0004_followups.sql")),
     (5, include_str!("../migrations/postgres/0005_opt_outs.sql")),
+    (
+        6,
+        include_str!("../migrations/postgres/0006_dead_letter_headers.sql"),
+    ),
 ];
 
 /// Options for opening a store.
@@ -182,6 +190,14 @@ pub struct DeadLetterEntry<'a> {
     pub delivery_count: i64,
     /// The body sealed with the vault key: (key id, nonce || ciphertext) (R-ANO-8).
     pub sealed_body: Option<(&'a str, &'a [u8])>,
+    /// The message's string headers as JSON, sealed with the body's key id under
+    /// [`dead_letter_headers_aad`] (`None` when it had none).
+    pub sealed_headers: Option<&'a [u8]>,
+}
+
+/// Associated data sealing a dead letter's headers (its body uses `dl|{hash}`).
+pub fn dead_letter_headers_aad(content_hash: &str) -> String {
+    format!("dlh|{content_hash}")
 }
 
 /// A job claimed for sending.
@@ -1265,8 +1281,8 @@ impl StoreTx {
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO dead_letters (at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count, body_key_id, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO dead_letters (at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count, body_key_id, body, headers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(now)
         .bind(d.connector)
@@ -1278,6 +1294,7 @@ impl StoreTx {
         .bind(d.delivery_count)
         .bind(d.sealed_body.map(|b| b.0))
         .bind(d.sealed_body.map(|b| b.1.to_vec()))
+        .bind(d.sealed_headers.map(<[u8]>::to_vec))
         .execute(&mut *self.tx)
         .await
         .map_err(db("record dead letter"))?;

@@ -65,7 +65,7 @@ impl Store {
         f: &ReplayFilter,
     ) -> Result<Vec<SealedDeadLetter>, StoreError> {
         let mut sql = format!(
-            "SELECT {DEAD_LETTER_COLUMNS}, body_key_id, body FROM dead_letters WHERE 1 = 1"
+            "SELECT {DEAD_LETTER_COLUMNS}, body_key_id, body, headers FROM dead_letters WHERE 1 = 1"
         );
         let mut n = 0;
         let mut param = || {
@@ -107,6 +107,7 @@ impl Store {
                     record: dead_letter_record(r)?,
                     key_id: r.try_get("body_key_id")?,
                     sealed: r.try_get("body")?,
+                    sealed_headers: r.try_get("headers")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -276,6 +277,9 @@ pub struct SealedDeadLetter {
     pub record: DeadLetterRecord,
     pub key_id: Option<String>,
     pub sealed: Option<Vec<u8>>,
+    /// The message's headers (JSON object), sealed with `key_id` (migration 6; older dead
+    /// letters have none).
+    pub sealed_headers: Option<Vec<u8>>,
 }
 
 /// A survey job as `trace` shows it (no payload).

@@ -210,6 +210,7 @@ async fn dead_letter(
             size_bytes: msg.body.len() as i64,
             delivery_count: i64::try_from(msg.delivery_count).unwrap_or(i64::MAX),
             sealed_body: Some((&sealed.0, &sealed.1)),
+            sealed_headers: None,
         },
         now,
     )

@@ -644,6 +644,7 @@ async fn retention_runs_in_the_bridge_and_keeps_pending_jobs() {
             size_bytes: 1,
             delivery_count: 0,
             sealed_body: None,
+            sealed_headers: None,
         };
         tx.dead_letter(&dl, at).await.unwrap();
     }
@@ -934,6 +935,82 @@ fn cli_with_keys(args: &[&str]) -> (bool, String, String) {
         .env("CEM_BRIDGE_CLOCK_START", CLOCK_START)
         .env("RUST_LOG", "warn");
     run_cli(cmd)
+}
+
+/// `dlq replay` keeps what a mapping matches on besides the body: an 互联互通 XML registration
+/// (whose event comes from the AMQP header `service-code`) reaches a source configured for
+/// HL7 v2 only and is dead-lettered; its headers are stored sealed with the body, so a dry run
+/// with the XML mappings maps it as a registration, and the real replay republishes it with
+/// the header — the survey goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_keeps_the_headers_the_mapping_matches_on() {
+    let cem = Recorder::start().await;
+    let mut setup = Setup::new("dlq-headers", &cem.url());
+    setup.extra_source = "mappings = [\"mappings/hl7v2\"]\n".into();
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    publish_with_headers(
+        &setup.queue,
+        &read_fixture("xml/registration_utf8.xml"),
+        "xml-reg",
+        &[("service-code", "S0023")],
+    )
+    .await;
+    let db = sqlite(&setup.db).await;
+    wait_for(20, "the dead letter", || {
+        let db = db.clone();
+        async move {
+            sqlx::query("SELECT id FROM dead_letters WHERE headers IS NOT NULL")
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let sealed: Vec<u8> = sqlx::query("SELECT headers FROM dead_letters")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !String::from_utf8_lossy(&sealed).contains("S0023"),
+        "the headers are sealed"
+    );
+    bridge.shutdown().await;
+    let config = setup.write_config();
+    let config = config.to_str().unwrap();
+    let (ok, out, err) = cli_with_keys(&[
+        "dlq",
+        "replay",
+        "-c",
+        config,
+        "--mapping",
+        "mappings/xml",
+        "--dry-run",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("new mapping:        event registration via mapping")
+            && out.contains("survey OP-SAT-01"),
+        "{out}"
+    );
+
+    setup.extra_source = "mappings = [\"mappings/hl7v2\", \"mappings/xml\"]\n".into();
+    let config = setup.write_config();
+    let config = config.to_str().unwrap();
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    let (ok, out, err) = cli_with_keys(&["dlq", "replay", "-c", config]);
+    assert!(
+        ok && out.contains("1 dead letter(s): 1 republished"),
+        "{out}{err}"
+    );
+    let push = cem.first_accepted().await;
+    assert_eq!(push.json["templateId"], "OP-SAT-01");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cem.accepted().len(), 1, "one survey");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
 }
 
 /// Issue 8 §3: a HIS that sends the patient id in PID-2 gets `missing_patient_id`; `dlq replay

@@ -35,6 +35,7 @@ fn dead_letter<'a>(message_id: Option<&'a str>, reason: &'a str) -> DeadLetterEn
         size_bytes: 49,
         delivery_count: 0,
         sealed_body: None,
+        sealed_headers: None,
     }
 }
 
