@@ -83,18 +83,9 @@ pub async fn replay(
             ));
             continue;
         };
-        let body = match open_body(&vault, row) {
-            Ok(b) => b,
-            Err(why) => {
-                report.skipped += 1;
-                report
-                    .text
-                    .push_str(&format!("{title}\n  skipped: {why}\n"));
-                continue;
-            }
-        };
-        let headers = match open_headers(&vault, row) {
-            Ok(h) => h,
+        let opened = open_body(&vault, row).and_then(|b| Ok((b, open_headers(&vault, row)?)));
+        let (body, headers) = match opened {
+            Ok(o) => o,
             Err(why) => {
                 report.skipped += 1;
                 report

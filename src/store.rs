@@ -1222,19 +1222,13 @@ impl StoreTx {
         if keys.is_empty() {
             return Ok(false);
         }
-        let marks: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT 1 AS one FROM opt_outs WHERE opt_key IN ({}) LIMIT 1",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for k in keys {
-            q = q.bind(*k);
-        }
-        let found = q
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db("read opt-outs"))?;
+        let found = query_in(
+            "SELECT 1 AS one FROM opt_outs WHERE opt_key IN ({keys}) LIMIT 1",
+            keys,
+        )
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(db("read opt-outs"))?;
         Ok(found.is_some())
     }
 
@@ -1333,6 +1327,17 @@ fn dnd_keys(r: &AnyRow) -> Vec<String> {
         .collect()
 }
 
+/// `sql` with its `{keys}` replaced by `$1, …, $n` and the `n` keys bound in order: a
+/// `… IN ({keys})` query the `Any` driver can run (it binds no arrays).
+fn query_in<'q>(
+    sql: &str,
+    keys: &[&'q str],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    let sql = sql.replace("{keys}", &crate::store_ops::placeholders(1, keys.len()));
+    keys.iter()
+        .fold(sqlx::query(AssertSqlSafe(sql)), |q, k| q.bind(*k))
+}
+
 /// Suppress a claimed job in the claim transaction, with its audit row.
 async fn suppress_in(
     tx: &mut Transaction<'static, Any>,
@@ -1388,16 +1393,14 @@ async fn opted_out_among(
     if keys.is_empty() {
         return Ok(Default::default());
     }
-    let marks: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "SELECT opt_key FROM opt_outs WHERE opt_key IN ({})",
-        marks.join(", ")
-    );
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for k in &keys {
-        q = q.bind(k.as_str());
-    }
-    let found = q.fetch_all(&mut **tx).await.map_err(db("read opt-outs"))?;
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let found = query_in(
+        "SELECT opt_key FROM opt_outs WHERE opt_key IN ({keys})",
+        &keys,
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("read opt-outs"))?;
     Ok(found
         .iter()
         .filter_map(|r| r.try_get::<String, _>("opt_key").ok())
@@ -1491,19 +1494,14 @@ impl Store {
             .map_err(db("lock do-not-disturb keys"))?;
         }
         for chunk in all.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT dnd_key, last_sent, job_id FROM touches WHERE dnd_key IN ({})",
-                marks.join(", ")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for k in chunk {
-                q = q.bind(k.as_str());
-            }
-            for r in q
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(db("read do-not-disturb touches"))?
+            let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            for r in query_in(
+                "SELECT dnd_key, last_sent, job_id FROM touches WHERE dnd_key IN ({keys})",
+                &keys,
+            )
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db("read do-not-disturb touches"))?
             {
                 let key: String = r.try_get("dnd_key").map_err(db("read touches"))?;
                 let at: i64 = r.try_get("last_sent").map_err(db("read touches"))?;

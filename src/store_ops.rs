@@ -390,7 +390,7 @@ fn trace_audit(r: &AnyRow) -> Result<TraceAudit, sqlx::Error> {
 }
 
 /// `$first, $first+1, …` for `n` bound values.
-fn placeholders(first: usize, n: usize) -> String {
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()

@@ -46,6 +46,23 @@ async fn jobs(setup: &Setup) -> Vec<(String, String, i64, i64)> {
         .collect()
 }
 
+/// The first column of every row of `sql` in the test's SQLite store.
+async fn column<T>(setup: &Setup, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + Unpin,
+{
+    let db = sqlite(&setup.db).await;
+    let v = sqlx::query(sql)
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    db.close().await;
+    v
+}
+
 async fn wait_calls(setup: &Setup, what: &str, ok: impl Fn(&[Call]) -> bool) -> Vec<Call> {
     wait_for(20, what, || async {
         let c = fu_calls(setup).await;
@@ -132,22 +149,16 @@ async fn ex_05_discharge_plans_postop_721_and_the_d7_call_goes_out_on_day_7() {
     // R-ANO-6 retention: the stay's vault records count as used at the last step (D+60), so
     // `vault_days` keeps the number the questionnaire needs; the survey's own write (at the
     // discharge) does not move that back.
-    let db = sqlite(&setup.db).await;
-    let kept: Vec<i64> = sqlx::query(
+    let kept: Vec<i64> = column(
+        &setup,
         "SELECT last_event_at FROM vault WHERE pseudonym LIKE 'pk_%' OR pseudonym LIKE 'mk_%'",
     )
-    .fetch_all(&db)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    .await;
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(
         kept.iter().all(|t| *t == ms("2027-01-19T10:00:00+08:00")),
         "{kept:?}"
     );
-    db.close().await;
 
     let bridge = setup.start_at("2026-11-27T10:00:00+08:00").await;
     let task = wait_task(&cc, "postop_d7").await;
@@ -173,16 +184,11 @@ async fn ex_05_discharge_plans_postop_721_and_the_d7_call_goes_out_on_day_7() {
     .await;
     assert_eq!(calls[1].1, "pending");
     // R-ANO-6: the lookup was audited with the follow-up purpose.
-    let db = sqlite(&setup.db).await;
-    let lookups: Vec<String> = sqlx::query(
+    let lookups: Vec<String> = column(
+        &setup,
         "SELECT detail FROM audit WHERE action = 'vault_lookup' AND detail LIKE 'caller=callcenter%'",
     )
-    .fetch_all(&db)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    .await;
     assert_eq!(lookups, ["caller=callcenter purpose=followup_call"]);
     bridge.shutdown().await;
     cleanup(&setup).await;

@@ -937,6 +937,23 @@ fn cli_with_keys(args: &[&str]) -> (bool, String, String) {
     run_cli(cmd)
 }
 
+/// Wait for a dead letter matching `condition` in the test's SQLite store; the open store.
+async fn wait_dead_letter(setup: &Setup, condition: &str) -> sqlx::SqlitePool {
+    let db = sqlite(&setup.db).await;
+    let sql = format!("SELECT id FROM dead_letters WHERE {condition}");
+    wait_for(20, "the dead letter", || {
+        let (db, sql) = (db.clone(), sql.clone());
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    db
+}
+
 /// `dlq replay` keeps what a mapping matches on besides the body: an 互联互通 XML registration
 /// (whose event comes from the AMQP header `service-code`) reaches a source configured for
 /// HL7 v2 only and is dead-lettered; its headers are stored sealed with the body, so a dry run
@@ -956,17 +973,7 @@ async fn dlq_replay_keeps_the_headers_the_mapping_matches_on() {
         &[("service-code", "S0023")],
     )
     .await;
-    let db = sqlite(&setup.db).await;
-    wait_for(20, "the dead letter", || {
-        let db = db.clone();
-        async move {
-            sqlx::query("SELECT id FROM dead_letters WHERE headers IS NOT NULL")
-                .fetch_optional(&db)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
+    let db = wait_dead_letter(&setup, "headers IS NOT NULL").await;
     let sealed: Vec<u8> = sqlx::query("SELECT headers FROM dead_letters")
         .fetch_one(&db)
         .await
@@ -1045,17 +1052,7 @@ async fn dlq_replay_dry_run_diffs_the_new_mapping_then_replay_republishes() {
     let bridge = setup.start().await;
     setup.wait_declared().await;
     publish(&setup.queue, msg.as_bytes(), "pid2").await;
-    let db = sqlite(&setup.db).await;
-    wait_for(20, "the dead letter", || {
-        let db = db.clone();
-        async move {
-            sqlx::query("SELECT id FROM dead_letters WHERE reason = 'missing_patient_id'")
-                .fetch_optional(&db)
-                .await
-                .unwrap()
-        }
-    })
-    .await;
+    let db = wait_dead_letter(&setup, "reason = 'missing_patient_id'").await;
     let config = setup.write_config();
     let config = config.to_str().unwrap();
     let fixed_dir = fixed.to_str().unwrap();
