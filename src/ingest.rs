@@ -118,36 +118,80 @@ pub async fn run_source(
     mut shutdown: Shutdown,
 ) {
     let amqp = amqp_config(&src, &instance);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if shutdown.is_triggered() {
+    let mut link = Reconnect::new(&amqp, &src.name);
+    while let Some(mut source) = link.connect(&mut shutdown).await {
+        ctx.health.set_connected(&src.name, true);
+        let r = consume(&ctx, &src, &mut source, &mut shutdown).await;
+        ctx.health.set_connected(&src.name, false);
+        source.close().await;
+        if !link.ended(r, &mut shutdown).await {
             break;
         }
-        match AmqpSource::connect(&amqp).await {
-            Ok(mut source) => {
-                info!(connector = %src.name, queue = %src.queue, dlq = %amqp.dead_letter_queue, "consuming");
-                ctx.health.set_connected(&src.name, true);
-                backoff = Duration::from_millis(500);
-                let r = consume(&ctx, &src, &mut source, &mut shutdown).await;
-                ctx.health.set_connected(&src.name, false);
-                source.close().await;
-                match r {
-                    Ok(()) => break,
-                    Err(e) => {
-                        warn!(connector = %src.name, error = %e, "source stopped; reconnecting");
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(connector = %src.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ");
-            }
-        }
-        if shutdown.sleep(backoff).await {
-            break;
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
     info!(connector = %src.name, "source stopped");
+}
+
+/// A consumer's link to RabbitMQ: connect, and after a failure reconnect with backoff (0.5 s
+/// doubling to 30 s, back to 0.5 s once connected) until shutdown. Shared by the `[[source]]`
+/// consumers and the `[tickets.queue]` one.
+pub(crate) struct Reconnect<'a> {
+    amqp: &'a AmqpSourceConfig,
+    connector: &'a str,
+    backoff: Duration,
+}
+
+impl<'a> Reconnect<'a> {
+    pub(crate) fn new(amqp: &'a AmqpSourceConfig, connector: &'a str) -> Self {
+        Self {
+            amqp,
+            connector,
+            backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// The next connection, retried with backoff while the broker is unreachable; `None` once
+    /// shutdown is requested.
+    pub(crate) async fn connect(&mut self, shutdown: &mut Shutdown) -> Option<AmqpSource> {
+        loop {
+            if shutdown.is_triggered() {
+                return None;
+            }
+            match AmqpSource::connect(self.amqp).await {
+                Ok(source) => {
+                    info!(connector = self.connector, queue = %self.amqp.queue, dlq = %self.amqp.dead_letter_queue, "consuming");
+                    self.backoff = Duration::from_millis(500);
+                    return Some(source);
+                }
+                Err(e) => {
+                    warn!(connector = self.connector, queue = %self.amqp.queue, error = %e, retry_in_ms = self.backoff.as_millis() as u64, "cannot reach RabbitMQ");
+                }
+            }
+            if !self.wait(shutdown).await {
+                return None;
+            }
+        }
+    }
+
+    /// A consumer ended with `r`: `false` to stop (it stopped for shutdown, or shutdown came
+    /// during the wait), `true` to reconnect after the backoff.
+    pub(crate) async fn ended(&mut self, r: anyhow::Result<()>, shutdown: &mut Shutdown) -> bool {
+        match r {
+            Ok(()) => false,
+            Err(e) => {
+                warn!(connector = self.connector, error = %e, "consumer stopped; reconnecting");
+                self.wait(shutdown).await
+            }
+        }
+    }
+
+    /// Sleep the backoff and double it; `false` if shutdown came first.
+    async fn wait(&mut self, shutdown: &mut Shutdown) -> bool {
+        if shutdown.sleep(self.backoff).await {
+            return false;
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        true
+    }
 }
 
 async fn consume(

@@ -63,32 +63,13 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let amqp = amqp_config(&q, &instance);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if shutdown.is_triggered() {
+    let mut link = crate::ingest::Reconnect::new(&amqp, CONNECTOR);
+    while let Some(mut source) = link.connect(&mut shutdown).await {
+        let r = consume(&intake, &mut source, &mut shutdown).await;
+        source.close().await;
+        if !link.ended(r, &mut shutdown).await {
             break;
         }
-        match AmqpSource::connect(&amqp).await {
-            Ok(mut source) => {
-                info!(connector = CONNECTOR, queue = %q.queue, "consuming ticket updates");
-                backoff = Duration::from_millis(500);
-                let r = consume(&intake, &mut source, &mut shutdown).await;
-                source.close().await;
-                match r {
-                    Ok(()) => break,
-                    Err(e) => {
-                        warn!(connector = CONNECTOR, error = %e, "ticket queue stopped; reconnecting")
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(connector = CONNECTOR, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach RabbitMQ for the ticket queue");
-            }
-        }
-        if shutdown.sleep(backoff).await {
-            break;
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
     info!(connector = CONNECTOR, "ticket queue stopped");
 }
