@@ -76,6 +76,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/sqlite/0006_dead_letter_headers.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_ticket_visit.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -86,6 +90,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../migrations/postgres/0006_dead_letter_headers.sql"),
+    ),
+    (
+        7,
+        include_str!("../migrations/postgres/0007_ticket_visit.sql"),
     ),
 ];
 

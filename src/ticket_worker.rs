@@ -319,6 +319,23 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
             });
         }
     };
+    // R-ANO-1: HCRM gets the 门诊号/住院号 of the visit the ticket names (its own vault record).
+    let visit_number = match body.get("visitKey").and_then(Value::as_str) {
+        Some(vk) if caller == Caller::Hcrm && matches!(found, Lookup::Found(_)) => {
+            match w.store.vault_lookup(&w.ctx.cipher, access, vk).await {
+                Ok(Lookup::Found(v)) => v.visit_number,
+                Ok(_) => None,
+                Err(e) => {
+                    return Err(OutboxOutcome::Retry {
+                        next_at: w.clock.now_ms() + 5_000,
+                        status: None,
+                        error: format!("vault lookup: {e}"),
+                    });
+                }
+            }
+        }
+        _ => None,
+    };
     if let Some(o) = body.as_object_mut() {
         match (caller, found) {
             (
@@ -354,7 +371,7 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
                         "patientId": r.patient_id,
                         "name": r.name,
                         "mobile": r.mobile,
-                        "visitNumber": r.visit_number,
+                        "visitNumber": visit_number.or(r.visit_number),
                         "idCardMasked": r.id_card_masked,
                     }),
                 );

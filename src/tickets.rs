@@ -91,6 +91,8 @@ struct TicketRow {
     grade: Option<Grade>,
     status: Option<Status>,
     patient_key: Option<String>,
+    /// `vk_…` of the survey the ticket is about, when the CEM named it.
+    visit_key: Option<String>,
     patient_known: bool,
     held_since: Option<i64>,
 }
@@ -353,7 +355,7 @@ async fn lock_ticket(
         Backend::Sqlite => "",
     };
     let r = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT applied_version, grade, status, patient_key, patient_known, held_since FROM tickets WHERE ticket_id = $1{lock}"
+        "SELECT applied_version, grade, status, patient_key, visit_key, patient_known, held_since FROM tickets WHERE ticket_id = $1{lock}"
     )))
     .bind(ticket_id)
     .fetch_one(&mut *tx.tx)
@@ -373,6 +375,7 @@ async fn lock_ticket(
             .map_err(read())?
             .and_then(|s| Status::parse(&s)),
         patient_key: r.try_get("patient_key").map_err(read())?,
+        visit_key: r.try_get("visit_key").map_err(read())?,
         patient_known: r.try_get::<i64, _>("patient_known").map_err(read())? != 0,
         held_since: r.try_get("held_since").map_err(read())?,
     })
@@ -533,6 +536,7 @@ fn hcrm_body(
     grade: Grade,
     op: HcrmOp,
     patient_key: Option<&str>,
+    visit_key: Option<&str>,
     sla: &[(Clock, Timestamp)],
     zone: &TimeZone,
 ) -> Value {
@@ -560,6 +564,8 @@ fn hcrm_body(
         put("category", u.category.clone().map(Value::from));
         put("comment", u.comment.clone().map(Value::from));
         put("surveyId", u.survey_id.clone().map(Value::from));
+        // The worker adds `patient.visitNumber` from this pseudonym's vault record.
+        put("visitKey", visit_key.map(Value::from));
         put("assignee", u.assignee.clone().map(Value::from));
         put("resolution", u.resolution.clone().map(Value::from));
         if !sla.is_empty() {
@@ -657,6 +663,10 @@ async fn apply(
             }
         }
     }
+    // The first version that names the visit sets it for the ticket's HCRM requests.
+    if row.visit_key.is_none() {
+        row.visit_key = u.visit_key.clone();
+    }
     let grade = row.grade.unwrap_or(Grade::General);
     let state = TicketState {
         grade,
@@ -667,7 +677,15 @@ async fn apply(
     let pk = row.patient_key.clone();
     // R-TKT-10: HCRM gets the case either way; without a vault entry it has the pseudonym only.
     let op = if first { HcrmOp::Create } else { plan.hcrm };
-    let body = hcrm_body(u, grade, op, pk.as_deref(), &sla, &ctx.zone);
+    let body = hcrm_body(
+        u,
+        grade,
+        op,
+        pk.as_deref(),
+        row.visit_key.as_deref(),
+        &sla,
+        &ctx.zone,
+    );
     let key = ticket::update_key(&u.ticket_id, u.version, "hcrm");
     queue(
         tx,
@@ -760,7 +778,7 @@ async fn apply(
     }
     sqlx::query(
         "UPDATE tickets SET applied_version = $1, status = $2, grade = $3, patient_key = $4, patient_known = $5, \
-         created_at = COALESCE(created_at, $6), updated_at = $7 WHERE ticket_id = $8",
+         created_at = COALESCE(created_at, $6), updated_at = $7, visit_key = $9 WHERE ticket_id = $8",
     )
     .bind(i64::from(u.version))
     .bind(u.status.code())
@@ -770,6 +788,7 @@ async fn apply(
     .bind(u.created_at.map(ts_ms))
     .bind(now)
     .bind(u.ticket_id.as_str())
+    .bind(row.visit_key.as_deref())
     .execute(&mut *tx.tx)
     .await
     .map_err(db("update ticket"))?;

@@ -124,9 +124,22 @@ async fn tk1_ticket_reaches_hcrm_and_the_call_center_in_order() {
     setup.wait_declared().await;
     // The patient's registration puts them in the vault; the CEM learns the pseudonym.
     let pk = known_patient(&setup, &cem, "tk1-a04").await;
+    // The CEM names the survey's visit too (visit.vk of the dispatch): HCRM gets its 门诊号.
+    let vk = cem.first_accepted().await.json["visit"]["vk"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let id = unique("TK1");
     for (name, version) in [("created_low_score", 1), ("assigned", 2), ("resolved", 3)] {
-        let (status, answer) = post(addr, &sample(name, &id, &pk)).await;
+        let mut body = sample(name, &id, &pk);
+        if version == 1 {
+            body = body.replace(
+                &format!("\"patientKey\": \"{pk}\""),
+                &format!("\"patientKey\": \"{pk}\", \"visitKey\": \"{vk}\""),
+            );
+            assert!(body.contains("visitKey"), "{body}");
+        }
+        let (status, answer) = post(addr, &body).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["result"], "applied");
         assert_eq!(answer["version"], version);
@@ -155,6 +168,16 @@ async fn tk1_ticket_reaches_hcrm_and_the_call_center_in_order() {
     assert_eq!(create["patient"]["pseudonym"], pk.as_str());
     assert_eq!(create["patient"]["reidentified"], true);
     assert!(create["patient"]["patientId"].is_string(), "{create}");
+    // R-ANO-1: the visit number in clear, on every request of the ticket (the later versions
+    // do not repeat visitKey).
+    for r in &sent {
+        assert_eq!(
+            r.json["patient"]["visitNumber"], "V20261120001",
+            "{}",
+            r.body
+        );
+        assert_eq!(r.json["visitKey"], vk.as_str());
+    }
     assert_eq!(sent[2].json["resolution"], "已致电患者致歉并优化分诊叫号");
     // The urgent call-back, with the phone to dial (R-ANO-6 ticket_callback).
     let calls = wait_requests(&cc, &id, 1).await;

@@ -102,6 +102,9 @@ pub struct TicketUpdate {
     pub comment: Option<String>,
     /// The pseudonymous patient key (`pk_…`) the CEM got with the survey.
     pub patient_key: Option<String>,
+    /// The visit pseudonym (`vk_…`, the dispatch's `visit.vk`) of the survey answered: HCRM
+    /// gets its 门诊号/住院号 from the vault (R-ANO-1).
+    pub visit_key: Option<String>,
     pub survey_id: Option<String>,
     pub created_at: Option<Timestamp>,
     pub updated_at: Option<Timestamp>,
@@ -140,6 +143,7 @@ struct Wire {
     category: Option<String>,
     comment: Option<String>,
     patient_key: Option<String>,
+    visit_key: Option<String>,
     survey_id: Option<String>,
     created_at: Option<String>,
     updated_at: Option<String>,
@@ -233,6 +237,14 @@ impl TicketUpdate {
                 why: "the pseudonymous key the CEM received with the survey (pk_…)".into(),
             });
         }
+        if let Some(vk) = &w.visit_key
+            && (!vk.starts_with("vk_") || vk.len() > 128 || vk.chars().any(char::is_whitespace))
+        {
+            return Err(TicketError::Invalid {
+                field: "visitKey",
+                why: "the visit pseudonym the CEM received with the survey (visit.vk, vk_…)".into(),
+            });
+        }
         let u = Self {
             ticket_id,
             version,
@@ -243,6 +255,7 @@ impl TicketUpdate {
             category: w.category,
             comment: w.comment,
             patient_key: w.patient_key,
+            visit_key: w.visit_key,
             survey_id: w.survey_id,
             created_at: ts("createdAt", w.created_at)?,
             updated_at: ts("updatedAt", w.updated_at)?,
@@ -899,6 +912,19 @@ mod tests {
         let e =
             TicketUpdate::parse(br#"{"ticketId":"T 1","version":2,"status":"OPEN"}"#).unwrap_err();
         assert!(e.to_string().contains("ticketId"), "{e}");
+        let e = TicketUpdate::parse(
+            br#"{"ticketId":"T1","version":2,"status":"OPEN","visitKey":"V20261120001"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("visitKey") && !e.to_string().contains("V2026"),
+            "{e}"
+        );
+        let u = TicketUpdate::parse(
+            br#"{"ticketId":"T1","version":2,"status":"OPEN","visitKey":"vk_ab12","updatedAt":"2026-11-21T10:05:00+08:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(u.visit_key.as_deref(), Some("vk_ab12"));
     }
 
     /// TK-1: URGENT created 10:05 → response due 11:05 (met by ASSIGNED 10:20), resolution due
