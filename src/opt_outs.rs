@@ -10,7 +10,7 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use metrics::counter;
 use serde::Deserialize;
 use serde_json::json;
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::ops::OpsState;
 use crate::store::{AuditEntry, Store, StoreError, db};
+use crate::webhook::answer;
 
 /// The body of an unsubscribe callback (camelCase; unknown fields are ignored).
 #[derive(Debug, Deserialize)]
@@ -168,10 +169,6 @@ impl Store {
         tx.commit().await?;
         Ok(OptOutRecorded::Recorded(added))
     }
-}
-
-fn answer(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, axum::Json(body)).into_response()
 }
 
 /// `POST /hooks/cem/unsubscribes`. Answers 200 `{"code": 0, "result": "recorded"|"already"}`

@@ -40,7 +40,7 @@ pub struct TicketIntake {
     pub wake: Arc<Notify>,
 }
 
-fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
