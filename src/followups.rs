@@ -121,9 +121,15 @@ impl StoreTx {
             if fresh {
                 out.scheduled += 1;
                 // Counted when written (a resent discharge keeps its steps: not counted again).
-                metrics::counter!("cem_bridge_followup_tasks_total", "plan" => p.plan.code(),
-                                  "step" => step.step, "outcome" => "scheduled")
-                .increment(1);
+                self.count(
+                    "cem_bridge_followup_tasks_total",
+                    &[
+                        ("plan", p.plan.code()),
+                        ("step", step.step),
+                        ("outcome", "scheduled"),
+                    ],
+                    1,
+                );
             } else {
                 out.kept += 1;
             }

@@ -440,8 +440,7 @@ async fn write_batch(
                         ..Default::default()
                     })
                     .await?;
-                    counter!("cem_bridge_messages_ignored_total", "connector" => src.name.clone())
-                        .increment(1);
+                    tx.count("cem_bridge_messages_ignored_total", &[("connector", conn)], 1);
                     debug!(connector = conn, message_id = ?mid, mapping = %mapping, "ignored by the mapping");
                     None
                 }
@@ -467,7 +466,7 @@ async fn write_batch(
                                 ..Default::default()
                             })
                             .await?;
-                            counter!("cem_bridge_messages_duplicate_total", "connector" => src.name.clone()).increment(1);
+                            tx.count("cem_bridge_messages_duplicate_total", &[("connector", conn)], 1);
                             debug!(connector = conn, message_id = %event.message_id, "duplicate delivery acked without effect");
                             None
                         }
@@ -479,12 +478,17 @@ async fn write_batch(
                             ),
                         )),
                         InboxResult::New => {
-                            counter!("cem_bridge_messages_in_total", "connector" => src.name.clone(),
-                                     "format" => format.code(), "event" => event.kind.code())
-                            .increment(1);
+                            tx.count(
+                                "cem_bridge_messages_in_total",
+                                &[
+                                    ("connector", conn),
+                                    ("format", format.code()),
+                                    ("event", event.kind.code()),
+                                ],
+                                1,
+                            );
                             for w in &event.warnings {
-                                counter!("cem_bridge_identity_warnings_total", "kind" => w.code())
-                                    .increment(1);
+                                tx.count("cem_bridge_identity_warnings_total", &[("kind", w.code())], 1);
                             }
                             made |= apply_decision(&mut tx, conn, event, decision, ctx, now).await?;
                             made |= apply_followup(&mut tx, conn, event, followup, ctx, now).await?;
@@ -655,9 +659,14 @@ async fn apply_decision(
                 detail: Some(&format!("template {} due {due}", job.template)),
             })
             .await?;
-            counter!("cem_bridge_survey_decisions_total", "decision" => "scheduled",
-                     "reason" => reason.unwrap_or("scheduled"))
-            .increment(1);
+            tx.count(
+                "cem_bridge_survey_decisions_total",
+                &[
+                    ("decision", "scheduled"),
+                    ("reason", reason.unwrap_or("scheduled")),
+                ],
+                1,
+            );
             debug!(connector = conn, message_id = mid, patient_key = %pk, job_id = %job.job_id, action, "survey decision");
             Ok(matches!(r, JobInsert::Created | JobInsert::Reactivated))
         }
@@ -829,7 +838,11 @@ async fn apply_decision(
                 ..Default::default()
             })
             .await?;
-            counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => *reason).increment(1);
+            tx.count(
+                "cem_bridge_survey_decisions_total",
+                &[("decision", "suppressed"), ("reason", reason)],
+                1,
+            );
             debug!(connector = conn, message_id = mid, patient_key = %pk, reason, "survey suppressed");
             Ok(false)
         }
@@ -874,8 +887,11 @@ async fn apply_followup(
                 ..Default::default()
             })
             .await?;
-            counter!("cem_bridge_followup_decisions_total", "decision" => "excluded", "reason" => *reason)
-                .increment(1);
+            tx.count(
+                "cem_bridge_followup_decisions_total",
+                &[("decision", "excluded"), ("reason", reason)],
+                1,
+            );
             Ok(false)
         }
         FollowupDecision::Plan(plan) => {
@@ -915,8 +931,11 @@ async fn apply_followup(
             let done = tx
                 .followup_plan(&ctx.vault, &f.windows, &plan, conn, mid, &ctx.zone, now)
                 .await?;
-            counter!("cem_bridge_followup_decisions_total", "decision" => "planned", "reason" => plan.plan.code())
-                .increment(1);
+            tx.count(
+                "cem_bridge_followup_decisions_total",
+                &[("decision", "planned"), ("reason", plan.plan.code())],
+                1,
+            );
 
             debug!(connector = conn, message_id = mid, patient_key = %plan.patient_key, plan = plan.plan.code(),
                    scheduled = done.scheduled, kept = done.kept, "follow-up planned");
@@ -980,8 +999,11 @@ async fn audit_cancel(
         ..Default::default()
     })
     .await?;
-    counter!("cem_bridge_survey_decisions_total", "decision" => "cancelled", "reason" => reason)
-        .increment(1);
+    tx.count(
+        "cem_bridge_survey_decisions_total",
+        &[("decision", "cancelled"), ("reason", reason)],
+        1,
+    );
     Ok(())
 }
 

@@ -441,6 +441,7 @@ impl Store {
 
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         Ok(StoreTx {
+            counts: Vec::new(),
             tx: self.pool.begin().await.map_err(db("begin"))?,
         })
     }
@@ -812,6 +813,9 @@ fn job_row(r: &AnyRow) -> Result<JobRow, sqlx::Error> {
 /// One ingest transaction.
 pub struct StoreTx {
     pub(crate) tx: Transaction<'static, Any>,
+    /// Counter increments of what this transaction did, emitted only once it commits (a batch
+    /// the store refused and that is written again is counted once).
+    counts: Vec<(&'static str, Vec<metrics::Label>, u64)>,
 }
 
 impl StoreTx {
@@ -1303,8 +1307,21 @@ impl StoreTx {
         Ok(())
     }
 
+    /// Count `n` on the counter `name` with `labels` when this transaction commits.
+    pub fn count(&mut self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
+            .collect();
+        self.counts.push((name, labels, n));
+    }
+
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(db("commit"))
+        self.tx.commit().await.map_err(db("commit"))?;
+        for (name, labels, n) in self.counts {
+            metrics::counter!(name, labels).increment(n);
+        }
+        Ok(())
     }
 }
 

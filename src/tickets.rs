@@ -123,7 +123,7 @@ impl Store {
         let held = held_versions(&mut tx, &u.ticket_id).await?;
         let result = match ticket::admit(row.applied_version, &held, u.version) {
             Admission::Stale => {
-                counter!("cem_bridge_ticket_stale_versions_total").increment(1);
+                tx.count("cem_bridge_ticket_stale_versions_total", &[], 1);
                 Accepted::Stale
             }
             Admission::Duplicate => Accepted::Duplicate,
@@ -178,7 +178,7 @@ impl Store {
                 let versions = release_held(&mut tx, ctx, &mut row, now, true).await?;
                 if !versions.is_empty() {
                     released += 1;
-                    counter!("cem_bridge_ticket_gap_timeouts_total").increment(1);
+                    tx.count("cem_bridge_ticket_gap_timeouts_total", &[], 1);
                     tx.audit(&AuditEntry {
                         job_id: Some(&id),
                         action: "ticket_gap_timeout",
@@ -810,8 +810,11 @@ async fn apply(
         ..Default::default()
     })
     .await?;
-    counter!("cem_bridge_tickets_received_total", "grade" => grade.code(), "status" => u.status.code())
-        .increment(1);
+    tx.count(
+        "cem_bridge_tickets_received_total",
+        &[("grade", grade.code()), ("status", u.status.code())],
+        1,
+    );
     Ok(())
 }
 
@@ -1011,7 +1014,7 @@ async fn attention_case(
     if row.applied_version == 0 {
         insert_version(tx, ctx, &u, body.as_bytes(), "applied", now).await?;
         apply(tx, ctx, &mut row, &u, now).await?;
-        counter!("cem_bridge_followup_attention_total").increment(1);
+        tx.count("cem_bridge_followup_attention_total", &[], 1);
     }
     Ok(ticket_id)
 }

@@ -463,7 +463,34 @@ async fn retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases
     db.cleanup().await;
 }
 
+/// Counters of what a transaction did are emitted when it commits, never for one rolled back
+/// (a batch the store refused and that is written again is counted once).
+async fn counts_are_emitted_only_when_the_transaction_commits(db: Db) {
+    let metrics = cem_bridge::ops::metrics_handle().unwrap();
+    let store = db.open().await;
+    let name = "cem_bridge_messages_duplicate_total";
+    let mut tx = store.begin().await.unwrap();
+    tx.count(name, &[("connector", "rolled-back")], 1);
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    tx.count(name, &[("connector", "committed")], 2);
+    assert!(
+        !metrics.render().contains("\"committed\""),
+        "not before the commit"
+    );
+    tx.commit().await.unwrap();
+    let text = metrics.render();
+    assert!(
+        text.contains("cem_bridge_messages_duplicate_total{connector=\"committed\"} 2"),
+        "{text}"
+    );
+    assert!(!text.contains("rolled-back"), "{text}");
+    store.close().await;
+    db.cleanup().await;
+}
+
 both_backends!(
+    counts_are_emitted_only_when_the_transaction_commits,
     retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases,
     trace_follows_message_job_and_pseudonym,
     dead_letters_newest_first_and_by_id,

@@ -426,19 +426,22 @@ pub async fn publish_with_headers(
     headers: &[(&str, &str)],
 ) {
     let p = publisher().await;
-    p.publish(
-        queue,
-        &OutboundMessage {
-            body: body.to_vec(),
-            message_id: Some(message_id.to_string()),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        },
-    )
-    .await
-    .expect("publish");
+    let msg = OutboundMessage {
+        body: body.to_vec(),
+        message_id: Some(message_id.to_string()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    // A broker nack means "not stored, send again" (seen once right after a quorum queue was
+    // declared): retry like any confirming publisher, a few times.
+    let mut tries = 0;
+    while let Err(e) = p.publish(queue, &msg).await {
+        tries += 1;
+        assert!(tries < 5, "publish to {queue}: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     p.close().await;
 }
 
