@@ -305,33 +305,28 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
         purpose,
         job_id: Some(&row.ticket_id),
     };
-    let found = match w
+    // A vault that cannot be read now is retried in 5 s (the row stays pending).
+    let retry = |e: crate::vault::VaultError| OutboxOutcome::Retry {
+        next_at: w.clock.now_ms() + 5_000,
+        status: None,
+        error: format!("vault lookup: {e}"),
+    };
+    let found = w
         .store
         .vault_lookup(&w.ctx.cipher, access, &lookup_key)
         .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            return Err(OutboxOutcome::Retry {
-                next_at: w.clock.now_ms() + 5_000,
-                status: None,
-                error: format!("vault lookup: {e}"),
-            });
-        }
-    };
+        .map_err(retry)?;
     // R-ANO-1: HCRM gets the 门诊号/住院号 of the visit the ticket names (its own vault record).
     let visit_number = match body.get("visitKey").and_then(Value::as_str) {
         Some(vk) if caller == Caller::Hcrm && matches!(found, Lookup::Found(_)) => {
-            match w.store.vault_lookup(&w.ctx.cipher, access, vk).await {
-                Ok(Lookup::Found(v)) => v.visit_number,
-                Ok(_) => None,
-                Err(e) => {
-                    return Err(OutboxOutcome::Retry {
-                        next_at: w.clock.now_ms() + 5_000,
-                        status: None,
-                        error: format!("vault lookup: {e}"),
-                    });
-                }
+            match w
+                .store
+                .vault_lookup(&w.ctx.cipher, access, vk)
+                .await
+                .map_err(retry)?
+            {
+                Lookup::Found(v) => v.visit_number,
+                _ => None,
             }
         }
         _ => None,
