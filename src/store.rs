@@ -1438,9 +1438,8 @@ async fn opted_out_among(
 struct TouchState {
     /// key → (last_sent, job_id), updated as the batch reserves.
     current: std::collections::HashMap<String, (i64, String)>,
-    /// key → job_id reserved in this batch (written by [`TouchState::write`]).
-    reserved: std::collections::BTreeMap<String, String>,
-    now: i64,
+    /// Keys reserved in this batch (their `current` entry is written by [`TouchState::write`]).
+    reserved: std::collections::BTreeSet<String>,
 }
 
 impl TouchState {
@@ -1454,17 +1453,20 @@ impl TouchState {
         }) {
             return Some(k.clone());
         }
-        self.now = now;
         for k in keys {
             self.current.insert(k.clone(), (now, job_id.to_string()));
-            self.reserved.insert(k.clone(), job_id.to_string());
+            self.reserved.insert(k.clone());
         }
         None
     }
 
     /// Write the batch's reservations: one multi-row upsert per 300 keys.
     async fn write(&self, tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
-        let rows: Vec<(&String, &String)> = self.reserved.iter().collect();
+        let rows: Vec<(&String, &(i64, String))> = self
+            .reserved
+            .iter()
+            .filter_map(|k| Some((k, self.current.get(k)?)))
+            .collect();
         for chunk in rows.chunks(300) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
@@ -1475,8 +1477,8 @@ impl TouchState {
                 values.join(", ")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (key, job) in chunk {
-                q = q.bind(key.as_str()).bind(self.now).bind(job.as_str());
+            for (key, (at, job)) in chunk {
+                q = q.bind(key.as_str()).bind(*at).bind(job.as_str());
             }
             q.execute(&mut **tx)
                 .await
