@@ -1,56 +1,30 @@
-//! `cem-bridge` — the runtime: configuration, store, ingest, scheduler and CLI wiring.
+//! `cem-bridge` — the runtime: configuration, store, ingest, scheduler, ticket loop and CLI.
 //!
-//! The work lives in two crates: `cem-pipeline` (pure: decode, anonymise, decide) and
-//! `cem-connectors` (I/O edges: RabbitMQ, HTTP). This crate wires them:
-//! - [`clock`] — the injectable clock every time rule reads.
-//! - [`config`] — `bridge.toml`, typed and checked.
-//! - [`store`] — SQLite/PostgreSQL through sqlx `Any`: dedupe, jobs, audit, dead letters.
-//! - [`mappings`] — loads the mapping files each connector names.
-//! - [`mapping_cli`] — `cem-bridge test` and `cem-bridge map` for interface engineers.
-//! - [`reload`] — hot reload of mappings on SIGHUP and file change (last good kept on error).
+//! The work lives in two crates below this one: `cem-pipeline` (pure: decode, map, anonymise,
+//! decide) and `cem-connectors` (I/O edges behind the `Source` and `Sink` traits: RabbitMQ,
+//! HTTP). This crate wires them, one folder per subsystem. Folders import downward only, in
+//! this order from the bottom (ARCHITECTURE.md has the map and its invariants):
+//! - [`config`] — `bridge.toml` and the mapping files, typed and checked. A leaf.
+//! - [`process`] — what every task of one bridge process shares: clock, shutdown, fault
+//!   points, log context, source health, the live (reloadable) mappings and policy.
+//! - [`privacy`] — the vault cipher and `contactRef`, constant-time compares, the lists.
+//! - [`store`] — the only place with SQL: SQLite or PostgreSQL through sqlx `Any`.
+//! - [`sinks`] — the HTTP peers (CEM, HCRM, call center, CEM results) as configured.
 //! - [`ingest`] — one task per source: batch deliveries, decide, commit, then ack.
-//! - [`scheduler`] — claims due jobs and pushes them to the CEM sink with retries.
-//! - [`ops`] — the ops HTTP server: Prometheus `/metrics`, `/health`, `/ready`.
-//! - [`store_ops`] — store queries for operations (gauges, dead letters, traces, pruning).
-//! - [`inspect`] — `dlq` and `trace` views of the store, as text or JSON.
-//! - [`retention`] — prunes old store rows in batches on a timer (never pending jobs).
-//! - [`runtime`] — starts everything, handles shutdown and secrets.
-//! - [`shutdown`] — the one signal every task listens to.
-//! - [`ticket_config`], [`tickets`], [`ticket_worker`], [`webhook`] — the ticket loop (domain
-//!   rules §4): config; accepting updates in order and emitting escalations (store side);
-//!   sending the outbox to HCRM and the call center; the signed `POST /hooks/cem/tickets`.
-//! - [`opt_outs`] — the CEM's unsubscribes (回复TD) into the store's opt-out table (R-EXC-3).
-//! - [`fault`] — crash points for the crash-safety tests (inert unless an env var is set).
+//! - [`surveys`] — the scheduler: claims due survey jobs and pushes them to the CEM.
+//! - [`tickets`] — the ticket loop: intake, the `[tickets.queue]` consumer, the worker.
+//! - [`http`] — the one axum server: ops page, metrics, health, webhooks, contact resolve.
+//! - [`app`] — starts everything from a config, reloads, stops in order.
+//! - [`cli`] — the commands of `main.rs` other than `run`: inspect, replay, map, publish, bench.
 
-pub mod bench;
-pub mod bench_decode;
-pub mod bench_dispatch;
-pub mod clock;
+pub mod app;
+pub mod cli;
 pub mod config;
-pub mod contact;
-pub mod dlq_replay;
-pub mod fault;
-pub mod followups;
+pub mod http;
 pub mod ingest;
-pub mod inspect;
-pub mod lists;
-pub mod logctx;
-pub mod mapping_cli;
-pub mod mappings;
-pub mod ops;
-pub mod opt_outs;
-pub mod publish;
-pub mod reload;
-pub mod retention;
-pub mod runtime;
-pub mod scheduler;
-pub mod shutdown;
-pub mod sink;
+pub mod privacy;
+pub mod process;
+pub mod sinks;
 pub mod store;
-pub mod store_ops;
-pub mod ticket_config;
-pub mod ticket_queue;
-pub mod ticket_worker;
+pub mod surveys;
 pub mod tickets;
-pub mod vault;
-pub mod webhook;

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cem_bridge::bench;
+use cem_bridge::app::{self, Secrets};
+use cem_bridge::cli::bench;
+use cem_bridge::cli::inspect;
+use cem_bridge::cli::map;
+use cem_bridge::cli::publish::{PublishRequest, publish_files};
 use cem_bridge::config::{Config, LogFormat};
-use cem_bridge::inspect;
-use cem_bridge::mapping_cli;
-use cem_bridge::publish::{PublishRequest, publish_files};
-use cem_bridge::runtime::{self, Secrets};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -217,10 +217,10 @@ enum BenchCmd {
     /// SQLite, and on PostgreSQL with one and two instances (issue 5).
     Dispatch {
         /// Due jobs per run.
-        #[arg(long, default_value_t = cem_bridge::bench_dispatch::DEFAULT_COUNT)]
+        #[arg(long, default_value_t = cem_bridge::cli::bench::dispatch::DEFAULT_COUNT)]
         count: usize,
         /// PostgreSQL admin URL (a scratch database is created and dropped); `none` = SQLite only.
-        #[arg(long, default_value = cem_bridge::bench_dispatch::DEFAULT_POSTGRES)]
+        #[arg(long, default_value = cem_bridge::cli::bench::dispatch::DEFAULT_POSTGRES)]
         postgres: String,
     },
     Ingest {
@@ -309,8 +309,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
             let secrets = Secrets::from_env(&cfg);
-            let bridge = runtime::start(cfg, secrets).await?;
-            runtime::signal().await;
+            let bridge = app::start(cfg, secrets).await?;
+            app::signal().await;
             tracing::info!("shutdown requested: finishing in-flight work");
             bridge.shutdown().await;
             Ok(())
@@ -319,10 +319,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
             let secrets = Secrets::from_env(&cfg);
-            let pseudo = runtime::pseudonymizer(&cfg, &secrets)?;
-            runtime::vault_cipher(&cfg, &secrets)?;
-            let tickets = runtime::webhook_secret(&cfg, &secrets)?.is_some();
-            let lists = runtime::load_lists(&cfg, &pseudo)?;
+            let pseudo = app::pseudonymizer(&cfg, &secrets)?;
+            app::vault_cipher(&cfg, &secrets)?;
+            let tickets = app::webhook_secret(&cfg, &secrets)?.is_some();
+            let lists = app::load_lists(&cfg, &pseudo)?;
             for w in cfg.warnings() {
                 eprintln!("warning: {w}");
             }
@@ -330,7 +330,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let mut problems = 0;
             let mut counts = Vec::new();
             for s in &cfg.sources {
-                match cem_bridge::mappings::load(&s.mappings, &zone) {
+                match cem_bridge::config::mappings::load(&s.mappings, &zone) {
                     Ok(set) => {
                         counts.push(format!("{}: {} mapping(s)", s.name, set.mappings.len()))
                     }
@@ -397,7 +397,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             init_logs(None);
             let zone = jiff::tz::TimeZone::get(&time_zone)
                 .with_context(|| format!("--time-zone {time_zone:?} is not an IANA zone"))?;
-            if mapping_cli::test_command(&paths, &zone, verbose)? {
+            if map::test_command(&paths, &zone, verbose)? {
                 Ok(())
             } else {
                 anyhow::bail!("mapping tests failed")
@@ -422,10 +422,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             } else {
                 mappings
             };
-            let set = cem_bridge::mappings::load(&paths, &zone)
+            let set = cem_bridge::config::mappings::load(&paths, &zone)
                 .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
-            let pseudo = runtime::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?;
-            let req = mapping_cli::MapRequest {
+            let pseudo = app::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?;
+            let req = map::MapRequest {
                 mappings: &set,
                 file: &file,
                 headers: headers.into_iter().collect(),
@@ -437,16 +437,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 policy: cfg.surveys.clone(),
                 fields: cfg.anonymization.cem.clone(),
                 tenant: cfg.tenant.clone(),
-                lists: runtime::load_lists(&cfg, &pseudo)?,
+                lists: app::load_lists(&cfg, &pseudo)?,
                 pseudo,
-                now: cem_bridge::clock::Clock::from_env()?.now(),
+                now: cem_bridge::process::clock::Clock::from_env()?.now(),
                 reveal,
             };
-            let report = mapping_cli::map_report(&req)?;
+            let report = map::map_report(&req)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", mapping_cli::render_map_report(&report));
+                print!("{}", map::render_map_report(&report));
             }
             Ok(())
         }
@@ -544,8 +544,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         } => {
             let cfg = load_for_reading(&config.config)?;
             let secrets = Secrets::from_env(&cfg);
-            let req = cem_bridge::dlq_replay::ReplayRequest {
-                filter: cem_bridge::store_ops::ReplayFilter {
+            let req = cem_bridge::cli::dlq_replay::ReplayRequest {
+                filter: cem_bridge::store::ops::ReplayFilter {
                     ids,
                     connector,
                     reason,
@@ -555,7 +555,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 mappings,
                 dry_run,
             };
-            let report = cem_bridge::dlq_replay::replay(&cfg, &secrets, &req).await?;
+            let report = cem_bridge::cli::dlq_replay::replay(&cfg, &secrets, &req).await?;
             print!("{}", report.text);
             Ok(())
         }
@@ -577,18 +577,21 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             what: BenchCmd::Decode,
         } => {
             init_logs(None);
-            let figures = tokio::task::spawn_blocking(cem_bridge::bench_decode::run).await??;
-            print!("{}", cem_bridge::bench_decode::render(&figures));
+            let figures =
+                tokio::task::spawn_blocking(cem_bridge::cli::bench::decode::run).await??;
+            print!("{}", cem_bridge::cli::bench::decode::render(&figures));
             Ok(())
         }
         Cmd::Bench {
             what: BenchCmd::Dispatch { count, postgres },
         } => {
             bench::init_logs();
-            cem_bridge::bench_dispatch::run(&cem_bridge::bench_dispatch::DispatchBench {
-                count,
-                postgres: (postgres != "none").then_some(postgres),
-            })
+            cem_bridge::cli::bench::dispatch::run(
+                &cem_bridge::cli::bench::dispatch::DispatchBench {
+                    count,
+                    postgres: (postgres != "none").then_some(postgres),
+                },
+            )
             .await
         }
         Cmd::Bench {

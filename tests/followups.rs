@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use cem_bridge::clock::Clock;
+use cem_bridge::process::clock::Clock;
 use common::*;
 use sqlx::Row;
 

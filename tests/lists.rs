@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use cem_bridge::clock::Clock;
+use cem_bridge::process::clock::Clock;
 use common::*;
 
 fn sample(rel: &str) -> String {
@@ -26,7 +26,7 @@ fn with_lists(name: &str, cem: &Recorder, opt_out: &str, staff: &str) -> Setup {
     setup
 }
 
-async fn audit_reasons(bridge: &cem_bridge::runtime::Bridge, message_id: &str) -> Vec<String> {
+async fn audit_reasons(bridge: &cem_bridge::app::Bridge, message_id: &str) -> Vec<String> {
     bridge
         .store
         .audit(Some(message_id))
@@ -89,7 +89,7 @@ async fn r_exc_3_and_4_lists_suppress_at_scheduling_and_reload_on_change() {
         "mobile,13812345678\npatient_id,P00077777,adt\n",
     )
     .unwrap();
-    tokio::time::sleep(cem_bridge::reload::POLL * 2 + Duration::from_millis(500)).await;
+    tokio::time::sleep(cem_bridge::app::reload::POLL * 2 + Duration::from_millis(500)).await;
     publish(
         &setup.queue,
         &read_fixture("json/registration.json"),
@@ -142,7 +142,7 @@ async fn r_srv_6_lists_are_checked_again_at_send_time() {
 
     // The patient opts out by mobile; the next morning the job is due.
     std::fs::write(setup.dir.join("opt_out.csv"), "mobile,13998765432\n").unwrap();
-    let later = cem_bridge::runtime::start_with_clock(
+    let later = cem_bridge::app::start_with_clock(
         setup.config(),
         test_secrets(),
         Clock::starting_at("2026-11-22T10:05:00+08:00".parse().unwrap()),

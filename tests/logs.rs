@@ -75,7 +75,9 @@ async fn json_logs_carry_the_message_and_trace_id_on_every_line_about_it() {
     let traces: BTreeSet<String> = a04.iter().map(|l| ids(l).unwrap().1).collect();
     assert_eq!(
         traces.into_iter().collect::<Vec<_>>(),
-        [cem_bridge::logctx::trace_id("MSG20261120093015001")],
+        [cem_bridge::process::logctx::trace_id(
+            "MSG20261120093015001"
+        )],
         "ingest and push share one trace id"
     );
     let bad = of("bad/truncated.hl7");

@@ -117,7 +117,7 @@ async fn metrics(addr: SocketAddr) -> Vec<Sample> {
     parse_metrics(&text)
 }
 
-fn ops_addr(bridge: &cem_bridge::runtime::Bridge) -> SocketAddr {
+fn ops_addr(bridge: &cem_bridge::app::Bridge) -> SocketAddr {
     let addr = bridge.ops_addr().expect("the ops server is enabled");
     assert_ne!(
         addr.port(),
@@ -308,7 +308,7 @@ async fn survey_gauges_show_a_job_the_cem_cannot_take_as_pending_and_overdue() {
     let mut setup = Setup::new("ops-gauges", "http://127.0.0.1:9/surveys/dispatch");
     setup.cem_limits = "backoff_initial_ms = 600000\nbackoff_max_ms = 600000\n".into();
     // The bridge's clock, as `Setup::start` sets it (within milliseconds).
-    let clock = cem_bridge::clock::Clock::starting_at(CLOCK_START.parse().unwrap());
+    let clock = cem_bridge::process::clock::Clock::starting_at(CLOCK_START.parse().unwrap());
     let bridge = setup.start().await;
     let addr = ops_addr(&bridge);
     setup.wait_declared().await;
@@ -753,7 +753,7 @@ async fn ops_server_can_be_disabled_and_a_taken_port_fails_the_start() {
     let mut setup = Setup::new("ops-taken", "http://127.0.0.1:9/unused");
     setup.ops = format!("listen = \"{addr}\"\n");
     let secrets = test_secrets();
-    let err = match cem_bridge::runtime::start(setup.config(), secrets).await {
+    let err = match cem_bridge::app::start(setup.config(), secrets).await {
         Ok(b) => {
             b.shutdown().await;
             panic!("started on a taken port");
@@ -868,11 +868,11 @@ async fn ops_page_and_its_summary_show_surveys_and_dead_letters_without_personal
 async fn non_loopback_ops_needs_the_bearer_token_for_data() {
     let mut setup = Setup::new("ops-token", "http://127.0.0.1:9/unused");
     setup.ops = "listen = \"0.0.0.0:0\"\ntoken_env = \"CEM_BRIDGE_TEST_OPS_TOKEN\"\n".into();
-    let secrets = |ops_token: Option<&str>| cem_bridge::runtime::Secrets {
+    let secrets = |ops_token: Option<&str>| cem_bridge::app::Secrets {
         ops_token: ops_token.map(str::to_string),
         ..test_secrets()
     };
-    let err = match cem_bridge::runtime::start(setup.config(), secrets(None)).await {
+    let err = match cem_bridge::app::start(setup.config(), secrets(None)).await {
         Ok(b) => {
             b.shutdown().await;
             panic!("started without the ops token");
@@ -881,7 +881,7 @@ async fn non_loopback_ops_needs_the_bearer_token_for_data() {
     };
     assert!(err.contains("CEM_BRIDGE_TEST_OPS_TOKEN"), "{err}");
 
-    let bridge = cem_bridge::runtime::start(setup.config(), secrets(Some("s3cret-t0ken")))
+    let bridge = cem_bridge::app::start(setup.config(), secrets(Some("s3cret-t0ken")))
         .await
         .unwrap();
     let bound = bridge.ops_addr().unwrap();

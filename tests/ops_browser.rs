@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cem_bridge::clock::Clock;
+use cem_bridge::process::clock::Clock;
 use common::*;
 
 fn chromium() -> PathBuf {

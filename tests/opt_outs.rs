@@ -5,7 +5,7 @@
 
 mod common;
 
-use cem_bridge::clock::Clock;
+use cem_bridge::process::clock::Clock;
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::event::{PatientId, Pii};
 use common::*;
@@ -58,10 +58,9 @@ async fn unsubscribe_flow(db: Db, name: &str) {
     let mut setup = ticket_setup(name, &cem, &hcrm, &cc, "");
     setup.store_url = Some(db.url.clone());
     let clock = Clock::starting_at(local("2026-11-20 09:31"));
-    let bridge =
-        cem_bridge::runtime::start_with_clock(setup.config(), test_secrets(), clock.clone())
-            .await
-            .expect("bridge starts");
+    let bridge = cem_bridge::app::start_with_clock(setup.config(), test_secrets(), clock.clone())
+        .await
+        .expect("bridge starts");
     setup.wait_declared().await;
     let ops = bridge.ops_addr().expect("ops listener");
     let keys = Pseudonymizer::new(TEST_KEY, "t1").unwrap();

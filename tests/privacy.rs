@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use cem_bridge::clock::Clock;
 use cem_bridge::config::Config;
-use cem_bridge::vault::VaultCipher;
-use cem_pipeline::decode::{DecodeOptions, decode};
+use cem_bridge::privacy::vault::VaultCipher;
+use cem_bridge::process::clock::Clock;
+use cem_pipeline::decode::DecodeOptions;
 use cem_pipeline::mapping::Outcome;
+use cem_pipeline::translate::decode;
 use common::*;
 use sqlx::Row;
 
@@ -67,10 +68,10 @@ fn personal_values() -> BTreeSet<String> {
         }
     }
     let zone = cem_pipeline::time::default_zone();
-    let set = cem_bridge::mappings::load(&["mappings".to_string()], &zone).unwrap();
+    let set = cem_bridge::config::mappings::load(&["mappings".to_string()], &zone).unwrap();
     let opts = DecodeOptions {
         facility: "adt".into(),
-        ..Default::default()
+        ..DecodeOptions::at(jiff::Timestamp::now())
     };
     for (rel, bytes) in samples(&["hl7v2", "xml", "json"]) {
         let headers: BTreeMap<String, String> = headers_for(&rel)
@@ -248,17 +249,13 @@ async fn r_ano_7_dispatch_carries_a_contact_ref_that_the_cem_resolves_with_its_t
 }
 
 /// Start a bridge for `setup` with the clock at `at` and the given config text.
-async fn runtime_start_with(cfg: Config, at: &str) -> cem_bridge::runtime::Bridge {
-    cem_bridge::runtime::start_with_clock(
-        cfg,
-        test_secrets(),
-        Clock::starting_at(at.parse().unwrap()),
-    )
-    .await
-    .expect("bridge starts")
+async fn runtime_start_with(cfg: Config, at: &str) -> cem_bridge::app::Bridge {
+    cem_bridge::app::start_with_clock(cfg, test_secrets(), Clock::starting_at(at.parse().unwrap()))
+        .await
+        .expect("bridge starts")
 }
 
-async fn runtime_start(setup: &Setup, at: &str) -> cem_bridge::runtime::Bridge {
+async fn runtime_start(setup: &Setup, at: &str) -> cem_bridge::app::Bridge {
     runtime_start_with(setup.config(), at).await
 }
 
@@ -485,7 +482,11 @@ async fn leak_test_no_sample_value_in_requests_logs_metrics_dead_letter_headers_
         let kid: String = r.get("body_key_id");
         let body: Vec<u8> = r.get("body");
         let plain = cipher
-            .open(&cem_bridge::ingest::dead_letter_aad(&hash), &kid, &body)
+            .open(
+                &cem_bridge::store::dead_letters::dead_letter_aad(&hash),
+                &kid,
+                &body,
+            )
             .expect("opens with the vault key");
         assert!(originals.contains(&plain), "a dead-letter body round-trips");
     }

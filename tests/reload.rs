@@ -128,10 +128,10 @@ async fn survey_policy_changes_in_the_config_file_are_reloaded_and_broken_ones_r
     setup.extra_top = policy("OP-A", "");
     let path = setup.write_config();
     let cfg = cem_bridge::config::Config::load(&path).unwrap();
-    let bridge = cem_bridge::runtime::start_with_clock(
+    let bridge = cem_bridge::app::start_with_clock(
         cfg,
         test_secrets(),
-        cem_bridge::clock::Clock::starting_at(CLOCK_START.parse().unwrap()),
+        cem_bridge::process::clock::Clock::starting_at(CLOCK_START.parse().unwrap()),
     )
     .await
     .unwrap();

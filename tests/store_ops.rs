@@ -4,9 +4,9 @@
 mod common;
 
 use cem_bridge::config::RetentionConfig;
-use cem_bridge::retention::{Pruned, prune_once};
+use cem_bridge::store::ops::PendingSummary;
+use cem_bridge::store::retention::{Pruned, prune_once};
 use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, now_ms};
-use cem_bridge::store_ops::PendingSummary;
 use common::*;
 
 fn job<'a>(id: &'a str, patient: &'a str, message: &'a str, due: i64) -> NewJob<'a> {
@@ -258,7 +258,7 @@ async fn retention_prunes_old_rows_in_batches_and_never_pending_jobs(db: Db) {
     let now = now_ms();
     seed_ages(&store, &db, now).await;
     assert_eq!(rows(&db).await, (3, 7, 6, 4));
-    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    let (_trigger, mut shutdown) = cem_bridge::process::shutdown::channel();
     let defaults = RetentionConfig {
         batch_rows: 2, // three or four old rows in a table take two batches
         ..Default::default()
@@ -350,7 +350,7 @@ async fn size_caps_prune_the_oldest_rows_and_never_pending_jobs(db: Db) {
     let now = now_ms();
     seed_ages(&store, &db, now).await;
     assert_eq!(rows(&db).await, (3, 7, 6, 4));
-    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    let (_trigger, mut shutdown) = cem_bridge::process::shutdown::channel();
     // Ages keep everything (0 = forever); only the caps act.
     let caps = RetentionConfig {
         inbox_days: 0,
@@ -433,7 +433,7 @@ async fn retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases
          INSERT INTO patient_aliases (alias_key, survivor_key) VALUES ('pk_merged', 'pk_recent')"
     ))
     .await;
-    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    let (_trigger, mut shutdown) = cem_bridge::process::shutdown::channel();
     let p = prune_once(&store, &RetentionConfig::default(), now, &mut shutdown)
         .await
         .unwrap();
@@ -466,7 +466,7 @@ async fn retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases
 /// Counters of what a transaction did are emitted when it commits, never for one rolled back
 /// (a batch the store refused and that is written again is counted once).
 async fn counts_are_emitted_only_when_the_transaction_commits(db: Db) {
-    let metrics = cem_bridge::ops::metrics_handle().unwrap();
+    let metrics = cem_bridge::http::telemetry::metrics_handle().unwrap();
     let store = db.open().await;
     let name = "cem_bridge_messages_duplicate_total";
     let mut tx = store.begin().await.unwrap();

@@ -12,7 +12,7 @@ async fn run_sequence(
     name: &str,
     cem: &Recorder,
     msgs: &[&str],
-) -> (Setup, cem_bridge::runtime::Bridge) {
+) -> (Setup, cem_bridge::app::Bridge) {
     let setup = Setup::new(name, &cem.url());
     let b = setup.start().await;
     setup.wait_declared().await;

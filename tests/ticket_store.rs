@@ -6,9 +6,9 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use cem_bridge::privacy::vault::VaultCipher;
 use cem_bridge::store::Store;
-use cem_bridge::tickets::{Accepted, OutboxOutcome, TicketCtx};
-use cem_bridge::vault::VaultCipher;
+use cem_bridge::store::tickets::{Accepted, OutboxOutcome, TicketCtx};
 use cem_pipeline::ticket::{Calendar, CallingWindows, TicketUpdate};
 use common::*;
 use sqlx::Row;
@@ -167,7 +167,7 @@ async fn postgres_two_instances_apply_and_send_tickets_in_order() {
 /// A13, brought back by the new discharge under the same keys (a step already sent stays
 /// sent), and "a call today" counts other calls but not an earlier attempt of the same step.
 async fn follow_up_steps_replan_and_count_calls(db: Db) {
-    use cem_bridge::followups::local_day;
+    use cem_bridge::store::followups::local_day;
     use cem_pipeline::followup::{FollowupPlan, Plan, PlannedStep, StepAction, step_key};
     let store = db.open().await;
     let c = ctx();
@@ -311,7 +311,7 @@ async fn postgres_follow_up_steps_replan_and_count_calls() {
 /// `tickets_days`, pending ones never; seen signatures after a day.
 async fn retention_prunes_finished_ticket_requests_and_seen_signatures(db: Db) {
     use cem_bridge::config::RetentionConfig;
-    use cem_bridge::retention::prune_once;
+    use cem_bridge::store::retention::prune_once;
     let store = db.open().await;
     let c = ctx();
     let id = unique("TKRET");
@@ -345,7 +345,7 @@ async fn retention_prunes_finished_ticket_requests_and_seen_signatures(db: Db) {
         let db = &db;
         async move { db.count(&sql).await }
     };
-    let (_trigger, mut shutdown) = cem_bridge::shutdown::channel();
+    let (_trigger, mut shutdown) = cem_bridge::process::shutdown::channel();
     let cfg = RetentionConfig::default();
     const DAY: i64 = 86_400_000;
     // A day later: the signature goes, the sent create stays (180 days).

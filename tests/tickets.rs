@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cem_bridge::clock::Clock;
+use cem_bridge::process::clock::Clock;
 use cem_pipeline::ticket::sign;
 use common::*;
 use sqlx::Row;

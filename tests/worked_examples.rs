@@ -17,7 +17,7 @@ mod common;
 
 use std::time::Duration;
 
-use cem_bridge::clock::Clock;
+use cem_bridge::process::clock::Clock;
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::event::{PatientId, Pii};
 use common::*;
@@ -749,7 +749,7 @@ struct Run {
     pool: sqlx::AnyPool,
     cem: Recorder,
     keys: Pseudonymizer,
-    bridges: Vec<cem_bridge::runtime::Bridge>,
+    bridges: Vec<cem_bridge::app::Bridge>,
 }
 
 async fn run(id: &'static str, backend: Backend) {
@@ -812,15 +812,15 @@ async fn run(id: &'static str, backend: Backend) {
     db.cleanup().await;
 }
 
-async fn start(setup: &Setup, clock: &Clock) -> cem_bridge::runtime::Bridge {
-    cem_bridge::runtime::start_with_clock(setup.config(), test_secrets(), clock.clone())
+async fn start(setup: &Setup, clock: &Clock) -> cem_bridge::app::Bridge {
+    cem_bridge::app::start_with_clock(setup.config(), test_secrets(), clock.clone())
         .await
         .expect("bridge starts")
 }
 
 /// Sum of a counter's series in this process's metrics.
 fn counter(name: &str) -> u64 {
-    let text = cem_bridge::ops::metrics_handle()
+    let text = cem_bridge::http::telemetry::metrics_handle()
         .expect("metrics recorder")
         .render();
     text.lines()

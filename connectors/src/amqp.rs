@@ -19,6 +19,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
+use crate::source::{Delivery, Settle, Settled, Source, SourceBuilder, SourceError};
+
 /// An AMQP failure with what was being done and on which queue. Carries no message content.
 #[derive(Debug, thiserror::Error)]
 #[error("RabbitMQ: {op} ({target}) failed: {source}")]
@@ -71,21 +73,6 @@ pub struct AmqpSourceConfig {
     pub queue_type: QueueType,
     pub prefetch: u16,
     pub consumer_tag: String,
-}
-
-/// One delivery, detached from lapin.
-#[derive(Debug, Clone)]
-pub struct InboundMessage {
-    pub tag: u64,
-    pub body: Vec<u8>,
-    pub message_id: Option<String>,
-    pub content_type: Option<String>,
-    /// String-valued headers (e.g. `service-code`), for decoders and dead-letter copies.
-    pub headers: BTreeMap<String, String>,
-    pub redelivered: bool,
-    /// Earlier deliveries of this message as the broker counts them (`x-delivery-count`,
-    /// quorum queues); 0 on a first delivery.
-    pub delivery_count: u64,
 }
 
 /// Connect with a bounded timeout so a dead broker is an error, not a hang.
@@ -223,7 +210,7 @@ impl AmqpSource {
     }
 
     /// The next delivery; `None` when the consumer was cancelled.
-    pub async fn recv(&mut self) -> Option<Result<InboundMessage, AmqpError>> {
+    async fn next_delivery(&mut self) -> Option<Result<Delivery, AmqpError>> {
         let d = self.consumer.next().await?;
         Some(
             d.map(|d| {
@@ -248,13 +235,12 @@ impl AmqpSource {
                         }
                     }
                 }
-                InboundMessage {
-                    tag: d.delivery_tag,
+                Delivery {
+                    id: d.delivery_tag,
                     message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
                     content_type: d.properties.content_type().as_ref().map(|s| s.to_string()),
                     headers,
-                    redelivered: d.redelivered,
-                    delivery_count,
+                    redeliveries: delivery_count,
                     body: d.data,
                 }
             })
@@ -263,7 +249,7 @@ impl AmqpSource {
     }
 
     /// Ack every outstanding delivery up to and including `tag`.
-    pub async fn ack_through(&self, tag: u64) -> Result<(), AmqpError> {
+    async fn ack_through(&self, tag: u64) -> Result<(), AmqpError> {
         self.consume
             .basic_ack(tag, BasicAckOptions { multiple: true })
             .await
@@ -271,7 +257,7 @@ impl AmqpSource {
     }
 
     /// Reject one delivery without requeue: the broker routes it to the dead-letter exchange.
-    pub async fn reject(&self, tag: u64) -> Result<(), AmqpError> {
+    async fn reject(&self, tag: u64) -> Result<(), AmqpError> {
         self.consume
             .basic_nack(
                 tag,
@@ -285,7 +271,7 @@ impl AmqpSource {
     }
 
     /// Put one delivery back on the queue (it counts as a redelivery).
-    pub async fn requeue(&self, tag: u64) -> Result<(), AmqpError> {
+    async fn requeue(&self, tag: u64) -> Result<(), AmqpError> {
         self.consume
             .basic_nack(
                 tag,
@@ -302,7 +288,7 @@ impl AmqpSource {
     /// broker's confirm. The caller acks the original afterwards.
     pub async fn publish_dead_letter(
         &self,
-        msg: &InboundMessage,
+        msg: &Delivery,
         connector: &str,
         reason: &str,
         detail: &str,
@@ -318,7 +304,7 @@ impl AmqpSource {
         headers.insert("x-cem-source-queue".into(), s(&self.cfg.queue));
         headers.insert(
             "x-cem-delivery-count".into(),
-            AMQPValue::LongLongInt(i64::try_from(msg.delivery_count).unwrap_or(i64::MAX)),
+            AMQPValue::LongLongInt(i64::try_from(msg.redeliveries).unwrap_or(i64::MAX)),
         );
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -341,7 +327,7 @@ impl AmqpSource {
     }
 
     /// Stop receiving new deliveries (graceful shutdown); unacked ones stay with the broker.
-    pub async fn stop_consuming(&self) -> Result<(), AmqpError> {
+    async fn stop_consuming(&self) -> Result<(), AmqpError> {
         self.consume
             .basic_cancel(
                 self.cfg.consumer_tag.as_str().into(),
@@ -352,10 +338,92 @@ impl AmqpSource {
     }
 
     /// Close channels and the connection; unacked deliveries return to the queue.
-    pub async fn close(&self) {
+    async fn close_all(&self) {
         let _ = self.consume.close(200, "bye".into()).await;
         let _ = self.dlx.close(200, "bye".into()).await;
         let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+impl Source for AmqpSource {
+    async fn recv(&mut self) -> Result<Option<Delivery>, SourceError> {
+        match self.next_delivery().await {
+            None => Err(SourceError::Ended {
+                door: format!("RabbitMQ queue {}", self.cfg.queue),
+            }),
+            Some(r) => r.map(Some).map_err(|e| SourceError::Transport(Box::new(e))),
+        }
+    }
+
+    /// Dead letters are republished to the dead-letter exchange with their reason under
+    /// publisher confirms (rejected without requeue if that fails, so the broker routes them
+    /// there without reason headers), retries are requeued, and then one multiple-ack covers
+    /// every delivery up to the last one still outstanding (an ack of a rejected or requeued
+    /// tag would be a channel error; the multiple-ack skips them).
+    async fn settle(
+        &mut self,
+        connector: &str,
+        batch: &[(&Delivery, Settle)],
+    ) -> Result<Settled, SourceError> {
+        let io = |e: AmqpError| SourceError::Transport(Box::new(e));
+        let mut out = Settled::default();
+        let mut released = Vec::new();
+        for (d, s) in batch {
+            match s {
+                Settle::Ack => {}
+                Settle::DeadLetter { reason, detail } => {
+                    if let Err(e) = self.publish_dead_letter(d, connector, reason, detail).await {
+                        tracing::warn!(connector, message_id = ?d.message_id, error = %e,
+                              "cannot republish to the dead-letter exchange; rejecting to it instead (no reason header)");
+                        self.reject(d.id).await.map_err(io)?;
+                        released.push(d.id);
+                        out.rejected += 1;
+                    }
+                }
+                Settle::Retry => {
+                    self.requeue(d.id).await.map_err(io)?;
+                    released.push(d.id);
+                    out.retried += 1;
+                }
+            }
+        }
+        let acked: Vec<u64> = batch
+            .iter()
+            .map(|(d, _)| d.id)
+            .filter(|t| !released.contains(t))
+            .collect();
+        if let Some(last) = acked.iter().max() {
+            self.ack_through(*last).await.map_err(io)?;
+            out.acked = acked.len();
+        }
+        Ok(out)
+    }
+
+    async fn stop(&mut self) {
+        if let Err(e) = self.stop_consuming().await {
+            tracing::debug!(queue = %self.cfg.queue, error = %e, "cancel consumer at shutdown");
+        }
+    }
+
+    async fn close(self) {
+        self.close_all().await;
+    }
+}
+
+impl SourceBuilder for AmqpSourceConfig {
+    type Source = AmqpSource;
+
+    async fn connect(&self) -> Result<AmqpSource, SourceError> {
+        AmqpSource::connect(self)
+            .await
+            .map_err(|e| SourceError::Transport(Box::new(e)))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "RabbitMQ queue {} (dead letters to {})",
+            self.queue, self.dead_letter_queue
+        )
     }
 }
 

@@ -15,3 +15,4 @@
 pub mod amqp;
 pub mod http_sink;
 pub mod resilience;
+pub mod source;

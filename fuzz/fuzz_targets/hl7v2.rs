@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use cem_pipeline::decode::{Charset, DecodeOptions, decode, hl7v2};
+use cem_pipeline::decode::{Charset, DecodeOptions, hl7v2};
 use cem_pipeline::mapping::{Files, MappingSet, compile};
+use cem_pipeline::translate::decode;
 use hl7_parser::message::Separators;
 use libfuzzer_sys::fuzz_target;
 
@@ -33,10 +34,7 @@ fn set() -> &'static MappingSet {
 
 fn opts() -> &'static DecodeOptions {
     static OPTS: OnceLock<DecodeOptions> = OnceLock::new();
-    OPTS.get_or_init(|| DecodeOptions {
-        now: "2026-11-23T00:00:00Z".parse().unwrap(),
-        ..Default::default()
-    })
+    OPTS.get_or_init(|| DecodeOptions::at("2026-11-23T00:00:00Z".parse().unwrap()))
 }
 
 fuzz_target!(|data: &[u8]| {

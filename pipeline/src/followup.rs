@@ -380,10 +380,7 @@ mod tests {
     }
 
     fn event(s: &str) -> PatientEvent {
-        let opts = DecodeOptions {
-            now: at("2026-11-20 12:00"),
-            ..Default::default()
-        };
+        let opts = DecodeOptions::at(at("2026-11-20 12:00"));
         crate::mapping::tests::decode_event(s.as_bytes(), &opts).unwrap()
     }
 

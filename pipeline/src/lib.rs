@@ -4,21 +4,27 @@
 //! function of its inputs (plus an explicit clock value), so it is tested with plain unit tests.
 //!
 //! Map:
-//! - [`decode`] — format detection (R-EVT-1), charset (R-EVT-2), the HL7 v2 decoder wrapping
-//!   hl7-parser (with its two workarounds), and well-formedness checks for XML and JSON.
+//! - [`decode`] — bytes → a parsed document: format detection (R-EVT-1), charset (R-EVT-2), the
+//!   HL7 v2 decoder wrapping hl7-parser (with its two workarounds) and its format-level checks,
+//!   and well-formedness checks for XML and JSON. Knows nothing of mappings.
+//! - [`translate`] — bytes → mapped outcome: decode, choose the connector's mapping, apply; and
+//!   [`translate::testing`], the mapping files' own test cases (`cem-bridge test`).
 //! - [`mapping`] — mapping files: paths, transforms, checks and test cases (interface
 //!   engineers' YAML → [`event::PatientEvent`]).
 //! - [`event`] — the canonical [`event::PatientEvent`] every decoder produces.
 //! - [`identifiers`] — Chinese identifiers: 身份证号 validation (R-ID-1), mobile numbers (R-ID-2).
 //! - [`lists`] — opt-out and staff lists as pseudonyms (R-EXC-3, R-EXC-4).
 //! - [`anonymize`] — pseudonyms (R-ANO-2), masks (R-ANO-3), age bands (R-ANO-4).
-//! - [`survey`] — which survey an event triggers, when, and the anonymised CEM dispatch payload.
+//! - [`survey`] — which survey an event triggers, when, and the anonymised CEM dispatch payload;
+//!   [`survey::resolve`], the final decision with the facts the store holds (R-CAN-2, R-CAN-6,
+//!   R-EXC-1, R-EXC-3).
 //! - [`followup`] — post-operative follow-up plans: which stays, which steps, when (R-FUP-1..2).
 //! - [`reid`] — re-identification: vault records and which (caller, purpose) may read what
 //!   (R-ANO-6).
 //! - [`ticket`] — tickets (工单): grading, SLA clocks and escalation, forwarding plan, order,
 //!   calling windows, webhook signatures (R-TKT-1..11).
 //! - [`reason`] — the dead-letter reason codes (R-EVT-1, R-EVT-6, EX-24).
+//! - [`unsubscribe`] — a CEM unsubscribe (回复TD) parsed and checked (R-EXC-3).
 //! - [`time`] — HL7 / ISO timestamps interpreted in the hospital's zone (R-GEN-1).
 //!
 //! Invariant: no personal data in any error's `Display`. Errors name fields and positions, never
@@ -37,3 +43,5 @@ pub mod reid;
 pub mod survey;
 pub mod ticket;
 pub mod time;
+pub mod translate;
+pub mod unsubscribe;

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use cem_pipeline::decode::DecodeOptions;
 use cem_pipeline::decode::json::check_json;
-use cem_pipeline::decode::{DecodeOptions, decode as decode_with};
 use cem_pipeline::mapping::{MappingSet, builtin};
+use cem_pipeline::translate::decode as decode_with;
 use proptest::prelude::*;
 
 const A03: &str = include_str!("../../tests/fixtures/samples/hl7v2/adt_a03_discharge.hl7");
@@ -46,10 +47,7 @@ fn mutate(src: &str, cut: usize, edits: Vec<(usize, String)>) -> (String, usize)
 }
 
 fn opts() -> DecodeOptions {
-    DecodeOptions {
-        now: "2026-11-23T00:00:00Z".parse().unwrap(),
-        ..Default::default()
-    }
+    DecodeOptions::at("2026-11-23T00:00:00Z".parse().unwrap())
 }
 
 fn splice() -> impl Strategy<Value = String> {

@@ -14,9 +14,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use cem_bridge::clock::Clock;
+use cem_bridge::app::{self, Bridge, Secrets};
 use cem_bridge::config::Config;
-use cem_bridge::runtime::{self, Bridge, Secrets};
+use cem_bridge::process::clock::Clock;
 use cem_connectors::amqp::{AmqpPublisher, OutboundMessage};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::types::AMQPValue;
@@ -385,7 +385,7 @@ resolve_token_env = "CEM_BRIDGE_TEST_RESOLVE_TOKEN"
 
     /// Start the bridge in this process with its clock starting at `start` (RFC 3339).
     pub async fn start_at(&self, start: &str) -> Bridge {
-        runtime::start_with_clock(
+        app::start_with_clock(
             self.config(),
             test_secrets(),
             Clock::starting_at(start.parse().expect("clock start")),

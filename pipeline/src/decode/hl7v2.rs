@@ -1,4 +1,4 @@
-//! HL7 v2 ER7: format-level checks, then the connector's mapping; wraps hl7-parser 0.3 with
+//! HL7 v2 ER7: the charset of MSH-18 and the format-level checks; wraps hl7-parser 0.3 with
 //! the two workarounds it needs.
 //!
 //! 1. hl7-parser's `Separators::decode` (and every `.display()`) slices bytes with character
@@ -11,15 +11,11 @@
 //! (mappings/hl7v2/adt.yaml ships the R-EVT-7 / R-ID-1..4 mapping).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use hl7_parser::Message;
 use hl7_parser::message::{Field, Repeat, Segment, Separators};
 
-use super::{Charset, DecodeOptions, Format};
-use crate::event::Warning;
-use crate::mapping::path::{Doc, Env};
-use crate::mapping::{ApplyContext, MappingSet, Outcome};
+use super::Charset;
 use crate::reason::{DeadLetterReason as R, Rejection};
 
 /// HL7 versions accepted (R-EVT-6).
@@ -126,17 +122,19 @@ impl<'a> View<'a> {
     }
 }
 
-/// Decode an HL7 v2 message (framing already stripped) and apply the connector's mapping.
-///
-/// Format-level rules stay here, whatever the mapping says: the charset of MSH-18 (R-EVT-2), a
-/// parseable structure with MSH-9 and MSH-10 (else `truncated`), MSH-12 within 2.3–2.5.1
-/// (R-EVT-6), and the `trigger_mismatch` warning when MSH-9.2 and EVN-1 differ (R-EVT-3).
-pub fn decode(
-    body: &[u8],
-    opts: &DecodeOptions,
-    set: &MappingSet,
-    headers: &BTreeMap<String, String>,
-) -> Result<(String, Outcome), Rejection> {
+/// What the format-level checks found that is not a rejection, for the caller to apply to the
+/// mapped event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hl7Facts {
+    /// MSH-9.2 and EVN-1 are both present and differ (R-EVT-3): MSH-9.2 wins, and the event
+    /// carries the `trigger_mismatch` warning.
+    pub trigger_mismatch: bool,
+}
+
+/// The text of an HL7 v2 body (framing already stripped), in the charset MSH-18 names
+/// (R-EVT-2), else in `default_charset`. An unsupported MSH-18 or invalid bytes are
+/// `invalid_encoding`.
+pub fn decode_text(body: &[u8], default_charset: Charset) -> Result<Cow<'_, str>, Rejection> {
     let charset = match declared_charset(body) {
         Some(label) if !label.is_empty() => {
             let label = std::str::from_utf8(label).unwrap_or("");
@@ -148,10 +146,16 @@ pub fn decode(
                 )
             })?
         }
-        _ => opts.default_charset,
+        _ => default_charset,
     };
-    let text = charset.decode(body)?;
-    let msg = Message::parse_with_lenient_newlines(&text, true).map_err(|e| {
+    charset.decode(body)
+}
+
+/// Parse the text of an HL7 v2 message ([`decode_text`]) and apply the format-level rules that
+/// stay here, whatever a mapping says: a parseable structure with MSH-9 and MSH-10 (else
+/// `truncated`), MSH-12 within 2.3–2.5.1 (R-EVT-6); and note a trigger mismatch (R-EVT-3).
+pub fn parse(text: &str) -> Result<(Message<'_>, Hl7Facts), Rejection> {
+    let msg = Message::parse_with_lenient_newlines(text, true).map_err(|e| {
         // The parser's own message quotes the input; report the position only.
         let at = match e {
             hl7_parser::parser::ParseError::FailedToParse { position, .. } => {
@@ -161,8 +165,13 @@ pub fn decode(
         };
         Rejection::new(R::Truncated, format!("HL7 structure cannot be parsed {at}"))
     })?;
+    let facts = check(&msg)?;
+    Ok((msg, facts))
+}
+
+fn check(msg: &Message<'_>) -> Result<Hl7Facts, Rejection> {
     let v = View {
-        msg: &msg,
+        msg,
         seps: msg.separators,
     };
     let msh = v
@@ -184,104 +193,32 @@ pub fn decode(
             format!("MSH-12 version {version:?} is outside 2.3–2.5.1 (message {control_id})"),
         ));
     }
-    let mismatch = matches!(
+    let trigger_mismatch = matches!(
         (v.get("MSH", 9, 2), v.get("EVN", 1, 1)),
         (Some(m), Some(e)) if m != e
     );
-    let doc = Doc::Hl7(&msg);
-    let env = Env {
-        headers,
-        facility: &opts.facility,
-    };
-    let mapping = set.choose(Format::Hl7v2, &doc, &env)?;
-    let ctx = ApplyContext {
-        zone: &opts.zone,
-        now: opts.now,
-        headers,
-        facility: &opts.facility,
-    };
-    let mut outcome = mapping.apply(&doc, &ctx)?;
-    if mismatch && let Outcome::Event(e) = &mut outcome {
-        e.warnings.push(Warning::TriggerMismatch);
-    }
-    Ok((mapping.name.clone(), outcome))
+    Ok(Hl7Facts { trigger_mismatch })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::DecodeOptions;
-    use crate::event::{EventKind, PatientClass, PatientEvent, Sex};
     use crate::reason::DeadLetterReason;
 
-    const A03: &str = "MSH|^~\\&|HIS|HXEYE_SH01|CEM-BRIDGE|CEM|20261120160000||ADT^A03^ADT_A03|MSG20261120160000004|P|2.5|||AL|NE||UNICODE UTF-8\rEVN|A03|20261120155500\rPID|1||P00067890^^^HXEYE^PI~31010419551212002X^^^CHN^NI||王^秀英||19551212|F|||中山北路100号^^上海市^^200010^CHN||13998765432^PRN^CP|||||||||||||||||N\rPV1|1|I|CAT02^^^HXEYE_SH01^^^^^白内障病区||||D2048^陈^明^^^主任医师|||CAT02|||||||||Z2026111500087|||||||||||||||||01||||||||20261115075500|20261120155500\r";
+    const MSH: &str = "MSH|^~\\&|HIS|HXEYE_SH01|CEM-BRIDGE|CEM|20261120160000||ADT^A03^ADT_A03|MSG1|P|2.5|||AL|NE||UNICODE UTF-8\rEVN|A03|20261120155500\rPID|1||P1^^^HXEYE^PI\r";
 
-    fn opts() -> DecodeOptions {
-        DecodeOptions {
-            now: "2026-11-23T00:00:00Z".parse().unwrap(),
-            ..Default::default()
-        }
-    }
-
-    fn any(b: &[u8]) -> Result<PatientEvent, Rejection> {
-        crate::mapping::tests::decode_event(b, &opts())
-    }
-
-    fn dec(s: &str) -> Result<PatientEvent, Rejection> {
-        any(s.as_bytes())
+    fn parsed(text: &str) -> Result<Hl7Facts, Rejection> {
+        parse(text).map(|(_, facts)| facts)
     }
 
     #[test]
-    fn r_evt_7_a03_fields() {
-        let e = dec(A03).unwrap();
-        assert_eq!(e.kind, EventKind::Discharged);
-        assert_eq!(e.message_key, "HIS|HXEYE_SH01|MSG20261120160000004");
-        assert_eq!(e.message_id, "MSG20261120160000004");
-        assert!(e.production);
-        assert_eq!(e.event_time.to_string(), "2026-11-20T07:55:00Z");
-        assert_eq!(e.patient.id.authority, "HXEYE");
-        assert_eq!(e.patient.id.id.expose(), "P00067890");
-        assert_eq!(
-            e.patient.id_card.as_ref().unwrap().expose(),
-            "31010419551212002X"
-        );
-        assert_eq!(e.patient.name.as_ref().unwrap().expose(), "王秀英");
-        assert_eq!(e.patient.family_name.as_ref().unwrap().expose(), "王");
-        assert_eq!(e.patient.sex, Sex::Female);
-        assert_eq!(e.patient.mobile.as_ref().unwrap().expose(), "13998765432");
-        assert_eq!(e.patient.city.as_deref(), Some("上海市"));
-        assert!(!e.patient.deceased);
-        let visit = e.visit.unwrap();
-        assert_eq!(visit.number.expose(), "Z2026111500087");
-        assert_eq!(visit.facility, "HXEYE_SH01");
-        assert_eq!(visit.class, PatientClass::Inpatient);
-        assert_eq!(visit.dept_code.as_deref(), Some("CAT02"));
-        assert_eq!(visit.dept_name.as_deref(), Some("白内障病区"));
-        assert_eq!(visit.doctor_code.as_deref(), Some("D2048"));
-        assert_eq!(visit.disposition.as_deref(), Some("01"));
-        assert_eq!(visit.discharge.unwrap().to_string(), "2026-11-20T07:55:00Z");
-        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
-    }
-
-    #[test]
-    fn r_evt_2_segment_ends_lf_and_crlf() {
-        for sep in ["\n", "\r\n"] {
-            let e = dec(&A03.replace('\r', sep)).unwrap();
-            assert_eq!(
-                e.visit.unwrap().number.expose(),
-                "Z2026111500087",
-                "{sep:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn r_evt_2_escapes_after_chinese_text_do_not_panic() {
-        // hl7-parser's own decoder panics here (crates.md gotcha 2).
-        let m = A03.replace("王^秀英", "欧阳^娜娜\\F\\测试\\S\\x\\E\\");
-        let e = dec(&m).unwrap();
-        assert_eq!(e.patient.name.unwrap().expose(), "欧阳娜娜|测试^x\\");
+    fn r_evt_2_unescape_works_on_byte_positions() {
+        // hl7-parser's own decoder panics on these (crates.md gotcha 2).
         let seps = Separators::default();
+        assert_eq!(
+            unescape(&seps, "欧阳^娜娜\\F\\测试\\S\\x\\E\\"),
+            "欧阳^娜娜|测试^x\\"
+        );
         assert_eq!(
             unescape(&seps, "北京市\\F\\朝阳区 A\\S\\B"),
             "北京市|朝阳区 A^B"
@@ -297,140 +234,70 @@ mod tests {
     }
 
     #[test]
-    fn r_id_4_patient_key_prefers_pi_then_mr_then_first() {
-        let m = A03.replace(
-            "P00067890^^^HXEYE^PI~31010419551212002X^^^CHN^NI",
-            "31010419551212002X^^^CHN^NI~M1^^^^MR~P9^^^&1.2.3&ISO^PI",
-        );
-        let e = dec(&m).unwrap();
-        assert_eq!(e.patient.id.id.expose(), "P9");
-        assert_eq!(e.patient.id.authority, "HXEYE_SH01", "empty 3.4 → MSH-4");
-        let m = A03.replace("P00067890^^^HXEYE^PI", "M1^^^HX^MR~X7^^^HX");
-        assert_eq!(dec(&m).unwrap().patient.id.id.expose(), "M1");
-        let m = A03.replace("P00067890^^^HXEYE^PI", "X7^^^HX~X8^^^HX");
-        assert_eq!(dec(&m).unwrap().patient.id.id.expose(), "X7");
-    }
-
-    #[test]
-    fn r_id_1_invalid_id_card_is_dropped_with_a_warning() {
-        let m = A03.replace("31010419551212002X", "310104195512120021");
-        let e = dec(&m).unwrap();
-        assert!(e.patient.id_card.is_none());
-        assert!(e.warnings.contains(&Warning::IdcardInvalid));
-    }
-
-    #[test]
-    fn r_id_2_mobile_prefers_cp_and_skips_landlines() {
-        let m = A03.replace(
-            "13998765432^PRN^CP",
-            "02161234567^WPN^PH~^PRN^CP^^^^^^^^^+86 139 1111 2222",
-        );
-        let e = dec(&m).unwrap();
-        assert_eq!(e.patient.mobile.unwrap().expose(), "13911112222");
-        let m = A03.replace("13998765432^PRN^CP", "02161234567^WPN^PH");
-        assert!(dec(&m).unwrap().patient.mobile.is_none(), "EX-17");
-    }
-
-    #[test]
-    fn r_exc_5_and_r_exc_6_vip_publicity_and_guardian() {
-        let m = A03
-            .replace("\rPV1|1|I|", "\rPD1|||||||||||02|Y\rNK1|1|欧阳^丽|SPO||13900002222\rNK1|2|欧阳^丽|MTH||13900001111\rPV1|1|I|")
-            .replace("|CAT02|||||||||Z2026", "|CAT02||||||Y|||Z2026");
-        let e = dec(&m).unwrap();
-        assert_eq!(e.patient.publicity_code.as_deref(), Some("02"));
-        assert!(e.patient.protected);
-        assert_eq!(
-            e.patient.guardian_mobile.unwrap().expose(),
-            "13900001111",
-            "SPO is not a guardian"
-        );
-        assert_eq!(e.visit.unwrap().vip_indicator.as_deref(), Some("Y"));
-        let plain = dec(A03).unwrap();
-        assert!(!plain.patient.protected && plain.patient.guardian_mobile.is_none());
-        assert!(plain.visit.unwrap().vip_indicator.is_none());
-    }
-
-    #[test]
-    fn r_exc_1_deceased_flags() {
-        let m = A03.replace(
-            "||||||||||||||||N\rPV1",
-            "|||||||||||||||20261121083000|Y\rPV1",
-        );
-        assert!(dec(&m).unwrap().patient.deceased);
-    }
-
-    #[test]
-    fn r_evt_6_rejections() {
+    fn r_evt_6_format_checks_need_no_mapping() {
+        let (msg, facts) = parse(MSH).unwrap();
+        assert!(msg.segment("PID").is_some());
+        assert_eq!(facts, Hl7Facts::default());
         let cases = [
             (
-                "MSH|^~\\&|HIS|HXEYE_SH01|CEM-BRIDGE|CEM|2026112009",
+                "MSH|^~\\&|HIS|HXEYE_SH01|CEM-BRIDGE|CEM|2026112009".to_string(),
                 DeadLetterReason::Truncated,
             ),
             (
-                &A03.replace("ADT^A03^ADT_A03", "ADT^Z99^ADT_A01")
-                    .replace("EVN|A03", "EVN|Z99"),
-                DeadLetterReason::UnknownEvent,
+                MSH.replace("ADT^A03^ADT_A03", ""),
+                DeadLetterReason::Truncated,
             ),
+            (MSH.replace("|MSG1|", "||"), DeadLetterReason::Truncated),
             (
-                &A03.replace("P00067890^^^HXEYE^PI~31010419551212002X^^^CHN^NI", ""),
-                DeadLetterReason::MissingPatientId,
-            ),
-            (
-                &A03.replace("Z2026111500087", ""),
-                DeadLetterReason::MissingVisitNumber,
-            ),
-            (
-                &A03.replace("|P|2.5|", "|P|2.6|"),
+                MSH.replace("|P|2.5|", "|P|2.6|"),
                 DeadLetterReason::UnsupportedVersion,
             ),
             (
-                &A03.replace("MSG20261120160000004", ""),
-                DeadLetterReason::Truncated,
-            ),
-            (
-                &A03.replace("UNICODE UTF-8", "ISO IR100"),
-                DeadLetterReason::InvalidEncoding,
+                MSH.replace("|P|2.5|", "|P||"),
+                DeadLetterReason::UnsupportedVersion,
             ),
         ];
         for (m, want) in cases {
-            let e = dec(m).unwrap_err();
+            let e = parsed(&m).unwrap_err();
             assert_eq!(e.reason, want, "{}", e.detail);
-            for pii in ["P00067890", "王", "13998765432", "31010419551212002X"] {
-                assert!(!e.detail.contains(pii), "detail leaks {pii}: {}", e.detail);
-            }
+            assert!(!e.detail.contains("P1^"), "{}", e.detail);
         }
     }
 
     #[test]
-    fn r_evt_3_msh_trigger_wins_over_evn() {
-        let m = A03.replace("EVN|A03", "EVN|A04");
-        let e = dec(&m).unwrap();
-        assert_eq!(e.kind, EventKind::Discharged);
-        assert!(e.warnings.contains(&Warning::TriggerMismatch));
+    fn r_evt_3_trigger_mismatch_is_a_fact_not_a_rejection() {
+        let m = MSH.replace("EVN|A03", "EVN|A04");
+        assert!(parsed(&m).unwrap().trigger_mismatch);
+        let no_evn = MSH.replace("EVN|A03|20261120155500\r", "");
+        assert!(!parsed(&no_evn).unwrap().trigger_mismatch);
     }
 
     #[test]
-    fn r_evt_2_gb18030_by_msh_18() {
-        let m = A03.replace("UNICODE UTF-8", "GB 18030-2000");
-        let (bytes, _, _) = encoding_rs::GB18030.encode(&m);
-        let e = any(&bytes).unwrap();
-        assert_eq!(e.patient.name.unwrap().expose(), "王秀英");
-        // The same bytes declared as UTF-8 are invalid, never guessed.
-        let (bytes, _, _) = encoding_rs::GB18030.encode(A03);
-        let e = any(&bytes).unwrap_err();
+    fn r_evt_2_decode_text_follows_msh_18() {
+        let gb = MSH.replace("UNICODE UTF-8", "GB 18030-2000") + "NK1|1|王^丽\r";
+        let (bytes, _, _) = encoding_rs::GB18030.encode(&gb);
+        assert_eq!(decode_text(&bytes, Charset::Utf8).unwrap(), gb);
+        let none = MSH.replace("|UNICODE UTF-8", "|") + "NK1|1|王^丽\r";
+        let (bytes, _, _) = encoding_rs::GB18030.encode(&none);
+        assert_eq!(
+            decode_text(&bytes, Charset::Gb18030).unwrap(),
+            none,
+            "no MSH-18: the connector's default"
+        );
+        let e = decode_text(&bytes, Charset::Utf8).unwrap_err();
         assert_eq!(e.reason, DeadLetterReason::InvalidEncoding);
-    }
-
-    #[test]
-    fn r_evt_1_mllp_framed_message_decodes() {
-        let framed = format!("\x0b{A03}\x1c\r");
-        assert_eq!(dec(&framed).unwrap().message_id, "MSG20261120160000004");
+        let e = decode_text(
+            MSH.replace("UNICODE UTF-8", "ISO IR100").as_bytes(),
+            Charset::Utf8,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, DeadLetterReason::InvalidEncoding);
     }
 
     #[test]
     fn declared_charset_reads_msh_18() {
         assert_eq!(
-            declared_charset(A03.as_bytes()),
+            declared_charset(MSH.as_bytes()),
             Some(&b"UNICODE UTF-8"[..])
         );
         assert_eq!(declared_charset(b"MSH|^~\\&|A"), None);

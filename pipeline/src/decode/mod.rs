@@ -1,22 +1,22 @@
-//! Bytes → a mapped [`Outcome`] or a [`Rejection`] with a dead-letter reason.
+//! Bytes → a parsed document, or a [`Rejection`] with a dead-letter reason.
 //!
 //! Steps (R-EVT-1, R-EVT-2): size limit; strip a UTF-8 BOM and MLLP framing; detect the format
-//! from the first bytes; decode the charset; parse (HL7 v2 via hl7-parser, XML into a small
-//! tree, JSON via serde_json with a depth limit); choose the connector's mapping for the
-//! message and apply it (see [`crate::mapping`]).
+//! from the first bytes ([`prepare`]); then by format: HL7 v2 — the charset of MSH-18 and the
+//! format-level checks no mapping may change ([`hl7v2::decode_text`], [`hl7v2::parse`]); XML
+//! into a small tree ([`xml::parse`]); JSON via serde_json with a depth limit
+//! ([`json::parse_json`]).
+//!
+//! Nothing here knows about mappings: choosing and applying the connector's mapping to the
+//! parsed document is the `translate` module's.
 
 pub mod charset;
 pub mod hl7v2;
 pub mod json;
 pub mod xml;
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::mapping::path::{Doc, Env};
-use crate::mapping::{ApplyContext, MappingSet, Outcome};
 use crate::reason::{DeadLetterReason, Rejection};
 
 pub use charset::Charset;
@@ -58,13 +58,15 @@ pub struct DecodeOptions {
     pub facility: String,
 }
 
-impl Default for DecodeOptions {
-    fn default() -> Self {
+impl DecodeOptions {
+    /// The defaults (the R-EVT-1 size limit, UTF-8, the hospital's zone, no facility) with
+    /// "today" at `now`, the caller's clock: nothing in this crate reads one.
+    pub fn at(now: Timestamp) -> Self {
         Self {
             max_bytes: DEFAULT_MAX_BYTES,
             default_charset: Charset::Utf8,
             zone: crate::time::default_zone(),
-            now: Timestamp::now(),
+            now,
             facility: String::new(),
         }
     }
@@ -106,71 +108,22 @@ pub fn detect_format(body: &[u8]) -> Result<Format, Rejection> {
     }
 }
 
-/// A message after decoding and mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
-    pub format: Format,
-    /// The name of the mapping that was applied.
-    pub mapping: String,
-    pub outcome: Outcome,
-}
-
-/// Decode one message body with the connector's mappings.
-pub fn decode(
-    body: &[u8],
-    opts: &DecodeOptions,
-    set: &MappingSet,
-    headers: &BTreeMap<String, String>,
-) -> Result<Decoded, Rejection> {
-    if body.len() > opts.max_bytes {
+/// The size limit, framing and format of a body (R-EVT-1): its format and the body without
+/// framing. A body over `max_bytes` is `oversized`.
+pub fn prepare(body: &[u8], max_bytes: usize) -> Result<(Format, &[u8]), Rejection> {
+    if body.len() > max_bytes {
         return Err(Rejection::new(
             DeadLetterReason::Oversized,
             format!(
                 "the body is {} bytes, over the {} byte limit",
                 body.len(),
-                opts.max_bytes
+                max_bytes
             ),
         ));
     }
     let body = strip_framing(body);
     let format = detect_format(body)?;
-    let (mapping, outcome) = match format {
-        Format::Hl7v2 => hl7v2::decode(body, opts, set, headers)?,
-        Format::Xml => {
-            let doc = xml::parse(body, opts.default_charset)?;
-            apply(format, &Doc::Xml(&doc), opts, set, headers)?
-        }
-        Format::Json => {
-            let value = json::parse_json(body)?;
-            apply(format, &Doc::Json(&value), opts, set, headers)?
-        }
-    };
-    Ok(Decoded {
-        format,
-        mapping,
-        outcome,
-    })
-}
-
-fn apply(
-    format: Format,
-    doc: &Doc<'_>,
-    opts: &DecodeOptions,
-    set: &MappingSet,
-    headers: &BTreeMap<String, String>,
-) -> Result<(String, Outcome), Rejection> {
-    let env = Env {
-        headers,
-        facility: &opts.facility,
-    };
-    let mapping = set.choose(format, doc, &env)?;
-    let ctx = ApplyContext {
-        zone: &opts.zone,
-        now: opts.now,
-        headers,
-        facility: &opts.facility,
-    };
-    Ok((mapping.name.clone(), mapping.apply(doc, &ctx)?))
+    Ok((format, body))
 }
 
 #[cfg(test)]
@@ -200,18 +153,16 @@ mod tests {
     }
 
     #[test]
-    fn r_evt_1_oversized() {
-        let opts = DecodeOptions {
-            max_bytes: 10,
-            ..Default::default()
-        };
-        let e = decode(
-            b"MSH|^~\\&|0123456789",
-            &opts,
-            &MappingSet::default(),
-            &BTreeMap::new(),
-        )
-        .unwrap_err();
+    fn r_evt_1_prepare_checks_the_size_then_strips_and_detects() {
+        let e = prepare(b"MSH|^~\\&|0123456789", 10).unwrap_err();
         assert_eq!(e.reason, DeadLetterReason::Oversized);
+        assert_eq!(e.detail, "the body is 19 bytes, over the 10 byte limit");
+        let framed = b"\x0bMSH|^~\\&|\r\x1c\r";
+        assert_eq!(
+            prepare(framed, framed.len()).unwrap(),
+            (Format::Hl7v2, &b"MSH|^~\\&|\r"[..])
+        );
+        let e = prepare(b"\xef\xbb\xbf  ", 10).unwrap_err();
+        assert_eq!(e.reason, DeadLetterReason::UnknownFormat);
     }
 }

@@ -6,7 +6,8 @@
 //! - [`compile()`] — checks a file (every error with file:line:column and a hint) and builds a
 //!   [`Mapping`]; [`Mapping::apply`] runs it on one parsed message; [`build`] turns the field
 //!   values into a [`PatientEvent`] applying the identifier rules (R-ID-1..5).
-//! - [`testing`] — the test cases beside each mapping (`cem-bridge test`).
+//! The test cases beside each mapping (`cem-bridge test`) run in `crate::translate::testing`:
+//! they decode as well as map.
 //!
 //! Pure: files (CSV tables, test inputs) are read through [`Files`], supplied by the caller.
 
@@ -14,7 +15,6 @@ pub mod build;
 pub mod model;
 pub mod path;
 pub mod target;
-pub mod testing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

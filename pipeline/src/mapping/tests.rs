@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 
 use super::*;
-use crate::decode::{DecodeOptions, decode};
+use crate::decode::DecodeOptions;
+use crate::translate::decode;
 
 /// Files relative to the mapping file, from the real file system (tests only).
 pub(crate) struct DiskFiles;
@@ -32,6 +33,11 @@ impl Files for MemFiles {
 
 fn zone() -> TimeZone {
     crate::time::default_zone()
+}
+
+/// "Today" for the tests that do not care which day it is.
+fn fixed_now() -> jiff::Timestamp {
+    "2026-11-23T00:00:00Z".parse().unwrap()
 }
 
 fn shipped_dir() -> PathBuf {
@@ -89,8 +95,7 @@ pub(crate) fn decode_event(body: &[u8], opts: &DecodeOptions) -> Result<PatientE
 #[test]
 fn shipped_mappings_pass_their_own_tests() {
     let set = shipped();
-    let now: jiff::Timestamp = "2026-11-23T00:00:00Z".parse().unwrap();
-    let results = testing::run_all(&set, &DiskFiles, &zone(), now);
+    let results = crate::translate::testing::run_all(&set, &DiskFiles, &zone(), fixed_now());
     assert!(results.len() >= 20, "only {} cases", results.len());
     let failed: Vec<String> = results
         .iter()
@@ -311,7 +316,7 @@ fn event_lookup_ignore_and_match_conditions() {
             [("service-code".to_string(), svc.to_string())].into();
         let opts = DecodeOptions {
             facility: "F".into(),
-            ..Default::default()
+            ..DecodeOptions::at(fixed_now())
         };
         decode(json.as_bytes(), &opts, &set, &headers)
     };
@@ -364,12 +369,8 @@ fn test_case_mismatches_are_readable() {
         .replace("event: registration,", "event: admission,");
     let m = one(&text).unwrap_or_else(|e| panic!("{}", e[0]));
     let set = MappingSet::new(vec![m]);
-    let r = testing::run_all(
-        &set,
-        &MemFiles(BTreeMap::new()),
-        &zone(),
-        jiff::Timestamp::now(),
-    );
+    let r =
+        crate::translate::testing::run_all(&set, &MemFiles(BTreeMap::new()), &zone(), fixed_now());
     assert_eq!(r.len(), 2);
     assert!(!r[0].passed());
     let all = r[0].failures.join("\n");
@@ -410,7 +411,13 @@ fn xml_let_with_descendant_step_and_event_fallback() {
     let doc = "<R><enc><t v=\"20261120093000\"/><p id=\"P1\"/><x><deep id=\"M1\"/></x></enc></R>";
     let headers: BTreeMap<String, String> =
         [("service-code".to_string(), "S9999".to_string())].into();
-    let d = decode(doc.as_bytes(), &DecodeOptions::default(), &set, &headers).unwrap();
+    let d = decode(
+        doc.as_bytes(),
+        &DecodeOptions::at(fixed_now()),
+        &set,
+        &headers,
+    )
+    .unwrap();
     match d.outcome {
         Outcome::Event(e) => {
             assert_eq!(e.message_id, "M1", "`$enc//deep` searches descendants");
@@ -474,9 +481,8 @@ fn ex_15_xml_and_json_events_get_the_same_templates_and_times() {
         lists: &Default::default(),
     };
     let opts = DecodeOptions {
-        now,
         facility: "HXEYE_SH01".into(),
-        ..Default::default()
+        ..DecodeOptions::at(now)
     };
     let dir = shipped_dir().join("../tests/fixtures/samples");
     let cases = [

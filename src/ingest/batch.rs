@@ -1,0 +1,595 @@
+//! One batch of deliveries written in one store transaction: the inbox dedupe (R-EVT-4), the
+//! survey decision's effects (jobs, vault records, cancellations, merges, updates), follow-up
+//! plans, dead letters and audit rows. Nothing is acked before this commits.
+
+use crate::config::source::SourceConfig;
+use crate::ingest::context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
+use crate::process::fault::{self, Point};
+use crate::store::dead_letters::{dead_letter_aad, seal_headers};
+use crate::store::{AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, StoreError};
+use cem_pipeline::event::{EventKind, PatientEvent};
+use cem_pipeline::followup::FollowupDecision;
+use cem_pipeline::reason::DeadLetterReason;
+use cem_pipeline::reid::entries_for;
+use cem_pipeline::survey::SurveyDecision;
+use metrics::histogram;
+use std::time::Instant;
+use tracing::debug;
+
+/// How long a cancel that came before its registration is remembered (R-CAN-2).
+const TOMBSTONE_MS: i64 = 7 * 24 * 3_600_000;
+pub(super) async fn write_batch(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    prepared: &[Prepared],
+) -> Result<Vec<Disposition>, StoreError> {
+    let now = ctx.clock.now_ms();
+    let conn = src.name.as_str();
+    let mut tx = ctx.store.begin().await?;
+    let mut out = Vec::with_capacity(prepared.len());
+    let mut created = false;
+    for p in prepared {
+        let mid = message_id_of(p);
+        // Every line about this message carries its id and trace id (issue 8 §4); a message
+        // without an id is traced by its content hash.
+        let traced = mid
+            .clone()
+            .unwrap_or_else(|| format!("sha256:{}", p.hash.get(..16).unwrap_or(&p.hash)));
+        let span = crate::process::logctx::message_span(conn, &traced);
+        let made = tracing::Instrument::instrument(
+            async {
+                let mut made = false;
+            let reject = |tx_reason: DeadLetterReason, detail: String| (tx_reason, detail);
+            let dl = match &p.result {
+                Err(r) => Some(reject(r.reason, r.detail.clone())),
+                Ok(Mapped::Ignored { mapping, .. }) => {
+                    tx.audit(&AuditEntry {
+                        connector: Some(conn),
+                        message_id: mid.as_deref(),
+                        action: "ignored",
+                        rule: Some("mapping"),
+                        reason: Some("ignored"),
+                        detail: Some(&format!("mapping {mapping} says ignore")),
+                        ..Default::default()
+                    })
+                    .await?;
+                    tx.count("cem_bridge_messages_ignored_total", &[("connector", conn)], 1);
+                    debug!(connector = conn, message_id = ?mid, mapping = %mapping, "ignored by the mapping");
+                    None
+                }
+                Ok(Mapped::Event(format, event, decision, followup)) => {
+                    match tx
+                        .record_inbox(
+                            conn,
+                            &event.message_key,
+                            &p.hash,
+                            &event.message_id,
+                            event.kind.code(),
+                            now,
+                        )
+                        .await?
+                    {
+                        InboxResult::Duplicate => {
+                            tx.audit(&AuditEntry {
+                                connector: Some(conn),
+                                message_id: Some(&event.message_id),
+                                action: "duplicate",
+                                rule: Some("R-EVT-4"),
+                                reason: Some("duplicate"),
+                                ..Default::default()
+                            })
+                            .await?;
+                            tx.count("cem_bridge_messages_duplicate_total", &[("connector", conn)], 1);
+                            debug!(connector = conn, message_id = %event.message_id, "duplicate delivery acked without effect");
+                            None
+                        }
+                        InboxResult::Conflict => Some(reject(
+                            DeadLetterReason::DuplicateIdConflict,
+                            format!(
+                                "message {} was seen before with different content",
+                                event.message_id
+                            ),
+                        )),
+                        InboxResult::New => {
+                            tx.count(
+                                "cem_bridge_messages_in_total",
+                                &[
+                                    ("connector", conn),
+                                    ("format", format.code()),
+                                    ("event", event.kind.code()),
+                                ],
+                                1,
+                            );
+                            for w in &event.warnings {
+                                tx.count("cem_bridge_identity_warnings_total", &[("kind", w.code())], 1);
+                            }
+                            made |= apply_decision(&mut tx, conn, event, decision, ctx, now).await?;
+                            made |= apply_followup(&mut tx, conn, event, followup, ctx, now).await?;
+                            None
+                        }
+                    }
+                }
+            };
+            match dl {
+                None => out.push(Disposition::Ack),
+                Some((reason, detail)) => {
+                    let sealed = ctx
+                        .vault
+                        .seal(&dead_letter_aad(&p.hash), &p.msg.body)
+                        .map_err(|_| StoreError::Sealing)?;
+                    let headers = seal_headers(&ctx.vault, &p.hash, &p.msg.headers)?;
+                    tx.dead_letter(
+                        &DeadLetterEntry {
+                            connector: conn,
+                            message_id: mid.as_deref(),
+                            reason: reason.code(),
+                            detail: &detail,
+                            content_hash: &p.hash,
+                            size_bytes: p.msg.body.len() as i64,
+                            delivery_count: i64::try_from(p.msg.redeliveries).unwrap_or(i64::MAX),
+                            sealed_body: Some((&sealed.0, &sealed.1)),
+                            sealed_headers: headers.as_deref(),
+                        },
+                        now,
+                    )
+                    .await?;
+                    tx.audit(&AuditEntry {
+                        connector: Some(conn),
+                        message_id: mid.as_deref(),
+                        action: "dead_letter",
+                        rule: Some("R-EVT-6"),
+                        reason: Some(reason.code()),
+                        detail: Some(&detail),
+                        ..Default::default()
+                    })
+                    .await?;
+                    out.push(Disposition::DeadLetter { reason, detail });
+                }
+            }
+                Ok::<bool, StoreError>(made)
+            },
+            span,
+        )
+        .await?;
+        created |= made;
+    }
+    fault::hit(Point::BeforeCommit);
+    tx.commit().await?;
+    let durable = Instant::now();
+    for p in prepared {
+        histogram!("cem_bridge_ingest_latency_seconds", "connector" => src.name.clone())
+            .record(durable.duration_since(p.received).as_secs_f64());
+    }
+    if created {
+        ctx.scheduler_wake.notify_one();
+    }
+    Ok(out)
+}
+
+/// Write the effects of one decision; `true` if a job was created.
+async fn apply_decision(
+    tx: &mut crate::store::StoreTx,
+    conn: &str,
+    event: &PatientEvent,
+    decision: &SurveyDecision,
+    ctx: &IngestContext,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let pk = ctx.pseudo.patient_key(&event.patient.id);
+    let mid = event.message_id.as_str();
+    match decision {
+        SurveyDecision::Schedule(job) => {
+            // R-CAN-6: events for a merged patient count for the survivor.
+            let survivor = tx.resolve_patient(&job.patient_key).await?;
+            if survivor != job.patient_key {
+                let mut moved = job.clone();
+                moved.patient_key = survivor.clone();
+                moved.payload.patient.pk = survivor;
+                let decision = SurveyDecision::Schedule(moved);
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
+            // R-CAN-2: the visit was cancelled before this registration arrived.
+            if event.kind == EventKind::Registered
+                && let Some(reason) = tx.tombstone(&job.visit_key, now).await?
+            {
+                let decision = SurveyDecision::Suppress {
+                    reason: if reason == "visit_cancelled" {
+                        "visit_cancelled"
+                    } else {
+                        "cancelled"
+                    },
+                    rule: "R-CAN-2",
+                };
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
+            // R-EXC-1: a patient flagged deceased earlier stays excluded.
+            if tx.is_deceased(&job.patient_key).await? {
+                let decision = SurveyDecision::Suppress {
+                    reason: "deceased",
+                    rule: "R-EXC-1",
+                };
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
+            // R-EXC-3: the CEM reported an unsubscribe of this patient or mobile (opt_outs).
+            if tx
+                .opted_out(&[job.patient_key.as_str(), job.mobile_key.as_str()])
+                .await?
+            {
+                let decision = SurveyDecision::Suppress {
+                    reason: "opted_out",
+                    rule: "R-EXC-3",
+                };
+                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
+            }
+            let payload = serde_json::to_string(&job.payload).unwrap_or_default();
+            let r = tx
+                .insert_job(
+                    &NewJob {
+                        job_id: &job.job_id,
+                        template: &job.template,
+                        patient_key: &job.patient_key,
+                        visit_key: &job.visit_key,
+                        id_card_key: job.id_card_key.as_deref(),
+                        mobile_key: Some(&job.mobile_key),
+                        due_at: job.due_at.as_millisecond(),
+                        payload: &payload,
+                        connector: conn,
+                        message_id: mid,
+                        dnd: true,
+                    },
+                    now,
+                )
+                .await?;
+            if matches!(r, JobInsert::Created | JobInsert::Reactivated) {
+                // R-ANO-6: what re-identification needs for this job, sealed.
+                // Under the event's own pk: after a merge (R-CAN-6) the survivor's record keeps
+                // the survivor's identity.
+                for (pseudonym, record) in entries_for(event, &ctx.pseudo, &pk) {
+                    tx.vault_put(&ctx.vault, &pseudonym, &record, now)
+                        .await
+                        .map_err(vault_error)?;
+                }
+            }
+            let (action, reason) = match &r {
+                JobInsert::Created => ("scheduled", None),
+                JobInsert::Reactivated => ("reactivated", Some("discharge_recorded_again")),
+                JobInsert::Exists { status } if status == "sent" => ("no_op", Some("already_sent")),
+                JobInsert::Exists { .. } => ("no_op", Some("already_scheduled")),
+            };
+            let due = cem_pipeline::time::rfc3339_in(job.due_at, &ctx.zone);
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                job_id: Some(&job.job_id),
+                patient_key: Some(&pk),
+                action,
+                rule: Some(if r == JobInsert::Reactivated {
+                    "R-CAN-3"
+                } else {
+                    "R-SRV-5"
+                }),
+                reason,
+                detail: Some(&format!("template {} due {due}", job.template)),
+            })
+            .await?;
+            tx.count(
+                "cem_bridge_survey_decisions_total",
+                &[
+                    ("decision", "scheduled"),
+                    ("reason", reason.unwrap_or("scheduled")),
+                ],
+                1,
+            );
+            debug!(connector = conn, message_id = mid, patient_key = %pk, job_id = %job.job_id, action, "survey decision");
+            Ok(matches!(r, JobInsert::Created | JobInsert::Reactivated))
+        }
+        SurveyDecision::Merge {
+            survivor_key,
+            merged_key,
+        } => {
+            let moved = tx.merge_patients(merged_key, survivor_key).await?;
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(merged_key),
+                action: "merged",
+                rule: Some("R-CAN-6"),
+                detail: Some(&format!(
+                    "into {survivor_key}; {} pending survey(s) moved",
+                    moved.len()
+                )),
+                ..Default::default()
+            })
+            .await?;
+            Ok(false)
+        }
+        SurveyDecision::Update {
+            patient_key,
+            mobile_key,
+            deceased,
+            event_time,
+        } => {
+            let applied = tx
+                .update_contact(
+                    patient_key,
+                    mobile_key.as_deref(),
+                    event_time.as_millisecond(),
+                )
+                .await?;
+            if applied {
+                for (pseudonym, record) in entries_for(event, &ctx.pseudo, patient_key) {
+                    tx.vault_put(&ctx.vault, &pseudonym, &record, now)
+                        .await
+                        .map_err(vault_error)?;
+                }
+            }
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(patient_key),
+                action: "recorded",
+                rule: Some("R-CAN-5"),
+                reason: Some(if applied {
+                    "demographics_updated"
+                } else {
+                    "older_update_ignored"
+                }),
+                ..Default::default()
+            })
+            .await?;
+            if *deceased {
+                for job_id in tx.mark_deceased(patient_key, now).await? {
+                    audit_cancel(tx, conn, mid, &job_id, patient_key, "R-EXC-1", "deceased")
+                        .await?;
+                }
+            }
+            Ok(false)
+        }
+        SurveyDecision::Reanchor { visit_key, due_at } => {
+            let due = cem_pipeline::time::rfc3339_in(*due_at, &ctx.zone);
+            let moved = tx
+                .reanchor_visit(visit_key, due_at.as_millisecond(), &due, now)
+                .await?;
+            for job_id in &moved {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    job_id: Some(job_id),
+                    patient_key: Some(&pk),
+                    action: "rescheduled",
+                    rule: Some("R-SRV-2"),
+                    reason: Some("visit_ended"),
+                    detail: Some(&format!("due {due}")),
+                })
+                .await?;
+            }
+            if moved.is_empty() {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    patient_key: Some(&pk),
+                    action: "recorded",
+                    rule: Some("R-SRV-2"),
+                    reason: Some("no_pending_survey"),
+                    detail: Some("outpatient visit end with no pending survey to re-anchor"),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Ok(!moved.is_empty())
+        }
+        SurveyDecision::Cancel {
+            visit_key,
+            reason,
+            rule,
+        } => {
+            let result = tx.cancel_visit(visit_key, reason, now).await?;
+            for job_id in &result.cancelled {
+                audit_cancel(tx, conn, mid, job_id, &pk, rule, reason).await?;
+            }
+            for job_id in &result.sent {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    job_id: Some(job_id),
+                    patient_key: Some(&pk),
+                    action: "recorded",
+                    rule: Some("R-CAN-1"),
+                    reason: Some("cancel_after_send"),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            if result.followup_calls > 0 {
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    patient_key: Some(&pk),
+                    action: "cancelled",
+                    rule: Some("R-FUP-4"),
+                    reason: Some(reason),
+                    detail: Some(&format!(
+                        "{} pending follow-up call(s) of the stay",
+                        result.followup_calls
+                    )),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            if result.cancelled.is_empty() && result.sent.is_empty() && *reason == "visit_cancelled"
+            {
+                tx.put_tombstone(visit_key, reason, now + TOMBSTONE_MS)
+                    .await?;
+                tx.audit(&AuditEntry {
+                    connector: Some(conn),
+                    message_id: Some(mid),
+                    patient_key: Some(&pk),
+                    action: "recorded",
+                    rule: Some("R-CAN-2"),
+                    reason: Some("cancel_before_registration"),
+                    detail: Some("tombstone kept 7 days"),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            debug!(connector = conn, message_id = mid, patient_key = %pk, cancelled = result.cancelled.len(), reason, "visit cancelled");
+            Ok(false)
+        }
+        SurveyDecision::Suppress { reason, rule } => {
+            if *reason == "deceased" {
+                for job_id in tx.mark_deceased(&pk, now).await? {
+                    audit_cancel(tx, conn, mid, &job_id, &pk, "R-EXC-1", "deceased").await?;
+                }
+            }
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(&pk),
+                action: "suppressed",
+                rule: Some(rule),
+                reason: Some(reason),
+                ..Default::default()
+            })
+            .await?;
+            tx.count(
+                "cem_bridge_survey_decisions_total",
+                &[("decision", "suppressed"), ("reason", reason)],
+                1,
+            );
+            debug!(connector = conn, message_id = mid, patient_key = %pk, reason, "survey suppressed");
+            Ok(false)
+        }
+        SurveyDecision::Record { reason } => {
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(&pk),
+                action: "recorded",
+                reason: Some(reason),
+                detail: Some(event.kind.code()),
+                ..Default::default()
+            })
+            .await?;
+            Ok(false)
+        }
+    }
+}
+
+/// Write a follow-up decision (R-FUP-1..4); `true` if CEM steps were scheduled (the
+/// scheduler is woken; calls wait in the ticket outbox).
+async fn apply_followup(
+    tx: &mut crate::store::StoreTx,
+    conn: &str,
+    event: &PatientEvent,
+    decision: &FollowupDecision,
+    ctx: &IngestContext,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mid = event.message_id.as_str();
+    match decision {
+        FollowupDecision::None => Ok(false),
+        FollowupDecision::Excluded { reason, rule } => {
+            let pk = ctx.pseudo.patient_key(&event.patient.id);
+            tx.audit(&AuditEntry {
+                connector: Some(conn),
+                message_id: Some(mid),
+                patient_key: Some(&pk),
+                action: "followup_excluded",
+                rule: Some(rule),
+                reason: Some(reason),
+                ..Default::default()
+            })
+            .await?;
+            tx.count(
+                "cem_bridge_followup_decisions_total",
+                &[("decision", "excluded"), ("reason", reason)],
+                1,
+            );
+            Ok(false)
+        }
+        FollowupDecision::Plan(plan) => {
+            let Some(f) = &ctx.followup else {
+                return Ok(false);
+            };
+            // R-CAN-6: a merged patient's stay is followed up under the survivor.
+            let mut plan = plan.clone();
+            let survivor = tx.resolve_patient(&plan.patient_key).await?;
+            // The callee stays this event's own key: its vault entry (written below) holds the
+            // number this discharge carries.
+            let own_pk = plan.patient_key.clone();
+            plan.patient_key = survivor;
+            // R-EXC-1: a patient flagged deceased earlier stays excluded.
+            if tx.is_deceased(&plan.patient_key).await? {
+                let d = FollowupDecision::Excluded {
+                    reason: "deceased",
+                    rule: "R-EXC-1",
+                };
+                return Box::pin(apply_followup(tx, conn, event, &d, ctx, now)).await;
+            }
+            // The call center's number and greeting come from the vault at send time: the
+            // entries count as used at the plan's last step, so `[retention] vault_days` keeps
+            // them until that long after it (CARE-QUARTERLY reminders run to D+360).
+            let last_step = plan
+                .steps
+                .iter()
+                .map(|s| s.due_at.as_millisecond())
+                .max()
+                .unwrap_or(now)
+                .max(now);
+            for (pseudonym, record) in entries_for(event, &ctx.pseudo, &own_pk) {
+                tx.vault_put(&ctx.vault, &pseudonym, &record, last_step)
+                    .await
+                    .map_err(vault_error)?;
+            }
+            let done = tx
+                .followup_plan(&ctx.vault, &f.windows, &plan, conn, mid, &ctx.zone, now)
+                .await?;
+            tx.count(
+                "cem_bridge_followup_decisions_total",
+                &[("decision", "planned"), ("reason", plan.plan.code())],
+                1,
+            );
+
+            debug!(connector = conn, message_id = mid, patient_key = %plan.patient_key, plan = plan.plan.code(),
+                   scheduled = done.scheduled, kept = done.kept, "follow-up planned");
+            Ok(done.scheduled > 0)
+        }
+    }
+}
+
+/// A vault write failure as the store error the batch retry understands.
+fn vault_error(e: crate::store::vault::VaultAccessError) -> StoreError {
+    match e {
+        crate::store::vault::VaultAccessError::Store(s) => s,
+        _ => StoreError::Sealing,
+    }
+}
+
+/// Audit and count one cancelled job.
+async fn audit_cancel(
+    tx: &mut crate::store::StoreTx,
+    conn: &str,
+    message_id: &str,
+    job_id: &str,
+    patient_key: &str,
+    rule: &str,
+    reason: &'static str,
+) -> Result<(), StoreError> {
+    tx.audit(&AuditEntry {
+        connector: Some(conn),
+        message_id: Some(message_id),
+        job_id: Some(job_id),
+        patient_key: Some(patient_key),
+        action: "cancelled",
+        rule: Some(rule),
+        reason: Some(reason),
+        ..Default::default()
+    })
+    .await?;
+    tx.count(
+        "cem_bridge_survey_decisions_total",
+        &[("decision", "cancelled"), ("reason", reason)],
+        1,
+    );
+    Ok(())
+}

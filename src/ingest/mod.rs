@@ -1,0 +1,300 @@
+//! One task per source: receive deliveries from the source's door (a
+//! [`cem_connectors::source::Source`]), decode and decide each ([`context`]), write the batch
+//! in one store transaction ([`batch`]), and only then settle it with the door: dead letters
+//! forwarded with their reason, everything else acked. A crash anywhere before the settle means
+//! redelivery; the dedupe record turns that into a counted `duplicate` with no second effect.
+//!
+//! May import: `store`, `privacy`, `process`, `config`. The door is generic: this room never
+//! names AMQP except to build the `[[source]]` door from its config.
+
+pub mod batch;
+pub mod context;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cem_connectors::amqp::{AmqpSourceConfig, QueueType};
+use cem_connectors::source::{Delivery, Settle, Source, SourceBuilder, SourceError, fill_batch};
+use cem_pipeline::decode::{Charset, DecodeOptions};
+use cem_pipeline::followup::FollowupDecision;
+use cem_pipeline::mapping::Outcome;
+use cem_pipeline::reason::{DeadLetterReason, Rejection};
+use cem_pipeline::survey::{SurveyContext, decide};
+use cem_pipeline::translate::decode;
+use metrics::counter;
+use tracing::{info, warn};
+
+use crate::config::source::{QueueTypeConfig, SourceConfig};
+use crate::process::fault::{self, Point};
+use crate::process::reconnect::Reconnect;
+use crate::process::shutdown::Shutdown;
+use crate::store::dead_letters::content_hash;
+use batch::write_batch;
+use context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
+
+fn amqp_config(src: &SourceConfig, instance: &str) -> AmqpSourceConfig {
+    AmqpSourceConfig {
+        url: src.url.clone(),
+        queue: src.queue.clone(),
+        dead_letter_exchange: src.dlx(),
+        dead_letter_queue: src.dlq(),
+        queue_type: match src.queue_type {
+            QueueTypeConfig::Quorum => QueueType::Quorum,
+            QueueTypeConfig::Classic => QueueType::Classic,
+        },
+        prefetch: src.prefetch,
+        consumer_tag: format!("cem-bridge/{instance}/{}/{}", src.name, src.queue),
+    }
+}
+
+/// Consume one source until shutdown, reconnecting with backoff when the broker goes away.
+pub async fn run_source(
+    ctx: Arc<IngestContext>,
+    src: SourceConfig,
+    instance: String,
+    shutdown: Shutdown,
+) {
+    let door = amqp_config(&src, &instance);
+    run_door(ctx, src, &door, shutdown).await;
+}
+
+/// Consume one door until shutdown, reopening it with backoff when it fails.
+pub async fn run_door<B: SourceBuilder>(
+    ctx: Arc<IngestContext>,
+    src: SourceConfig,
+    door: &B,
+    mut shutdown: Shutdown,
+) {
+    let mut link = Reconnect::new(door, &src.name);
+    while let Some(mut source) = link.connect(&mut shutdown).await {
+        ctx.health.set_connected(&src.name, true);
+        let r = consume(&ctx, &src, &mut source, &mut shutdown).await;
+        ctx.health.set_connected(&src.name, false);
+        source.close().await;
+        if !link.ended(r, &mut shutdown).await {
+            break;
+        }
+    }
+    info!(connector = %src.name, "source stopped");
+}
+
+async fn consume<S: Source>(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    source: &mut S,
+    shutdown: &mut Shutdown,
+) -> Result<(), SourceError> {
+    let wait = Duration::from_millis(src.batch_wait_ms);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.wait() => {
+                source.stop().await;
+                return Ok(());
+            }
+            d = source.recv() => d?,
+        };
+        let Some(first) = first else {
+            return Err(SourceError::Ended {
+                door: src.name.clone(),
+            });
+        };
+        // A failure after the first delivery leaves the batch unsettled: redelivered.
+        let batch = fill_batch(source, first, src.batch_size, wait).await?;
+        let received = Instant::now();
+        let prepared: Vec<Prepared> = batch
+            .into_iter()
+            .map(|m| prepare(ctx, src, m, received))
+            .collect();
+        let Some(dispositions) = commit_with_retry(ctx, src, &prepared, shutdown).await else {
+            return Ok(()); // shutdown while the store was down: nothing acked, all redelivered
+        };
+        fault::hit(Point::AfterCommit);
+        finish(src, source, &prepared, dispositions).await?;
+    }
+}
+
+fn prepare(ctx: &IngestContext, src: &SourceConfig, msg: Delivery, received: Instant) -> Prepared {
+    let hash = content_hash(&msg.body);
+    let result = if msg.redeliveries > src.poison_after {
+        Err(Rejection::new(
+            DeadLetterReason::Poison,
+            format!(
+                "delivered {} times before (limit {}): the message keeps failing",
+                msg.redeliveries, src.poison_after
+            ),
+        ))
+    } else {
+        let now = ctx.clock.now();
+        let opts = DecodeOptions {
+            max_bytes: src.max_message_bytes,
+            default_charset: Charset::from_label(&src.charset).unwrap_or_default(),
+            zone: ctx.zone.clone(),
+            now,
+            facility: src.facility().to_string(),
+        };
+        // The set current now: a reload swaps whole sets, never half a message's mapping.
+        let set = ctx.mappings.for_source(&src.name).unwrap_or_default();
+        let set = set.as_ref();
+        let lists = ctx.lists.current();
+        let survey = SurveyContext {
+            tenant: &ctx.tenant,
+            zone: &ctx.zone,
+            pseudo: &ctx.pseudo,
+            now,
+            fields: &ctx.fields,
+            lists: &lists,
+        };
+        // Defence in depth: a panic in a decoder must not take the process down.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decode(&msg.body, &opts, set, &msg.headers).map(|d| match d.outcome {
+                Outcome::Event(e) => {
+                    let policy = ctx.policy.current();
+                    let decision = decide(&e, &policy, &survey);
+                    let followup = match &ctx.followup {
+                        Some(f) => cem_pipeline::followup::decide(
+                            &e,
+                            &policy,
+                            &survey,
+                            &f.settings,
+                            &f.windows,
+                        ),
+                        None => FollowupDecision::None,
+                    };
+                    Mapped::Event(d.format, e, decision, followup)
+                }
+                Outcome::Ignored { message_id, .. } => Mapped::Ignored {
+                    message_id,
+                    mapping: d.mapping,
+                },
+            })
+        })) {
+            Ok(r) => r,
+            Err(_) => Err(Rejection::new(
+                DeadLetterReason::Poison,
+                "the decoder failed on this message (internal error); it is kept for analysis",
+            )),
+        }
+    };
+    Prepared {
+        msg,
+        received,
+        hash,
+        result,
+    }
+}
+
+/// Consecutive failures of one write before the store's health is checked and, if it is fine,
+/// the batch is written message by message to isolate a message the store refuses.
+const FAILURES_BEFORE_ISOLATION: u32 = 3;
+
+async fn commit_with_retry(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    prepared: &[Prepared],
+    shutdown: &mut Shutdown,
+) -> Option<Vec<Disposition>> {
+    let mut backoff = Duration::from_millis(200);
+    let mut failures = 0;
+    loop {
+        match write_batch(ctx, src, prepared).await {
+            Ok(d) => return Some(d),
+            Err(e) => {
+                failures += 1;
+                warn!(connector = %src.name, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                      "store write failed; holding the batch unacked and retrying");
+                if failures >= FAILURES_BEFORE_ISOLATION && ctx.store.ping().await.is_ok() {
+                    // The store answers, yet this batch keeps failing: one message is to blame.
+                    return isolate(ctx, src, prepared, shutdown).await;
+                }
+                if shutdown.sleep(backoff).await {
+                    return None;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Write each delivery in its own transaction. One the store keeps refusing while it answers
+/// other queries is dead-lettered as `poison` (a NUL byte in an id is refused by PostgreSQL,
+/// say) so it cannot block the feed; if the store itself is down, wait for it as usual.
+async fn isolate(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    prepared: &[Prepared],
+    shutdown: &mut Shutdown,
+) -> Option<Vec<Disposition>> {
+    let mut out = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let mut failures = 0;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match write_batch(ctx, src, std::slice::from_ref(p)).await {
+                Ok(mut d) => {
+                    out.append(&mut d);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= FAILURES_BEFORE_ISOLATION && ctx.store.ping().await.is_ok() {
+                        let mid = message_id_of(p).unwrap_or_default();
+                        warn!(connector = %src.name, message_id = %mid, error = %e,
+                              "the store refuses this message's effects; dead-lettering it as poison (not recorded in the store)");
+                        out.push(Disposition::DeadLetter {
+                            reason: DeadLetterReason::Poison,
+                            detail: format!(
+                                "the store refused this message's effects ({}); see the bridge log",
+                                e.op()
+                            ),
+                        });
+                        break;
+                    }
+                    if shutdown.sleep(backoff).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// After the commit: log and count the dead letters, then settle the batch with the door
+/// (dead letters forwarded with their reason, the rest acked).
+async fn finish<S: Source>(
+    src: &SourceConfig,
+    source: &mut S,
+    prepared: &[Prepared],
+    dispositions: Vec<Disposition>,
+) -> Result<(), SourceError> {
+    let mut settles = Vec::with_capacity(prepared.len());
+    for (p, d) in prepared.iter().zip(dispositions) {
+        let settle = match d {
+            Disposition::Ack => Settle::Ack,
+            Disposition::DeadLetter { reason, detail } => {
+                let mid = message_id_of(p).unwrap_or_default();
+                counter!("cem_bridge_dead_letters_total", "connector" => src.name.clone(), "reason" => reason.code()).increment(1);
+                let traced = if mid.is_empty() {
+                    format!("sha256:{}", p.hash.get(..16).unwrap_or(&p.hash))
+                } else {
+                    mid
+                };
+                let _span = crate::process::logctx::message_span(&src.name, &traced).entered();
+                info!(reason = reason.code(), detail = %detail, "dead-lettered");
+                Settle::DeadLetter {
+                    reason: reason.code().to_string(),
+                    detail,
+                }
+            }
+        };
+        settles.push((&p.msg, settle));
+    }
+    let settled = source.settle(&src.name, &settles).await?;
+    if settled.acked > 0 {
+        counter!("cem_bridge_messages_acked_total", "connector" => src.name.clone())
+            .increment(settled.acked as u64);
+    }
+    Ok(())
+}
