@@ -15,4 +15,5 @@
 pub mod amqp;
 pub mod http_sink;
 pub mod resilience;
+pub mod sink;
 pub mod source;

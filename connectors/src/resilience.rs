@@ -19,20 +19,42 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::http_sink::SendOutcome;
 
-/// Limits of one sink.
-#[derive(Debug, Clone, PartialEq)]
+/// The resilience block of one HTTP sink (`[cem.limits]`, `[hcrm.limits]`,
+/// `[callcenter.limits]`, `[cem_results.limits]`): one type for the config and the runtime.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Requests per second, sustained.
+    /// Requests per second, sustained (governor).
     pub rate_per_sec: u32,
     /// Requests allowed at once above the rate.
     pub burst: u32,
-    /// Attempts before a request is given up (`dead(max_attempts)`).
+    /// Attempts before a request is given up as `dead(max_attempts)`.
     pub max_attempts: u32,
+    /// Exponential backoff between attempts, ±20 % jitter; a 429's `Retry-After` wins.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
-    /// Consecutive failures that open the breaker; 0 = no breaker.
+    /// Consecutive failures (5xx, 429, timeout) that open the circuit breaker; 0 = none.
     pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe is let through.
     pub breaker_open_ms: u64,
+}
+
+impl Limits {
+    /// The first mistake in this block, if any.
+    pub fn problem(&self) -> Option<String> {
+        if self.rate_per_sec == 0 || self.burst == 0 {
+            return Some("rate_per_sec and burst must be ≥ 1".into());
+        }
+        if self.max_attempts == 0 {
+            return Some("max_attempts must be ≥ 1".into());
+        }
+        (self.backoff_initial_ms > self.backoff_max_ms).then(|| {
+            format!(
+                "backoff_initial_ms ({}) is above backoff_max_ms ({})",
+                self.backoff_initial_ms, self.backoff_max_ms
+            )
+        })
+    }
 }
 
 impl Default for Limits {

@@ -176,6 +176,18 @@ fn valid_ticket_id(s: &str) -> bool {
 }
 
 impl TicketUpdate {
+    /// A case the bridge opened itself for a follow-up call (R-FUP-5), not a CEM ticket: its
+    /// `FU-` + 16 hex id, whatever a later update of it says.
+    pub fn followup_case(&self) -> bool {
+        self.trigger.as_deref() == Some("FOLLOWUP")
+            || self
+                .ticket_id
+                .strip_prefix("FU-")
+                .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+}
+
+impl TicketUpdate {
     /// Parse and validate a ticket update (R-TKT-11: malformed → 400 with this reason).
     pub fn parse(body: &[u8]) -> Result<Self, TicketError> {
         let w: Wire = serde_json::from_slice(body).map_err(|e| {

@@ -22,7 +22,6 @@ use crate::privacy::vault::VaultCipher;
 use crate::process::clock::Clock;
 use crate::process::health::SourceHealth;
 use crate::process::shutdown::{self, ShutdownTrigger};
-use crate::sinks::CemSink;
 use crate::store::{Store, StoreOptions};
 
 /// A fixed, publicly known key for the demo config only (`allow_demo_key = true`).
@@ -199,7 +198,6 @@ async fn ticket_loop(
         crate::tickets::worker::TicketWorker,
     )>,
 > {
-    use crate::sinks::{Sink, SinkSettings};
     let Some(t) = &cfg.tickets else {
         return Ok(None);
     };
@@ -220,32 +218,17 @@ async fn ticket_loop(
         gap_hold_ms: t.gap_hold_ms(),
         cem_results: cfg.cem_results.is_some(),
     };
-    let peer = |name: &'static str, p: &crate::config::peers::PeerConfig, token: Option<String>| {
-        let shadow = p.shadow_file(name);
-        let p = p.clone();
-        async move {
-            Sink::build(SinkSettings {
-                name,
-                mode: p.mode,
-                url: &p.url,
-                shadow_file: &shadow,
-                token,
-                timeout: p.timeout(),
-                success: p.success_rule(),
-                limits: &p.limits,
-            })
-            .await
-        }
-    };
-    let hcrm = peer("hcrm", &cfg.hcrm, secrets.hcrm_token.clone()).await?;
+    use cem_connectors::sink::Peer;
+    let peer = |peer, p, token| crate::sinks::from_peer_config(peer, p, token, &clock);
+    let hcrm = peer(Peer::Hcrm, &cfg.hcrm, secrets.hcrm_token.clone()).await?;
     let callcenter = peer(
-        "callcenter",
+        Peer::CallCenter,
         &cfg.callcenter,
         secrets.callcenter_token.clone(),
     )
     .await?;
     let cem_results = match &cfg.cem_results {
-        Some(p) => Some(peer("cem_results", p, secrets.cem_results_token.clone()).await?),
+        Some(p) => Some(peer(Peer::CemResults, p, secrets.cem_results_token.clone()).await?),
         None => None,
     };
     let wake = Arc::new(Notify::new());
@@ -448,7 +431,7 @@ pub async fn start_with_clock(
         },
     )
     .await?;
-    let sink = CemSink::from_config(&cfg.cem, secrets.cem_token.clone()).await?;
+    let sink = crate::sinks::cem::from_config(&cfg.cem, secrets.cem_token.clone(), &clock).await?;
     let tickets = ticket_loop(
         &cfg,
         &secrets,

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cem_connectors::resilience::Limits;
 use serde::Deserialize;
 
 /// `[hcrm]` or `[callcenter]`: where its requests go (shadow by default) and its limits.
@@ -29,7 +30,7 @@ pub struct PeerConfig {
     #[schemars(with = "serde_json::Value")]
     pub success_equals: toml::Value,
     #[serde(default)]
-    pub limits: SinkLimits,
+    pub limits: Limits,
 }
 
 impl Default for PeerConfig {
@@ -42,7 +43,7 @@ impl Default for PeerConfig {
             timeout_ms: default_timeout(),
             success_pointer: default_success_pointer(),
             success_equals: default_success_equals(),
-            limits: SinkLimits::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -111,72 +112,7 @@ pub struct CemConfig {
     pub resolve_token_env: Option<String>,
     /// Rate limit, retries and circuit breaker of the CEM sink (`[cem.limits]`).
     #[serde(default)]
-    pub limits: SinkLimits,
-}
-
-/// The resilience block of one HTTP sink (`[cem.limits]`, `[hcrm.limits]`,
-/// `[callcenter.limits]`): one implementation for all of them (`cem_connectors::resilience`).
-#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinkLimits {
-    /// Requests per second, sustained (governor).
-    pub rate_per_sec: u32,
-    /// Requests allowed at once above the rate.
-    pub burst: u32,
-    /// Attempts before a request is given up as `dead(max_attempts)`.
-    pub max_attempts: u32,
-    /// Exponential backoff between attempts, ±20 % jitter; a 429's `Retry-After` wins.
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
-    /// Consecutive failures (5xx, 429, timeout) that open the circuit breaker; 0 = none.
-    pub breaker_failures: u32,
-    /// How long the breaker stays open before one probe is let through.
-    pub breaker_open_ms: u64,
-}
-
-impl Default for SinkLimits {
-    fn default() -> Self {
-        let l = cem_connectors::resilience::Limits::default();
-        Self {
-            rate_per_sec: l.rate_per_sec,
-            burst: l.burst,
-            max_attempts: l.max_attempts,
-            backoff_initial_ms: l.backoff_initial_ms,
-            backoff_max_ms: l.backoff_max_ms,
-            breaker_failures: l.breaker_failures,
-            breaker_open_ms: l.breaker_open_ms,
-        }
-    }
-}
-
-impl SinkLimits {
-    pub fn to_limits(&self) -> cem_connectors::resilience::Limits {
-        cem_connectors::resilience::Limits {
-            rate_per_sec: self.rate_per_sec,
-            burst: self.burst,
-            max_attempts: self.max_attempts,
-            backoff_initial_ms: self.backoff_initial_ms,
-            backoff_max_ms: self.backoff_max_ms,
-            breaker_failures: self.breaker_failures,
-            breaker_open_ms: self.breaker_open_ms,
-        }
-    }
-
-    /// The first mistake in this block, if any.
-    pub fn problem(&self) -> Option<String> {
-        if self.rate_per_sec == 0 || self.burst == 0 {
-            return Some("rate_per_sec and burst must be ≥ 1".into());
-        }
-        if self.max_attempts == 0 {
-            return Some("max_attempts must be ≥ 1".into());
-        }
-        (self.backoff_initial_ms > self.backoff_max_ms).then(|| {
-            format!(
-                "backoff_initial_ms ({}) is above backoff_max_ms ({})",
-                self.backoff_initial_ms, self.backoff_max_ms
-            )
-        })
-    }
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]

@@ -5,6 +5,7 @@
 //! `cem_pipeline::ticket`. Ticket bodies and outbound requests are sealed with the vault key
 //! (their free text may hold personal data); nothing here logs a body.
 
+use cem_connectors::sink::Peer;
 use cem_pipeline::ticket::{
     self, Admission, Calendar, CallKind, CallingWindows, Clock, Grade, HcrmOp, Status, TicketState,
     TicketUpdate,
@@ -278,7 +279,7 @@ impl Store {
                 &mut tx,
                 ctx,
                 &id,
-                "hcrm",
+                Peer::Hcrm,
                 "escalate",
                 &key,
                 pk.as_deref(),
@@ -491,7 +492,7 @@ async fn queue(
     tx: &mut StoreTx,
     ctx: &TicketCtx,
     ticket_id: &str,
-    sink: &str,
+    sink: Peer,
     kind: &str,
     idem_key: &str,
     patient_key: Option<&str>,
@@ -507,7 +508,7 @@ async fn queue(
          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7, $8, $9, $9) ON CONFLICT (idem_key) DO NOTHING",
     )
     .bind(ticket_id)
-    .bind(sink)
+    .bind(sink.code())
     .bind(kind)
     .bind(idem_key)
     .bind(patient_key)
@@ -523,92 +524,6 @@ async fn queue(
 
 fn local_ms(ms: i64, zone: &TimeZone) -> String {
     rfc3339_in(Timestamp::from_millisecond(ms).unwrap_or_default(), zone)
-}
-
-/// The HCRM case body (docs/tickets.md); the patient block is completed from the vault at
-/// send time (R-ANO-6 purpose `ticket_case`).
-fn hcrm_body(
-    u: &TicketUpdate,
-    grade: Grade,
-    op: HcrmOp,
-    patient_key: Option<&str>,
-    visit_key: Option<&str>,
-    sla: &[(Clock, Timestamp)],
-    zone: &TimeZone,
-) -> Value {
-    let mut b = json!({
-        "op": op.code(),
-        "externalTicketId": format!("cem:{}", u.ticket_id),
-        "ticketId": u.ticket_id,
-        "version": u.version,
-        // R-FUP-5: a case the bridge opened for a follow-up call, not a CEM ticket.
-        "source": if followup_case(u) { "followup" } else { "cem" },
-        "status": u.status.code(),
-        "grade": grade.code(),
-        "patient": { "pseudonym": patient_key },
-    });
-    let obj = b.as_object_mut();
-    if let Some(o) = obj {
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                o.insert(k.to_string(), v);
-            }
-        };
-        put("occurredAt", u.at().map(|t| rfc3339_in(t, zone).into()));
-        put("trigger", u.trigger.clone().map(Value::from));
-        put("score", u.score.map(Value::from));
-        put("category", u.category.clone().map(Value::from));
-        put("comment", u.comment.clone().map(Value::from));
-        put("surveyId", u.survey_id.clone().map(Value::from));
-        // The worker adds `patient.visitNumber` from this pseudonym's vault record.
-        put("visitKey", visit_key.map(Value::from));
-        put("assignee", u.assignee.clone().map(Value::from));
-        put("resolution", u.resolution.clone().map(Value::from));
-        if !sla.is_empty() {
-            let m: serde_json::Map<String, Value> = sla
-                .iter()
-                .map(|(c, t)| (format!("{}DueAt", c.code()), rfc3339_in(*t, zone).into()))
-                .collect();
-            o.insert("sla".into(), Value::Object(m));
-        }
-    }
-    b
-}
-
-/// The call-center task body (docs/tickets.md); `callee` is added from the vault at send time
-/// (purpose `ticket_callback`).
-fn call_body(
-    ticket_id: &str,
-    kind: CallKind,
-    task_ref: &str,
-    grade: Grade,
-    patient_key: &str,
-    due: Timestamp,
-    ctx: &TicketCtx,
-) -> Value {
-    let (windows, zone) = (&ctx.windows, &ctx.zone);
-    let w: Vec<Value> = windows
-        .0
-        .iter()
-        .map(|(a, b)| {
-            json!([
-                a.strftime("%H:%M").to_string(),
-                b.strftime("%H:%M").to_string()
-            ])
-        })
-        .collect();
-    json!({
-        "taskRef": task_ref,
-        "scene": kind.code(),
-        "ticketId": ticket_id,
-        "grade": grade.code(),
-        "patientPseudonym": patient_key,
-        "notBefore": rfc3339_in(due, zone),
-        "windows": w,
-        // The bridge schedules retries itself (R-TKT-7): one attempt per task.
-        "attempt": 1,
-        "maxAttempts": 1,
-    })
 }
 
 /// Apply one update in order (R-TKT-6): queue its HCRM request, schedule or cancel calls,
@@ -640,7 +555,7 @@ async fn apply(
         // call (R-FUP-5) carries its deadlines to HCRM, which owns it: no update of it ever
         // comes back here, so the bridge does not escalate it.
         sla = ticket::deadlines(u, grade, &ctx.calendar, &ctx.zone).clocks;
-        let ladder = if followup_case(u) { &[][..] } else { &sla[..] };
+        let ladder = if u.followup_case() { &[][..] } else { &sla[..] };
         for (clock, deadline) in ladder {
             for (level, due) in ticket::escalation_times(grade, *deadline) {
                 sqlx::query(
@@ -673,7 +588,7 @@ async fn apply(
     let pk = row.patient_key.clone();
     // R-TKT-10: HCRM gets the case either way; without a vault entry it has the pseudonym only.
     let op = if first { HcrmOp::Create } else { plan.hcrm };
-    let body = hcrm_body(
+    let body = crate::sinks::hcrm::hcrm_body(
         u,
         grade,
         op,
@@ -682,12 +597,12 @@ async fn apply(
         &sla,
         &ctx.zone,
     );
-    let key = ticket::update_key(&u.ticket_id, u.version, "hcrm");
+    let key = ticket::update_key(&u.ticket_id, u.version, Peer::Hcrm.code());
     queue(
         tx,
         ctx,
         &u.ticket_id,
-        "hcrm",
+        Peer::Hcrm,
         op.code(),
         &key,
         pk.as_deref(),
@@ -714,7 +629,7 @@ async fn apply(
         }
     }
     // R-FUP-5: the patient of a follow-up case was just called; staff take it from HCRM.
-    let calls = if followup_case(u) {
+    let calls = if u.followup_case() {
         &[][..]
     } else {
         &plan.calls[..]
@@ -732,12 +647,21 @@ async fn apply(
             .try_get("n")
             .map_err(db("count call tasks"))?;
             let key = ticket::call_key(&u.ticket_id, *kind, u32::try_from(n + 1).unwrap_or(1));
-            let body = call_body(&u.ticket_id, *kind, &key, grade, pk, *due, ctx);
+            let body = crate::sinks::callcenter::call_body(
+                &u.ticket_id,
+                *kind,
+                &key,
+                grade,
+                pk,
+                *due,
+                &ctx.windows,
+                &ctx.zone,
+            );
             queue(
                 tx,
                 ctx,
                 &u.ticket_id,
-                "callcenter",
+                Peer::CallCenter,
                 kind.code(),
                 &key,
                 Some(pk),
@@ -830,6 +754,11 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
+    /// The peer this row goes to; `None` for a code this binary does not know.
+    pub fn peer(&self) -> Option<Peer> {
+        Peer::from_code(&self.sink)
+    }
+
     /// The request body as queued (the patient block is added by the sender).
     pub fn body(&self, cipher: &VaultCipher) -> Result<Value, TicketStoreError> {
         let plain = cipher.open(&outbox_aad(&self.idem_key), &self.key_id, &self.sealed)?;
@@ -952,15 +881,6 @@ impl Store {
             .rows_affected()
             == 1)
     }
-}
-
-/// A case the bridge opened itself for a follow-up call (R-FUP-5), not a CEM ticket: its
-/// `FU-` + 16 hex id (see [`attention_case`]), whatever a later update of it says.
-fn followup_case(u: &TicketUpdate) -> bool {
-    u.trigger.as_deref() == Some("FOLLOWUP")
-        || u.ticket_id
-            .strip_prefix("FU-")
-            .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// R-FUP-5: open an URGENT case (ticket `FU-…`, derived from the task) for a follow-up call
@@ -1105,7 +1025,7 @@ impl Store {
                     &mut tx,
                     ctx,
                     &ticket_id,
-                    "callcenter",
+                    Peer::CallCenter,
                     &kind_code,
                     &key,
                     pk.as_deref(),
@@ -1122,20 +1042,18 @@ impl Store {
         let outcome = call["outcome"].as_str().unwrap_or("").to_string();
         if !followup {
             // R-TKT-6: a ticket's call outcome updates its case.
-            let body = json!({
-                "op": "call_result",
-                "externalTicketId": format!("cem:{ticket_id}"),
-                "ticketId": ticket_id,
-                "call": call,
-                "occurredAt": rfc3339_in(at, &ctx.zone),
-                "patient": { "pseudonym": pk },
-            });
+            let body = crate::sinks::hcrm::call_result_body(
+                &ticket_id,
+                &call,
+                rfc3339_in(at, &ctx.zone),
+                pk.as_deref(),
+            );
             let key = format!("{}:result:hcrm", r.task_ref);
             queue(
                 &mut tx,
                 ctx,
                 &ticket_id,
-                "hcrm",
+                Peer::Hcrm,
                 "call_result",
                 &key,
                 pk.as_deref(),
@@ -1146,22 +1064,22 @@ impl Store {
             .await?;
             // R-TKT-6: and back to the CEM, which raised the ticket (pseudonyms only).
             if ctx.cem_results {
-                let body = json!({
-                    "ticketId": ticket_id,
-                    "taskRef": r.task_ref,
-                    "scene": kind_code,
-                    "attempt": attempt,
-                    "status": r.status.code(),
-                    "outcome": outcome,
-                    "occurredAt": rfc3339_in(at, &ctx.zone),
-                    "patientKey": pk,
-                });
+                let body = crate::sinks::cem_results::result_body(
+                    &ticket_id,
+                    &r.task_ref,
+                    &kind_code,
+                    attempt,
+                    r.status.code(),
+                    &outcome,
+                    rfc3339_in(at, &ctx.zone),
+                    pk.as_deref(),
+                );
                 let key = format!("{}:result:cem", r.task_ref);
                 queue(
                     &mut tx,
                     ctx,
                     &ticket_id,
-                    "cem_results",
+                    Peer::CemResults,
                     "call_result",
                     &key,
                     None,

@@ -26,8 +26,8 @@ use crate::privacy::vault::{Access, Lookup, VaultCipher, with_member};
 use crate::process::clock::Clock;
 use crate::process::fault::{self, Point};
 use crate::process::shutdown::Shutdown;
-use crate::sinks::CemSink;
 use crate::store::{Claimed, ClaimedJob, JobOutcome, Store};
+use cem_connectors::sink::{PeerSink, Sink};
 
 /// A finished push on its way to the outcome recorder; its claim slot is released once the
 /// outcome is recorded, so claimed-but-unrecorded jobs stay bounded.
@@ -44,7 +44,7 @@ const RECORD_BATCH: usize = 256;
 /// What the scheduler works with.
 pub struct Scheduler {
     pub store: Store,
-    pub sink: CemSink,
+    pub sink: PeerSink,
     pub cfg: SchedulerConfig,
     /// The survey policy: its do-not-disturb window (R-DND-1) is read at each claim.
     pub policy: Arc<crate::process::live::Policy>,
@@ -327,7 +327,7 @@ fn retry_or_dead(
 /// Collect finished pushes and record them in batches (one transaction each).
 async fn record_outcomes(
     store: Store,
-    sink: CemSink,
+    sink: PeerSink,
     clock: Clock,
     owner: String,
     mut rx: mpsc::Receiver<Finished>,

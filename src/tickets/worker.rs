@@ -18,19 +18,19 @@ use tracing::{debug, info, warn};
 use crate::privacy::vault::{Access, Lookup};
 use crate::process::clock::Clock;
 use crate::process::shutdown::Shutdown;
-use crate::sinks::Sink;
 use crate::store::Store;
 use crate::store::keys::Thread;
 use crate::store::tickets::{OutboxOutcome, OutboxRow, TicketCtx};
+use cem_connectors::sink::{Peer, PeerSink, Sink};
 
 /// What the worker needs.
 pub struct TicketWorker {
     pub store: Store,
     pub ctx: TicketCtx,
-    pub hcrm: Sink,
-    pub callcenter: Sink,
+    pub hcrm: PeerSink,
+    pub callcenter: PeerSink,
     /// `[cem_results]`: ticket call outcomes back to the CEM.
-    pub cem_results: Option<Sink>,
+    pub cem_results: Option<PeerSink>,
     pub clock: Clock,
     pub owner: String,
     pub poll_interval: Duration,
@@ -115,29 +115,31 @@ pub async fn run(w: TicketWorker, mut shutdown: Shutdown) {
 
 /// Send one outbox row and record what became of it.
 async fn send_one(w: &TicketWorker, row: OutboxRow) {
-    let sink = match row.sink.as_str() {
-        "callcenter" => &w.callcenter,
-        "cem_results" => match &w.cem_results {
-            Some(s) => s,
-            None => {
-                let dead = OutboxOutcome::Dead {
-                    reason: "not_configured",
-                    status: None,
-                    error: "[cem_results] was removed from the config".into(),
-                };
-                warn!(key = %row.idem_key, "call outcome for the CEM not sent: [cem_results] is no longer configured");
-                if let Ok(true) = w
-                    .store
-                    .outbox_record(&w.owner, row.id, &dead, w.clock.now_ms())
-                    .await
-                {
-                    counter!("cem_bridge_ticket_requests_dead_total", "sink" => row.sink.clone(), "reason" => "not_configured")
-                        .increment(1);
-                }
-                return;
+    let sink = match (row.peer(), &w.cem_results) {
+        (Some(Peer::CallCenter), _) => &w.callcenter,
+        (Some(Peer::Hcrm), _) => &w.hcrm,
+        (Some(Peer::CemResults), Some(s)) => s,
+        (peer, _) => {
+            let why = match peer {
+                Some(Peer::CemResults) => "[cem_results] was removed from the config",
+                _ => "the outbox row names a sink this bridge does not send to",
+            };
+            let dead = OutboxOutcome::Dead {
+                reason: "not_configured",
+                status: None,
+                error: why.into(),
+            };
+            warn!(key = %row.idem_key, sink = %row.sink, "ticket request not sent: {why}");
+            if let Ok(true) = w
+                .store
+                .outbox_record(&w.owner, row.id, &dead, w.clock.now_ms())
+                .await
+            {
+                counter!("cem_bridge_ticket_requests_dead_total", "sink" => row.sink.clone(), "reason" => "not_configured")
+                    .increment(1);
             }
-        },
-        _ => &w.hcrm,
+            return;
+        }
     };
     if followup_gate(w, &row).await {
         return;
@@ -190,7 +192,7 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
 /// already has a call (follow-up or ticket; a retry of the same step does not count) it moves
 /// to the next day at the step time, inside a calling window. `true` if not sent now.
 async fn followup_gate(w: &TicketWorker, row: &OutboxRow) -> bool {
-    if row.sink != "callcenter" || !Thread::of(&row.ticket_id).is_followup() {
+    if row.peer() != Some(Peer::CallCenter) || !Thread::of(&row.ticket_id).is_followup() {
         return false;
     }
     let Some(pk) = row.patient_key.as_deref() else {
@@ -269,7 +271,8 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
     let Some(pk) = row.patient_key.as_deref() else {
         return Ok(body);
     };
-    let shadow = if row.sink == "callcenter" {
+    let to_callcenter = row.peer() == Some(Peer::CallCenter);
+    let shadow = if to_callcenter {
         w.callcenter.is_shadow()
     } else {
         w.hcrm.is_shadow()
@@ -278,11 +281,7 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
         // A shadow file is plain text on disk: it shows the request without the patient's
         // clear data (no vault lookup is made).
         if let Some(o) = body.as_object_mut() {
-            let key = if row.sink == "callcenter" {
-                "callee"
-            } else {
-                "patient"
-            };
+            let key = if to_callcenter { "callee" } else { "patient" };
             o.insert(
                 key.into(),
                 json!({ "pseudonym": pk, "withheld": "shadow mode: re-identified data is not written to files" }),
@@ -291,10 +290,10 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
         return Ok(body);
     }
     let followup = Thread::of(&row.ticket_id).is_followup();
-    let (caller, purpose) = match (row.sink.as_str(), followup) {
-        ("callcenter", true) => (Caller::CallCenter, Purpose::FollowupCall),
-        ("callcenter", false) => (Caller::CallCenter, Purpose::TicketCallback),
-        _ => (Caller::Hcrm, Purpose::TicketCase),
+    let (caller, purpose) = match (to_callcenter, followup) {
+        (true, true) => (Caller::CallCenter, Purpose::FollowupCall),
+        (true, false) => (Caller::CallCenter, Purpose::TicketCallback),
+        (false, _) => (Caller::Hcrm, Purpose::TicketCase),
     };
     // R-FUP-2: a minor's follow-up calls go to the guardian's number, kept under its `mk_`.
     let lookup_key = match body.get("calleeKey").and_then(Value::as_str) {
@@ -385,7 +384,7 @@ async fn request_body(w: &TicketWorker, row: &OutboxRow) -> Result<Value, Outbox
 }
 
 /// Map a send outcome to what the outbox records, with the sink's retry schedule.
-fn decide(sink: &Sink, row: &OutboxRow, sent: &SendOutcome, now: i64) -> OutboxOutcome {
+fn decide(sink: &PeerSink, row: &OutboxRow, sent: &SendOutcome, now: i64) -> OutboxOutcome {
     let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
     match sent {
         SendOutcome::Accepted { status } => OutboxOutcome::Sent { status: *status },

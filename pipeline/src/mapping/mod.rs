@@ -6,6 +6,7 @@
 //! - [`compile()`] — checks a file (every error with file:line:column and a hint) and builds a
 //!   [`Mapping`]; [`Mapping::apply`] runs it on one parsed message; [`build`] turns the field
 //!   values into a [`PatientEvent`] applying the identifier rules (R-ID-1..5).
+//!
 //! The test cases beside each mapping (`cem-bridge test`) run in `crate::translate::testing`:
 //! they decode as well as map.
 //!

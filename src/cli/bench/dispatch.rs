@@ -22,10 +22,11 @@ use anyhow::Context;
 use tokio::sync::Notify;
 
 use crate::config::SchedulerConfig;
-use crate::config::peers::{CemMode, ContactMode, SinkLimits};
+use crate::config::peers::ContactMode;
 use crate::process::clock::Clock;
-use crate::sinks::{Sink, SinkSettings};
 use crate::store::{JobOutcome, NewJob, Store, StoreOptions};
+use cem_connectors::resilience::Limits;
+use cem_connectors::sink::{Peer, PeerSink};
 
 pub const DEFAULT_COUNT: usize = 100_000;
 pub const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -255,20 +256,21 @@ async fn one(
         } else {
             open(url).await?
         };
-        let sink = Sink::build(SinkSettings {
-            name: "cem",
-            mode: CemMode::Http,
-            url: sink_url,
-            shadow_file: std::path::Path::new("/dev/null"),
-            token: None,
-            timeout: Duration::from_secs(10),
-            success: crate::config::peers::success_rule("/code", &toml::Value::Integer(0)),
-            limits: &SinkLimits {
+        let sink = PeerSink::build(
+            Peer::Cem,
+            PeerSink::http(
+                sink_url,
+                None,
+                Duration::from_secs(10),
+                crate::config::peers::success_rule("/code", &toml::Value::Integer(0)),
+            ),
+            Limits {
                 rate_per_sec: 1_000_000,
                 burst: 1_000_000,
                 ..Default::default()
             },
-        })
+            crate::sinks::stamp(&Clock::system()),
+        )
         .await?;
         let vault = crate::privacy::vault::VaultCipher::new(("bench", &[7u8; 32]), &[])
             .map_err(|e| anyhow::anyhow!("{e}"))?;
