@@ -245,6 +245,29 @@ pub enum FollowupDecision {
     None,
 }
 
+/// The final follow-up decision with the stored facts of its patient (read as for a survey,
+/// [`crate::survey::PatientFacts`]): a merged patient's stay is followed up under the survivor
+/// (R-CAN-6), and a patient flagged deceased earlier gets no plan (R-EXC-1). Tombstones and the
+/// CEM's unsubscribes do not stop follow-ups (R-FUP-2 has its own list).
+pub fn resolve(
+    decision: FollowupDecision,
+    facts: &crate::survey::PatientFacts,
+) -> FollowupDecision {
+    let FollowupDecision::Plan(mut plan) = decision else {
+        return decision;
+    };
+    if let Some(survivor) = &facts.survivor {
+        plan.patient_key.clone_from(survivor);
+    }
+    if facts.deceased {
+        return FollowupDecision::Excluded {
+            reason: "deceased",
+            rule: "R-EXC-1",
+        };
+    }
+    FollowupDecision::Plan(plan)
+}
+
 /// R-FUP-4 step key.
 pub fn step_key(stay_key: &str, plan: Plan, step: &str) -> String {
     format!("fu:{stay_key}:{}:{step}", plan.code())
@@ -633,5 +656,50 @@ mod tests {
         ));
         assert_eq!(schedule(&p)[0].1, "2026-11-29 09:00");
         assert_eq!(schedule(&p)[1].1, "2026-12-17 10:00");
+    }
+
+    #[test]
+    fn r_can_6_and_r_exc_1_resolve_a_plan_with_the_stored_facts() {
+        use crate::survey::PatientFacts;
+        let d = decide_with(&event(A03), "2026-11-20 12:00", &ExclusionLists::default());
+        let own = plan(d.clone()).patient_key;
+        // Nothing stored: the plan is unchanged.
+        assert_eq!(resolve(d.clone(), &PatientFacts::default()), d);
+        // R-CAN-6: merged into pk_survivor → planned under the survivor; the callee stays.
+        let merged = PatientFacts {
+            survivor: Some("pk_survivor".into()),
+            ..Default::default()
+        };
+        let moved = plan(resolve(d.clone(), &merged));
+        assert_eq!(moved.patient_key, "pk_survivor");
+        assert_eq!(moved.callee_key, plan(d.clone()).callee_key);
+        assert_ne!(own, "pk_survivor");
+        // R-EXC-1: a patient flagged deceased earlier gets no plan, merged or not.
+        let dead = PatientFacts {
+            deceased: true,
+            ..merged
+        };
+        assert_eq!(
+            resolve(d.clone(), &dead),
+            FollowupDecision::Excluded {
+                reason: "deceased",
+                rule: "R-EXC-1"
+            }
+        );
+        // Tombstones and CEM opt-outs do not stop follow-ups (R-FUP-2 has its own list).
+        let other = PatientFacts {
+            opted_out: true,
+            tombstone: Some(crate::survey::Tombstone {
+                reason: "visit_cancelled".into(),
+                until_ms: i64::MAX,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(resolve(d.clone(), &other), d);
+        // Other decisions pass through.
+        assert_eq!(
+            resolve(FollowupDecision::None, &dead),
+            FollowupDecision::None
+        );
     }
 }

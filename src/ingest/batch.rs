@@ -7,11 +7,11 @@ use crate::ingest::context::{Disposition, IngestContext, Mapped, Prepared, messa
 use crate::process::fault::{self, Point};
 use crate::store::dead_letters::{dead_letter_aad, seal_headers};
 use crate::store::{AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, StoreError};
-use cem_pipeline::event::{EventKind, PatientEvent};
+use cem_pipeline::event::PatientEvent;
 use cem_pipeline::followup::FollowupDecision;
 use cem_pipeline::reason::DeadLetterReason;
 use cem_pipeline::reid::entries_for;
-use cem_pipeline::survey::SurveyDecision;
+use cem_pipeline::survey::{FactKeys, SurveyDecision, fact_keys, resolve};
 use metrics::histogram;
 use std::time::Instant;
 use tracing::debug;
@@ -177,50 +177,18 @@ async fn apply_decision(
 ) -> Result<bool, StoreError> {
     let pk = ctx.pseudo.patient_key(&event.patient.id);
     let mid = event.message_id.as_str();
-    match decision {
+    // The exclusions that need stored state (R-CAN-6 merges, R-CAN-2 tombstones, R-EXC-1,
+    // R-EXC-3) are the pipeline's: one read of the facts, inside this transaction so an
+    // earlier message of the batch is seen, then the pure `survey::resolve`.
+    let resolved = match fact_keys(decision) {
+        Some(keys) => {
+            let facts = tx.patient_facts(&keys, now).await?;
+            resolve(decision.clone(), event, &facts, now)
+        }
+        None => decision.clone(),
+    };
+    match &resolved {
         SurveyDecision::Schedule(job) => {
-            // R-CAN-6: events for a merged patient count for the survivor.
-            let survivor = tx.resolve_patient(&job.patient_key).await?;
-            if survivor != job.patient_key {
-                let mut moved = job.clone();
-                moved.patient_key = survivor.clone();
-                moved.payload.patient.pk = survivor;
-                let decision = SurveyDecision::Schedule(moved);
-                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
-            }
-            // R-CAN-2: the visit was cancelled before this registration arrived.
-            if event.kind == EventKind::Registered
-                && let Some(reason) = tx.tombstone(&job.visit_key, now).await?
-            {
-                let decision = SurveyDecision::Suppress {
-                    reason: if reason == "visit_cancelled" {
-                        "visit_cancelled"
-                    } else {
-                        "cancelled"
-                    },
-                    rule: "R-CAN-2",
-                };
-                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
-            }
-            // R-EXC-1: a patient flagged deceased earlier stays excluded.
-            if tx.is_deceased(&job.patient_key).await? {
-                let decision = SurveyDecision::Suppress {
-                    reason: "deceased",
-                    rule: "R-EXC-1",
-                };
-                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
-            }
-            // R-EXC-3: the CEM reported an unsubscribe of this patient or mobile (opt_outs).
-            if tx
-                .opted_out(&[job.patient_key.as_str(), job.mobile_key.as_str()])
-                .await?
-            {
-                let decision = SurveyDecision::Suppress {
-                    reason: "opted_out",
-                    rule: "R-EXC-3",
-                };
-                return Box::pin(apply_decision(tx, conn, event, &decision, ctx, now)).await;
-            }
             let payload = serde_json::to_string(&job.payload).unwrap_or_default();
             let r = tx
                 .insert_job(
@@ -486,7 +454,24 @@ async fn apply_followup(
     now: i64,
 ) -> Result<bool, StoreError> {
     let mid = event.message_id.as_str();
-    match decision {
+    // R-CAN-6 / R-EXC-1 with the stored facts, decided in the pipeline
+    // (`followup::resolve`); the callee's vault entries stay under this event's own key.
+    let (resolved, own_pk) = match decision {
+        FollowupDecision::Plan(p) => {
+            let keys = FactKeys {
+                patient_key: &p.patient_key,
+                visit_key: &p.stay_key,
+                mobile_key: &p.mobile_key,
+            };
+            let facts = tx.patient_facts(&keys, now).await?;
+            (
+                cem_pipeline::followup::resolve(decision.clone(), &facts),
+                p.patient_key.clone(),
+            )
+        }
+        _ => (decision.clone(), String::new()),
+    };
+    match &resolved {
         FollowupDecision::None => Ok(false),
         FollowupDecision::Excluded { reason, rule } => {
             let pk = ctx.pseudo.patient_key(&event.patient.id);
@@ -511,21 +496,6 @@ async fn apply_followup(
             let Some(f) = &ctx.followup else {
                 return Ok(false);
             };
-            // R-CAN-6: a merged patient's stay is followed up under the survivor.
-            let mut plan = plan.clone();
-            let survivor = tx.resolve_patient(&plan.patient_key).await?;
-            // The callee stays this event's own key: its vault entry (written below) holds the
-            // number this discharge carries.
-            let own_pk = plan.patient_key.clone();
-            plan.patient_key = survivor;
-            // R-EXC-1: a patient flagged deceased earlier stays excluded.
-            if tx.is_deceased(&plan.patient_key).await? {
-                let d = FollowupDecision::Excluded {
-                    reason: "deceased",
-                    rule: "R-EXC-1",
-                };
-                return Box::pin(apply_followup(tx, conn, event, &d, ctx, now)).await;
-            }
             // The call center's number and greeting come from the vault at send time: the
             // entries count as used at the plan's last step, so `[retention] vault_days` keeps
             // them until that long after it (CARE-QUARTERLY reminders run to D+360).
@@ -542,7 +512,7 @@ async fn apply_followup(
                     .map_err(vault_error)?;
             }
             let done = tx
-                .followup_plan(&ctx.vault, &f.windows, &plan, conn, mid, &ctx.zone, now)
+                .followup_plan(&ctx.vault, &f.windows, plan, conn, mid, &ctx.zone, now)
                 .await?;
             tx.count(
                 "cem_bridge_followup_decisions_total",

@@ -5,19 +5,17 @@
 //! [`StoreTx::commit`] returns. The scheduler claims due jobs with a lease (`locked_until`), so a
 //! crash mid-send leaves the job to be claimed again and re-sent with the same idempotency key.
 
-pub mod keys;
-
-pub mod dead_letters;
-
-pub mod views;
-
 pub mod contact;
+pub mod dead_letters;
 pub mod followups;
+pub mod keys;
 pub mod ops;
 pub mod opt_outs;
+pub mod patients;
 pub mod retention;
 pub mod tickets;
 pub mod vault;
+pub mod views;
 
 use std::path::Path;
 use std::time::Duration;
@@ -1250,21 +1248,6 @@ impl StoreTx {
         Ok(moved)
     }
 
-    /// R-EXC-3: whether the CEM reported an unsubscribe of any of these pseudonyms.
-    pub async fn opted_out(&mut self, keys: &[&str]) -> Result<bool, StoreError> {
-        if keys.is_empty() {
-            return Ok(false);
-        }
-        let found = query_in(
-            "SELECT 1 AS one FROM opt_outs WHERE opt_key IN ({keys}) LIMIT 1",
-            keys,
-        )
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(db("read opt-outs"))?;
-        Ok(found.is_some())
-    }
-
     /// Remember a cancel that came before its visit's registration (R-CAN-2).
     pub async fn put_tombstone(
         &mut self,
@@ -1283,23 +1266,6 @@ impl StoreTx {
         .await
         .map_err(db("write tombstone"))?;
         Ok(())
-    }
-
-    /// The reason of a live tombstone for this visit, if any (R-CAN-2).
-    pub async fn tombstone(
-        &mut self,
-        visit_key: &str,
-        now: i64,
-    ) -> Result<Option<String>, StoreError> {
-        sqlx::query("SELECT reason FROM tombstones WHERE visit_key = $1 AND until > $2")
-            .bind(visit_key)
-            .bind(now)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db("read tombstone"))?
-            .map(|r| r.try_get::<String, _>("reason"))
-            .transpose()
-            .map_err(db("read tombstone"))
     }
 
     pub async fn dead_letter(
