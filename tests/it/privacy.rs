@@ -5,19 +5,17 @@
 //! number, patient id or visit number in any CEM request, log line, metric, dead-letter header
 //! or store byte.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::*;
 use cem_bridge::config::Config;
 use cem_bridge::privacy::vault::VaultCipher;
 use cem_bridge::process::clock::Clock;
 use cem_pipeline::decode::DecodeOptions;
 use cem_pipeline::mapping::Outcome;
 use cem_pipeline::translate::decode;
-use common::*;
 use sqlx::Row;
 
 /// Every file a sample folder holds, as (relative path, bytes).

@@ -5,13 +5,11 @@
 //! Metrics are per process. `cargo nextest` (what CI runs) gives every test its own process, so
 //! the exact counter values asserted here are this test's traffic only.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use sqlx::Row;
 
 /// One sample line of the Prometheus text format.

@@ -2,11 +2,9 @@
 //! in-process and an in-process HTTP recorder as the CEM. Each test uses its own queues and
 //! SQLite file.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 
 /// Issue 3 §10, R-ANO-1/R-ANO-7: the A03 sample gives exactly one push with the expected
 /// fields, and none of the sample's personal values.

@@ -2,15 +2,13 @@
 //! accepting the versions of one ticket in scrambled order apply each exactly once and in
 //! order, and two senders claiming the outbox never send update n+1 before update n is done.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use cem_bridge::privacy::vault::VaultCipher;
 use cem_bridge::store::Store;
 use cem_bridge::store::tickets::{Accepted, OutboxOutcome, TicketCtx};
 use cem_pipeline::ticket::{Calendar, CallingWindows, TicketUpdate};
-use common::*;
 use sqlx::Row;
 
 const VERSIONS: u32 = 20;

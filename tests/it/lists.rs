@@ -1,12 +1,10 @@
 //! Opt-out and staff lists end to end (R-EXC-3, R-EXC-4, R-SRV-6): checked when an event is
 //! scheduled, again when the job is sent, and reloaded when the file changes.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use cem_bridge::process::clock::Clock;
-use common::*;
 
 fn sample(rel: &str) -> String {
     String::from_utf8(read_fixture(rel)).unwrap()

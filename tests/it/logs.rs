@@ -2,11 +2,9 @@
 //! and a trace id, and the push of the survey it made carries the same trace id — one grep
 //! finds a message's whole life. A child bridge process with `[log] format = "json"`.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 
 /// The `(message_id, trace_id)` of the innermost span that names a message, if any.
 fn ids(line: &serde_json::Value) -> Option<(String, String)> {

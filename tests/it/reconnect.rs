@@ -1,9 +1,7 @@
 //! Issue 3 §4: when the broker drops the connection the source reconnects with backoff and
 //! goes on consuming. The connection is closed from the broker side with `rabbitmqctl`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Broker-side pids of connections whose client-provided name contains `needle`.
 fn connection_pids(needle: &str) -> Vec<String> {

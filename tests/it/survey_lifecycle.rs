@@ -1,11 +1,9 @@
 //! Survey lifecycle end to end (R-CAN-1..5, R-EXC-1; EX-02, 06, 07, 08, 14, 21, 22): messages are queued before
 //! the bridge starts, so they arrive in order in one batch, before any push.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Start a bridge on `msgs` (queued first), wait until all are acked, return the bridge.
 async fn run_sequence(

@@ -1,13 +1,11 @@
 //! The operations queries of the store (`src/store_ops.rs`) on both backends: embedded SQLite
 //! and the local PostgreSQL (a fresh database per test). Same SQL, same expectations.
 
-mod common;
-
+use crate::common::*;
 use cem_bridge::config::RetentionConfig;
 use cem_bridge::store::ops::PendingSummary;
 use cem_bridge::store::retention::{Pruned, prune_once};
 use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, now_ms};
-use common::*;
 
 fn job<'a>(id: &'a str, patient: &'a str, message: &'a str, due: i64) -> NewJob<'a> {
     NewJob {

@@ -3,12 +3,10 @@
 //! in-process call-center recorder, cases to an HCRM recorder. The bridge's clock is started
 //! on the day each step is due.
 
-mod common;
-
 use std::net::SocketAddr;
 
+use crate::common::*;
 use cem_bridge::process::clock::Clock;
-use common::*;
 use sqlx::Row;
 
 const A03: &str = "hl7v2/adt_a03_discharge.hl7";

@@ -1,11 +1,9 @@
 //! The command line as a user runs it: `publish`, `check`, and refusing to start without a
 //! pseudonym key (issue 3 §6, §9).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn bridge() -> Command {
     let mut c = Command::new(bridge_bin());

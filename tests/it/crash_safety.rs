@@ -2,13 +2,11 @@
 //! process and is stopped abruptly — at a fault point, or by SIGKILL mid-stream — then
 //! restarted. We count what the CEM recorder accepted: every survey exactly once.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::*;
 use cem_bridge::store::{Store, StoreOptions};
-use common::*;
 
 fn crash_setup(name: &str, cem: &Recorder) -> Setup {
     let mut s = Setup::new(name, &cem.url());

@@ -3,12 +3,10 @@
 //! and no later survey goes out — neither one scheduled afterwards (suppressed when the event
 //! arrives) nor one already pending (suppressed in the claim at send time). Run on both stores.
 
-mod common;
-
+use crate::common::*;
 use cem_bridge::process::clock::Clock;
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::event::{PatientId, Pii};
-use common::*;
 use jiff::Timestamp;
 
 const A04: &str = "hl7v2/adt_a04_outpatient_registration.hl7";

@@ -2,11 +2,9 @@
 //! bridge runs; a broken one is refused and the last good mappings stay in use; no message is
 //! lost or mapped by half a mapping across the swaps.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn dept_codes(cem: &Recorder) -> Vec<String> {
     let mut v: Vec<String> = cem

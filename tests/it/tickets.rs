@@ -2,14 +2,12 @@
 //! call-center tasks out, in order, once, on time. In-process bridge on the real local RabbitMQ
 //! and a SQLite store; HCRM and the call center are in-process recorders.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common::*;
 use cem_bridge::process::clock::Clock;
 use cem_pipeline::ticket::sign;
-use common::*;
 use sqlx::Row;
 
 /// Register the outpatient sample so the vault knows the patient; the pseudonym the CEM got.

@@ -1,14 +1,12 @@
 //! The store suite, run against both backends: embedded SQLite and the local PostgreSQL
 //! (a fresh database per test). Same SQL, same expectations (DESIGN: one code path).
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common::*;
 use cem_bridge::store::{
     AuditEntry, InboxResult, JobInsert, NewJob, Store, StoreError, StoreOptions,
 };
-use common::*;
 use sqlx::Executor;
 
 fn job<'a>(id: &'a str, due: i64) -> NewJob<'a> {

@@ -5,13 +5,11 @@
 //! `artifacts/`). Chromium comes from Debian's `chromium` package (`.ci/run` installs it);
 //! `CHROMIUM=/path` picks another binary.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::*;
 use cem_bridge::process::clock::Clock;
-use common::*;
 
 fn chromium() -> PathBuf {
     if let Ok(p) = std::env::var("CHROMIUM") {

@@ -2,12 +2,10 @@
 //! mapping errors, `test` runs cases and fails on a mismatch, `map` dry-runs a message without
 //! leaking personal data, `schema` matches the committed schema file.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 fn bridge() -> Command {
     let mut c = Command::new(bridge_bin());

@@ -13,14 +13,12 @@
 //! shown in EX-05, 07, 08, 09, 15, 21) are checked in the same rows.
 //! Test names: `sqlite::ex_01`, `postgres::ex_01`, …
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use cem_bridge::process::clock::Clock;
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::event::{PatientId, Pii};
-use common::*;
 use jiff::Timestamp;
 use jiff::tz::{Offset, TimeZone};
 use sqlx::Row;
