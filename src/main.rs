@@ -425,22 +425,20 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let set = cem_bridge::config::mappings::load(&paths, &zone)
                 .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
             let pseudo = app::pseudonymizer(&cfg, &Secrets::from_env(&cfg))?;
+            let lists = app::load_lists(&cfg, &pseudo)?;
+            let now = cem_bridge::process::clock::Clock::from_env()?.now();
             let req = map::MapRequest {
-                mappings: &set,
-                file: &file,
-                headers: headers.into_iter().collect(),
-                max_bytes: src.max_message_bytes,
-                zone: zone.clone(),
-                facility: src.facility().to_string(),
-                charset: cem_pipeline::decode::Charset::from_label(&src.charset)
-                    .unwrap_or_default(),
-                policy: cfg.surveys.clone(),
-                fields: cfg.anonymization.cem.clone(),
-                tenant: cfg.tenant.clone(),
-                lists: app::load_lists(&cfg, &pseudo)?,
-                pseudo,
-                now: cem_bridge::process::clock::Clock::from_env()?.now(),
                 reveal,
+                ..map::MapRequest::for_source(
+                    &cfg,
+                    src,
+                    &set,
+                    &file,
+                    headers.into_iter().collect(),
+                    lists,
+                    pseudo,
+                    now,
+                )
             };
             let report = map::map_report(&req)?;
             if json {

@@ -102,23 +102,16 @@ pub async fn replay(
         let current = &sets[&src.name];
         let map = |set: &MappingSet| -> anyhow::Result<Value> {
             map_body(
-                &MapRequest {
-                    mappings: set,
-                    file: Path::new(""),
-                    headers: headers.clone(),
-                    max_bytes: src.max_message_bytes,
-                    zone: zone.clone(),
-                    facility: src.facility().to_string(),
-                    charset: cem_pipeline::decode::Charset::from_label(&src.charset)
-                        .unwrap_or_default(),
-                    policy: cfg.surveys.clone(),
-                    fields: cfg.anonymization.cem.clone(),
-                    lists: lists.clone(),
-                    tenant: cfg.tenant.clone(),
-                    pseudo: pseudo.clone(),
+                &MapRequest::for_source(
+                    cfg,
+                    src,
+                    set,
+                    Path::new(""),
+                    headers.clone(),
+                    lists.clone(),
+                    pseudo.clone(),
                     now,
-                    reveal: false,
-                },
+                ),
                 &title,
                 &body,
             )

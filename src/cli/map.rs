@@ -92,6 +92,39 @@ pub struct MapRequest<'a> {
     pub reveal: bool,
 }
 
+impl<'a> MapRequest<'a> {
+    /// A dry run as the bridge would map a message of `src` now: its limits, facility and
+    /// charset, and the config's policy, field treatments and tenant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_source(
+        cfg: &crate::config::Config,
+        src: &crate::config::source::SourceConfig,
+        mappings: &'a MappingSet,
+        file: &'a Path,
+        headers: BTreeMap<String, String>,
+        lists: cem_pipeline::lists::ExclusionLists,
+        pseudo: Pseudonymizer,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            mappings,
+            file,
+            headers,
+            max_bytes: src.max_message_bytes,
+            zone: cfg.zone(),
+            facility: src.facility().to_string(),
+            charset: Charset::from_label(&src.charset).unwrap_or_default(),
+            policy: cfg.surveys.clone(),
+            fields: cfg.anonymization.cem.clone(),
+            lists,
+            tenant: cfg.tenant.clone(),
+            pseudo,
+            now,
+            reveal: false,
+        }
+    }
+}
+
 /// Dry-run one message; the report as JSON (the text form is rendered from it).
 pub fn map_report(req: &MapRequest<'_>) -> anyhow::Result<Value> {
     let body =

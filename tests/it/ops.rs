@@ -145,11 +145,7 @@ async fn r_met_1_metrics_count_the_real_flow_and_hold_no_personal_data() {
     for f in sent {
         publish(&setup.queue, &read_fixture(f), f).await;
     }
-    wait_for(20, "two surveys accepted", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 2).then_some(()) }
-    })
-    .await;
+    cem.wait_accepted(2, 20, "two surveys accepted").await;
     // Acks and the survey gauge follow the commit and the next refresh.
     let m = wait_for(
         20,
@@ -603,7 +599,7 @@ async fn dlq_and_trace_commands_show_what_the_store_recorded() {
 /// jobs go, a pending job of the same age stays, and so do recent rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_runs_in_the_bridge_and_keeps_pending_jobs() {
-    use cem_bridge::store::{DeadLetterEntry, NewJob, Store, StoreOptions, now_ms};
+    use cem_bridge::store::{DeadLetterEntry, Store, StoreOptions, now_ms};
     let mut setup = Setup::new("ops-retention", "http://127.0.0.1:9/unused");
     setup.extra_top = "[retention]\ndead_letters_days = 30\njobs_days = 30\n".into();
     // Nothing is due: the pending job must survive retention, not be pushed.
@@ -617,32 +613,13 @@ async fn retention_runs_in_the_bridge_and_keeps_pending_jobs() {
     .unwrap();
     let mut tx = store.begin().await.unwrap();
     for (job_id, due) in [("old-sent", old), ("old-pending", now_ms() + 86_400_000)] {
-        let job = NewJob {
-            job_id,
-            template: "OP-SAT-01",
-            patient_key: "pk_x",
-            visit_key: "vk_x",
-            id_card_key: None,
-            mobile_key: None,
-            due_at: due,
-            payload: "{}",
-            connector: "adt",
-            message_id: job_id,
-            dnd: true,
-        };
+        let job = job(job_id, "pk_x", job_id, due);
         tx.insert_job(&job, old).await.unwrap();
     }
     for (at, mid) in [(old, "old-dl"), (now_ms(), "new-dl")] {
         let dl = DeadLetterEntry {
-            connector: "adt",
-            message_id: Some(mid),
-            reason: "truncated",
-            detail: "MSH-9 (message type) is missing",
-            content_hash: "h",
             size_bytes: 1,
-            delivery_count: 0,
-            sealed_body: None,
-            sealed_headers: None,
+            ..dead_letter(Some(mid), "truncated")
         };
         tx.dead_letter(&dl, at).await.unwrap();
     }
@@ -780,19 +757,17 @@ async fn ops_page_and_its_summary_show_surveys_and_dead_letters_without_personal
     let bridge = setup.start().await;
     let addr = ops_addr(&bridge);
     setup.wait_declared().await;
-    for f in [
-        "hl7v2/adt_a03_discharge.hl7",
-        "hl7v2/adt_a04_outpatient_registration.hl7",
-        "bad/truncated.hl7",
-        "bad/missing_patient_id.hl7",
-    ] {
-        publish(&setup.queue, &read_fixture(f), f).await;
-    }
-    wait_for(20, "two surveys accepted", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 2).then_some(()) }
-    })
+    publish_fixtures(
+        &setup.queue,
+        &[
+            "hl7v2/adt_a03_discharge.hl7",
+            "hl7v2/adt_a04_outpatient_registration.hl7",
+            "bad/truncated.hl7",
+            "bad/missing_patient_id.hl7",
+        ],
+    )
     .await;
+    cem.wait_accepted(2, 20, "two surveys accepted").await;
 
     let r = reqwest::get(format!("http://{addr}/")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

@@ -108,14 +108,16 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
     let bridge = setup.start().await;
     let addr = bridge.ops_addr().unwrap();
     setup.wait_declared().await;
-    for f in [
-        "hl7v2/adt_a03_discharge.hl7",
-        "hl7v2/adt_a04_outpatient_registration.hl7",
-        "bad/truncated.hl7",
-        "bad/missing_patient_id.hl7",
-    ] {
-        publish(&setup.queue, &read_fixture(f), f).await;
-    }
+    publish_fixtures(
+        &setup.queue,
+        &[
+            "hl7v2/adt_a03_discharge.hl7",
+            "hl7v2/adt_a04_outpatient_registration.hl7",
+            "bad/truncated.hl7",
+            "bad/missing_patient_id.hl7",
+        ],
+    )
+    .await;
     wait_for(20, "two surveys accepted", || {
         let n = cem.accepted().len();
         async move { (n == 2).then_some(()) }

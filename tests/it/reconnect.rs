@@ -30,11 +30,7 @@ async fn source_reconnects_after_the_broker_closes_its_connection() {
     setup.wait_declared().await;
     let bodies = registrations(2, "rc");
     publish(&setup.queue, &bodies[0], "before").await;
-    wait_for(20, "first push", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 1).then_some(()) }
-    })
-    .await;
+    cem.wait_accepted(1, 20, "first push").await;
 
     let pids = connection_pids(&setup.queue);
     assert_eq!(pids.len(), 1, "one bridge connection for this queue");
@@ -49,11 +45,7 @@ async fn source_reconnects_after_the_broker_closes_its_connection() {
     assert!(closed.success());
 
     publish(&setup.queue, &bodies[1], "after").await;
-    wait_for(30, "a push after reconnecting", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 2).then_some(()) }
-    })
-    .await;
+    cem.wait_accepted(2, 30, "a push after reconnecting").await;
     // The broker may list the closed connection for a moment: wait for exactly the new one.
     let old = pids[0].clone();
     let needle = setup.queue.clone();

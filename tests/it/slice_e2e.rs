@@ -520,11 +520,7 @@ async fn a_message_the_store_refuses_is_isolated_and_the_feed_goes_on() {
     let letters = drain(&dlq).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].headers["x-cem-reason"], "poison");
-    wait_for(20, "the good message pushed", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 1).then_some(()) }
-    })
-    .await;
+    cem.wait_accepted(1, 20, "the good message pushed").await;
     assert_eq!(
         queue_depth(&setup.queue).await,
         Some(0),
@@ -546,11 +542,7 @@ async fn second_visit_inside_the_dnd_window_is_suppressed() {
     let first =
         String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7")).unwrap();
     publish(&setup.queue, first.as_bytes(), "v1").await;
-    wait_for(20, "the first survey", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 1).then_some(()) }
-    })
-    .await;
+    cem.wait_accepted(1, 20, "the first survey").await;
     let second = first
         .replace("MSG20261120093015001", "MSG20261120093015777")
         .replace("V20261120001", "V20261120999");

@@ -9,20 +9,8 @@ use cem_bridge::store::{
 };
 use sqlx::Executor;
 
-fn job<'a>(id: &'a str, due: i64) -> NewJob<'a> {
-    NewJob {
-        job_id: id,
-        template: "OP-SAT-01",
-        patient_key: "pk_x",
-        visit_key: "vk_x",
-        id_card_key: None,
-        mobile_key: None,
-        due_at: due,
-        payload: "{}",
-        connector: "adt",
-        message_id: "m",
-        dnd: true,
-    }
+fn job(id: &str, due: i64) -> NewJob<'_> {
+    crate::common::job(id, "pk_x", "m", due)
 }
 
 /// R-EVT-4 and R-SRV-5 in the store: new / duplicate / conflict; a job id is created once.

@@ -5,37 +5,7 @@ use crate::common::*;
 use cem_bridge::config::RetentionConfig;
 use cem_bridge::store::ops::PendingSummary;
 use cem_bridge::store::retention::{Pruned, prune_once};
-use cem_bridge::store::{AuditEntry, DeadLetterEntry, NewJob, Store, now_ms};
-
-fn job<'a>(id: &'a str, patient: &'a str, message: &'a str, due: i64) -> NewJob<'a> {
-    NewJob {
-        job_id: id,
-        template: "OP-SAT-01",
-        patient_key: patient,
-        visit_key: "vk_x",
-        id_card_key: None,
-        mobile_key: None,
-        due_at: due,
-        payload: "{}",
-        connector: "adt",
-        message_id: message,
-        dnd: true,
-    }
-}
-
-fn dead_letter<'a>(message_id: Option<&'a str>, reason: &'a str) -> DeadLetterEntry<'a> {
-    DeadLetterEntry {
-        connector: "adt",
-        message_id,
-        reason,
-        detail: "MSH-9 (message type) is missing",
-        content_hash: "h",
-        size_bytes: 49,
-        delivery_count: 0,
-        sealed_body: None,
-        sealed_headers: None,
-    }
-}
+use cem_bridge::store::{AuditEntry, Store, now_ms};
 
 /// Two patients: m1 creates j1 (pk_a), m2 re-sends the same visit (a no-op on j1), j1 is sent;
 /// m3 creates j2 (pk_b); m4 is dead-lettered.

@@ -134,11 +134,7 @@ async fn cancel_after_send_is_recorded_only() {
         "a04",
     )
     .await;
-    wait_for(20, "the survey", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 1).then_some(()) }
-    })
-    .await;
+    cem.wait_accepted(1, 20, "the survey").await;
     let store = bridge.store.clone();
     wait_for(10, "marked sent", || {
         let store = store.clone();
@@ -303,11 +299,7 @@ async fn ex_13_merge_moves_touches_and_maps_later_events_to_the_survivor() {
         .replace("V20261120001", "V20261119001")
         .replace("MSG20261120093015001", "MSG-EX13-1");
     publish(&setup.queue, merged_visit.as_bytes(), "m1").await;
-    wait_for(20, "P00054321 surveyed", || {
-        let cem = cem.clone();
-        async move { (cem.accepted().len() == 1).then_some(()) }
-    })
-    .await;
+    cem.wait_accepted(1, 20, "P00054321 surveyed").await;
     let store = bridge.store.clone();
     wait_for(10, "marked sent", || {
         let store = store.clone();

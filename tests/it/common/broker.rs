@@ -162,3 +162,11 @@ pub async fn publish_many(queue: &str, bodies: &[Vec<u8>]) {
         .expect("publish_all");
     p.close().await;
 }
+
+/// Publish fixture samples (paths under `tests/fixtures/samples`), each with its path as the
+/// message id.
+pub async fn publish_fixtures(queue: &str, files: &[&str]) {
+    for f in files {
+        publish(queue, &read_fixture(f), f).await;
+    }
+}

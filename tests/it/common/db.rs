@@ -115,3 +115,43 @@ pub async fn drop_pg_database(db: &str) {
         admin.close().await;
     }
 }
+
+/// A survey job row for store-level tests (template OP-SAT-01, visit `vk_x`, connector `adt`).
+pub fn job<'a>(
+    id: &'a str,
+    patient: &'a str,
+    message: &'a str,
+    due: i64,
+) -> cem_bridge::store::NewJob<'a> {
+    cem_bridge::store::NewJob {
+        job_id: id,
+        template: "OP-SAT-01",
+        patient_key: patient,
+        visit_key: "vk_x",
+        id_card_key: None,
+        mobile_key: None,
+        due_at: due,
+        payload: "{}",
+        connector: "adt",
+        message_id: message,
+        dnd: true,
+    }
+}
+
+/// A dead letter without a stored body, for store-level tests.
+pub fn dead_letter<'a>(
+    message_id: Option<&'a str>,
+    reason: &'a str,
+) -> cem_bridge::store::DeadLetterEntry<'a> {
+    cem_bridge::store::DeadLetterEntry {
+        connector: "adt",
+        message_id,
+        reason,
+        detail: "MSH-9 (message type) is missing",
+        content_hash: "h",
+        size_bytes: 49,
+        delivery_count: 0,
+        sealed_body: None,
+        sealed_headers: None,
+    }
+}

@@ -53,6 +53,15 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Wait up to `secs` until exactly `n` requests were accepted.
+    pub async fn wait_accepted(&self, n: usize, secs: u64, what: &str) {
+        wait_for(secs, what, || {
+            let me = self.clone();
+            async move { (me.accepted().len() == n).then_some(()) }
+        })
+        .await;
+    }
+
     pub async fn start() -> Self {
         let state = Arc::new(Mutex::new(RecorderState::default()));
         let app = Router::new()
