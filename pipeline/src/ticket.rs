@@ -363,13 +363,13 @@ impl Calendar {
 
 /// The SLA clocks (R-TKT-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Clock {
+pub enum SlaClock {
     Response,
     Assignment,
     Resolution,
 }
 
-impl Clock {
+impl SlaClock {
     pub fn code(self) -> &'static str {
         match self {
             Self::Response => "response",
@@ -400,7 +400,7 @@ impl Clock {
 /// The deadlines of a ticket's clocks; a clock without one does not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deadlines {
-    pub clocks: Vec<(Clock, Timestamp)>,
+    pub clocks: Vec<(SlaClock, Timestamp)>,
 }
 
 /// R-TKT-2: deadlines from `createdAt`; the CEM's own deadlines win. URGENT's assignment is
@@ -427,15 +427,15 @@ pub fn deadlines(u: &TicketUpdate, grade: Grade, cal: &Calendar, zone: &TimeZone
     };
     let mut clocks = Vec::new();
     if let Some(d) = u.response_due_at.or(response) {
-        clocks.push((Clock::Response, d));
+        clocks.push((SlaClock::Response, d));
     }
     if let Some(d) = u.assign_due_at.or(assignment) {
-        clocks.push((Clock::Assignment, d));
+        clocks.push((SlaClock::Assignment, d));
     }
     if grade != Grade::Consultation
         && let Some(d) = u.resolve_due_at.or(resolution)
     {
-        clocks.push((Clock::Resolution, d));
+        clocks.push((SlaClock::Resolution, d));
     }
     Deadlines { clocks }
 }
@@ -649,7 +649,7 @@ pub struct Plan {
     /// Pending call tasks of these kinds to cancel.
     pub cancel_calls: Vec<CallKind>,
     /// Clocks this update meets.
-    pub meets: Vec<Clock>,
+    pub meets: Vec<SlaClock>,
     /// Stop every clock (CLOSED, INVALID).
     pub stop_all_clocks: bool,
 }
@@ -693,7 +693,11 @@ pub fn plan(
         meets: vec![],
         stop_all_clocks: u.status.is_final(),
     };
-    for c in [Clock::Response, Clock::Assignment, Clock::Resolution] {
+    for c in [
+        SlaClock::Response,
+        SlaClock::Assignment,
+        SlaClock::Resolution,
+    ] {
         if c.met_by(u.status, u.responded_at.is_some()) {
             p.meets.push(c);
         }
@@ -756,7 +760,7 @@ pub fn call_key(ticket_id: &str, kind: CallKind, n: u32) -> String {
     format!("tk:{ticket_id}:{}:{n}", kind.code())
 }
 
-pub fn escalation_key(ticket_id: &str, clock: Clock, level: u8) -> String {
+pub fn escalation_key(ticket_id: &str, clock: SlaClock, level: u8) -> String {
     format!("tk:{ticket_id}:esc:{}:{level}", clock.code())
 }
 
@@ -949,8 +953,8 @@ mod tests {
         assert_eq!(
             d.clocks,
             vec![
-                (Clock::Response, t("2026-11-21T11:05:00+08:00")),
-                (Clock::Resolution, t("2026-11-22T10:05:00+08:00")),
+                (SlaClock::Response, t("2026-11-21T11:05:00+08:00")),
+                (SlaClock::Resolution, t("2026-11-22T10:05:00+08:00")),
             ]
         );
         let st = TicketState {
@@ -969,7 +973,9 @@ mod tests {
         let a = sample("assigned");
         let p2 = plan(&a, &st, &w, &z, now);
         assert_eq!(p2.hcrm, HcrmOp::Update);
-        assert!(p2.meets.contains(&Clock::Response) && !p2.meets.contains(&Clock::Resolution));
+        assert!(
+            p2.meets.contains(&SlaClock::Response) && !p2.meets.contains(&SlaClock::Resolution)
+        );
         assert!(p2.calls.is_empty());
         let r = sample("resolved");
         let p3 = plan(&r, &st, &w, &z, now);
@@ -977,7 +983,7 @@ mod tests {
             p3.calls,
             vec![(CallKind::ComplaintRevisit, t("2026-11-24T16:00:00+08:00"))]
         );
-        assert!(p3.meets.contains(&Clock::Resolution));
+        assert!(p3.meets.contains(&SlaClock::Resolution));
     }
 
     /// TK-4: URGENT created 10:05, no update → 11:05 L1, 12:05 L2, 15:05 L3.
@@ -1011,9 +1017,9 @@ mod tests {
         assert_eq!(
             d.clocks,
             vec![
-                (Clock::Response, t("2026-11-21T10:00:00+08:00")),
-                (Clock::Assignment, t("2026-11-22T10:00:00+08:00")),
-                (Clock::Resolution, t("2026-11-25T23:59:59+08:00")),
+                (SlaClock::Response, t("2026-11-21T10:00:00+08:00")),
+                (SlaClock::Assignment, t("2026-11-22T10:00:00+08:00")),
+                (SlaClock::Resolution, t("2026-11-25T23:59:59+08:00")),
             ]
         );
         // R-TKT-3: a holiday on Tue moves it to Thu; a make-up Saturday pulls it back.
@@ -1120,7 +1126,7 @@ mod tests {
             t("2026-11-22T10:00:00+08:00"),
         );
         assert_eq!(p.cancel_calls.len(), 2);
-        assert!(p.stop_all_clocks && p.meets.contains(&Clock::Resolution));
+        assert!(p.stop_all_clocks && p.meets.contains(&SlaClock::Resolution));
     }
 
     /// R-TKT-8 / TK-2 / TK-3.
@@ -1147,7 +1153,7 @@ mod tests {
             "tk:T1:complaint_revisit:1"
         );
         assert_eq!(
-            escalation_key("T1", Clock::Response, 2),
+            escalation_key("T1", SlaClock::Response, 2),
             "tk:T1:esc:response:2"
         );
     }

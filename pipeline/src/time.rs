@@ -107,6 +107,18 @@ pub fn parse_hl7_ts(value: &str, zone: &TimeZone) -> Result<Timestamp, TimeError
     }
 }
 
+/// Epoch milliseconds as an instant. Every millisecond value the bridge stores or computes is
+/// within jiff's range (years −9999..=9999); one outside it (a corrupt row) is clamped to the
+/// nearest representable instant rather than read as 1970, so it keeps its order: a due time
+/// far in the future stays in the future.
+pub fn from_ms(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
+}
+
 /// An instant shown in `zone` as RFC 3339 with offset (`2026-11-21T10:00:00+08:00`).
 pub fn rfc3339_in(ts: Timestamp, zone: &TimeZone) -> String {
     let z: Zoned = ts.to_zoned(zone.clone());
@@ -191,5 +203,16 @@ mod tests {
             rfc3339_in(truncate_to_hour(ts, &sh()), &sh()),
             "2026-11-20T15:00:00+08:00"
         );
+    }
+
+    #[test]
+    fn epoch_milliseconds_out_of_range_keep_their_order() {
+        assert_eq!(from_ms(0), Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            from_ms(1_764_000_000_123).as_millisecond(),
+            1_764_000_000_123
+        );
+        assert_eq!(from_ms(i64::MAX), Timestamp::MAX);
+        assert_eq!(from_ms(i64::MIN), Timestamp::MIN);
     }
 }

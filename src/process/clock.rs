@@ -13,6 +13,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use jiff::{SignedDuration, Timestamp};
 
+/// `CEM_BRIDGE_CLOCK_START` is set but is not an instant.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "CEM_BRIDGE_CLOCK_START={value:?} is not an RFC 3339 instant such as 2026-11-21T10:30:00+08:00: {why}"
+)]
+pub struct ClockError {
+    value: String,
+    why: String,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
     /// Nanoseconds added to the system time; shared by every clone.
@@ -44,13 +54,12 @@ impl Clock {
     }
 
     /// From `CEM_BRIDGE_CLOCK_START`, else the system clock.
-    pub fn from_env() -> anyhow::Result<Self> {
+    pub fn from_env() -> Result<Self, ClockError> {
         match std::env::var("CEM_BRIDGE_CLOCK_START") {
             Ok(v) if !v.trim().is_empty() => {
-                let start: Timestamp = v.trim().parse().map_err(|e| {
-                    anyhow::anyhow!(
-                        "CEM_BRIDGE_CLOCK_START={v:?} is not an RFC 3339 instant such as 2026-11-21T10:30:00+08:00: {e}"
-                    )
+                let start: Timestamp = v.trim().parse().map_err(|e: jiff::Error| ClockError {
+                    value: v.clone(),
+                    why: e.to_string(),
                 })?;
                 Ok(Self::starting_at(start))
             }

@@ -3,7 +3,7 @@
 //! here when the update is accepted and queued sealed, and the worker completes its patient block
 //! from the vault at send time (R-ANO-6 purpose `ticket_case`).
 
-use cem_pipeline::ticket::{Clock, Grade, HcrmOp, TicketUpdate};
+use cem_pipeline::ticket::{Grade, HcrmOp, SlaClock, TicketUpdate};
 use cem_pipeline::time::rfc3339_in;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -17,7 +17,7 @@ pub fn hcrm_body(
     op: HcrmOp,
     patient_key: Option<&str>,
     visit_key: Option<&str>,
-    sla: &[(Clock, Timestamp)],
+    sla: &[(SlaClock, Timestamp)],
     zone: &TimeZone,
 ) -> Value {
     let mut b = json!({

@@ -9,7 +9,6 @@
 use cem_pipeline::followup::{FollowupPlan, FollowupSettings, StepAction};
 use cem_pipeline::ticket::CallingWindows;
 use cem_pipeline::time::rfc3339_in;
-use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde_json::json;
 use sqlx::Row;
@@ -274,7 +273,7 @@ fn like_literal(s: &str) -> String {
 
 /// The local day `[start, end)` (epoch ms) that `at` falls on.
 pub fn local_day(at: i64, zone: &TimeZone) -> (i64, i64) {
-    let t = Timestamp::from_millisecond(at).unwrap_or_default();
+    let t = cem_pipeline::time::from_ms(at);
     let date = t.to_zoned(zone.clone()).date();
     let start = date
         .to_zoned(zone.clone())
@@ -291,7 +290,7 @@ pub fn local_day(at: i64, zone: &TimeZone) -> (i64, i64) {
 
 /// R-FUP-3: a colliding step moves to the next day at the step time.
 pub fn next_day_at(at: i64, settings: &FollowupSettings, zone: &TimeZone) -> i64 {
-    let t = Timestamp::from_millisecond(at).unwrap_or_default();
+    let t = cem_pipeline::time::from_ms(at);
     t.to_zoned(zone.clone())
         .date()
         .tomorrow()

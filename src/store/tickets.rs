@@ -7,8 +7,8 @@
 
 use cem_connectors::sink::Peer;
 use cem_pipeline::ticket::{
-    self, Admission, Calendar, CallKind, CallingWindows, Clock, Grade, HcrmOp, Status, TicketState,
-    TicketUpdate,
+    self, Admission, Calendar, CallKind, CallingWindows, Grade, HcrmOp, SlaClock, Status,
+    TicketState, TicketUpdate,
 };
 use cem_pipeline::time::rfc3339_in;
 use jiff::Timestamp;
@@ -256,7 +256,7 @@ impl Store {
             if !won {
                 continue;
             }
-            let Some(c) = Clock::parse(&clock) else {
+            let Some(c) = SlaClock::parse(&clock) else {
                 continue;
             };
             let body = json!({
@@ -523,7 +523,7 @@ async fn queue(
 }
 
 fn local_ms(ms: i64, zone: &TimeZone) -> String {
-    rfc3339_in(Timestamp::from_millisecond(ms).unwrap_or_default(), zone)
+    rfc3339_in(cem_pipeline::time::from_ms(ms), zone)
 }
 
 /// Apply one update in order (R-TKT-6): queue its HCRM request, schedule or cancel calls,
@@ -535,7 +535,7 @@ async fn apply(
     u: &TicketUpdate,
     now: i64,
 ) -> Result<(), TicketStoreError> {
-    let now_ts = Timestamp::from_millisecond(now).unwrap_or_default();
+    let now_ts = cem_pipeline::time::from_ms(now);
     let first = row.grade.is_none();
     let mut sla = Vec::new();
     if first {
@@ -674,8 +674,12 @@ async fn apply(
     }
     // R-TKT-2: clocks this update meets stop; levels not yet due will not fire.
     let at = u.at().map(ts_ms).unwrap_or(now);
-    let stop: Vec<Clock> = if plan.stop_all_clocks {
-        vec![Clock::Response, Clock::Assignment, Clock::Resolution]
+    let stop: Vec<SlaClock> = if plan.stop_all_clocks {
+        vec![
+            SlaClock::Response,
+            SlaClock::Assignment,
+            SlaClock::Resolution,
+        ]
     } else {
         plan.meets.clone()
     };
@@ -986,7 +990,7 @@ impl Store {
         let followup = Thread::of(&ticket_id).is_followup();
         let at = r
             .ended_at
-            .unwrap_or_else(|| Timestamp::from_millisecond(now).unwrap_or_default());
+            .unwrap_or_else(|| cem_pipeline::time::from_ms(now));
         let closed = !followup
             && sqlx::query("SELECT status FROM tickets WHERE ticket_id = $1")
                 .bind(ticket_id.as_str())

@@ -240,10 +240,7 @@ async fn followup_gate(w: &TicketWorker, row: &OutboxRow) -> bool {
     let due = w
         .ctx
         .windows
-        .next_allowed(
-            jiff::Timestamp::from_millisecond(next).unwrap_or_default(),
-            &w.ctx.zone,
-        )
+        .next_allowed(cem_pipeline::time::from_ms(next), &w.ctx.zone)
         .as_millisecond();
     match w.store.outbox_postpone(&w.owner, row.id, due, now).await {
         Ok(_) => {
@@ -251,7 +248,7 @@ async fn followup_gate(w: &TicketWorker, row: &OutboxRow) -> bool {
             counter!("cem_bridge_followup_tasks_total", "plan" => plan, "step" => step, "outcome" => "postponed")
                 .increment(1);
             info!(key = %row.idem_key, patient_key = %pk, due = %cem_pipeline::time::rfc3339_in(
-                jiff::Timestamp::from_millisecond(due).unwrap_or_default(), &w.ctx.zone),
+                cem_pipeline::time::from_ms(due), &w.ctx.zone),
                 "follow-up call moved to the next day: the patient has a call today (R-FUP-3)");
         }
         Err(e) => {
