@@ -26,7 +26,8 @@ use crate::privacy::vault::{Access, Lookup, VaultCipher, with_member};
 use crate::process::clock::Clock;
 use crate::process::fault::{self, Point};
 use crate::process::shutdown::Shutdown;
-use crate::store::{Claimed, ClaimedJob, JobOutcome, Store};
+use crate::store::Store;
+use crate::store::claim::{Claimed, ClaimedJob, JobOutcome};
 use cem_connectors::sink::{PeerSink, Sink};
 
 /// A finished push on its way to the outcome recorder; its claim slot is released once the

@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 use crate::config::SchedulerConfig;
 use crate::config::peers::ContactMode;
 use crate::process::clock::Clock;
-use crate::store::{JobOutcome, NewJob, Store, StoreOptions};
+use crate::store::claim::JobOutcome;
+use crate::store::{NewJob, Store, StoreOptions};
 use cem_connectors::resilience::Limits;
 use cem_connectors::sink::{Peer, PeerSink};
 
