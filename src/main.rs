@@ -29,24 +29,14 @@ struct Cli {
 enum Cmd {
     /// Run the bridge until Ctrl-C / SIGTERM.
     Run {
-        #[arg(
-            short,
-            long,
-            env = "CEM_BRIDGE_CONFIG",
-            default_value = "config/bridge.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a config file, every mapping its sources name, and the pseudonym key in the
     /// environment, without running. Lists every problem with file:line:column.
     Check {
-        #[arg(
-            short,
-            long,
-            env = "CEM_BRIDGE_CONFIG",
-            default_value = "config/bridge.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run the test cases of mapping files (folders are searched for *.yaml).
     Test {
@@ -144,7 +134,7 @@ enum SchemaKind {
     Config,
 }
 
-/// The config naming the store to read.
+/// The bridge config (`bridge.toml`).
 #[derive(Args)]
 struct ConfigArg {
     #[arg(
@@ -306,7 +296,7 @@ fn load_for_reading(path: &std::path::Path) -> anyhow::Result<Config> {
 async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Run { config } => {
-            let cfg = Config::load(&config)?;
+            let cfg = Config::load(&config.config)?;
             init_logs(Some(&cfg));
             let secrets = Secrets::from_env(&cfg);
             let bridge = app::start(cfg, secrets).await?;
@@ -316,6 +306,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Check { config } => {
+            let config = config.config;
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
             let secrets = Secrets::from_env(&cfg);

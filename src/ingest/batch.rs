@@ -291,19 +291,17 @@ async fn apply_decision(
                         .map_err(vault_error)?;
                 }
             }
-            tx.audit(&AuditEntry {
-                connector: Some(conn),
-                message_id: Some(mid),
-                patient_key: Some(patient_key),
-                action: "recorded",
-                rule: Some("R-CAN-5"),
-                reason: Some(if applied {
+            tx.audit(&recorded(
+                conn,
+                mid,
+                patient_key,
+                Some("R-CAN-5"),
+                if applied {
                     "demographics_updated"
                 } else {
                     "older_update_ignored"
-                }),
-                ..Default::default()
-            })
+                },
+            ))
             .await?;
             if *deceased {
                 for job_id in tx.mark_deceased(patient_key, now).await? {
@@ -333,14 +331,8 @@ async fn apply_decision(
             }
             if moved.is_empty() {
                 tx.audit(&AuditEntry {
-                    connector: Some(conn),
-                    message_id: Some(mid),
-                    patient_key: Some(&pk),
-                    action: "recorded",
-                    rule: Some("R-SRV-2"),
-                    reason: Some("no_pending_survey"),
                     detail: Some("outpatient visit end with no pending survey to re-anchor"),
-                    ..Default::default()
+                    ..recorded(conn, mid, &pk, Some("R-SRV-2"), "no_pending_survey")
                 })
                 .await?;
             }
@@ -357,14 +349,8 @@ async fn apply_decision(
             }
             for job_id in &result.sent {
                 tx.audit(&AuditEntry {
-                    connector: Some(conn),
-                    message_id: Some(mid),
                     job_id: Some(job_id),
-                    patient_key: Some(&pk),
-                    action: "recorded",
-                    rule: Some("R-CAN-1"),
-                    reason: Some("cancel_after_send"),
-                    ..Default::default()
+                    ..recorded(conn, mid, &pk, Some("R-CAN-1"), "cancel_after_send")
                 })
                 .await?;
             }
@@ -389,14 +375,14 @@ async fn apply_decision(
                 tx.put_tombstone(visit_key, reason, now + TOMBSTONE_MS)
                     .await?;
                 tx.audit(&AuditEntry {
-                    connector: Some(conn),
-                    message_id: Some(mid),
-                    patient_key: Some(&pk),
-                    action: "recorded",
-                    rule: Some("R-CAN-2"),
-                    reason: Some("cancel_before_registration"),
                     detail: Some("tombstone kept 7 days"),
-                    ..Default::default()
+                    ..recorded(
+                        conn,
+                        mid,
+                        &pk,
+                        Some("R-CAN-2"),
+                        "cancel_before_registration",
+                    )
                 })
                 .await?;
             }
@@ -409,33 +395,19 @@ async fn apply_decision(
                     audit_cancel(tx, conn, mid, &job_id, &pk, "R-EXC-1", "deceased").await?;
                 }
             }
-            tx.audit(&AuditEntry {
-                connector: Some(conn),
-                message_id: Some(mid),
-                patient_key: Some(&pk),
+            let stop = Stopped {
                 action: "suppressed",
-                rule: Some(rule),
-                reason: Some(reason),
-                ..Default::default()
-            })
-            .await?;
-            tx.count(
-                "cem_bridge_survey_decisions_total",
-                &[("decision", "suppressed"), ("reason", reason)],
-                1,
-            );
+                metric: "cem_bridge_survey_decisions_total",
+                decision: "suppressed",
+            };
+            stop.record(tx, conn, mid, &pk, rule, reason).await?;
             debug!(connector = conn, message_id = mid, patient_key = %pk, reason, "survey suppressed");
             Ok(false)
         }
         SurveyDecision::Record { reason } => {
             tx.audit(&AuditEntry {
-                connector: Some(conn),
-                message_id: Some(mid),
-                patient_key: Some(&pk),
-                action: "recorded",
-                reason: Some(reason),
                 detail: Some(event.kind.code()),
-                ..Default::default()
+                ..recorded(conn, mid, &pk, None, reason)
             })
             .await?;
             Ok(false)
@@ -475,21 +447,12 @@ async fn apply_followup(
         FollowupDecision::None => Ok(false),
         FollowupDecision::Excluded { reason, rule } => {
             let pk = ctx.pseudo.patient_key(&event.patient.id);
-            tx.audit(&AuditEntry {
-                connector: Some(conn),
-                message_id: Some(mid),
-                patient_key: Some(&pk),
+            let stop = Stopped {
                 action: "followup_excluded",
-                rule: Some(rule),
-                reason: Some(reason),
-                ..Default::default()
-            })
-            .await?;
-            tx.count(
-                "cem_bridge_followup_decisions_total",
-                &[("decision", "excluded"), ("reason", reason)],
-                1,
-            );
+                metric: "cem_bridge_followup_decisions_total",
+                decision: "excluded",
+            };
+            stop.record(tx, conn, mid, &pk, rule, reason).await?;
             Ok(false)
         }
         FollowupDecision::Plan(plan) => {
@@ -524,6 +487,62 @@ async fn apply_followup(
                    scheduled = done.scheduled, kept = done.kept, "follow-up planned");
             Ok(done.scheduled > 0)
         }
+    }
+}
+
+/// The audit row of a message recorded without a (further) effect.
+fn recorded<'a>(
+    conn: &'a str,
+    message_id: &'a str,
+    patient_key: &'a str,
+    rule: Option<&'a str>,
+    reason: &'a str,
+) -> AuditEntry<'a> {
+    AuditEntry {
+        connector: Some(conn),
+        message_id: Some(message_id),
+        patient_key: Some(patient_key),
+        action: "recorded",
+        rule,
+        reason: Some(reason),
+        ..Default::default()
+    }
+}
+
+/// A survey or follow-up a rule stopped: its audit row (`action`) and its count in `metric`
+/// with label `decision`.
+struct Stopped {
+    action: &'static str,
+    metric: &'static str,
+    decision: &'static str,
+}
+
+impl Stopped {
+    async fn record(
+        &self,
+        tx: &mut crate::store::StoreTx,
+        conn: &str,
+        message_id: &str,
+        patient_key: &str,
+        rule: &str,
+        reason: &'static str,
+    ) -> Result<(), StoreError> {
+        tx.audit(&AuditEntry {
+            connector: Some(conn),
+            message_id: Some(message_id),
+            patient_key: Some(patient_key),
+            action: self.action,
+            rule: Some(rule),
+            reason: Some(reason),
+            ..Default::default()
+        })
+        .await?;
+        tx.count(
+            self.metric,
+            &[("decision", self.decision), ("reason", reason)],
+            1,
+        );
+        Ok(())
     }
 }
 

@@ -406,10 +406,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(db("list jobs"))?;
-        rows.iter()
-            .map(job_row)
-            .collect::<Result<_, _>>()
-            .map_err(db("read jobs"))
+        read_rows(&rows, db("read jobs"), job_row)
     }
 
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, StoreError> {
@@ -419,20 +416,17 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(db("list dead letters"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetterRow {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    connector: r.try_get("connector")?,
-                    message_id: r.try_get("message_id")?,
-                    reason: r.try_get("reason")?,
-                    detail: r.try_get("detail")?,
-                    delivery_count: r.try_get("delivery_count")?,
-                })
+        read_rows(&rows, db("read dead letters"), |r| {
+            Ok(DeadLetterRow {
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                connector: r.try_get("connector")?,
+                message_id: r.try_get("message_id")?,
+                reason: r.try_get("reason")?,
+                detail: r.try_get("detail")?,
+                delivery_count: r.try_get("delivery_count")?,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("read dead letters"))
+        })
     }
 
     /// Audit rows, oldest first; filtered by message id or job id when given.
@@ -448,20 +442,17 @@ impl Store {
             ),
         };
         let rows = q.fetch_all(&self.pool).await.map_err(db("read audit"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    at: r.try_get("at")?,
-                    message_id: r.try_get("message_id")?,
-                    job_id: r.try_get("job_id")?,
-                    action: r.try_get("action")?,
-                    rule: r.try_get("rule")?,
-                    reason: r.try_get("reason")?,
-                    detail: r.try_get("detail")?,
-                })
+        read_rows(&rows, db("read audit"), |r| {
+            Ok(AuditRow {
+                at: r.try_get("at")?,
+                message_id: r.try_get("message_id")?,
+                job_id: r.try_get("job_id")?,
+                action: r.try_get("action")?,
+                rule: r.try_get("rule")?,
+                reason: r.try_get("reason")?,
+                detail: r.try_get("detail")?,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("read audit"))
+        })
     }
     /// A job's status, due time and mobile pseudonym, for contact resolution.
     pub async fn job_contact(
@@ -669,6 +660,18 @@ impl StoreTx {
         }
         Ok(())
     }
+}
+
+/// Every row read with `read`; a failure is `err` (`db("what was being read")`). Row structs
+/// are mapped by column name in one function each (`job_row`, `dead_letter_record`, …) rather
+/// than with sqlx's `FromRow` derive, which would build sqlx-core and the bundled SQLite a
+/// second time for the macro.
+pub(crate) fn read_rows<T>(
+    rows: &[AnyRow],
+    err: impl FnOnce(sqlx::Error) -> StoreError,
+    read: impl Fn(&AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(read).collect::<Result<_, _>>().map_err(err)
 }
 
 /// The `job_id` column of rows.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::store::{Store, StoreError, db, placeholders};
+use crate::store::{Store, StoreError, db, placeholders, read_rows};
 
 /// Pending survey jobs, for the `cem_bridge_survey_pending` and
 /// `cem_bridge_survey_oldest_overdue_seconds` gauges.
@@ -101,17 +101,14 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(db("read dead letters to replay"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(SealedDeadLetter {
-                    record: dead_letter_record(r)?,
-                    key_id: r.try_get("body_key_id")?,
-                    sealed: r.try_get("body")?,
-                    sealed_headers: r.try_get("headers")?,
-                })
+        read_rows(&rows, db("read dead letters to replay"), |r| {
+            Ok(SealedDeadLetter {
+                record: dead_letter_record(r)?,
+                key_id: r.try_get("body_key_id")?,
+                sealed: r.try_get("body")?,
+                sealed_headers: r.try_get("headers")?,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("read dead letters to replay"))
+        })
     }
 
     /// Record that dead letter `id` was republished to `queue`, with an audit row.
@@ -148,17 +145,17 @@ impl Store {
     /// Tickets by status and SLA clock (R-TKT-2, R-TKT-4), for the ops page.
     pub async fn ticket_summary(&self) -> Result<TicketSummary, StoreError> {
         let e = || db("summarise tickets");
-        let by_status = sqlx::query(
-            "SELECT COALESCE(status, 'HELD') AS status, COUNT(*) AS n FROM tickets \
+        let by_status = read_rows(
+            &sqlx::query(
+                "SELECT COALESCE(status, 'HELD') AS status, COUNT(*) AS n FROM tickets \
              GROUP BY COALESCE(status, 'HELD') ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(e())?
-        .iter()
-        .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(e())?;
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(e())?,
+            e(),
+            |r| Ok((r.try_get("status")?, r.try_get("n")?)),
+        )?;
         let mut clocks: Vec<ClockSummary> = Vec::new();
         for r in sqlx::query(
             "SELECT clock, state, COUNT(*) AS n FROM ticket_escalations WHERE level = 1 \
@@ -186,17 +183,17 @@ impl Store {
                 }
             }
         }
-        let escalations = sqlx::query(
+        let escalations = read_rows(
+&sqlx::query(
             "SELECT clock, level, COUNT(*) AS n FROM ticket_escalations WHERE state = 'emitted' \
              GROUP BY clock, level ORDER BY clock, level",
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(e())?
-        .iter()
-        .map(|r| Ok((r.try_get("clock")?, r.try_get("level")?, r.try_get("n")?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(e())?;
+        .map_err(e())?,
+e(),
+|r| Ok((r.try_get("clock")?, r.try_get("level")?, r.try_get("n")?)),
+)?;
         Ok(TicketSummary {
             by_status,
             clocks,
@@ -213,16 +210,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(db("count jobs by status"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(JobCount {
-                    status: r.try_get("status")?,
-                    reason: r.try_get("reason")?,
-                    count: r.try_get("n")?,
-                })
+        read_rows(&rows, db("count jobs by status"), |r| {
+            Ok(JobCount {
+                status: r.try_get("status")?,
+                reason: r.try_get("reason")?,
+                count: r.try_get("n")?,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("count jobs by status"))
+        })
     }
 
     /// Count pending jobs and find the earliest due time among them.
@@ -402,10 +396,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(db("list dead letters"))?;
-        rows.iter()
-            .map(dead_letter_record)
-            .collect::<Result<_, _>>()
-            .map_err(db("read dead letters"))
+        read_rows(&rows, db("read dead letters"), dead_letter_record)
     }
 
     /// Dead letters recorded in total.
@@ -439,15 +430,15 @@ impl Store {
             "SELECT {TRACE_AUDIT_COLUMNS} FROM audit \
              WHERE message_id = $1 OR job_id = $1 OR patient_key = $1 ORDER BY id"
         );
-        let direct: Vec<TraceAudit> = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("trace: read audit"))?
-            .iter()
-            .map(trace_audit)
-            .collect::<Result<_, _>>()
-            .map_err(db("trace: read audit"))?;
+        let direct: Vec<TraceAudit> = read_rows(
+            &sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("trace: read audit"))?,
+            db("trace: read audit"),
+            trace_audit,
+        )?;
 
         // Jobs named by the id itself, or by the audit rows found (a re-sent message with a
         // new message id is recorded as a no-op on the job the first one created).
@@ -502,15 +493,15 @@ impl Store {
         let sql = format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE message_id = $1 ORDER BY id"
         );
-        let dead_letters = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("trace: read dead letters"))?
-            .iter()
-            .map(dead_letter_record)
-            .collect::<Result<_, _>>()
-            .map_err(db("trace: read dead letters"))?;
+        let dead_letters = read_rows(
+            &sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("trace: read dead letters"))?,
+            db("trace: read dead letters"),
+            dead_letter_record,
+        )?;
         Ok(Trace {
             jobs,
             audit,

@@ -19,7 +19,7 @@ use sqlx::Row;
 
 use crate::privacy::vault::{VaultCipher, VaultError};
 use crate::store::keys::{Thread, followup_step_key, outbox_aad};
-use crate::store::{AuditEntry, Backend, Store, StoreError, StoreTx, db};
+use crate::store::{AuditEntry, Backend, Store, StoreError, StoreTx, db, read_rows};
 
 /// What the ticket rules need besides the store.
 #[derive(Clone)]
@@ -155,17 +155,17 @@ impl Store {
         ctx: &TicketCtx,
         now: i64,
     ) -> Result<usize, TicketStoreError> {
-        let due: Vec<String> = sqlx::query(
+        let due: Vec<String> = read_rows(
+&sqlx::query(
             "SELECT ticket_id FROM tickets WHERE held_since IS NOT NULL AND held_since <= $1 ORDER BY held_since LIMIT 100",
         )
         .bind(now - ctx.gap_hold_ms)
         .fetch_all(&self.pool)
         .await
-        .map_err(db("find held ticket versions"))?
-        .iter()
-        .map(|r| r.try_get("ticket_id"))
-        .collect::<Result<_, _>>()
-        .map_err(db("find held ticket versions"))?;
+        .map_err(db("find held ticket versions"))?,
+db("find held ticket versions"),
+|r| r.try_get("ticket_id"),
+)?;
         let mut released = 0;
         for id in due {
             let mut tx = self.begin().await?;
@@ -379,15 +379,15 @@ async fn lock_ticket(
 }
 
 async fn held_versions(tx: &mut StoreTx, ticket_id: &str) -> Result<Vec<u32>, StoreError> {
-    sqlx::query("SELECT version FROM ticket_versions WHERE ticket_id = $1 AND state = 'held' ORDER BY version")
+    read_rows(
+&sqlx::query("SELECT version FROM ticket_versions WHERE ticket_id = $1 AND state = 'held' ORDER BY version")
         .bind(ticket_id)
         .fetch_all(&mut *tx.tx)
         .await
-        .map_err(db("read held versions"))?
-        .iter()
-        .map(|r| r.try_get::<i64, _>("version").map(|v| u32::try_from(v).unwrap_or(0)))
-        .collect::<Result<_, _>>()
-        .map_err(db("read held versions"))
+        .map_err(db("read held versions"))?,
+db("read held versions"),
+|r| r.try_get::<i64, _>("version").map(|v| u32::try_from(v).unwrap_or(0)),
+)
 }
 
 async fn insert_version(

@@ -207,9 +207,9 @@ async fn ex_07_a13_cancels_the_steps_and_the_new_a03_replans_them() {
     setup.wait_declared().await;
     publish(&setup.queue, &read_fixture(A03), "ex07-a03").await;
     let first = wait_calls(&setup, "the plan", |c| c.len() == 2).await;
-    publish(
+    publish_fixture(
         &setup.queue,
-        &read_fixture("hl7v2/adt_a13_cancel_discharge.hl7"),
+        "hl7v2/adt_a13_cancel_discharge.hl7",
         "ex07-a13",
     )
     .await;
@@ -458,9 +458,9 @@ async fn death_cancels_the_calls_and_a_deceased_discharge_plans_none() {
         "the survey and the questionnaire are cancelled too"
     );
     // EX-08: a deceased discharge of another patient plans nothing, with the reason audited.
-    publish(
+    publish_fixture(
         &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge_deceased.hl7"),
+        "hl7v2/adt_a03_discharge_deceased.hl7",
         "death-ex08",
     )
     .await;

@@ -88,12 +88,7 @@ async fn r_exc_3_and_4_lists_suppress_at_scheduling_and_reload_on_change() {
     )
     .unwrap();
     tokio::time::sleep(cem_bridge::app::reload::POLL * 2 + Duration::from_millis(500)).await;
-    publish(
-        &setup.queue,
-        &read_fixture("json/registration.json"),
-        "json-reg",
-    )
-    .await;
+    publish_fixture(&setup.queue, "json/registration.json", "json-reg").await;
     wait_for(20, "the JSON event processed", || {
         let store = store.clone();
         async move { (store.inbox_count().await.ok()? == 3).then_some(()) }

@@ -26,18 +26,8 @@ async fn json_logs_carry_the_message_and_trace_id_on_every_line_about_it() {
     let log = setup.dir.join("bridge.log");
     let mut child = spawn_bridge_at_level(&cfg, None, &log, "debug");
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"),
-        "a04",
-    )
-    .await;
-    publish(
-        &setup.queue,
-        &read_fixture("bad/truncated.hl7"),
-        "bad/truncated.hl7",
-    )
-    .await;
+    publish_fixture(&setup.queue, A04_SAMPLE, "a04").await;
+    publish_fixture(&setup.queue, "bad/truncated.hl7", "bad/truncated.hl7").await;
     cem.first_accepted().await;
     wait_for(20, "the dead letter", || {
         let dlq = setup.dlq();

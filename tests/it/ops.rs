@@ -306,12 +306,7 @@ async fn survey_gauges_show_a_job_the_cem_cannot_take_as_pending_and_overdue() {
     let bridge = setup.start().await;
     let addr = ops_addr(&bridge);
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
-        "a03",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a03_discharge.hl7", "a03").await;
     // The refresh after the push failed shows the job (every 5 s).
     let m = wait_for(20, "the pending gauge at 1 and overdue", || async move {
         let m = metrics(addr).await;
@@ -461,12 +456,7 @@ async fn dlq_and_trace_commands_show_what_the_store_recorded() {
     setup.wait_declared().await;
     let a04 = String::from_utf8(read_fixture("hl7v2/adt_a04_outpatient_registration.hl7")).unwrap();
     publish(&setup.queue, a04.as_bytes(), "a04").await;
-    publish(
-        &setup.queue,
-        &read_fixture("bad/truncated.hl7"),
-        "bad/truncated.hl7",
-    )
-    .await;
+    publish_fixture(&setup.queue, "bad/truncated.hl7", "bad/truncated.hl7").await;
     let resent = a04.replace("MSG20261120093015001", "MSG-OPS-RESENT");
     publish(&setup.queue, resent.as_bytes(), "a04-resent").await;
     let store = bridge.store.clone();
@@ -667,27 +657,7 @@ async fn ready_follows_a_source_through_a_broker_side_disconnect() {
         (get(addr, "/ready").await.0 == 200).then_some(())
     })
     .await;
-    let list = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "-q",
-            "--no-table-headers",
-        ])
-        .output()
-        .expect("rabbitmqctl on PATH");
-    let pids: Vec<String> = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter(|l| l.contains(&setup.queue))
-        .filter_map(|l| l.split('\t').next().map(str::to_string))
-        .collect();
-    assert_eq!(pids.len(), 1, "one bridge connection for this queue");
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pids[0], "test: broker-side disconnect"])
-        .status()
-        .expect("rabbitmqctl close_connection");
-    assert!(closed.success());
+    close_bridge_connection(&setup.queue);
     // The source waits at least 0.5 s before reconnecting: poll faster than that.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let body = loop {
@@ -757,16 +727,7 @@ async fn ops_page_and_its_summary_show_surveys_and_dead_letters_without_personal
     let bridge = setup.start().await;
     let addr = ops_addr(&bridge);
     setup.wait_declared().await;
-    publish_fixtures(
-        &setup.queue,
-        &[
-            "hl7v2/adt_a03_discharge.hl7",
-            "hl7v2/adt_a04_outpatient_registration.hl7",
-            "bad/truncated.hl7",
-            "bad/missing_patient_id.hl7",
-        ],
-    )
-    .await;
+    publish_fixtures(&setup.queue, &MIXED_SAMPLES).await;
     cem.wait_accepted(2, 20, "two surveys accepted").await;
 
     let r = reqwest::get(format!("http://{addr}/")).await.unwrap();

@@ -108,16 +108,7 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
     let bridge = setup.start().await;
     let addr = bridge.ops_addr().unwrap();
     setup.wait_declared().await;
-    publish_fixtures(
-        &setup.queue,
-        &[
-            "hl7v2/adt_a03_discharge.hl7",
-            "hl7v2/adt_a04_outpatient_registration.hl7",
-            "bad/truncated.hl7",
-            "bad/missing_patient_id.hl7",
-        ],
-    )
-    .await;
+    publish_fixtures(&setup.queue, &MIXED_SAMPLES).await;
     wait_for(20, "two surveys accepted", || {
         let n = cem.accepted().len();
         async move { (n == 2).then_some(()) }

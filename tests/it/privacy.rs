@@ -150,12 +150,7 @@ async fn r_ano_7_dispatch_carries_a_contact_ref_that_the_cem_resolves_with_its_t
     let setup = Setup::new("contactref", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"),
-        "a04",
-    )
-    .await;
+    publish_fixture(&setup.queue, A04_SAMPLE, "a04").await;
     let push = cem.first_accepted().await;
     let body = &push.json;
     let contact_ref = body["contactRef"].as_str().expect("contactRef").to_string();
@@ -272,12 +267,7 @@ async fn contact_mode_mobile_sends_the_mobile_and_check_warns() {
     let cfg = Config::load(&path).unwrap();
     let bridge = runtime_start_with(cfg, CLOCK_START).await;
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"),
-        "a04",
-    )
-    .await;
+    publish_fixture(&setup.queue, A04_SAMPLE, "a04").await;
     let push = cem.first_accepted().await;
     assert_eq!(push.json["mobile"], "13812345678");
     assert!(push.json.get("contactRef").is_none());

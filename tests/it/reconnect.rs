@@ -3,25 +3,6 @@
 
 use crate::common::*;
 
-/// Broker-side pids of connections whose client-provided name contains `needle`.
-fn connection_pids(needle: &str) -> Vec<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "-q",
-            "--no-table-headers",
-        ])
-        .output()
-        .expect("rabbitmqctl on PATH (the local RabbitMQ's CLI)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| l.split('\t').next().map(str::to_string))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_reconnects_after_the_broker_closes_its_connection() {
     let cem = Recorder::start().await;
@@ -32,17 +13,7 @@ async fn source_reconnects_after_the_broker_closes_its_connection() {
     publish(&setup.queue, &bodies[0], "before").await;
     cem.wait_accepted(1, 20, "first push").await;
 
-    let pids = connection_pids(&setup.queue);
-    assert_eq!(pids.len(), 1, "one bridge connection for this queue");
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args([
-            "close_connection",
-            &pids[0],
-            "test: simulated broker-side disconnect",
-        ])
-        .status()
-        .expect("rabbitmqctl close_connection");
-    assert!(closed.success());
+    let pids = close_bridge_connection(&setup.queue);
 
     publish(&setup.queue, &bodies[1], "after").await;
     cem.wait_accepted(2, 30, "a push after reconnecting").await;

@@ -14,12 +14,7 @@ async fn a03_sample_gives_one_push_with_expected_fields_and_no_personal_data() {
     let setup = Setup::new("a03", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
-        "a03",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a03_discharge.hl7", "a03").await;
 
     let reqs = wait_for(20, "one push", || {
         let cem = cem.clone();
@@ -194,12 +189,7 @@ async fn every_bad_input_is_dead_lettered_with_a_reason_and_consuming_continues(
     publish(&setup.queue, b"", "empty").await;
     // A well-formed 互联互通 PRPA_IN400001UV without the service-code header: 门诊挂号 and 入院
     // share the root, so the shipped mapping cannot name the event.
-    publish(
-        &setup.queue,
-        &read_fixture("xml/registration_utf8.xml"),
-        "xml",
-    )
-    .await;
+    publish_fixture(&setup.queue, "xml/registration_utf8.xml", "xml").await;
     // Same MSH-3/4/10 as the A04 sample, different content: duplicate_id_conflict.
     let a04 = read_fixture("hl7v2/adt_a04_outpatient_registration.hl7");
     publish(&setup.queue, &a04, "a04").await;
@@ -273,12 +263,7 @@ async fn every_bad_input_is_dead_lettered_with_a_reason_and_consuming_continues(
     .await;
 
     // Still consuming: a good message after all that is pushed.
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
-        "good",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a03_discharge.hl7", "good").await;
     wait_for(20, "a push after the bad input", || {
         let cem = cem.clone();
         async move {
@@ -301,12 +286,7 @@ async fn cem_503_twice_then_200_gives_one_successful_push() {
     let setup = Setup::new("retry", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
-        "a03",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a03_discharge.hl7", "a03").await;
     wait_for(20, "a successful push", || {
         let cem = cem.clone();
         async move { (!cem.accepted().is_empty()).then_some(()) }
@@ -336,12 +316,7 @@ async fn http_200_with_error_code_is_retried_until_code_0() {
     let setup = Setup::new("code", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
-        "a03",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a03_discharge.hl7", "a03").await;
     let store = bridge.store.clone();
     wait_for(20, "job sent", || {
         let store = store.clone();
@@ -368,12 +343,7 @@ async fn http_400_makes_the_job_dead_without_retries() {
     let setup = Setup::new("perm", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
-        "a03",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a03_discharge.hl7", "a03").await;
     let store = bridge.store.clone();
     let job = wait_for(20, "job dead", || {
         let store = store.clone();
@@ -403,12 +373,7 @@ async fn message_redelivered_more_than_5_times_is_poison() {
     let bridge = setup.start().await;
     setup.wait_declared().await;
     bridge.shutdown().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a03_discharge.hl7"),
-        "loop",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a03_discharge.hl7", "loop").await;
     let conn = cem_connectors::amqp::connect(&amqp_url(), "test-poison")
         .await
         .unwrap();

@@ -128,12 +128,7 @@ async fn cancel_after_send_is_recorded_only() {
     let setup = Setup::new("after-send", &cem.url());
     let bridge = setup.start().await;
     setup.wait_declared().await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"),
-        "a04",
-    )
-    .await;
+    publish_fixture(&setup.queue, A04_SAMPLE, "a04").await;
     cem.wait_accepted(1, 20, "the survey").await;
     let store = bridge.store.clone();
     wait_for(10, "marked sent", || {
@@ -141,12 +136,7 @@ async fn cancel_after_send_is_recorded_only() {
         async move { (store.jobs().await.ok()?.first()?.status == "sent").then_some(()) }
     })
     .await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a11_cancel_registration.hl7"),
-        "a11",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a11_cancel_registration.hl7", "a11").await;
     let audit = wait_for(20, "the cancel recorded", || {
         let store = store.clone();
         async move {
@@ -306,12 +296,7 @@ async fn ex_13_merge_moves_touches_and_maps_later_events_to_the_survivor() {
         async move { (store.jobs().await.ok()?.first()?.status == "sent").then_some(()) }
     })
     .await;
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a40_merge.hl7"),
-        "a40",
-    )
-    .await;
+    publish_fixture(&setup.queue, "hl7v2/adt_a40_merge.hl7", "a40").await;
     // The survivor's own visit, with a mobile and ID card never touched: only pk links it.
     let survivor_visit = a04
         .replace("13812345678", "13600006666")

@@ -12,12 +12,7 @@ use sqlx::Row;
 
 /// Register the outpatient sample so the vault knows the patient; the pseudonym the CEM got.
 async fn known_patient(setup: &Setup, cem: &Recorder, message_id: &str) -> String {
-    publish(
-        &setup.queue,
-        &read_fixture("hl7v2/adt_a04_outpatient_registration.hl7"),
-        message_id,
-    )
-    .await;
+    publish_fixture(&setup.queue, A04_SAMPLE, message_id).await;
     cem.first_accepted().await.json["patient"]["pk"]
         .as_str()
         .expect("the CEM push names the patient's pk")

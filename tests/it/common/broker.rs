@@ -163,10 +163,59 @@ pub async fn publish_many(queue: &str, bodies: &[Vec<u8>]) {
     p.close().await;
 }
 
-/// Publish fixture samples (paths under `tests/fixtures/samples`), each with its path as the
-/// message id.
+/// Publish one fixture sample (a path under `tests/fixtures/samples`) with this message id.
+pub async fn publish_fixture(queue: &str, file: &str, message_id: &str) {
+    publish(queue, &read_fixture(file), message_id).await;
+}
+
+/// Publish fixture samples, each with its path as the message id.
 pub async fn publish_fixtures(queue: &str, files: &[&str]) {
     for f in files {
-        publish(queue, &read_fixture(f), f).await;
+        publish_fixture(queue, f, f).await;
     }
+}
+
+/// Two good samples (a discharge and a registration, two surveys) and two bad ones (two dead
+/// letters): the mixed flow the ops page and its metrics are checked against.
+pub const MIXED_SAMPLES: [&str; 4] = [
+    "hl7v2/adt_a03_discharge.hl7",
+    "hl7v2/adt_a04_outpatient_registration.hl7",
+    "bad/truncated.hl7",
+    "bad/missing_patient_id.hl7",
+];
+
+/// Broker-side pids of connections whose client-provided name contains `needle`.
+pub fn connection_pids(needle: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl on PATH (the local RabbitMQ's CLI)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split('\t').next().map(str::to_string))
+        .collect()
+}
+
+/// Close the one bridge connection consuming `queue` from the broker side (`rabbitmqctl
+/// close_connection`), as a broker restart or a network cut would; its pid is returned.
+pub fn close_bridge_connection(queue: &str) -> Vec<String> {
+    let pids = connection_pids(queue);
+    assert_eq!(pids.len(), 1, "one bridge connection for this queue");
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args([
+            "close_connection",
+            &pids[0],
+            "test: simulated broker-side disconnect",
+        ])
+        .status()
+        .expect("rabbitmqctl close_connection");
+    assert!(closed.success());
+    pids
 }

@@ -64,6 +64,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
+/// The outpatient registration sample (one survey, R-SRV-1).
+pub const A04_SAMPLE: &str = "hl7v2/adt_a04_outpatient_registration.hl7";
+
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/samples")
