@@ -1,5 +1,6 @@
 //! `[[source]]`: one RabbitMQ queue the bridge consumes, with its mappings, batching and limits.
 
+use cem_connectors::amqp::{AmqpSourceConfig, QueueType};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
@@ -80,13 +81,38 @@ fn default_poison() -> u64 {
 
 impl SourceConfig {
     pub fn dlx(&self) -> String {
-        self.dead_letter_exchange
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlx", self.queue))
+        dead_letter_name(&self.dead_letter_exchange, &self.queue, "dlx")
     }
     pub fn dlq(&self) -> String {
-        self.dead_letter_queue
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.queue))
+        dead_letter_name(&self.dead_letter_queue, &self.queue, "dlq")
+    }
+
+    /// The RabbitMQ door of this source; `instance` names the consumer.
+    pub fn door(&self, instance: &str) -> AmqpSourceConfig {
+        AmqpSourceConfig {
+            url: self.url.clone(),
+            queue: self.queue.clone(),
+            dead_letter_exchange: self.dlx(),
+            dead_letter_queue: self.dlq(),
+            queue_type: self.queue_type.into(),
+            prefetch: self.prefetch,
+            consumer_tag: format!("cem-bridge/{instance}/{}/{}", self.name, self.queue),
+        }
+    }
+}
+
+/// A dead-letter exchange or queue name: as configured, else `{queue}.{suffix}`.
+pub(crate) fn dead_letter_name(configured: &Option<String>, queue: &str, suffix: &str) -> String {
+    configured
+        .clone()
+        .unwrap_or_else(|| format!("{queue}.{suffix}"))
+}
+
+impl From<QueueTypeConfig> for QueueType {
+    fn from(t: QueueTypeConfig) -> Self {
+        match t {
+            QueueTypeConfig::Quorum => QueueType::Quorum,
+            QueueTypeConfig::Classic => QueueType::Classic,
+        }
     }
 }

@@ -1,11 +1,13 @@
-//! `[tickets]`, `[hcrm]` and `[callcenter]`: the ticket loop's configuration (domain rules §4).
-//! Without a `[tickets]` table the loop is off: no webhook route, no HCRM or call-center sink.
+//! `[tickets]` and `[tickets.queue]`: the ticket loop's configuration (domain rules §4). Without a
+//! `[tickets]` table the loop is off: no webhook route, no HCRM or call-center sink. The peers'
+//! own sections (`[hcrm]`, `[callcenter]`, `[cem_results]`) are in `peers.rs`.
 
+use cem_connectors::amqp::AmqpSourceConfig;
 use cem_pipeline::ticket::{Calendar, CallingWindows, parse_date};
 use jiff::civil::Time;
 use serde::Deserialize;
 
-use crate::config::source::QueueTypeConfig;
+use crate::config::source::{QueueTypeConfig, dead_letter_name};
 
 /// The connector name of the queue intake in logs, metrics and dead letters.
 pub const CONNECTOR: &str = "tickets";
@@ -62,6 +64,21 @@ pub struct TicketQueueConfig {
     pub queue_type: QueueTypeConfig,
     #[serde(default = "default_queue_prefetch")]
     pub prefetch: u16,
+}
+
+impl TicketQueueConfig {
+    /// The RabbitMQ door of the ticket queue; `instance` names the consumer.
+    pub fn door(&self, instance: &str) -> AmqpSourceConfig {
+        AmqpSourceConfig {
+            url: self.url.clone(),
+            queue: self.queue.clone(),
+            dead_letter_exchange: dead_letter_name(&self.dead_letter_exchange, &self.queue, "dlx"),
+            dead_letter_queue: dead_letter_name(&self.dead_letter_queue, &self.queue, "dlq"),
+            queue_type: self.queue_type.into(),
+            prefetch: self.prefetch,
+            consumer_tag: format!("cem-bridge/{instance}/{CONNECTOR}/{}", self.queue),
+        }
+    }
 }
 
 fn default_queue_prefetch() -> u16 {

@@ -395,12 +395,9 @@ async fn apply_decision(
                     audit_cancel(tx, conn, mid, &job_id, &pk, "R-EXC-1", "deceased").await?;
                 }
             }
-            let stop = Stopped {
-                action: "suppressed",
-                metric: "cem_bridge_survey_decisions_total",
-                decision: "suppressed",
-            };
-            stop.record(tx, conn, mid, &pk, rule, reason).await?;
+            SURVEY_SUPPRESSED
+                .record(tx, conn, mid, &pk, rule, reason)
+                .await?;
             debug!(connector = conn, message_id = mid, patient_key = %pk, reason, "survey suppressed");
             Ok(false)
         }
@@ -447,12 +444,9 @@ async fn apply_followup(
         FollowupDecision::None => Ok(false),
         FollowupDecision::Excluded { reason, rule } => {
             let pk = ctx.pseudo.patient_key(&event.patient.id);
-            let stop = Stopped {
-                action: "followup_excluded",
-                metric: "cem_bridge_followup_decisions_total",
-                decision: "excluded",
-            };
-            stop.record(tx, conn, mid, &pk, rule, reason).await?;
+            FOLLOWUP_EXCLUDED
+                .record(tx, conn, mid, &pk, rule, reason)
+                .await?;
             Ok(false)
         }
         FollowupDecision::Plan(plan) => {
@@ -516,6 +510,20 @@ struct Stopped {
     metric: &'static str,
     decision: &'static str,
 }
+
+/// A survey an exclusion stopped (R-EXC-…, R-CAN-2).
+const SURVEY_SUPPRESSED: Stopped = Stopped {
+    action: "suppressed",
+    metric: "cem_bridge_survey_decisions_total",
+    decision: "suppressed",
+};
+
+/// A follow-up plan an exclusion stopped (R-FUP-2, R-EXC-1).
+const FOLLOWUP_EXCLUDED: Stopped = Stopped {
+    action: "followup_excluded",
+    metric: "cem_bridge_followup_decisions_total",
+    decision: "excluded",
+};
 
 impl Stopped {
     async fn record(

@@ -14,7 +14,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cem_connectors::amqp::{AmqpSourceConfig, QueueType};
 use cem_connectors::source::{Delivery, Settle, Source, SourceBuilder, SourceError, fill_batch};
 use cem_pipeline::decode::{Charset, DecodeOptions};
 use cem_pipeline::followup::FollowupDecision;
@@ -25,28 +24,13 @@ use cem_pipeline::translate::decode;
 use metrics::counter;
 use tracing::{info, warn};
 
-use crate::config::source::{QueueTypeConfig, SourceConfig};
+use crate::config::source::SourceConfig;
 use crate::process::fault::{self, Point};
 use crate::process::reconnect::Reconnect;
 use crate::process::shutdown::Shutdown;
 use crate::store::dead_letters::content_hash;
 use batch::write_batch;
 use context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
-
-fn amqp_config(src: &SourceConfig, instance: &str) -> AmqpSourceConfig {
-    AmqpSourceConfig {
-        url: src.url.clone(),
-        queue: src.queue.clone(),
-        dead_letter_exchange: src.dlx(),
-        dead_letter_queue: src.dlq(),
-        queue_type: match src.queue_type {
-            QueueTypeConfig::Quorum => QueueType::Quorum,
-            QueueTypeConfig::Classic => QueueType::Classic,
-        },
-        prefetch: src.prefetch,
-        consumer_tag: format!("cem-bridge/{instance}/{}/{}", src.name, src.queue),
-    }
-}
 
 /// Consume one source until shutdown, reconnecting with backoff when the broker goes away.
 pub async fn run_source(
@@ -55,7 +39,7 @@ pub async fn run_source(
     instance: String,
     shutdown: Shutdown,
 ) {
-    let door = amqp_config(&src, &instance);
+    let door = src.door(&instance);
     run_door(ctx, src, &door, shutdown).await;
 }
 

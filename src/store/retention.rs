@@ -143,18 +143,7 @@ pub async fn prune_once(
 /// Prune at start and then every `interval_minutes` until shutdown.
 pub async fn run(store: Store, cfg: RetentionConfig, mut shutdown: Shutdown) {
     let interval = Duration::from_secs(cfg.interval_minutes.saturating_mul(60));
-    info!(
-        inbox_days = cfg.inbox_days,
-        jobs_days = cfg.jobs_days,
-        audit_days = cfg.audit_days,
-        dead_letters_days = cfg.dead_letters_days,
-        vault_days = cfg.vault_days,
-        tickets_days = cfg.tickets_days,
-        touches_days = cfg.touches_days,
-        patients_days = cfg.patients_days,
-        every_minutes = cfg.interval_minutes,
-        "retention started"
-    );
+    info!(settings = ?cfg, "retention started");
     loop {
         match prune_once(&store, &cfg, now_ms(), &mut shutdown).await {
             Ok(p) if p.total() > 0 => info!(

@@ -12,13 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cem_connectors::amqp::{AmqpSourceConfig, QueueType};
 use cem_connectors::source::{Delivery, Settle, Source, SourceError};
 use cem_pipeline::ticket::TicketUpdate;
 use metrics::counter;
 use tracing::{info, warn};
 
-use crate::config::source::QueueTypeConfig;
 use crate::config::tickets::{CONNECTOR, TicketQueueConfig};
 use crate::process::reconnect::Reconnect;
 use crate::process::shutdown::Shutdown;
@@ -33,27 +31,6 @@ const POISON_AFTER: u64 = 5;
 /// Failures other than a store outage tolerated before an update is dead-lettered.
 const UNPROCESSABLE_AFTER: u32 = 5;
 
-fn amqp_config(q: &TicketQueueConfig, instance: &str) -> AmqpSourceConfig {
-    AmqpSourceConfig {
-        url: q.url.clone(),
-        queue: q.queue.clone(),
-        dead_letter_exchange: q
-            .dead_letter_exchange
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlx", q.queue)),
-        dead_letter_queue: q
-            .dead_letter_queue
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlq", q.queue)),
-        queue_type: match q.queue_type {
-            QueueTypeConfig::Quorum => QueueType::Quorum,
-            QueueTypeConfig::Classic => QueueType::Classic,
-        },
-        prefetch: q.prefetch,
-        consumer_tag: format!("cem-bridge/{instance}/{CONNECTOR}/{}", q.queue),
-    }
-}
-
 /// Consume until shutdown, reconnecting with backoff when the broker goes away.
 pub async fn run(
     intake: Arc<TicketIntake>,
@@ -61,7 +38,7 @@ pub async fn run(
     instance: String,
     mut shutdown: Shutdown,
 ) {
-    let door = amqp_config(&q, &instance);
+    let door = q.door(&instance);
     let mut link = Reconnect::new(&door, CONNECTOR);
     while let Some(mut source) = link.connect(&mut shutdown).await {
         let r = consume(&intake, &mut source, &mut shutdown).await;

@@ -320,14 +320,7 @@ async fn r_fup_3_one_call_a_day_then_r_fup_5_needs_attention_opens_an_urgent_cas
         "endedAt": "2026-11-28T10:05:00+08:00"
     })
     .to_string();
-    let (s, _) = post_signed_to(
-        addr,
-        "/hooks/callcenter/results",
-        &no_answer,
-        TEST_CALLCENTER_SECRET,
-        now_s(start),
-    )
-    .await;
+    let (s, _) = post_call_result(addr, &no_answer, now_s(start)).await;
     assert_eq!(s, 200);
     let retry = format!("{d7}:2");
     let calls = wait_calls(&setup, "the retry queued", |c| {
@@ -355,14 +348,7 @@ async fn r_fup_3_one_call_a_day_then_r_fup_5_needs_attention_opens_an_urgent_cas
         "endedAt": "2026-11-28T14:05:00+08:00", "needsAttention": true
     })
     .to_string();
-    let (s, _) = post_signed_to(
-        addr,
-        "/hooks/callcenter/results",
-        &result,
-        TEST_CALLCENTER_SECRET,
-        now_s(start),
-    )
-    .await;
+    let (s, _) = post_call_result(addr, &result, now_s(start)).await;
     assert_eq!(s, 200);
     let case = wait_for(20, "the URGENT case at HCRM", || {
         let c = hcrm
@@ -394,14 +380,7 @@ async fn r_fup_3_one_call_a_day_then_r_fup_5_needs_attention_opens_an_urgent_cas
     .unwrap();
     assert_eq!((calls, ladder), (0, 0));
     // The same event again changes nothing.
-    let (s, _) = post_signed_to(
-        addr,
-        "/hooks/callcenter/results",
-        &result,
-        TEST_CALLCENTER_SECRET,
-        now_s(start),
-    )
-    .await;
+    let (s, _) = post_call_result(addr, &result, now_s(start)).await;
     assert_eq!(s, 200);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let cases = hcrm

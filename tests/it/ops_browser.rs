@@ -146,14 +146,7 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
         "endedAt": "2026-11-21T10:40:00+08:00"
     })
     .to_string();
-    let (s, _) = post_signed_to(
-        addr,
-        "/hooks/callcenter/results",
-        &result,
-        TEST_CALLCENTER_SECRET,
-        now(),
-    )
-    .await;
+    let (s, _) = post_call_result(addr, &result, now()).await;
     assert_eq!(s, 200);
     // What the page will show must be in the summary first (the page reads the same API).
     wait_for(

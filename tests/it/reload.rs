@@ -92,11 +92,7 @@ async fn mapping_changes_are_reloaded_and_broken_ones_refused() {
         ["NEW-OPH01", "NEW-OPH01", "OPH01", "OPH01"],
         "every message mapped by exactly one whole version; none lost, none twice"
     );
-    assert_eq!(
-        queue_depth(&setup.dlq()).await,
-        Some(0),
-        "nothing dead-lettered"
-    );
+    assert_no_dead_letters(&setup).await;
     bridge.shutdown().await;
     cleanup(&setup).await;
 }

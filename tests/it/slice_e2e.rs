@@ -658,11 +658,7 @@ async fn xml_and_json_events_reach_the_cem_through_their_mappings() {
         async move { (queue_depth(&q).await? == 0).then_some(()) }
     })
     .await;
-    assert_eq!(
-        queue_depth(&setup.dlq()).await,
-        Some(0),
-        "nothing dead-lettered"
-    );
+    assert_no_dead_letters(&setup).await;
     bridge.shutdown().await;
     cleanup(&setup).await;
 }

@@ -259,3 +259,15 @@ pub async fn post_signed_to(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+/// `POST /hooks/callcenter/results` signed with the call center's test secret at `at_s`.
+pub async fn post_call_result(addr: SocketAddr, body: &str, at_s: i64) -> (u16, serde_json::Value) {
+    post_signed_to(
+        addr,
+        "/hooks/callcenter/results",
+        body,
+        TEST_CALLCENTER_SECRET,
+        at_s,
+    )
+    .await
+}

@@ -219,3 +219,12 @@ pub fn close_bridge_connection(queue: &str) -> Vec<String> {
     assert!(closed.success());
     pids
 }
+
+/// The source's dead-letter queue is empty: nothing was dead-lettered.
+pub async fn assert_no_dead_letters(setup: &Setup) {
+    assert_eq!(
+        queue_depth(&setup.dlq()).await,
+        Some(0),
+        "nothing dead-lettered"
+    );
+}
