@@ -430,7 +430,8 @@ pub async fn start_with_clock(
             ..Default::default()
         },
     )
-    .await?;
+    .await?
+    .with_clock(clock.clone());
     let sink = crate::sinks::cem::from_config(&cfg.cem, secrets.cem_token.clone(), &clock).await?;
     let tickets = ticket_loop(
         &cfg,

@@ -378,6 +378,7 @@ async fn suppress_in(
             detail: Some(detail),
             ..Default::default()
         },
+        now,
     )
     .await
 }

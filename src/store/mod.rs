@@ -23,6 +23,8 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
 
+use crate::process::clock::Clock;
+
 /// A store failure: what was being done, and the database's message (never row values).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -145,6 +147,9 @@ impl Default for StoreOptions {
 pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// Stamps audit rows: the bridge's clock once [`Store::with_clock`] set it (the system
+    /// clock for a store opened by a command or a test).
+    clock: Clock,
 }
 
 /// Result of recording a message key (R-EVT-4).
@@ -319,7 +324,11 @@ impl Store {
                 url: redact(&url),
                 source,
             })?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            clock: Clock::system(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -391,9 +400,17 @@ impl Store {
         ))
     }
 
+    /// Stamp audit rows with `clock` (the running bridge's, so they agree with due and send
+    /// times when the clock is shifted for tests and demos).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         Ok(StoreTx {
             counts: Vec::new(),
+            clock: self.clock.clone(),
             tx: self.pool.begin().await.map_err(db("begin"))?,
         })
     }
@@ -513,6 +530,8 @@ pub struct StoreTx {
     /// Counter increments of what this transaction did, emitted only once it commits (a batch
     /// the store refused and that is written again is counted once).
     counts: Vec<(&'static str, Vec<metrics::Label>, u64)>,
+    /// The store's clock, for audit rows.
+    clock: Clock,
 }
 
 impl StoreTx {
@@ -615,7 +634,8 @@ impl StoreTx {
     }
 
     pub async fn audit(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
-        audit_in(&mut self.tx, e).await
+        let at = self.clock.now_ms();
+        audit_in(&mut self.tx, e, at).await
     }
 
     pub async fn dead_letter(
@@ -695,12 +715,13 @@ fn query_in<'q>(
 async fn audit_in(
     tx: &mut Transaction<'static, Any>,
     e: &AuditEntry<'_>,
+    at: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit (at, connector, message_id, job_id, patient_key, action, rule, reason, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(now_ms())
+    .bind(at)
     .bind(e.connector)
     .bind(e.message_id)
     .bind(e.job_id)
@@ -715,7 +736,8 @@ async fn audit_in(
     Ok(())
 }
 
-/// Wall-clock epoch milliseconds.
+/// Wall-clock epoch milliseconds: when a migration was applied, and retention's "now" (the age
+/// of stored rows in real time). Everything a rule decides is on the bridge's clock instead.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
