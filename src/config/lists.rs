@@ -1,8 +1,9 @@
 //! `[lists]`: the opt-out, staff and follow-up opt-out list files (loaded by `privacy::lists`).
 
+use std::path::{Path, PathBuf};
+
 use cem_pipeline::lists::ListKind;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
 
 /// `[lists]`: files of people who get no survey. Each line `kind,value[,authority]` with kind
 /// `patient_id`, `id_card`, `mobile` or `pseudonym` (see docs/configuration.md).

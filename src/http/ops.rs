@@ -1,13 +1,15 @@
 //! The operations routes: the ops page `/`, `/metrics`, `/health`, `/ready`, `/api/summary`,
 //! and the bearer-token guard on the data routes.
 
-use crate::http::state::OpsState;
-use crate::privacy::vault::same_secret;
+use std::time::Duration;
+
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use std::time::Duration;
+
+use crate::http::state::OpsState;
+use crate::privacy::vault::same_secret;
 
 /// How long `/ready` waits for the store to answer its ping.
 const READY_PING_TIMEOUT: Duration = Duration::from_secs(2);

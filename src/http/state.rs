@@ -1,13 +1,15 @@
 //! What the HTTP handlers share ([`OpsState`]) and why the server could not start.
 
-use crate::process::clock::Clock;
-use crate::process::health::SourceHealth;
-use crate::store::Store;
+use std::net::SocketAddr;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jiff::tz::TimeZone;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::net::SocketAddr;
+
+use crate::process::clock::Clock;
+use crate::process::health::SourceHealth;
+use crate::store::Store;
 
 /// Why the ops server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -5,16 +5,18 @@
 //! Labels carry connector names, reason codes, formats, events, templates and outcomes only —
 //! never personal data and never a department (R-ANO-8, R-MET-1).
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cem_pipeline::reason::DeadLetterReason;
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::warn;
+
 use crate::http::state::OpsError;
 use crate::process::clock::Clock;
 use crate::process::shutdown::Shutdown;
 use crate::store::Store;
-use cem_pipeline::reason::DeadLetterReason;
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
-use std::time::Duration;
-use tracing::warn;
 
 /// How often the store and process gauges are refreshed (and the recorder's upkeep run).
 pub const GAUGE_INTERVAL: Duration = Duration::from_secs(5);

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use cem_pipeline::unsubscribe::{Subject, Unsubscribe};
 use metrics::counter;
 use serde_json::json;
 use tracing::{info, warn};
@@ -18,7 +19,6 @@ use tracing::{info, warn};
 use crate::http::state::OpsState;
 use crate::http::state::answer;
 use crate::store::opt_outs::OptOutRecorded;
-use cem_pipeline::unsubscribe::{Subject, Unsubscribe};
 
 /// `POST /hooks/cem/unsubscribes`. Answers 200 `{"code": 0, "result": "recorded"|"already"}`
 /// once stored (durable before the 2xx); 401 unsigned or wrongly signed; 400 malformed (the

@@ -2,22 +2,26 @@
 //! survey decision's effects (jobs, vault records, cancellations, merges, updates), follow-up
 //! plans, dead letters and audit rows. Nothing is acked before this commits.
 
-use crate::config::source::SourceConfig;
-use crate::ingest::context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
-use crate::process::fault::{self, Point};
-use crate::store::dead_letters::{dead_letter_aad, seal_headers};
-use crate::store::{AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, StoreError};
+use std::time::Instant;
+
 use cem_pipeline::event::PatientEvent;
 use cem_pipeline::followup::FollowupDecision;
 use cem_pipeline::reason::DeadLetterReason;
 use cem_pipeline::reid::entries_for;
-use cem_pipeline::survey::{FactKeys, SurveyDecision, fact_keys, resolve};
+use cem_pipeline::survey::{SurveyDecision, fact_keys, resolve};
 use metrics::histogram;
-use std::time::Instant;
 use tracing::debug;
+
+use crate::config::source::SourceConfig;
+use crate::ingest::context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
+use crate::ingest::facts::{BatchFacts, plan_keys};
+use crate::process::fault::{self, Point};
+use crate::store::dead_letters::{dead_letter_aad, seal_headers};
+use crate::store::{AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, StoreError};
 
 /// How long a cancel that came before its registration is remembered (R-CAN-2).
 const TOMBSTONE_MS: i64 = 7 * 24 * 3_600_000;
+
 pub(super) async fn write_batch(
     ctx: &IngestContext,
     src: &SourceConfig,
@@ -26,6 +30,7 @@ pub(super) async fn write_batch(
     let now = ctx.clock.now_ms();
     let conn = src.name.as_str();
     let mut tx = ctx.store.begin().await?;
+    let mut facts = BatchFacts::read(&mut tx, prepared, now).await?;
     let mut out = Vec::with_capacity(prepared.len());
     let mut created = false;
     for p in prepared {
@@ -103,8 +108,8 @@ pub(super) async fn write_batch(
                             for w in &event.warnings {
                                 tx.count("cem_bridge_identity_warnings_total", &[("kind", w.code())], 1);
                             }
-                            made |= apply_decision(&mut tx, conn, event, decision, ctx, now).await?;
-                            made |= apply_followup(&mut tx, conn, event, followup, ctx, now).await?;
+                            made |= apply_decision(&mut tx, &mut facts, conn, event, decision, ctx, now).await?;
+                            made |= apply_followup(&mut tx, &facts, conn, event, followup, ctx, now).await?;
                             None
                         }
                     }
@@ -169,6 +174,7 @@ pub(super) async fn write_batch(
 /// Write the effects of one decision; `true` if a job was created.
 async fn apply_decision(
     tx: &mut crate::store::StoreTx,
+    facts: &mut BatchFacts,
     conn: &str,
     event: &PatientEvent,
     decision: &SurveyDecision,
@@ -182,8 +188,8 @@ async fn apply_decision(
     // earlier message of the batch is seen, then the pure `survey::resolve`.
     let resolved = match fact_keys(decision) {
         Some(keys) => {
-            let facts = tx.patient_facts(&keys, now).await?;
-            resolve(decision.clone(), event, &facts, now)
+            let found = facts.get(tx, &keys, now).await?;
+            resolve(decision.clone(), event, &found, now)
         }
         None => decision.clone(),
     };
@@ -256,6 +262,8 @@ async fn apply_decision(
             merged_key,
         } => {
             let moved = tx.merge_patients(merged_key, survivor_key).await?;
+            facts.changed(merged_key);
+            facts.changed(survivor_key);
             tx.audit(&AuditEntry {
                 connector: Some(conn),
                 message_id: Some(mid),
@@ -304,6 +312,7 @@ async fn apply_decision(
             ))
             .await?;
             if *deceased {
+                facts.changed(patient_key);
                 for job_id in tx.mark_deceased(patient_key, now).await? {
                     audit_cancel(tx, conn, mid, &job_id, patient_key, "R-EXC-1", "deceased")
                         .await?;
@@ -344,6 +353,7 @@ async fn apply_decision(
             rule,
         } => {
             let result = tx.cancel_visit(visit_key, reason, now).await?;
+            facts.changed(visit_key);
             for job_id in &result.cancelled {
                 audit_cancel(tx, conn, mid, job_id, &pk, rule, reason).await?;
             }
@@ -391,6 +401,7 @@ async fn apply_decision(
         }
         SurveyDecision::Suppress { reason, rule } => {
             if *reason == "deceased" {
+                facts.changed(&pk);
                 for job_id in tx.mark_deceased(&pk, now).await? {
                     audit_cancel(tx, conn, mid, &job_id, &pk, "R-EXC-1", "deceased").await?;
                 }
@@ -416,6 +427,7 @@ async fn apply_decision(
 /// scheduler is woken; calls wait in the ticket outbox).
 async fn apply_followup(
     tx: &mut crate::store::StoreTx,
+    facts: &BatchFacts,
     conn: &str,
     event: &PatientEvent,
     decision: &FollowupDecision,
@@ -427,14 +439,9 @@ async fn apply_followup(
     // (`followup::resolve`); the callee's vault entries stay under this event's own key.
     let (resolved, own_pk) = match decision {
         FollowupDecision::Plan(p) => {
-            let keys = FactKeys {
-                patient_key: &p.patient_key,
-                visit_key: &p.stay_key,
-                mobile_key: &p.mobile_key,
-            };
-            let facts = tx.patient_facts(&keys, now).await?;
+            let found = facts.get(tx, &plan_keys(p), now).await?;
             (
-                cem_pipeline::followup::resolve(decision.clone(), &facts),
+                cem_pipeline::followup::resolve(decision.clone(), &found),
                 p.patient_key.clone(),
             )
         }

@@ -2,9 +2,9 @@
 //! moves through a batch — prepared (decoded and decided, or rejected), then disposed (acked or
 //! dead-lettered) by the transaction.
 
-use crate::process::clock::Clock;
-use crate::process::health::SourceHealth;
-use crate::store::Store;
+use std::sync::Arc;
+use std::time::Instant;
+
 use cem_connectors::source::Delivery;
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::decode::Format;
@@ -13,9 +13,11 @@ use cem_pipeline::followup::FollowupDecision;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
 use cem_pipeline::survey::SurveyDecision;
 use jiff::tz::TimeZone;
-use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::Notify;
+
+use crate::process::clock::Clock;
+use crate::process::health::SourceHealth;
+use crate::store::Store;
 
 /// What ingest needs from the runtime.
 pub struct IngestContext {

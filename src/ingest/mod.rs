@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod context;
+pub mod facts;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

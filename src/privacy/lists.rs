@@ -5,12 +5,13 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::config::lists::ListsConfig;
 use cem_pipeline::anonymize::Pseudonymizer;
 use cem_pipeline::lists::{ExclusionLists, parse_list};
 use jiff::tz::TimeZone;
 use metrics::{counter, gauge};
 use tracing::{error, info};
+
+use crate::config::lists::ListsConfig;
 
 /// Read every list file; all problems of all files at once, as `file:line: message`.
 pub fn load(

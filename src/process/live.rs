@@ -2,14 +2,16 @@
 //! survey policy (`[surveys]`). Every delivery takes the set current when it is decoded, so no
 //! message is half-mapped across a swap; a refused reload keeps the last good one and says so.
 
-use crate::config::source::SourceConfig;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use cem_pipeline::mapping::MappingSet;
 use cem_pipeline::policy::SurveyPolicy;
 use jiff::tz::TimeZone;
 use metrics::{counter, gauge};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 use tracing::{error, info};
+
+use crate::config::source::SourceConfig;
 
 /// The mapping sets in use, by source name; swapped as a whole.
 #[derive(Debug, Default)]

@@ -2,9 +2,10 @@
 //! (R-EVT-4), and the body and the mapping-visible headers sealed with the vault key under
 //! associated data naming the hash (R-ANO-8).
 
-use crate::store::StoreError;
 use cem_pipeline::anonymize::hex;
 use sha2::{Digest, Sha256};
+
+use crate::store::StoreError;
 
 /// SHA-256 of the body, hex (R-EVT-4 content hash).
 pub fn content_hash(body: &[u8]) -> String {

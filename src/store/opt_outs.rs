@@ -1,8 +1,9 @@
 //! The `opt_outs` table: the CEM's unsubscribes (R-EXC-3) recorded as the patient and mobile
 //! pseudonyms of the survey answered, checked at scheduling and in the claim.
 
-use crate::store::{AuditEntry, Store, StoreError, db};
 use cem_pipeline::unsubscribe::Subject;
+
+use crate::store::{AuditEntry, Store, StoreError, db};
 
 /// What recording an unsubscribe did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

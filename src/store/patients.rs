@@ -8,10 +8,12 @@
 //! cancellations (R-CAN-1, R-CAN-2 tombstones), deaths (R-EXC-1), contact updates (R-CAN-5)
 //! and merges (R-CAN-6).
 
+use std::collections::{HashMap, HashSet};
+
 use cem_pipeline::survey::{FactKeys, PatientFacts, Tombstone};
 use sqlx::Row;
 
-use crate::store::{AuditEntry, StoreError, StoreTx, db, job_ids};
+use crate::store::{AuditEntry, StoreError, StoreTx, db, job_ids, query_in};
 
 /// One row: the survivor of `$1` (patient key) if merged; the tombstone of `$2` (visit key)
 /// still in force at `$4`; the deceased flag and the opt-outs of the final patient key (the
@@ -25,7 +27,128 @@ const FACTS: &str = "SELECT \
     (SELECT COUNT(*) FROM opt_outs WHERE opt_key = $3 OR opt_key = \
         COALESCE((SELECT survivor_key FROM patient_aliases WHERE alias_key = $1), $1)) AS opted_out";
 
+/// Keys per `IN (…)` statement: far below SQLite's and PostgreSQL's bound-parameter limits.
+const IN_CHUNK: usize = 500;
+
 impl StoreTx {
+    /// The facts of a whole batch's jobs at `now`, one query per table (aliases, patients,
+    /// opt-outs, tombstones) instead of one statement per job; `facts[i]` belongs to
+    /// `keys[i]`, exactly as [`StoreTx::patient_facts`] would read it.
+    pub async fn patient_facts_batch(
+        &mut self,
+        keys: &[FactKeys<'_>],
+        now: i64,
+    ) -> Result<Vec<PatientFacts>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let distinct = |it: &mut dyn Iterator<Item = &str>| -> Vec<String> {
+            let mut seen = HashSet::new();
+            it.filter(|k| seen.insert(*k)).map(str::to_string).collect()
+        };
+        let pks = distinct(&mut keys.iter().map(|k| k.patient_key));
+        let survivors: HashMap<String, String> = self
+            .pairs_in(
+                "SELECT alias_key AS k, survivor_key AS v FROM patient_aliases WHERE alias_key IN ({keys})",
+                &pks,
+                "read aliases",
+            )
+            .await?
+            .into_iter()
+            .collect();
+        let final_key = |k: &FactKeys<'_>| -> String {
+            survivors
+                .get(k.patient_key)
+                .cloned()
+                .unwrap_or_else(|| k.patient_key.to_string())
+        };
+        let finals: Vec<String> = keys.iter().map(final_key).collect();
+        let deceased: HashSet<String> = self
+            .pairs_in(
+                "SELECT patient_key AS k, 'yes' AS v FROM patients WHERE deceased = 1 AND patient_key IN ({keys})",
+                &distinct(&mut finals.iter().map(String::as_str)),
+                "read patients",
+            )
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let opt_keys = distinct(
+            &mut finals
+                .iter()
+                .map(String::as_str)
+                .chain(keys.iter().map(|k| k.mobile_key)),
+        );
+        let opted: HashSet<String> = self
+            .pairs_in(
+                "SELECT opt_key AS k, opt_key AS v FROM opt_outs WHERE opt_key IN ({keys})",
+                &opt_keys,
+                "read opt-outs",
+            )
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut tombstones: HashMap<String, Tombstone> = HashMap::new();
+        for chunk in distinct(&mut keys.iter().map(|k| k.visit_key)).chunks(IN_CHUNK) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let rows = query_in(
+                "SELECT visit_key, reason, until FROM tombstones WHERE visit_key IN ({keys})",
+                &refs,
+            )
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db("read tombstones"))?;
+            for r in rows {
+                let read = || db("read tombstones");
+                let until: i64 = r.try_get("until").map_err(read())?;
+                if until > now {
+                    tombstones.insert(
+                        r.try_get("visit_key").map_err(read())?,
+                        Tombstone {
+                            reason: r.try_get("reason").map_err(read())?,
+                            until_ms: until,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(keys
+            .iter()
+            .zip(&finals)
+            .map(|(k, fin)| PatientFacts {
+                survivor: survivors.get(k.patient_key).cloned(),
+                tombstone: tombstones.get(k.visit_key).cloned(),
+                deceased: deceased.contains(fin),
+                opted_out: opted.contains(fin) || opted.contains(k.mobile_key),
+            })
+            .collect())
+    }
+
+    /// `(k, v)` string columns of `sql` (with `IN ({keys})`) over `keys`, in chunks.
+    async fn pairs_in(
+        &mut self,
+        sql: &str,
+        keys: &[String],
+        op: &'static str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(IN_CHUNK) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let rows = query_in(sql, &refs)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(db(op))?;
+            for r in rows {
+                out.push((
+                    r.try_get("k").map_err(db(op))?,
+                    r.try_get("v").map_err(db(op))?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// The facts of one scheduled job's patient and visit at `now` (epoch ms): the deceased
     /// flag and opt-outs are the survivor's when the patient was merged.
     pub async fn patient_facts(

@@ -1,10 +1,11 @@
 //! The vault's rows: sealed records written in the ingest transaction and the audited lookup
 //! (R-ANO-6). The sealing itself is `privacy::vault`; only this file reads or writes `vault`.
 
-use crate::privacy::vault::{Access, Lookup, VaultCipher, VaultError};
-use crate::store::{AuditEntry, Store, StoreError, StoreTx, db};
 use cem_pipeline::reid::{self, VaultRecord};
 use sqlx::Row;
+
+use crate::privacy::vault::{Access, Lookup, VaultCipher, VaultError};
+use crate::store::{AuditEntry, Store, StoreError, StoreTx, db};
 
 /// A vault write or lookup that failed: the cipher (key, tampering) or the store under it.
 #[derive(Debug, thiserror::Error)]

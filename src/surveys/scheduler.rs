@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use cem_connectors::http_sink::SendOutcome;
 use cem_connectors::resilience::Resilience;
+use cem_connectors::sink::{PeerSink, Sink};
+use cem_pipeline::reid::{Caller, Purpose, VaultRecord};
 use cem_pipeline::survey::idempotency_key;
 use metrics::{counter, histogram};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
-
-use cem_pipeline::reid::{Caller, Purpose, VaultRecord};
 
 use crate::config::SchedulerConfig;
 use crate::config::peers::ContactMode;
@@ -28,7 +28,6 @@ use crate::process::fault::{self, Point};
 use crate::process::shutdown::Shutdown;
 use crate::store::Store;
 use crate::store::claim::{Claimed, ClaimedJob, JobOutcome};
-use cem_connectors::sink::{PeerSink, Sink};
 
 /// A finished push on its way to the outcome recorder; its claim slot is released once the
 /// outcome is recorded, so claimed-but-unrecorded jobs stay bounded.

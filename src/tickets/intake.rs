@@ -2,11 +2,13 @@
 //! ticket updates and call results to (the store, the ticket context, the secrets, the clock),
 //! present when `[tickets]` is configured.
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
 use crate::process::clock::Clock;
 use crate::store::Store;
 use crate::store::tickets::TicketCtx;
-use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// What the intake needs (present when `[tickets]` is configured).
 pub struct TicketIntake {

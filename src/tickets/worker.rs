@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cem_connectors::http_sink::SendOutcome;
+use cem_connectors::sink::{Peer, PeerSink, Sink};
 use cem_pipeline::reid::{Caller, Purpose, VaultRecord};
 use metrics::counter;
 use serde_json::{Value, json};
@@ -21,7 +22,6 @@ use crate::process::shutdown::Shutdown;
 use crate::store::Store;
 use crate::store::keys::Thread;
 use crate::store::tickets::{OutboxOutcome, OutboxRow, TicketCtx};
-use cem_connectors::sink::{Peer, PeerSink, Sink};
 
 /// What the worker needs.
 pub struct TicketWorker {

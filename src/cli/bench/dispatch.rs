@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cem_connectors::resilience::Limits;
+use cem_connectors::sink::{Peer, PeerSink};
 use tokio::sync::Notify;
 
 use crate::config::SchedulerConfig;
@@ -26,8 +28,6 @@ use crate::config::peers::ContactMode;
 use crate::process::clock::Clock;
 use crate::store::claim::JobOutcome;
 use crate::store::{NewJob, Store, StoreOptions};
-use cem_connectors::resilience::Limits;
-use cem_connectors::sink::{Peer, PeerSink};
 
 pub const DEFAULT_COUNT: usize = 100_000;
 pub const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -37,8 +37,6 @@ use cem_pipeline::mapping::Outcome;
 use cem_pipeline::policy::SurveyPolicy;
 use cem_pipeline::survey::{SurveyContext, SurveyDecision, decide};
 use cem_pipeline::translate::decode;
-
-use crate::process::clock::Clock;
 use futures_lite::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::options::{
@@ -50,6 +48,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::app::{self, Secrets};
 use crate::config::{Config, SchedulerConfig};
+use crate::process::clock::Clock;
 use crate::store::Store;
 
 pub const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
