@@ -399,6 +399,71 @@ async fn dnd_keys_window_and_release(db: Db) {
     db.cleanup().await;
 }
 
+/// R-CAN-2, R-CAN-6, R-EXC-1, R-EXC-3 in the store: a batch's facts read with one query per
+/// table are exactly what one statement per job reads, inside the transaction that changed them
+/// (a merge into a deceased survivor, a live and an expired tombstone, opt-outs by patient and
+/// by mobile, and a patient with nothing stored).
+async fn batch_facts_match_single_reads(db: Db) {
+    use cem_pipeline::survey::FactKeys;
+    let store = db.open().await;
+    let now = 1_000_000;
+    let mut tx = store.begin().await.unwrap();
+    tx.mark_deceased("pk_survivor", now).await.unwrap();
+    tx.merge_patients("pk_merged", "pk_survivor").await.unwrap();
+    tx.put_tombstone("vk_live", "visit_cancelled", now + 1)
+        .await
+        .unwrap();
+    tx.put_tombstone("vk_gone", "discharge_cancelled", now - 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    db.exec(
+        "INSERT INTO opt_outs (opt_key, source, job_id, at) VALUES ('pk_opted', 'cem:sms', NULL, 1), ('mk_opted', 'cem:sms', NULL, 1)",
+    )
+    .await;
+    let keys = [
+        ("pk_merged", "vk_a", "mk_a"),
+        ("pk_survivor", "vk_live", "mk_b"),
+        ("pk_plain", "vk_gone", "mk_c"),
+        ("pk_opted", "vk_b", "mk_d"),
+        ("pk_other", "vk_c", "mk_opted"),
+        ("pk_plain", "vk_live", "mk_c"),
+    ];
+    let keys: Vec<FactKeys<'_>> = keys
+        .iter()
+        .map(|(p, v, m)| FactKeys {
+            patient_key: p,
+            visit_key: v,
+            mobile_key: m,
+        })
+        .collect();
+    let mut tx = store.begin().await.unwrap();
+    let batch = tx.patient_facts_batch(&keys, now).await.unwrap();
+    for (k, b) in keys.iter().zip(&batch) {
+        assert_eq!(b, &tx.patient_facts(k, now).await.unwrap(), "{k:?}");
+    }
+    assert_eq!(batch[0].survivor.as_deref(), Some("pk_survivor"));
+    assert!(
+        batch[0].deceased && batch[1].deceased,
+        "the survivor's flag counts"
+    );
+    assert!(batch[1].tombstone.is_some() && batch[2].tombstone.is_none());
+    assert!(batch[3].opted_out && batch[4].opted_out && !batch[2].opted_out);
+    assert_eq!(batch[2], cem_pipeline::survey::PatientFacts::default());
+    tx.commit().await.unwrap();
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_batch_facts_match_single_reads() {
+    batch_facts_match_single_reads(Db::sqlite("s-facts").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batch_facts_match_single_reads() {
+    batch_facts_match_single_reads(Db::postgres("p_facts").await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_two_schedulers_never_both_touch_a_patient() {
     two_schedulers_never_both_touch_a_patient(Db::sqlite("s-dnd2").await).await;
