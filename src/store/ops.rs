@@ -695,6 +695,52 @@ impl Store {
     }
 }
 
+impl Store {
+    /// `bench dispatch`: every job back to pending and the touches cleared, so the same jobs
+    /// can be dispatched again.
+    pub async fn reset_jobs_for_bench(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for sql in [
+            "UPDATE survey_jobs SET status = 'pending', reason = NULL, locked_until = 0, attempts = 0, sent_at = NULL",
+            "DELETE FROM touches",
+        ] {
+            sqlx::query(sql)
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(db("reset jobs for the bench"))?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Create database `name` on the PostgreSQL server at `admin` (a bench's scratch database).
+pub async fn create_database(admin: &str, name: &str) -> Result<(), StoreError> {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(admin)
+        .await
+        .map_err(db("connect to the database server"))?;
+    let r = pool
+        .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .map_err(db("create a database"));
+    pool.close().await;
+    r.map(|_| ())
+}
+
+/// Drop database `name` on the server at `admin` if it exists (best effort).
+pub async fn drop_database(admin: &str, name: &str) {
+    use sqlx::Executor;
+    if let Ok(pool) = sqlx::AnyPool::connect(admin).await {
+        let _ = pool
+            .execute(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await;
+        pool.close().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

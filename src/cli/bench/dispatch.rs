@@ -67,7 +67,7 @@ pub async fn run(b: &DispatchBench) -> anyhow::Result<()> {
                     Ok(_) => one("postgres", &db_url, b.count, 2, &url, &hits).await,
                     Err(_) => Err(anyhow::anyhow!("skipped")),
                 };
-                drop_pg(admin, &name).await;
+                crate::store::ops::drop_database(admin, &name).await;
                 figures.push(r1?);
                 figures.push(r2?);
             }
@@ -180,19 +180,6 @@ async fn seed(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Back to pending, touches cleared: the same jobs again.
-async fn reset(store: &Store) -> anyhow::Result<()> {
-    let mut tx = store.begin().await?;
-    for sql in [
-        "UPDATE survey_jobs SET status = 'pending', reason = NULL, locked_until = 0, attempts = 0, sent_at = NULL",
-        "DELETE FROM touches",
-    ] {
-        sqlx::query(sql).execute(&mut *tx.tx).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
 async fn count_sent(store: &Store) -> anyhow::Result<u64> {
     Ok(store
         .job_counts()
@@ -217,7 +204,7 @@ async fn one(
     if instances == 1 {
         seed(&store, n, now).await?;
     } else {
-        reset(&store).await?;
+        store.reset_jobs_for_bench().await?;
     }
     // 1. Store only: claim with DND, record as sent.
     let window = 30 * DAY_MS;
@@ -244,7 +231,7 @@ async fn one(
     }
     bar.finish_and_clear();
     let store_only = n as f64 / t.elapsed().as_secs_f64();
-    reset(&store).await?;
+    store.reset_jobs_for_bench().await?;
 
     // 2. The scheduler(s) pushing over HTTP.
     let before = hits.load(Ordering::Relaxed);
@@ -330,27 +317,10 @@ async fn one(
 
 /// A fresh database on the server at `admin`: (its URL, its name).
 async fn scratch_pg(admin: &str) -> anyhow::Result<(String, String)> {
-    use sqlx::Executor;
-    sqlx::any::install_default_drivers();
     let name = format!("cem_bench_{}", std::process::id());
-    let pool = sqlx::AnyPool::connect(admin)
+    crate::store::ops::create_database(admin, &name)
         .await
-        .with_context(|| format!("connecting to {admin}"))?;
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await?;
-    pool.close().await;
+        .with_context(|| format!("creating a scratch database on {admin}"))?;
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
     Ok((format!("{base}/{name}"), name))
-}
-
-async fn drop_pg(admin: &str, name: &str) {
-    use sqlx::Executor;
-    if let Ok(pool) = sqlx::AnyPool::connect(admin).await {
-        let _ = pool
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .await;
-        pool.close().await;
-    }
 }
