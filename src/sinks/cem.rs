@@ -4,7 +4,7 @@
 
 use cem_connectors::sink::{Peer, PeerSink, SinkError};
 
-use crate::config::peers::{CemConfig, CemMode};
+use crate::config::peers::CemConfig;
 use crate::process::clock::Clock;
 
 /// The CEM sink from `[cem]`; `token` comes from the environment variable it names.
@@ -13,9 +13,13 @@ pub async fn from_config(
     token: Option<String>,
     clock: &Clock,
 ) -> Result<PeerSink, SinkError> {
-    let target = match cfg.mode {
-        CemMode::Http => PeerSink::http(&cfg.url, token, cfg.timeout(), cfg.success_rule()),
-        CemMode::Shadow => PeerSink::shadow(&cfg.shadow_file, &cfg.url),
-    };
+    let target = super::target(
+        cfg.mode,
+        &cfg.url,
+        &cfg.shadow_file,
+        token,
+        cfg.timeout(),
+        cfg.success_rule(),
+    );
     PeerSink::build(Peer::Cem, target, cfg.limits.clone(), super::stamp(clock)).await
 }

@@ -15,15 +15,30 @@ pub mod cem;
 pub mod cem_results;
 pub mod hcrm;
 
-use cem_connectors::sink::{Peer, PeerSink, SinkError, Stamp};
+use cem_connectors::sink::{Peer, PeerSink, SinkError, Stamp, Target};
 
-use crate::config::peers::PeerConfig;
+use crate::config::peers::{CemMode, PeerConfig};
 use crate::process::clock::Clock;
 
 /// Shadow lines carry the bridge's time, so a shifted clock shows in them as everywhere else.
 pub fn stamp(clock: &Clock) -> Stamp {
     let clock = clock.clone();
     std::sync::Arc::new(move || clock.now().to_string())
+}
+
+/// Where a peer's requests go: its URL over HTTP, or its shadow file.
+pub(crate) fn target(
+    mode: CemMode,
+    url: &str,
+    shadow_file: &std::path::Path,
+    token: Option<String>,
+    timeout: std::time::Duration,
+    success: cem_connectors::http_sink::SuccessRule,
+) -> Target {
+    match mode {
+        CemMode::Http => PeerSink::http(url, token, timeout, success),
+        CemMode::Shadow => PeerSink::shadow(shadow_file, url),
+    }
 }
 
 /// A ticket-loop peer (`[hcrm]`, `[callcenter]`, `[cem_results]`) from its section; `token`
@@ -34,13 +49,13 @@ pub async fn from_peer_config(
     token: Option<String>,
     clock: &Clock,
 ) -> Result<PeerSink, SinkError> {
-    let target = match p.mode {
-        crate::config::peers::CemMode::Http => {
-            PeerSink::http(&p.url, token, p.timeout(), p.success_rule())
-        }
-        crate::config::peers::CemMode::Shadow => {
-            PeerSink::shadow(&p.shadow_file(peer.code()), &p.url)
-        }
-    };
+    let target = target(
+        p.mode,
+        &p.url,
+        &p.shadow_file(peer.code()),
+        token,
+        p.timeout(),
+        p.success_rule(),
+    );
     PeerSink::build(peer, target, p.limits.clone(), stamp(clock)).await
 }

@@ -11,6 +11,7 @@ use crate::store::StoreError;
 pub fn content_hash(body: &[u8]) -> String {
     hex(&Sha256::digest(body))
 }
+
 /// The associated data a dead-letter body is sealed under: its content hash.
 pub fn dead_letter_aad(content_hash: &str) -> String {
     format!("dl|{content_hash}")

@@ -36,6 +36,7 @@ impl<'a> Thread<'a> {
 pub fn outbox_aad(idem_key: &str) -> String {
     format!("tko|{idem_key}")
 }
+
 /// The R-FUP-4 step key of a follow-up task ref: without the `:{attempt}` of a retry.
 pub fn followup_step_key(task_ref: &str) -> &str {
     match task_ref.rsplit_once(':') {

@@ -471,6 +471,7 @@ impl Store {
             })
         })
     }
+
     /// A job's status, due time and mobile pseudonym, for contact resolution.
     pub async fn job_contact(
         &self,

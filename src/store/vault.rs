@@ -45,6 +45,7 @@ impl StoreTx {
         Ok(())
     }
 }
+
 impl Store {
     /// The sealed record under `pseudonym`: (key id, sealed bytes).
     async fn vault_row(&self, pseudonym: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {

@@ -737,6 +737,73 @@ async fn shadow_mode_writes_no_reidentified_data() {
         }
     }
     assert!(hcrm.requests().is_empty() && cc.requests().is_empty());
+    // Shadow lines and audit rows carry the bridge's (shifted) clock, like due and send times,
+    // not the wall clock.
+    let start: jiff::Timestamp = CLOCK_START.parse().unwrap();
+    let near_start = |ms: i64| (ms - start.as_millisecond()).abs() < 3_600_000;
+    for line in h.lines().chain(c.lines()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let at: jiff::Timestamp = v["at"].as_str().unwrap().parse().unwrap();
+        assert!(near_start(at.as_millisecond()), "shadow line at {at}");
+    }
+    let audit = bridge.store.audit(None).await.unwrap();
+    assert!(!audit.is_empty());
+    for row in &audit {
+        assert!(near_start(row.at), "audit {} at {}", row.action, row.at);
+    }
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// An outbox row for a peer this bridge does not send to — `[cem_results]` removed from the
+/// config after the row was queued, or a sink code it does not know — is given up as
+/// `dead(not_configured)`, sent nowhere (HCRM and the call center get nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_for_a_peer_not_configured_are_given_up() {
+    let (cem, hcrm, cc) = (
+        Recorder::start().await,
+        Recorder::start().await,
+        Recorder::start().await,
+    );
+    let setup = ticket_setup("tk-nopeer", &cem, &hcrm, &cc, "");
+    let bridge = setup.start().await;
+    // Due an hour before the bridge's clock starts.
+    let now = CLOCK_START
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond()
+        - 3_600_000;
+    let db = sqlite(&setup.db).await;
+    for (sink, key) in [("cem_results", "tk:x:result:cem"), ("fax", "tk:x:fax")] {
+        sqlx::query(
+            "INSERT INTO ticket_outbox (ticket_id, sink, kind, idem_key, status, due_at, \
+             next_attempt_at, key_id, body, created_at, updated_at) \
+             VALUES ('T-X', $1, 'call_result', $2, 'pending', $3, $3, 'demo', x'00', $3, $3)",
+        )
+        .bind(sink)
+        .bind(key)
+        .bind(now)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let dead = wait_for(20, "both rows given up", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT sink, status, reason FROM ticket_outbox WHERE ticket_id = 'T-X' ORDER BY sink",
+            )
+            .fetch_all(&db)
+            .await
+            .ok()?;
+            rows.iter().all(|r| r.1 == "dead").then_some(rows)
+        }
+    })
+    .await;
+    for (sink, _, reason) in &dead {
+        assert_eq!(reason.as_deref(), Some("not_configured"), "{sink}");
+    }
+    assert!(hcrm.requests().is_empty() && cc.requests().is_empty());
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
