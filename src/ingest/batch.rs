@@ -30,7 +30,7 @@ pub(super) async fn write_batch(
     let now = ctx.clock.now_ms();
     let conn = src.name.as_str();
     let mut tx = ctx.store.begin().await?;
-    let mut facts = BatchFacts::read(&mut tx, prepared, now).await?;
+    let mut facts = BatchFacts::new(prepared);
     let mut out = Vec::with_capacity(prepared.len());
     let mut created = false;
     for p in prepared {
@@ -109,7 +109,7 @@ pub(super) async fn write_batch(
                                 tx.count("cem_bridge_identity_warnings_total", &[("kind", w.code())], 1);
                             }
                             made |= apply_decision(&mut tx, &mut facts, conn, event, decision, ctx, now).await?;
-                            made |= apply_followup(&mut tx, &facts, conn, event, followup, ctx, now).await?;
+                            made |= apply_followup(&mut tx, &mut facts, conn, event, followup, ctx, now).await?;
                             None
                         }
                     }
@@ -174,7 +174,7 @@ pub(super) async fn write_batch(
 /// Write the effects of one decision; `true` if a job was created.
 async fn apply_decision(
     tx: &mut crate::store::StoreTx,
-    facts: &mut BatchFacts,
+    facts: &mut BatchFacts<'_>,
     conn: &str,
     event: &PatientEvent,
     decision: &SurveyDecision,
@@ -427,7 +427,7 @@ async fn apply_decision(
 /// scheduler is woken; calls wait in the ticket outbox).
 async fn apply_followup(
     tx: &mut crate::store::StoreTx,
-    facts: &BatchFacts,
+    facts: &mut BatchFacts<'_>,
     conn: &str,
     event: &PatientEvent,
     decision: &FollowupDecision,

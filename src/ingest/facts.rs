@@ -3,6 +3,11 @@
 //! transaction, and read again for one message only when an earlier message of the same batch
 //! changed them (a merge, a death, a cancel), so every decision sees what the messages before
 //! it did.
+//!
+//! The batch read happens at the first decision that needs it, after the transaction's first
+//! write (the inbox row): a SQLite transaction that reads first and writes later cannot take the
+//! write lock while another connection (the scheduler's claim) holds it, and fails with
+//! "database is locked" instead of waiting.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,35 +49,39 @@ fn id(k: &FactKeys<'_>) -> Id {
 }
 
 /// One batch's facts.
-pub(super) struct BatchFacts {
-    read: HashMap<Id, PatientFacts>,
+pub(super) struct BatchFacts<'a> {
+    /// Every job key of the batch, read together at the first [`BatchFacts::get`].
+    keys: Vec<FactKeys<'a>>,
+    read: Option<HashMap<Id, PatientFacts>>,
     /// Patient and visit keys an earlier message of this batch wrote facts for.
     changed: HashSet<String>,
 }
 
-impl BatchFacts {
-    /// Read the facts of every job key in the batch.
-    pub(super) async fn read(
-        tx: &mut StoreTx,
-        prepared: &[Prepared],
-        now: i64,
-    ) -> Result<Self, StoreError> {
-        let keys: Vec<FactKeys<'_>> = prepared.iter().flat_map(keys_of).collect();
-        let facts = tx.patient_facts_batch(&keys, now).await?;
-        Ok(Self {
-            read: keys.iter().map(id).zip(facts).collect(),
+impl<'a> BatchFacts<'a> {
+    pub(super) fn new(prepared: &'a [Prepared]) -> Self {
+        Self {
+            keys: prepared.iter().flat_map(keys_of).collect(),
+            read: None,
             changed: HashSet::new(),
-        })
+        }
     }
 
     /// The facts of `keys` as they stand now in the transaction.
     pub(super) async fn get(
-        &self,
+        &mut self,
         tx: &mut StoreTx,
         keys: &FactKeys<'_>,
         now: i64,
     ) -> Result<PatientFacts, StoreError> {
-        let cached = self.read.get(&id(keys));
+        let read = match &mut self.read {
+            Some(read) => read,
+            None => {
+                let facts = tx.patient_facts_batch(&self.keys, now).await?;
+                self.read
+                    .insert(self.keys.iter().map(id).zip(facts).collect())
+            }
+        };
+        let cached = read.get(&id(keys));
         let touched = [keys.patient_key, keys.visit_key, keys.mobile_key]
             .into_iter()
             .chain(cached.and_then(|f| f.survivor.as_deref()))
