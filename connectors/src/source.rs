@@ -90,6 +90,12 @@ pub trait Source: Send {
     fn close(self) -> impl Future<Output = ()> + Send
     where
         Self: Sized;
+
+    /// How long a partial batch waits for more deliveries, given the configured wait. A door
+    /// whose senders wait for their answer returns zero: waiting cannot grow its batch.
+    fn batch_wait(&self, configured: Duration) -> Duration {
+        configured
+    }
 }
 
 /// A door's configuration, able to open a [`Source`] — again after a failure.

@@ -387,8 +387,8 @@ impl Config {
             if !names.insert(&s.name) {
                 return Err(bad(&f("name"), format!("{:?} is used twice", s.name)));
             }
-            if s.queue.trim().is_empty() {
-                return Err(bad(&f("queue"), "must not be empty".into()));
+            if let Some((field, message)) = s.door_problem() {
+                return Err(bad(&f(field), message));
             }
             if cem_pipeline::decode::Charset::from_label(&s.charset).is_none() {
                 return Err(bad(

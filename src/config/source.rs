@@ -1,7 +1,36 @@
-//! `[[source]]`: one RabbitMQ queue the bridge consumes, with its mappings, batching and limits.
+//! `[[source]]`: one inbound door — a RabbitMQ queue (`kind = "amqp"`, the default), an MLLP
+//! listener (`"mllp"`) or a 互联互通 SOAP subscriber (`"soap"`) — with its mappings, batching and
+//! limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use cem_connectors::amqp::{AmqpSourceConfig, QueueType};
+use cem_connectors::listen::Allowed;
 use serde::Deserialize;
+
+/// Which door a `[[source]]` is.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Consume a RabbitMQ queue (`url`, `queue`).
+    #[default]
+    Amqp,
+    /// Listen for HL7 v2 over MLLP/TCP (`listen`); each message is answered with an HL7 ACK.
+    Mllp,
+    /// Listen for 互联互通 `HIPMessageServer(action, message)` SOAP calls (`listen`, `path`).
+    Soap,
+}
+
+impl SourceKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Amqp => "amqp",
+            Self::Mllp => "mllp",
+            Self::Soap => "soap",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -16,8 +45,41 @@ pub enum QueueTypeConfig {
 pub struct SourceConfig {
     /// Connector name: in the store, logs, metrics and dead-letter headers.
     pub name: String,
+    /// `amqp` (default), `mllp` or `soap`.
+    #[serde(default)]
+    pub kind: SourceKind,
+    /// amqp: the broker URL (`amqp://user:pass@host:5672/vhost`).
+    #[serde(default)]
     pub url: String,
+    /// amqp: the queue to consume.
+    #[serde(default)]
     pub queue: String,
+    /// mllp / soap: the address to listen on, e.g. `0.0.0.0:2575`.
+    pub listen: Option<String>,
+    /// soap: the endpoint path (default `/services/HIPMessageServer`).
+    pub path: Option<String>,
+    /// mllp / soap: connections (mllp) or requests in flight (soap) at once; more are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// mllp: close a connection that sent nothing for this many seconds.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_s: u64,
+    /// mllp / soap: answer "not taken, send again" (MLLP `AR`, SOAP fault 503) when a message
+    /// is not durable within this many milliseconds (store down, say).
+    #[serde(default = "default_answer_timeout")]
+    pub answer_timeout_ms: u64,
+    /// mllp / soap: addresses or networks allowed to connect (`10.1.0.0/16`); empty = any.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// mllp / soap: PEM certificate chain for TLS (with `tls_key`); absent = plain TCP/HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// mllp / soap: PEM private key for TLS.
+    pub tls_key: Option<PathBuf>,
+    /// soap: environment variable holding the bearer token callers must send
+    /// (`Authorization: Bearer …`); absent = no token.
+    pub token_env: Option<String>,
+    /// soap: environment variable holding `user:password` for HTTP Basic auth; absent = none.
+    pub basic_auth_env: Option<String>,
     /// Default `{queue}.dlx`.
     pub dead_letter_exchange: Option<String>,
     /// Default `{queue}.dlq`.
@@ -60,6 +122,15 @@ impl SourceConfig {
     }
 }
 
+fn default_max_connections() -> usize {
+    64
+}
+fn default_idle_timeout() -> u64 {
+    600
+}
+fn default_answer_timeout() -> u64 {
+    20_000
+}
 fn default_prefetch() -> u16 {
     256
 }
@@ -97,6 +168,88 @@ impl SourceConfig {
             queue_type: self.queue_type.into(),
             prefetch: self.prefetch,
             consumer_tag: format!("cem-bridge/{instance}/{}/{}", self.name, self.queue),
+        }
+    }
+}
+
+impl SourceConfig {
+    /// `allow` parsed; the first entry that is not an address or network is the error.
+    pub fn allowed(&self) -> Result<Vec<Allowed>, String> {
+        self.allow.iter().map(|a| a.parse()).collect()
+    }
+
+    /// soap: the endpoint path.
+    pub fn soap_path(&self) -> String {
+        self.path
+            .clone()
+            .unwrap_or_else(|| "/services/HIPMessageServer".into())
+    }
+
+    pub fn answer_timeout(&self) -> Duration {
+        Duration::from_millis(self.answer_timeout_ms)
+    }
+
+    /// What is wrong with this door's settings for its kind: (field, what to do).
+    pub fn door_problem(&self) -> Option<(&'static str, String)> {
+        let kind = self.kind.code();
+        match self.kind {
+            SourceKind::Amqp => {
+                if self.url.trim().is_empty() {
+                    return Some(("url", "must name the broker, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into()));
+                }
+                if self.queue.trim().is_empty() {
+                    return Some(("queue", "must not be empty".into()));
+                }
+                if self.listen.is_some() {
+                    return Some(("listen", "is for kind = \"mllp\" or \"soap\"; a RabbitMQ source consumes `queue`".into()));
+                }
+            }
+            SourceKind::Mllp | SourceKind::Soap => {
+                if !self.url.is_empty() || !self.queue.is_empty() {
+                    return Some(("url", format!("kind = {kind:?} listens (`listen`); remove url and queue, or use kind = \"amqp\"")));
+                }
+                match self.listen.as_deref() {
+                    None | Some("") => {
+                        return Some(("listen", format!("kind = {kind:?} needs the address to listen on, e.g. listen = \"0.0.0.0:{}\"", if self.kind == SourceKind::Mllp { 2575 } else { 8090 })));
+                    }
+                    Some(l) if l.parse::<std::net::SocketAddr>().is_err() => {
+                        return Some(("listen", format!("{l:?} is not an address:port, e.g. 0.0.0.0:2575")));
+                    }
+                    _ => {}
+                }
+                if let Err(e) = self.allowed() {
+                    return Some(("allow", e));
+                }
+                if self.tls_cert.is_some() != self.tls_key.is_some() {
+                    return Some(("tls_cert", "TLS needs both tls_cert and tls_key (PEM files)".into()));
+                }
+                if self.max_connections == 0 {
+                    return Some(("max_connections", "must be ≥ 1".into()));
+                }
+                if self.answer_timeout_ms < 1000 {
+                    return Some(("answer_timeout_ms", "must be ≥ 1000: a batch commit on a busy store can take that long".into()));
+                }
+                if self.kind == SourceKind::Mllp && (self.path.is_some() || self.token_env.is_some() || self.basic_auth_env.is_some()) {
+                    return Some(("path", "path, token_env and basic_auth_env are for kind = \"soap\"; an MLLP door is guarded by `allow` and TLS".into()));
+                }
+                if let Some(p) = &self.path && !p.starts_with('/') {
+                    return Some(("path", format!("{p:?} must start with /, e.g. /services/HIPMessageServer")));
+                }
+            }
+        }
+        None
+    }
+
+    /// Where the door is, for logs and the ops page: the queue or the listen address.
+    pub fn place(&self) -> String {
+        match self.kind {
+            SourceKind::Amqp => self.queue.clone(),
+            SourceKind::Mllp => self.listen.clone().unwrap_or_default(),
+            SourceKind::Soap => format!(
+                "{}{}",
+                self.listen.as_deref().unwrap_or_default(),
+                self.soap_path()
+            ),
         }
     }
 }

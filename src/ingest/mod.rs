@@ -85,6 +85,7 @@ async fn consume<S: Source>(
             });
         };
         // A failure after the first delivery leaves the batch unsettled: redelivered.
+        let wait = source.batch_wait(wait);
         let batch = fill_batch(source, first, src.batch_size, wait).await?;
         let received = Instant::now();
         let prepared: Vec<Prepared> = batch
