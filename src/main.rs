@@ -9,7 +9,7 @@ use cem_bridge::app::{self, Secrets};
 use cem_bridge::cli::bench;
 use cem_bridge::cli::inspect;
 use cem_bridge::cli::map;
-use cem_bridge::cli::publish::{PublishRequest, publish_files};
+use cem_bridge::cli::publish::{self, PublishRequest, publish_files};
 use cem_bridge::config::{Config, LogFormat};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -99,6 +99,23 @@ enum Cmd {
         /// Extra message header, e.g. --header service-code=S0023 (repeatable).
         #[arg(long = "header", value_parser = parse_header)]
         headers: Vec<(String, String)>,
+        /// Send over MLLP to HOST:PORT (an `kind = "mllp"` source) instead of RabbitMQ, one
+        /// message after the other's ACK; prints each ACK.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["soap", "queue", "amqp"])]
+        mllp: Option<String>,
+        /// Call HIPMessageServer at this URL (a `kind = "soap"` source) instead of RabbitMQ;
+        /// prints each acknowledgement.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["queue", "amqp"], requires = "action")]
+        soap: Option<String>,
+        /// With --soap: the service code sent as `action`, e.g. S0032.
+        #[arg(long)]
+        action: Option<String>,
+        /// With --soap: send SOAP 1.2 (default SOAP 1.1 with SOAPAction, as 东华 HSB does).
+        #[arg(long)]
+        soap12: bool,
+        /// With --soap: the environment variable holding a bearer token to send.
+        #[arg(long)]
+        token_env: Option<String>,
         /// Files to send, one message each.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -452,9 +469,46 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             queue,
             amqp,
             headers,
+            mllp,
+            soap,
+            action,
+            soap12,
+            token_env,
             files,
         } => {
             init_logs(None);
+            if mllp.is_some() || soap.is_some() {
+                let answers = match (&mllp, &soap) {
+                    (Some(addr), _) => publish::send_mllp(addr, &files).await?,
+                    (None, Some(url)) => {
+                        let token = match &token_env {
+                            Some(v) => Some(std::env::var(v).with_context(|| {
+                                format!("--token-env names {v}, which is not set")
+                            })?),
+                            None => None,
+                        };
+                        let action = action.as_deref().unwrap_or_default();
+                        publish::send_soap(url, action, soap12, token.as_deref(), &files).await?
+                    }
+                    (None, None) => unreachable!("checked above"),
+                };
+                let refused = answers.iter().filter(|a| !a.accepted()).count();
+                for a in &answers {
+                    if a.text.is_empty() || a.accepted() {
+                        println!("{}: {}", a.file, a.code);
+                    } else {
+                        println!("{}: {} {}", a.file, a.code, a.text);
+                    }
+                }
+                if refused > 0 {
+                    anyhow::bail!(
+                        "{refused} of {} message(s) were not accepted (AA)",
+                        answers.len()
+                    );
+                }
+                println!("{} message(s) accepted", answers.len());
+                return Ok(());
+            }
             let from_cfg = || -> anyhow::Result<Config> {
                 Config::load(&config)
                     .context("pass --queue and --amqp, or a config with a [[source]]")

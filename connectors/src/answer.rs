@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -88,6 +89,7 @@ pub struct AnsweringSource {
     /// The listener task (it owns the connection tasks; dropping it aborts them).
     listener: Option<JoinHandle<()>>,
     door: String,
+    local: Option<SocketAddr>,
 }
 
 /// Make the two halves. `queue` bounds the deliveries submitted but not yet taken (each one is
@@ -96,7 +98,10 @@ pub fn channel(
     door: &str,
     queue: usize,
     answer_timeout: Duration,
-) -> (Inbox, impl FnOnce(JoinHandle<()>) -> AnsweringSource) {
+) -> (
+    Inbox,
+    impl FnOnce(JoinHandle<()>, Option<SocketAddr>) -> AnsweringSource,
+) {
     let (tx, rx) = mpsc::channel(queue.max(1));
     let (stop_tx, stop_rx) = watch::channel(false);
     let inbox = Inbox {
@@ -105,8 +110,9 @@ pub fn channel(
         stop: stop_rx,
     };
     let door = door.to_string();
-    let make = move |listener: JoinHandle<()>| AnsweringSource {
+    let make = move |listener: JoinHandle<()>, local: Option<SocketAddr>| AnsweringSource {
         rx,
+        local,
         waiting: HashMap::new(),
         next_id: 1,
         stop: stop_tx,
@@ -187,6 +193,10 @@ impl Source for AnsweringSource {
         }
     }
 
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
     fn batch_wait(&self, _configured: Duration) -> Duration {
         // Each sender waits for its answer, so a batch cannot grow by waiting: take what is
         // queued now; the deliveries that arrive during a commit make the next batch.
@@ -217,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn a_settled_delivery_answers_its_sender() {
         let (inbox, make) = channel("t", 4, Duration::from_secs(5));
-        let mut src = make(tokio::spawn(async {}));
+        let mut src = make(tokio::spawn(async {}), None);
         let sender = tokio::spawn({
             let inbox = inbox.clone();
             async move { inbox.submit(delivery("a")).await }
@@ -236,7 +246,7 @@ mod tests {
     #[tokio::test]
     async fn retry_stop_and_timeout_answer_unavailable() {
         let (inbox, make) = channel("t", 4, Duration::from_millis(200));
-        let mut src = make(tokio::spawn(async {}));
+        let mut src = make(tokio::spawn(async {}), None);
         // Retry.
         let s1 = tokio::spawn({
             let inbox = inbox.clone();

@@ -96,6 +96,11 @@ pub trait Source: Send {
     fn batch_wait(&self, configured: Duration) -> Duration {
         configured
     }
+
+    /// The address a listening door is bound to (its port when the config said 0).
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 /// A door's configuration, able to open a [`Source`] — again after a failure.

@@ -327,6 +327,7 @@ pub struct Bridge {
     /// The ops server and the background tasks (gauges, retention), stopped last.
     background: Vec<JoinHandle<()>>,
     ops_addr: Option<SocketAddr>,
+    health: SourceHealth,
     pub store: Store,
     /// The mappings in use (reloaded on SIGHUP and on file change).
     pub mappings: Arc<crate::process::live::Mappings>,
@@ -444,6 +445,15 @@ pub async fn start_with_clock(
     )
     .await?;
     let health = SourceHealth::new(cfg.sources.iter().map(|s| s.name.as_str()));
+    // Every door ready before anything is consumed: a bad TLS file or a missing secret fails
+    // the start, naming the source.
+    let mut doors = Vec::with_capacity(cfg.sources.len());
+    for s in &cfg.sources {
+        let door = s
+            .door(&instance)
+            .map_err(|e| anyhow::anyhow!("[[source]] {:?}: {e}", s.name))?;
+        doors.push(door);
+    }
     let ops_token = match (&secrets.ops_token, cfg.ops.needs_token()) {
         (Some(t), true) => Some(t.clone()),
         (None, true) => anyhow::bail!(
@@ -515,7 +525,7 @@ pub async fn start_with_clock(
             OpsState {
                 prom,
                 store: store.clone(),
-                sources: health,
+                sources: health.clone(),
                 token: ops_token,
                 zone: cfg.zone(),
                 clock: clock.clone(),
@@ -551,11 +561,12 @@ pub async fn start_with_clock(
     let sources = cfg
         .sources
         .iter()
-        .map(|s| {
+        .zip(doors)
+        .map(|(s, door)| {
             tokio::spawn(run_source(
                 ctx.clone(),
                 s.clone(),
-                instance.clone(),
+                door,
                 trigger.subscribe(),
             ))
         })
@@ -582,6 +593,7 @@ pub async fn start_with_clock(
         scheduler,
         background,
         ops_addr,
+        health,
         store,
         mappings,
         policy,
@@ -592,6 +604,12 @@ impl Bridge {
     /// Where the ops server listens (the bound port when the config said port 0), if enabled.
     pub fn ops_addr(&self) -> Option<SocketAddr> {
         self.ops_addr
+    }
+
+    /// Where a listening `[[source]]` (MLLP, SOAP) is bound, once it is listening — its real
+    /// port when the config said port 0.
+    pub fn door_addr(&self, source: &str) -> Option<SocketAddr> {
+        self.health.address(source)
     }
 
     /// Stop consuming, finish in-flight batches and pushes, close the store.

@@ -23,6 +23,7 @@ use crate::app::Secrets;
 use crate::cli::map::{MapRequest, map_body};
 use crate::config::Config;
 use crate::config::source::SourceConfig;
+use crate::config::source::SourceKind;
 use crate::store::dead_letters::dead_letter_aad;
 use crate::store::ops::{ReplayFilter, SealedDeadLetter};
 
@@ -84,6 +85,16 @@ pub async fn replay(
             ));
             continue;
         };
+        if src.kind != SourceKind::Amqp {
+            report.skipped += 1;
+            report.text.push_str(&format!(
+                "{title}\n  skipped: [[source]] {:?} is a {} door with no queue to replay into; fix the cause, then have the sender send it again (or `cem-bridge publish --{} …` a copy)\n",
+                src.name,
+                src.kind.code(),
+                src.kind.code()
+            ));
+            continue;
+        }
         let opened = open_body(&vault, row).and_then(|b| Ok((b, open_headers(&vault, row)?)));
         let (body, headers) = match opened {
             Ok(o) => o,

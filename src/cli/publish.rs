@@ -58,3 +58,92 @@ pub async fn publish_files(req: &PublishRequest) -> anyhow::Result<u64> {
     publisher.close().await;
     Ok(n)
 }
+
+/// What a listening door answered for one file.
+pub struct Answered {
+    pub file: String,
+    /// `AA` / `AE` / `AR` (MLLP), `AA` / `AE` / `FAULT` (SOAP).
+    pub code: String,
+    pub text: String,
+}
+
+impl Answered {
+    pub fn accepted(&self) -> bool {
+        self.code == "AA" || self.code == "CA"
+    }
+}
+
+fn file_name(f: &std::path::Path) -> String {
+    f.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Send every file over one MLLP connection, each after the previous one's ACK.
+pub async fn send_mllp(addr: &str, files: &[PathBuf]) -> anyhow::Result<Vec<Answered>> {
+    use cem_connectors::mllp::client::{MllpClient, ack_summary};
+    let mut client = MllpClient::connect(addr, std::time::Duration::from_secs(30)).await?;
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let body = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let ack = client
+            .send(&body)
+            .await
+            .with_context(|| format!("sending {}", f.display()))?;
+        let (code, text) = ack_summary(&ack);
+        out.push(Answered {
+            file: file_name(f),
+            code,
+            text,
+        });
+    }
+    Ok(out)
+}
+
+/// Call `HIPMessageServer(action, file)` for every file, one after the other.
+pub async fn send_soap(
+    url: &str,
+    action: &str,
+    soap12: bool,
+    bearer: Option<&str>,
+    files: &[PathBuf],
+) -> anyhow::Result<Vec<Answered>> {
+    use cem_connectors::soap::client::{call, http_client, summary};
+    use cem_connectors::soap::envelope::SoapVersion;
+    let version = if soap12 {
+        SoapVersion::V12
+    } else {
+        SoapVersion::V11
+    };
+    let http = http_client()?;
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let message =
+            xml_text(&bytes).map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.detail))?;
+        let (status, body) = call(&http, url, version, action, &message, bearer)
+            .await
+            .with_context(|| format!("calling {url} with {}", f.display()))?;
+        let (code, mut text) = summary(&body);
+        if code == "FAULT" {
+            text = format!("HTTP {status}: {text}");
+        }
+        out.push(Answered {
+            file: file_name(f),
+            code,
+            text,
+        });
+    }
+    Ok(out)
+}
+
+/// A file's XML as text: decoded from the charset its declaration names (UTF-8 without one).
+fn xml_text(bytes: &[u8]) -> Result<String, cem_pipeline::reason::Rejection> {
+    use cem_pipeline::decode::Charset;
+    use cem_pipeline::decode::xml::declared_encoding;
+    let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+    let charset = declared_encoding(bytes)
+        .and_then(Charset::from_label)
+        .unwrap_or_default();
+    Ok(charset.decode(bytes)?.into_owned())
+}

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cem_connectors::amqp::{AmqpSourceConfig, QueueType};
-use cem_connectors::listen::Allowed;
+use cem_connectors::listen::{Allowed, tls_acceptor};
+use cem_connectors::mllp::MllpConfig;
+use cem_connectors::soap::{SoapAuth, SoapConfig};
 use serde::Deserialize;
 
 /// Which door a `[[source]]` is.
@@ -158,8 +160,48 @@ impl SourceConfig {
         dead_letter_name(&self.dead_letter_queue, &self.queue, "dlq")
     }
 
+    /// The door of this source, ready to open: TLS files read, secrets taken from the
+    /// environment. `instance` names the AMQP consumer. The error says what to fix.
+    pub fn door(&self, instance: &str) -> Result<Door, String> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some(tls_acceptor(c, k).map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        let listen = self.listen.clone().unwrap_or_default();
+        let allow = self.allowed()?;
+        Ok(match self.kind {
+            SourceKind::Amqp => Door::Amqp(self.amqp_door(instance)),
+            SourceKind::Mllp => Door::Mllp(MllpConfig {
+                name: self.name.clone(),
+                listen,
+                max_frame_bytes: self.max_message_bytes,
+                idle_timeout: Duration::from_secs(self.idle_timeout_s),
+                max_connections: self.max_connections,
+                allow,
+                tls,
+                answer_timeout: self.answer_timeout(),
+            }),
+            SourceKind::Soap => Door::Soap(SoapConfig {
+                name: self.name.clone(),
+                listen,
+                path: self.soap_path(),
+                // Escaping can triple a message inside the envelope; the message itself is
+                // then held to max_message_bytes by the decoder.
+                max_body_bytes: self.max_message_bytes.saturating_mul(3) + 64 * 1024,
+                max_in_flight: self.max_connections,
+                allow,
+                tls,
+                auth: SoapAuth {
+                    bearer: secret(&self.token_env, "token_env")?,
+                    basic: secret(&self.basic_auth_env, "basic_auth_env")?,
+                },
+                answer_timeout: self.answer_timeout(),
+            }),
+        })
+    }
+
     /// The RabbitMQ door of this source; `instance` names the consumer.
-    pub fn door(&self, instance: &str) -> AmqpSourceConfig {
+    pub fn amqp_door(&self, instance: &str) -> AmqpSourceConfig {
         AmqpSourceConfig {
             url: self.url.clone(),
             queue: self.queue.clone(),
@@ -195,25 +237,50 @@ impl SourceConfig {
         match self.kind {
             SourceKind::Amqp => {
                 if self.url.trim().is_empty() {
-                    return Some(("url", "must name the broker, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into()));
+                    return Some((
+                        "url",
+                        "must name the broker, e.g. amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                    ));
                 }
                 if self.queue.trim().is_empty() {
                     return Some(("queue", "must not be empty".into()));
                 }
                 if self.listen.is_some() {
-                    return Some(("listen", "is for kind = \"mllp\" or \"soap\"; a RabbitMQ source consumes `queue`".into()));
+                    return Some((
+                        "listen",
+                        "is for kind = \"mllp\" or \"soap\"; a RabbitMQ source consumes `queue`"
+                            .into(),
+                    ));
                 }
             }
             SourceKind::Mllp | SourceKind::Soap => {
                 if !self.url.is_empty() || !self.queue.is_empty() {
-                    return Some(("url", format!("kind = {kind:?} listens (`listen`); remove url and queue, or use kind = \"amqp\"")));
+                    return Some((
+                        "url",
+                        format!(
+                            "kind = {kind:?} listens (`listen`); remove url and queue, or use kind = \"amqp\""
+                        ),
+                    ));
                 }
                 match self.listen.as_deref() {
                     None | Some("") => {
-                        return Some(("listen", format!("kind = {kind:?} needs the address to listen on, e.g. listen = \"0.0.0.0:{}\"", if self.kind == SourceKind::Mllp { 2575 } else { 8090 })));
+                        return Some((
+                            "listen",
+                            format!(
+                                "kind = {kind:?} needs the address to listen on, e.g. listen = \"0.0.0.0:{}\"",
+                                if self.kind == SourceKind::Mllp {
+                                    2575
+                                } else {
+                                    8090
+                                }
+                            ),
+                        ));
                     }
                     Some(l) if l.parse::<std::net::SocketAddr>().is_err() => {
-                        return Some(("listen", format!("{l:?} is not an address:port, e.g. 0.0.0.0:2575")));
+                        return Some((
+                            "listen",
+                            format!("{l:?} is not an address:port, e.g. 0.0.0.0:2575"),
+                        ));
                     }
                     _ => {}
                 }
@@ -221,19 +288,34 @@ impl SourceConfig {
                     return Some(("allow", e));
                 }
                 if self.tls_cert.is_some() != self.tls_key.is_some() {
-                    return Some(("tls_cert", "TLS needs both tls_cert and tls_key (PEM files)".into()));
+                    return Some((
+                        "tls_cert",
+                        "TLS needs both tls_cert and tls_key (PEM files)".into(),
+                    ));
                 }
                 if self.max_connections == 0 {
                     return Some(("max_connections", "must be ≥ 1".into()));
                 }
                 if self.answer_timeout_ms < 1000 {
-                    return Some(("answer_timeout_ms", "must be ≥ 1000: a batch commit on a busy store can take that long".into()));
+                    return Some((
+                        "answer_timeout_ms",
+                        "must be ≥ 1000: a batch commit on a busy store can take that long".into(),
+                    ));
                 }
-                if self.kind == SourceKind::Mllp && (self.path.is_some() || self.token_env.is_some() || self.basic_auth_env.is_some()) {
+                if self.kind == SourceKind::Mllp
+                    && (self.path.is_some()
+                        || self.token_env.is_some()
+                        || self.basic_auth_env.is_some())
+                {
                     return Some(("path", "path, token_env and basic_auth_env are for kind = \"soap\"; an MLLP door is guarded by `allow` and TLS".into()));
                 }
-                if let Some(p) = &self.path && !p.starts_with('/') {
-                    return Some(("path", format!("{p:?} must start with /, e.g. /services/HIPMessageServer")));
+                if let Some(p) = &self.path
+                    && !p.starts_with('/')
+                {
+                    return Some((
+                        "path",
+                        format!("{p:?} must start with /, e.g. /services/HIPMessageServer"),
+                    ));
                 }
             }
         }
@@ -251,6 +333,25 @@ impl SourceConfig {
                 self.soap_path()
             ),
         }
+    }
+}
+
+/// An opened-ready door of one of the kinds.
+#[derive(Debug)]
+pub enum Door {
+    Amqp(AmqpSourceConfig),
+    Mllp(MllpConfig),
+    Soap(SoapConfig),
+}
+
+/// The value of the environment variable a secret setting names, if it names one.
+fn secret(var: &Option<String>, field: &str) -> Result<Option<String>, String> {
+    let Some(var) = var else { return Ok(None) };
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(Some(v)),
+        _ => Err(format!(
+            "{field} names the environment variable {var}, which is not set: set it or remove {field}"
+        )),
     }
 }
 

@@ -142,10 +142,11 @@ async fn readiness(s: &OpsState) -> (bool, serde_json::Value) {
         if !connected {
             not_ready.push(format!("source {name}"));
         }
-        let state = if connected {
-            "connected"
-        } else {
-            "disconnected"
+        // A listening door (MLLP, SOAP) says where it listens.
+        let state = match (connected, s.sources.address(&name)) {
+            (true, Some(addr)) => format!("listening on {addr}"),
+            (true, None) => "connected".into(),
+            (false, _) => "disconnected".into(),
         };
         sources.insert(name, state.into());
     }

@@ -4,8 +4,8 @@
 //! forwarded with their reason, everything else acked. A crash anywhere before the settle means
 //! redelivery; the dedupe record turns that into a counted `duplicate` with no second effect.
 //!
-//! May import: `store`, `privacy`, `process`, `config`. The door is generic: this room never
-//! names AMQP except to build the `[[source]]` door from its config.
+//! May import: `store`, `privacy`, `process`, `config`. The door is generic: this room names
+//! the door kinds only to pick the one a `[[source]]` configured.
 
 pub mod batch;
 pub mod context;
@@ -25,7 +25,7 @@ use cem_pipeline::translate::decode;
 use metrics::counter;
 use tracing::{info, warn};
 
-use crate::config::source::SourceConfig;
+use crate::config::source::{Door, SourceConfig};
 use crate::process::fault::{self, Point};
 use crate::process::reconnect::Reconnect;
 use crate::process::shutdown::Shutdown;
@@ -33,15 +33,19 @@ use crate::store::dead_letters::content_hash;
 use batch::write_batch;
 use context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
 
-/// Consume one source until shutdown, reconnecting with backoff when the broker goes away.
+/// Consume one source through its door until shutdown, reopening it with backoff when it
+/// fails (broker gone, port taken).
 pub async fn run_source(
     ctx: Arc<IngestContext>,
     src: SourceConfig,
-    instance: String,
+    door: Door,
     shutdown: Shutdown,
 ) {
-    let door = src.door(&instance);
-    run_door(ctx, src, &door, shutdown).await;
+    match door {
+        Door::Amqp(d) => run_door(ctx, src, &d, shutdown).await,
+        Door::Mllp(d) => run_door(ctx, src, &d, shutdown).await,
+        Door::Soap(d) => run_door(ctx, src, &d, shutdown).await,
+    }
 }
 
 /// Consume one door until shutdown, reopening it with backoff when it fails.
@@ -54,6 +58,7 @@ pub async fn run_door<B: SourceBuilder>(
     let mut link = Reconnect::new(door, &src.name);
     while let Some(mut source) = link.connect(&mut shutdown).await {
         ctx.health.set_connected(&src.name, true);
+        ctx.health.set_address(&src.name, source.local_addr());
         let r = consume(&ctx, &src, &mut source, &mut shutdown).await;
         ctx.health.set_connected(&src.name, false);
         source.close().await;

@@ -2,6 +2,7 @@
 //! consumer, read by `/ready` and the ops page.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// Whether each source is connected to RabbitMQ and consuming, shared by the ingest tasks
@@ -9,6 +10,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Default)]
 pub struct SourceHealth {
     connected: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// Where listening doors are bound (their real port when the config said 0).
+    addresses: Arc<Mutex<BTreeMap<String, SocketAddr>>>,
 }
 
 impl SourceHealth {
@@ -17,7 +20,29 @@ impl SourceHealth {
         let map = names.into_iter().map(|n| (n.to_string(), false)).collect();
         Self {
             connected: Arc::new(Mutex::new(map)),
+            addresses: Arc::default(),
         }
+    }
+
+    /// Record where a listening door is bound (nothing for a consuming door).
+    pub fn set_address(&self, connector: &str, addr: Option<SocketAddr>) {
+        let mut m = self
+            .addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match addr {
+            Some(a) => m.insert(connector.to_string(), a),
+            None => m.remove(connector),
+        };
+    }
+
+    /// Where a listening door is bound, once it is.
+    pub fn address(&self, connector: &str) -> Option<SocketAddr> {
+        self.addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(connector)
+            .copied()
     }
 
     pub fn set_connected(&self, connector: &str, connected: bool) {

@@ -49,9 +49,7 @@ impl InboundHeader {
     /// Read the MSH of a message; a body that does not start with `MSH` gives empty fields (the
     /// ACK is then still well-formed, with `|^~\&` and no echo).
     pub fn parse(message: &[u8]) -> Self {
-        let body = message
-            .strip_prefix(&[0xEF, 0xBB, 0xBF])
-            .unwrap_or(message);
+        let body = message.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(message);
         let start = body
             .iter()
             .position(|b| !b.is_ascii_whitespace())
@@ -303,7 +301,12 @@ mod tests {
     #[test]
     fn a_body_without_msh_still_gets_a_wellformed_ack() {
         let h = InboundHeader::parse(b"not hl7 at all");
-        let ack = build(&h, AckCode::Error, Some("unknown_format"), "20261204093000+0000");
+        let ack = build(
+            &h,
+            AckCode::Error,
+            Some("unknown_format"),
+            "20261204093000+0000",
+        );
         let s = segments(&ack);
         assert_eq!(s[0][0], "MSH");
         assert_eq!(s[0][1], "^~\\&");

@@ -8,6 +8,7 @@
 //! idle timeout, connection count, an address allow-list, optional TLS.
 
 pub mod ack;
+pub mod client;
 pub mod frame;
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::answer::{self, AnsweringSource, Answer, Inbox};
+use crate::answer::{self, Answer, AnsweringSource, Inbox};
 use crate::listen::{Allowed, allowed};
 use crate::source::{Delivery, Settle, SourceBuilder, SourceError};
 use ack::{AckCode, InboundHeader};
@@ -65,13 +66,14 @@ impl SourceBuilder for MllpConfig {
     type Source = AnsweringSource;
 
     async fn connect(&self) -> Result<AnsweringSource, SourceError> {
-        let listener = TcpListener::bind(&self.listen)
-            .await
-            .map_err(|e| SourceError::Transport(format!("cannot listen on {}: {e}", self.listen).into()))?;
+        let listener = TcpListener::bind(&self.listen).await.map_err(|e| {
+            SourceError::Transport(format!("cannot listen on {}: {e}", self.listen).into())
+        })?;
         let (inbox, make) = answer::channel(&self.name, self.max_connections, self.answer_timeout);
         info!(connector = %self.name, listen = %self.listen, tls = self.tls.is_some(), "MLLP door listening");
         let cfg = Arc::new(self.clone());
-        Ok(make(tokio::spawn(accept_loop(listener, inbox, cfg))))
+        let local = listener.local_addr().ok();
+        Ok(make(tokio::spawn(accept_loop(listener, inbox, cfg)), local))
     }
 
     fn describe(&self) -> String {

@@ -54,7 +54,9 @@ pub enum EnvelopeError {
         "the request is not a SOAP envelope (expected an Envelope element in the SOAP 1.1 or 1.2 namespace)"
     )]
     NotEnvelope,
-    #[error("the SOAP body calls {0:?}; this subscriber offers only HIPMessageServer(action, message)")]
+    #[error(
+        "the SOAP body calls {0:?}; this subscriber offers only HIPMessageServer(action, message)"
+    )]
     WrongOperation(String),
     #[error("the SOAP body holds no operation element")]
     NoOperation,
@@ -136,7 +138,10 @@ pub fn parse(body: &[u8]) -> Result<Call, EnvelopeError> {
                 if let Some((w, d, start, nested, txt)) = param.take() {
                     if d == depth {
                         let value = if nested {
-                            text.get(start..before).unwrap_or_default().trim().to_string()
+                            text.get(start..before)
+                                .unwrap_or_default()
+                                .trim()
+                                .to_string()
                         } else {
                             txt
                         };
@@ -172,9 +177,7 @@ pub fn parse(body: &[u8]) -> Result<Call, EnvelopeError> {
                     match ch {
                         Some(c) => p.4.push(c),
                         None => {
-                            return Err(EnvelopeError::NotXml(format!(
-                                "unknown entity &{name};"
-                            )));
+                            return Err(EnvelopeError::NotXml(format!("unknown entity &{name};")));
                         }
                     }
                 }
@@ -226,7 +229,10 @@ fn utf8_declaration(message: &str) -> String {
         Some(r) => r.find("?>").map(|i| &r[i + 2..]).unwrap_or(message),
         None => message,
     };
-    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>{}", rest.trim_start())
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>{}",
+        rest.trim_start()
+    )
 }
 
 /// Escape text for an XML element or attribute.
@@ -267,14 +273,18 @@ pub fn fault(version: SoapVersion, blame: Blame, reason: &str) -> String {
                 Blame::Sender => "soap:Client",
                 Blame::Receiver => "soap:Server",
             };
-            format!("<soap:Fault><faultcode>{code}</faultcode><faultstring>{reason}</faultstring></soap:Fault>")
+            format!(
+                "<soap:Fault><faultcode>{code}</faultcode><faultstring>{reason}</faultstring></soap:Fault>"
+            )
         }
         SoapVersion::V12 => {
             let code = match blame {
                 Blame::Sender => "soap:Sender",
                 Blame::Receiver => "soap:Receiver",
             };
-            format!("<soap:Fault><soap:Code><soap:Value>{code}</soap:Value></soap:Code><soap:Reason><soap:Text xml:lang=\"en\">{reason}</soap:Text></soap:Reason></soap:Fault>")
+            format!(
+                "<soap:Fault><soap:Code><soap:Value>{code}</soap:Value></soap:Code><soap:Reason><soap:Text xml:lang=\"en\">{reason}</soap:Text></soap:Reason></soap:Fault>"
+            )
         }
     };
     format!(
@@ -299,7 +309,12 @@ mod tests {
         assert_eq!(c.version, SoapVersion::V11);
         assert_eq!(c.namespace, "http://www.dhcc.com.cn");
         assert_eq!(c.action, "S0032");
-        assert!(c.message.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><PRPA_IN400003UV"), "{}", c.message);
+        assert!(
+            c.message
+                .starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><PRPA_IN400003UV"),
+            "{}",
+            c.message
+        );
         assert!(c.message.contains("extension=\"M1\""));
     }
 
@@ -312,7 +327,10 @@ mod tests {
         assert_eq!(c.version, SoapVersion::V12);
         assert_eq!(c.namespace, "http://goodwillcis.com");
         assert_eq!(c.action, "S0023");
-        assert!(c.message.contains("<PRPA_IN400003UV xmlns=\"urn:hl7-org:v3\">"));
+        assert!(
+            c.message
+                .contains("<PRPA_IN400003UV xmlns=\"urn:hl7-org:v3\">")
+        );
     }
 
     #[test]
@@ -321,19 +339,40 @@ mod tests {
             "<s:Envelope xmlns:s=\"{SOAP12}\"><s:Body><h:HIPMessageServer xmlns:h=\"urn:x\"><h:action>S0026</h:action><h:message><PRPA_IN400001UV xmlns=\"urn:hl7-org:v3\"><id extension=\"M2\"/></PRPA_IN400001UV></h:message></h:HIPMessageServer></s:Body></s:Envelope>"
         );
         let c = parse(body.as_bytes()).unwrap();
-        assert!(c.message.ends_with("<PRPA_IN400001UV xmlns=\"urn:hl7-org:v3\"><id extension=\"M2\"/></PRPA_IN400001UV>"), "{}", c.message);
+        assert!(
+            c.message.ends_with(
+                "<PRPA_IN400001UV xmlns=\"urn:hl7-org:v3\"><id extension=\"M2\"/></PRPA_IN400001UV>"
+            ),
+            "{}",
+            c.message
+        );
     }
 
     #[test]
     fn what_is_not_a_call_is_named() {
         let broken = format!("<s:Envelope xmlns:s=\"{SOAP11}\"></s:Body>");
-        assert!(matches!(parse(broken.as_bytes()), Err(EnvelopeError::NotXml(_))));
-        assert!(matches!(parse(&[0xff, 0xfe, 0x00]), Err(EnvelopeError::NotXml(_))));
+        assert!(matches!(
+            parse(broken.as_bytes()),
+            Err(EnvelopeError::NotXml(_))
+        ));
+        assert!(matches!(
+            parse(&[0xff, 0xfe, 0x00]),
+            Err(EnvelopeError::NotXml(_))
+        ));
         assert_eq!(parse(b"<a/>"), Err(EnvelopeError::NotEnvelope));
-        let other = format!("<s:Envelope xmlns:s=\"{SOAP11}\"><s:Body><Ping/></s:Body></s:Envelope>");
-        assert_eq!(parse(other.as_bytes()), Err(EnvelopeError::WrongOperation("Ping".into())));
-        let no_msg = format!("<s:Envelope xmlns:s=\"{SOAP11}\"><s:Body><HIPMessageServer><action>S0032</action></HIPMessageServer></s:Body></s:Envelope>");
-        assert_eq!(parse(no_msg.as_bytes()), Err(EnvelopeError::Missing("message")));
+        let other =
+            format!("<s:Envelope xmlns:s=\"{SOAP11}\"><s:Body><Ping/></s:Body></s:Envelope>");
+        assert_eq!(
+            parse(other.as_bytes()),
+            Err(EnvelopeError::WrongOperation("Ping".into()))
+        );
+        let no_msg = format!(
+            "<s:Envelope xmlns:s=\"{SOAP11}\"><s:Body><HIPMessageServer><action>S0032</action></HIPMessageServer></s:Body></s:Envelope>"
+        );
+        assert_eq!(
+            parse(no_msg.as_bytes()),
+            Err(EnvelopeError::Missing("message"))
+        );
     }
 
     #[test]

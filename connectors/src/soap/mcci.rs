@@ -160,10 +160,18 @@ mod tests {
     #[test]
     fn the_ack_targets_the_message_and_swaps_the_devices() {
         let now = jiff::Timestamp::from_second(1_795_000_000).unwrap();
-        let ack = build(&Inbound::parse(MSG), Code::Error, Some("unknown_event: <x>"), now);
+        let ack = build(
+            &Inbound::parse(MSG),
+            Code::Error,
+            Some("unknown_event: <x>"),
+            now,
+        );
         assert!(ack.contains("<acknowledgement typeCode=\"AE\"><targetMessage><id root=\"2.16.156.10011.2.5.1.1\" extension=\"MSG-9\"/></targetMessage>"), "{ack}");
         assert!(ack.contains("<receiver typeCode=\"RCV\"><device classCode=\"DEV\" determinerCode=\"INSTANCE\"><id><item root=\"2.16.156.10011.2.5.1.3\" extension=\"HIS&amp;1\"/>"), "{ack}");
-        assert!(ack.contains("text value=\"unknown_event: &lt;x&gt;\""), "{ack}");
+        assert!(
+            ack.contains("text value=\"unknown_event: &lt;x&gt;\""),
+            "{ack}"
+        );
         let mut r = Reader::from_str(&ack);
         while !matches!(r.read_event().unwrap(), Event::Eof) {}
     }

@@ -7,6 +7,7 @@
 //! unavailable, bridge stopping) so that the platform sends it again. `GET …?wsdl` describes
 //! the service for registering the subscriber.
 
+pub mod client;
 pub mod envelope;
 pub mod mcci;
 pub mod wsdl;
@@ -85,9 +86,8 @@ impl SourceBuilder for SoapConfig {
             inbox: inbox.clone(),
             in_flight: Semaphore::new(self.max_in_flight.max(1)),
         });
-        let app = Router::new()
-            .route(&self.path, any(call))
-            .with_state(state);
+        let app = Router::new().route(&self.path, any(call)).with_state(state);
+        let local = tcp.local_addr().ok();
         let listener = Guarded {
             tcp,
             allow: self.allow.clone(),
@@ -101,11 +101,14 @@ impl SourceBuilder for SoapConfig {
         )
         .with_graceful_shutdown(async move { stop.stopped().await });
         let name = self.name.clone();
-        Ok(make(tokio::spawn(async move {
-            if let Err(e) = server.await {
-                warn!(connector = %name, error = %e, "SOAP door stopped");
-            }
-        })))
+        Ok(make(
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    warn!(connector = %name, error = %e, "SOAP door stopped");
+                }
+            }),
+            local,
+        ))
     }
 
     fn describe(&self) -> String {
@@ -233,7 +236,11 @@ fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -295,22 +302,32 @@ async fn call(
         } else {
             "Basic realm=\"cem-bridge\""
         };
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
         return r;
     }
     if method == axum::http::Method::GET {
-        let asks_wsdl = uri
-            .query()
-            .is_some_and(|q| q.eq_ignore_ascii_case("wsdl") || q.to_ascii_lowercase().starts_with("wsdl"));
+        let asks_wsdl = uri.query().is_some_and(|q| {
+            q.eq_ignore_ascii_case("wsdl") || q.to_ascii_lowercase().starts_with("wsdl")
+        });
         if !asks_wsdl {
-            return (StatusCode::METHOD_NOT_ALLOWED, "POST a SOAP envelope here; GET ?wsdl describes the service\n").into_response();
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST a SOAP envelope here; GET ?wsdl describes the service\n",
+            )
+                .into_response();
         }
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or(&door.cfg.listen);
-        let scheme = if door.cfg.tls.is_some() { "https" } else { "http" };
+        let scheme = if door.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let url = format!("{scheme}://{host}{}", door.cfg.path);
         let mut r = (StatusCode::OK, wsdl::document(&url)).into_response();
         r.headers_mut().insert(
@@ -320,11 +337,21 @@ async fn call(
         return r;
     }
     if method != axum::http::Method::POST {
-        return fault(version, Blame::Sender, Some(StatusCode::METHOD_NOT_ALLOWED), "use POST");
+        return fault(
+            version,
+            Blame::Sender,
+            Some(StatusCode::METHOD_NOT_ALLOWED),
+            "use POST",
+        );
     }
     let Ok(_permit) = door.in_flight.try_acquire() else {
         refused(name, "too_many_requests");
-        return fault(version, Blame::Receiver, None, "too many calls in flight: send again shortly");
+        return fault(
+            version,
+            Blame::Receiver,
+            None,
+            "too many calls in flight: send again shortly",
+        );
     };
     let bytes: Bytes = match axum::body::to_bytes(body, door.cfg.max_body_bytes).await {
         Ok(b) => b,
@@ -335,7 +362,10 @@ async fn call(
                 version,
                 Blame::Sender,
                 Some(StatusCode::PAYLOAD_TOO_LARGE),
-                &format!("the request is over the {} byte limit; not stored", door.cfg.max_body_bytes),
+                &format!(
+                    "the request is over the {} byte limit; not stored",
+                    door.cfg.max_body_bytes
+                ),
             );
         }
     };
@@ -356,9 +386,12 @@ async fn call(
     };
     let now = jiff::Timestamp::now();
     let ack = match door.inbox.submit(delivery).await {
-        Answer::Done(Settle::DeadLetter { reason, detail }) => {
-            mcci::build(&inbound, mcci::Code::Error, Some(&format!("{reason}: {detail}")), now)
-        }
+        Answer::Done(Settle::DeadLetter { reason, detail }) => mcci::build(
+            &inbound,
+            mcci::Code::Error,
+            Some(&format!("{reason}: {detail}")),
+            now,
+        ),
         Answer::Done(_) => mcci::build(&inbound, mcci::Code::Accept, None, now),
         Answer::Unavailable => {
             refused(name, "unavailable");
