@@ -131,23 +131,21 @@ impl AnsweringSource {
 }
 
 impl Source for AnsweringSource {
-    fn recv(&mut self) -> impl Future<Output = Result<Option<Delivery>, SourceError>> + Send {
-        async move {
-            match self.rx.recv().await {
-                Some(Pending {
-                    mut delivery,
-                    reply,
-                }) => {
-                    delivery.id = self.next_id;
-                    self.next_id += 1;
-                    self.waiting.insert(delivery.id, reply);
-                    Ok(Some(delivery))
-                }
-                // Every sender is gone: the listener task ended (it logged why).
-                None => Err(SourceError::Ended {
-                    door: self.door.clone(),
-                }),
+    async fn recv(&mut self) -> Result<Option<Delivery>, SourceError> {
+        match self.rx.recv().await {
+            Some(Pending {
+                mut delivery,
+                reply,
+            }) => {
+                delivery.id = self.next_id;
+                self.next_id += 1;
+                self.waiting.insert(delivery.id, reply);
+                Ok(Some(delivery))
             }
+            // Every sender is gone: the listener task ended (it logged why).
+            None => Err(SourceError::Ended {
+                door: self.door.clone(),
+            }),
         }
     }
 
@@ -187,10 +185,8 @@ impl Source for AnsweringSource {
         }
     }
 
-    fn close(mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            self.stop().await;
-        }
+    async fn close(mut self) {
+        self.stop().await;
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {

@@ -8,6 +8,7 @@
 
 mod common;
 
+mod doors;
 mod flow;
 mod operations;
 mod protection;

@@ -36,11 +36,7 @@ impl Inbound {
         let mut out = Self::default();
         let mut reader = Reader::from_str(xml);
         let mut path: Vec<String> = Vec::new();
-        loop {
-            let ev = match reader.read_event() {
-                Ok(e) => e,
-                Err(_) => break,
-            };
+        while let Ok(ev) = reader.read_event() {
             let (e, empty) = match &ev {
                 Event::Start(e) => (e, false),
                 Event::Empty(e) => (e, true),
