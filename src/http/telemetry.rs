@@ -74,6 +74,10 @@ fn describe_metrics() {
         "Redeliveries of a message already processed (R-EVT-4), acked without effect"
     );
     describe_counter!(
+        "cem_bridge_door_refused_total",
+        "Connections, frames and calls a listening door (MLLP, SOAP) turned away or answered 'send again', by reason"
+    );
+    describe_counter!(
         "cem_bridge_optouts_total",
         "CEM unsubscribes (回复TD) received by result: recorded, already, unknown_job (R-EXC-3)"
     );

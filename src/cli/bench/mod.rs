@@ -14,11 +14,15 @@
 //!    inbox (delivered → decided → committed → acked), and the time until the scheduler has pushed
 //!    all N survey jobs to the shadow sink and marked them `sent`.
 //!
+//! 4. **MLLP door**: a bridge with a `kind = "mllp"` source takes distinct A04 registrations from
+//!    senders that wait for each ACK (`AA` = durable): one connection, then eight ([`doors`]).
+//!
 //! It then prints the rates, their ratios and the peak RSS, and deletes what it created: both
 //! queues, the bridge's `.dlq` queue and `.dlx` exchange, and the temp dir.
 
 pub mod decode;
 pub mod dispatch;
+mod doors;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -55,13 +59,16 @@ pub const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_COUNT: usize = 20_000;
 
 /// The A04 outpatient registration sample, built into the binary so it runs from anywhere.
-const A04: &[u8] =
+pub(crate) const A04: &[u8] =
     include_bytes!("../../../tests/fixtures/samples/hl7v2/adt_a04_outpatient_registration.hl7");
 const A04_MESSAGE_ID: &str = "MSG20261120093015001";
 const A04_VISIT_NUMBER: &str = "V20261120001";
+const A04_PATIENT_ID: &str = "P00012345";
+const A04_MOBILE: &str = "13812345678";
+const A04_ID_CARD: &str = "~110101199003071233^^^CHN^NI";
 /// A fixed, public pseudonym key: the bench only ever sees the public sample.
-const BENCH_KEY: &[u8] = b"cem-bridge bench key: fixed and public, never for real data";
-const BENCH_VAULT_KEY: [u8; 32] = [0xbe; 32];
+pub(crate) const BENCH_KEY: &[u8] = b"cem-bridge bench key: fixed and public, never for real data";
+pub(crate) const BENCH_VAULT_KEY: [u8; 32] = [0xbe; 32];
 
 const PUBLISH_WINDOW: usize = 256;
 const RAW_PREFETCH: u16 = 256;
@@ -150,10 +157,18 @@ pub async fn ingest(args: &IngestBench) -> anyhow::Result<()> {
     let n = args.count;
     let shown_url = redact_url(&args.amqp);
     let base = std::str::from_utf8(A04).context("the built-in A04 sample is not UTF-8")?;
-    if !base.contains(A04_MESSAGE_ID) || !base.contains(A04_VISIT_NUMBER) {
-        bail!(
-            "the built-in A04 sample no longer holds MSH-10 {A04_MESSAGE_ID} and visit {A04_VISIT_NUMBER}: cannot make distinct registrations"
-        );
+    for (what, value) in [
+        ("MSH-10", A04_MESSAGE_ID),
+        ("visit number", A04_VISIT_NUMBER),
+        ("patient id", A04_PATIENT_ID),
+        ("mobile", A04_MOBILE),
+        ("ID card", A04_ID_CARD),
+    ] {
+        if !base.contains(value) {
+            bail!(
+                "the built-in A04 sample no longer holds the {what} {value}: cannot make distinct registrations"
+            );
+        }
     }
 
     // Fail before measuring anything if the broker is not there.
@@ -187,8 +202,8 @@ pub async fn ingest(args: &IngestBench) -> anyhow::Result<()> {
     let _ = control.close(200, "bye".into()).await;
     watcher.abort();
 
-    let (pure, baseline, bridge) = result?;
-    print_report(n, &pure, &baseline, &bridge);
+    let (pure, baseline, bridge, door) = result?;
+    print_report(n, &pure, &baseline, &bridge, &door);
     Ok(())
 }
 
@@ -197,16 +212,16 @@ async fn run(
     names: &Names,
     control: &lapin::Connection,
     stop: &AtomicBool,
-) -> anyhow::Result<(Pure, Baseline, BridgeRun)> {
+) -> anyhow::Result<(Pure, Baseline, BridgeRun, doors::DoorRun)> {
     let n = args.count;
 
-    eprintln!("[1/3] pure pipeline: decode + decide and bare parse, one core…");
+    eprintln!("[1/4] pure pipeline: decode + decide and bare parse, one core…");
     let pure = tokio::task::spawn_blocking(pure_pipeline)
         .await
         .context("the pure-pipeline measurement task failed")??;
     check_stop(stop)?;
 
-    eprintln!("[2/3] broker baseline: publish {n}, then consume + ack…");
+    eprintln!("[2/4] broker baseline: publish {n}, then consume + ack…");
     let ch = control
         .create_channel()
         .await
@@ -234,7 +249,7 @@ async fn run(
     let consume = consume_raw(&args.amqp, &names.raw_queue, n as u64, stop).await?;
     let baseline = Baseline { publish, consume };
 
-    eprintln!("[3/3] bridge ingest: queue {n} registrations, start the bridge, wait…");
+    eprintln!("[3/4] bridge ingest: queue {n} registrations, start the bridge, wait…");
     amqp::declare_topology(
         &ch,
         &AmqpSourceConfig {
@@ -252,14 +267,20 @@ async fn run(
     let _ = ch.close(200, "bye".into()).await;
     let base = std::str::from_utf8(A04).context("the built-in A04 sample is not UTF-8")?;
     let bridge_publish = publish_n(&args.amqp, &names.bridge_queue, n, "publish A04s", |i| {
-        registration(base, i)
+        registration(base, "BENCH", i)
     })
     .await?;
     check_stop(stop)?;
     std::fs::create_dir_all(&names.dir)
         .with_context(|| format!("cannot create the temp dir {}", names.dir.display()))?;
     let bridge = bridge_ingest(args, names, stop, bridge_publish).await?;
-    Ok((pure, baseline, bridge))
+    check_stop(stop)?;
+    eprintln!(
+        "[4/4] MLLP door: one connection, then {} …",
+        doors::CONNECTIONS
+    );
+    let door = doors::mllp(&names.dir, n, stop).await?;
+    Ok((pure, baseline, bridge, door))
 }
 
 fn check_stop(stop: &AtomicBool) -> anyhow::Result<()> {
@@ -364,10 +385,15 @@ fn pure_pipeline() -> anyhow::Result<Pure> {
     })
 }
 
-/// One distinct outpatient registration: own MSH-10 and own visit number (so its own job).
-fn registration(base: &str, i: usize) -> Vec<u8> {
-    base.replace(A04_MESSAGE_ID, &format!("MSG-BENCH-{i:07}"))
-        .replace(A04_VISIT_NUMBER, &format!("VBENCH{i:07}"))
+/// One distinct outpatient registration: own MSH-10, visit number, patient id and mobile, and
+/// no 身份证号 — a distinct patient each, so that do-not-disturb (one survey per patient, mobile
+/// and ID card per window) holds none of them back. `tag` keeps runs of different phases apart.
+fn registration(base: &str, tag: &str, i: usize) -> Vec<u8> {
+    base.replace(A04_MESSAGE_ID, &format!("MSG-{tag}-{i:07}"))
+        .replace(A04_VISIT_NUMBER, &format!("V{tag}{i:07}"))
+        .replace(A04_PATIENT_ID, &format!("P{tag}{i:07}"))
+        .replace(A04_MOBILE, &format!("139{i:08}"))
+        .replace(A04_ID_CARD, "")
         .into_bytes()
 }
 
@@ -769,7 +795,7 @@ fn per_s(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-fn print_report(n: usize, pure: &Pure, base: &Baseline, bridge: &BridgeRun) {
+fn print_report(n: usize, pure: &Pure, base: &Baseline, bridge: &BridgeRun, door: &doors::DoorRun) {
     let row = |what: &str, rate: f64, note: String| {
         println!("  {what:<46} {:>10}  {note}", thousands(rate));
     };
@@ -818,12 +844,30 @@ fn print_report(n: usize, pure: &Pure, base: &Baseline, bridge: &BridgeRun) {
             push_only.as_secs_f64()
         );
     }
+    row(
+        "MLLP door, 1 connection (send → durable → AA)",
+        per_s(door.one.0, door.one.1),
+        format!("{:.2} s for {}", door.one.1.as_secs_f64(), door.one.0),
+    );
+    row(
+        &format!("MLLP door, {} connections", doors::CONNECTIONS),
+        per_s(door.many.0, door.many.1),
+        format!("{:.2} s for {}", door.many.1.as_secs_f64(), door.many.0),
+    );
     println!();
     println!("  ratios");
     println!(
         "  {:<46} {:>10.2}",
         "bridge ingest / raw consume+ack",
         per_s(n, bridge.ingested) / per_s(n, base.consume)
+    );
+    println!(
+        "  {:<46} {:>10.2}",
+        format!(
+            "MLLP door, {} conns / bridge ingest (AMQP)",
+            doors::CONNECTIONS
+        ),
+        per_s(door.many.0, door.many.1) / per_s(n, bridge.ingested)
     );
     println!(
         "  {:<46} {:>10.2}",
