@@ -609,7 +609,7 @@ impl Bridge {
     /// Where a listening `[[source]]` (MLLP, SOAP) is bound, once it is listening — its real
     /// port when the config said port 0.
     pub fn door_addr(&self, source: &str) -> Option<SocketAddr> {
-        self.health.address(source)
+        self.health.address(source).map(|(a, _)| a)
     }
 
     /// Stop consuming, finish in-flight batches and pushes, close the store.

@@ -144,7 +144,7 @@ async fn readiness(s: &OpsState) -> (bool, serde_json::Value) {
         }
         // A listening door (MLLP, SOAP) says where it listens.
         let state = match (connected, s.sources.address(&name)) {
-            (true, Some(addr)) => format!("listening on {addr}"),
+            (true, Some((addr, kind))) => format!("listening on {addr} ({kind})"),
             (true, None) => "connected".into(),
             (false, _) => "disconnected".into(),
         };

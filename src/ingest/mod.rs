@@ -58,7 +58,8 @@ pub async fn run_door<B: SourceBuilder>(
     let mut link = Reconnect::new(door, &src.name);
     while let Some(mut source) = link.connect(&mut shutdown).await {
         ctx.health.set_connected(&src.name, true);
-        ctx.health.set_address(&src.name, source.local_addr());
+        ctx.health
+            .set_address(&src.name, src.kind.code(), source.local_addr());
         let r = consume(&ctx, &src, &mut source, &mut shutdown).await;
         ctx.health.set_connected(&src.name, false);
         source.close().await;

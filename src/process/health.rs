@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Default)]
 pub struct SourceHealth {
     connected: Arc<Mutex<BTreeMap<String, bool>>>,
-    /// Where listening doors are bound (their real port when the config said 0).
-    addresses: Arc<Mutex<BTreeMap<String, SocketAddr>>>,
+    /// Where listening doors are bound (their real port when the config said 0), and their kind.
+    addresses: Arc<Mutex<BTreeMap<String, (SocketAddr, &'static str)>>>,
 }
 
 impl SourceHealth {
@@ -24,20 +24,20 @@ impl SourceHealth {
         }
     }
 
-    /// Record where a listening door is bound (nothing for a consuming door).
-    pub fn set_address(&self, connector: &str, addr: Option<SocketAddr>) {
+    /// Record where a listening door of this kind is bound (nothing for a consuming door).
+    pub fn set_address(&self, connector: &str, kind: &'static str, addr: Option<SocketAddr>) {
         let mut m = self
             .addresses
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match addr {
-            Some(a) => m.insert(connector.to_string(), a),
+            Some(a) => m.insert(connector.to_string(), (a, kind)),
             None => m.remove(connector),
         };
     }
 
-    /// Where a listening door is bound, once it is.
-    pub fn address(&self, connector: &str) -> Option<SocketAddr> {
+    /// Where a listening door is bound, once it is, and its kind.
+    pub fn address(&self, connector: &str) -> Option<(SocketAddr, &'static str)> {
         self.addresses
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

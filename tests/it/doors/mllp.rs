@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::*;
@@ -20,7 +20,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
 }
 
 /// Read one framed answer; `None` when the bridge closed the connection first.
-async fn read_ack(s: &mut TcpStream) -> Option<String> {
+async fn read_ack<S: AsyncRead + Unpin>(s: &mut S) -> Option<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -59,7 +59,7 @@ fn control_id(body: &[u8]) -> String {
         .to_string()
 }
 
-async fn send(s: &mut TcpStream, body: &[u8]) -> Option<String> {
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Option<String> {
     s.write_all(&framed(body)).await.expect("write");
     read_ack(s).await
 }
@@ -332,4 +332,131 @@ async fn killed_between_commit_and_ack_the_resend_is_a_duplicate_with_one_survey
         .await
         .unwrap();
     assert_eq!(dups, 1, "stored once");
+}
+
+/// Issue 16 §1: with `tls_cert` / `tls_key` the door speaks MLLP over TLS: a client trusting
+/// the certificate gets its `AA`; a plain-TCP sender gets no answer and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_over_tls_answers_a_tls_client_and_refuses_plain_tcp() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+
+    let cem = Recorder::start().await;
+    let dir = scratch_dir("mllp-tls-certs");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let setup = door_setup(
+        "mllp-tls",
+        &cem,
+        "mllp",
+        "127.0.0.1:0",
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    );
+    let bridge = setup.start().await;
+    let addr = door_addr(&bridge).await;
+
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(&framed(&read_fixture(A04_SAMPLE)))
+        .await
+        .ok();
+    assert_eq!(read_ack(&mut plain).await, None, "no answer without TLS");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&cert).expect("the certificate"))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the TLS handshake");
+    let ack = send(&mut tls, &read_fixture(A04_SAMPLE))
+        .await
+        .expect("an ACK over TLS");
+    assert_eq!(segment(&ack, "MSA")[1], "AA", "{ack}");
+    assert_eq!(
+        bridge.store.inbox_count().await.unwrap(),
+        1,
+        "only the TLS message"
+    );
+    bridge.shutdown().await;
+}
+
+/// Issue 16 §1: while the store cannot take the message (SQLite locked by another writer here),
+/// the sender is answered `AR` within `answer_timeout_ms`; once the store is back, the resend
+/// is `AA` and there is one survey — whether the held batch committed first or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_unavailable_answers_ar_and_the_resend_gives_one_survey() {
+    use sqlx::Connection;
+    let cem = Recorder::start().await;
+    let setup = door_setup(
+        "mllp-ar",
+        &cem,
+        "mllp",
+        "127.0.0.1:0",
+        "answer_timeout_ms = 1000\n",
+    );
+    let bridge = setup.start().await;
+    let addr = door_addr(&bridge).await;
+    let body = registrations(1, "ar").remove(0);
+
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", setup.db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let ack = send(&mut s, &body).await.expect("an answer");
+    let msa = segment(&ack, "MSA");
+    assert_eq!(msa[1], "AR", "{ack}");
+    assert_eq!(msa[2], control_id(&body));
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+
+    let ack = send(&mut s, &body).await.expect("an answer");
+    assert_eq!(segment(&ack, "MSA")[1], "AA", "{ack}");
+    cem.wait_accepted(1, 20, "the survey").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cem.accepted().len(), 1, "one survey");
+    assert_eq!(bridge.store.inbox_count().await.unwrap(), 1);
+    bridge.shutdown().await;
 }
