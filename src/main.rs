@@ -338,6 +338,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let mut problems = 0;
             let mut counts = Vec::new();
             for s in &cfg.sources {
+                // TLS files readable and secrets set, as `run` would need them.
+                if let Err(e) = s.door("check") {
+                    eprintln!("[[source]] {:?}: {e}", s.name);
+                    problems += 1;
+                }
                 match cem_bridge::config::mappings::load(&s.mappings, &zone) {
                     Ok(set) => {
                         counts.push(format!("{}: {} mapping(s)", s.name, set.mappings.len()))
@@ -352,7 +357,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             }
             if problems > 0 {
                 anyhow::bail!(
-                    "{}: {problems} problem(s) in mapping files",
+                    "{}: {problems} problem(s) in the sources and their mapping files",
                     config.display()
                 );
             }

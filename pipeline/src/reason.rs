@@ -107,9 +107,52 @@ impl Rejection {
     }
 }
 
+/// An input value for a rejection's detail: quoted when it has the shape of a code (an event
+/// code, a charset label, a version — letters, digits, `_ - . ^` and spaces, at most 32
+/// characters, no run of six digits or more), else withheld with its length. A phone number or
+/// ID number where a code should be must not reach the log, `/api/summary` or the ops page
+/// (R-ANO-8).
+pub fn quoted(value: &str) -> String {
+    let mut digits = 0usize;
+    let mut longest = 0usize;
+    let mut shaped = !value.is_empty() && value.chars().count() <= 32;
+    for c in value.chars() {
+        if c.is_ascii_digit() {
+            digits += 1;
+            longest = longest.max(digits);
+        } else {
+            digits = 0;
+        }
+        if !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '^' | ' ')) {
+            shaped = false;
+        }
+    }
+    if shaped && longest < 6 {
+        format!("{value:?}")
+    } else {
+        format!("(value withheld, {} characters)", value.chars().count())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r_ano_8_only_code_shaped_values_are_quoted() {
+        assert_eq!(quoted("Z99"), "\"Z99\"");
+        assert_eq!(quoted("OUTPATIENT_CANCELLED"), "\"OUTPATIENT_CANCELLED\"");
+        assert_eq!(quoted("GB 18030-2000"), "\"GB 18030-2000\"");
+        assert_eq!(quoted("2.5.1"), "\"2.5.1\"");
+        assert_eq!(quoted("13812345678"), "(value withheld, 11 characters)");
+        assert_eq!(
+            quoted("11010119900307123X"),
+            "(value withheld, 18 characters)"
+        );
+        assert_eq!(quoted("张三"), "(value withheld, 2 characters)");
+        assert_eq!(quoted("a@b.example"), "(value withheld, 11 characters)");
+        assert_eq!(quoted(""), "(value withheld, 0 characters)");
+    }
 
     #[test]
     fn codes_round_trip() {

@@ -142,7 +142,7 @@ pub fn decode_text(body: &[u8], default_charset: Charset) -> Result<Cow<'_, str>
             Charset::from_label(label).ok_or_else(|| {
                 Rejection::new(
                     R::InvalidEncoding,
-                    format!("MSH-18 names a charset that is not supported: {label:?} (use UNICODE UTF-8, GBK, GB2312 or GB 18030-2000)"),
+                    format!("MSH-18 names a charset that is not supported: {} (use UNICODE UTF-8, GBK, GB2312 or GB 18030-2000)", crate::reason::quoted(label)),
                 )
             })?
         }
@@ -190,7 +190,23 @@ fn check(msg: &Message<'_>) -> Result<Hl7Facts, Rejection> {
     if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
         return Err(Rejection::new(
             R::UnsupportedVersion,
-            format!("MSH-12 version {version:?} is outside 2.3–2.5.1 (message {control_id})"),
+            format!(
+                "MSH-12 version {} is outside 2.3–2.5.1 (message {control_id})",
+                crate::reason::quoted(&version)
+            ),
+        ));
+    }
+    // Only an MSH (trailing empty lines aside): the rest was cut off.
+    if msg
+        .segments
+        .iter()
+        .filter(|s| !s.name.trim().is_empty())
+        .count()
+        < 2
+    {
+        return Err(Rejection::new(
+            R::Truncated,
+            "the message has only its MSH segment: the rest was cut off",
         ));
     }
     let trigger_mismatch = matches!(

@@ -93,6 +93,12 @@ pub fn strip_framing(body: &[u8]) -> &[u8] {
 
 /// Detect the format of a framed-stripped body (R-EVT-1).
 pub fn detect_format(body: &[u8]) -> Result<Format, Rejection> {
+    if is_utf16(body) {
+        return Err(Rejection::new(
+            DeadLetterReason::InvalidEncoding,
+            "the body is UTF-16, which is not supported: send UTF-8 or GB18030",
+        ));
+    }
     match body.first() {
         None => Err(Rejection::new(
             DeadLetterReason::UnknownFormat,
@@ -106,6 +112,22 @@ pub fn detect_format(body: &[u8]) -> Result<Format, Rejection> {
             "the body is not HL7 v2 (starts with MSH), XML (<) or JSON ({)",
         )),
     }
+}
+
+/// UTF-16 text: a byte-order mark, or ASCII with a NUL after (LE) or before (BE) each of the
+/// first characters.
+fn is_utf16(body: &[u8]) -> bool {
+    if body.starts_with(&[0xFF, 0xFE]) || body.starts_with(&[0xFE, 0xFF]) {
+        return true;
+    }
+    let head = &body[..body.len().min(8)];
+    head.len() >= 4
+        && (head
+            .chunks(2)
+            .all(|c| c.len() == 2 && c[0] != 0 && c[1] == 0)
+            || head
+                .chunks(2)
+                .all(|c| c.len() == 2 && c[0] == 0 && c[1] != 0))
 }
 
 /// The size limit, framing and format of a body (R-EVT-1): its format and the body without
@@ -150,6 +172,24 @@ mod tests {
         );
         let e = detect_format(b"GET / HTTP/1.1").unwrap_err();
         assert_eq!(e.reason, DeadLetterReason::UnknownFormat);
+    }
+
+    #[test]
+    fn r_evt_1_utf16_is_named_as_an_encoding_problem() {
+        let le: Vec<u8> = "MSH|^~\\&|HIS"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let be: Vec<u8> = "MSH|^~\\&|HIS"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        let with_bom: Vec<u8> = [0xFF, 0xFE].iter().copied().chain(le.clone()).collect();
+        for body in [le, be, with_bom] {
+            let e = prepare(&body, 1000).unwrap_err();
+            assert_eq!(e.reason, DeadLetterReason::InvalidEncoding);
+            assert!(e.detail.contains("UTF-16"), "{}", e.detail);
+        }
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn parse(body: &[u8], default_charset: Charset) -> Result<XmlDoc, Rejection>
         Some(label) => Charset::from_label(label).ok_or_else(|| {
             Rejection::new(
                 DeadLetterReason::InvalidEncoding,
-                format!("the XML declaration names encoding {label:?}, which is not supported (use UTF-8, GBK or GB18030)"),
+                format!("the XML declaration names encoding {}, which is not supported (use UTF-8, GBK or GB18030)", crate::reason::quoted(label)),
             )
         })?,
         None => default_charset,

@@ -903,7 +903,8 @@ impl Mapping {
                             DeadLetterReason::UnknownEvent,
                             match &code {
                                 Some(c) => format!(
-                                    "event code {c:?} (from {text}) is not in mapping {}'s table ({})",
+                                    "event code {} (from {text}) is not in mapping {}'s table ({})",
+                                    crate::reason::quoted(c),
                                     self.name,
                                     known.join(" ")
                                 ),

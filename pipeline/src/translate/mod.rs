@@ -135,6 +135,40 @@ mod tests {
         assert!(e.warnings.is_empty(), "{:?}", e.warnings);
     }
 
+    /// R-ANO-8: a phone or ID number where a code belongs (event code, MSH-18 charset, MSH-12
+    /// version, an XML encoding label) is not quoted in the rejection: the detail goes to the
+    /// log, `/api/summary` and the ops page.
+    #[test]
+    fn r_ano_8_hostile_values_in_coded_fields_stay_out_of_rejections() {
+        let phone = "13812345678";
+        let idc = "31010419551212002X";
+        let cases = [
+            A03.replace("ADT^A03", &format!("ADT^{phone}"))
+                .replace("EVN|A03", &format!("EVN|{phone}")),
+            A03.replace("UNICODE UTF-8", idc),
+            A03.replace("|2.5|", &format!("|{phone}|")),
+            format!("<?xml version=\"1.0\" encoding=\"{phone}\"?><a/>"),
+        ];
+        for m in cases {
+            let r = dec(&m).expect_err("rejected");
+            let text = r.to_string();
+            assert!(
+                !text.contains(phone) && !text.contains(idc),
+                "a personal value in {text}"
+            );
+            assert!(text.contains("value withheld"), "{text}");
+        }
+    }
+
+    #[test]
+    fn r_evt_1_an_msh_alone_is_truncated() {
+        let msh = A03.split('\r').next().unwrap();
+        for m in [format!("{msh}\r"), msh.to_string(), format!("{msh}\r\r\n")] {
+            let r = dec(&m).expect_err("rejected");
+            assert_eq!(r.reason, crate::reason::DeadLetterReason::Truncated, "{r}");
+        }
+    }
+
     #[test]
     fn r_evt_2_segment_ends_lf_and_crlf() {
         for sep in ["\n", "\r\n"] {

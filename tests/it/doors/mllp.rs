@@ -70,8 +70,21 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Opti
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_get_aa_bad_ones_ae_with_the_reason_and_surveys_appear_once() {
+    samples_flow(None, "mllp-samples").await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_get_aa_bad_ones_ae_with_the_reason_and_surveys_appear_once_postgres() {
+    let (url, db) = pg_database("mllpdoor").await;
+    samples_flow(Some(url), "mllp-samples-pg").await;
+    drop_pg_database(&db).await;
+}
+
+async fn samples_flow(store_url: Option<String>, name: &str) {
     let cem = Recorder::start().await;
-    let setup = door_setup("mllp-samples", &cem, "mllp", "127.0.0.1:0", "");
+    let mut setup = door_setup(name, &cem, "mllp", "127.0.0.1:0", "");
+    setup.store_url = store_url;
     let bridge = setup.start().await;
     let addr = door_addr(&bridge).await;
     let mut s = TcpStream::connect(addr).await.unwrap();

@@ -254,3 +254,37 @@ async fn faults_credentials_and_the_wsdl() {
     );
     bridge.shutdown().await;
 }
+
+/// `cem-bridge check` finds what `run` would fail on in a door: a secret's environment variable
+/// that is not set and a TLS file that cannot be read, naming the source and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_missing_secret_and_an_unreadable_tls_file() {
+    let cem = Recorder::start().await;
+    let setup = door_setup(
+        "soap-check",
+        &cem,
+        "soap",
+        "127.0.0.1:0",
+        "token_env = \"CEM_BRIDGE_TEST_UNSET_SOAP_TOKEN\"\n",
+    );
+    let out = check_config(&setup.write_config());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("\"door\"")
+            && err.contains("CEM_BRIDGE_TEST_UNSET_SOAP_TOKEN")
+            && err.contains("not set"),
+        "{err}"
+    );
+    let setup = door_setup(
+        "mllp-check",
+        &cem,
+        "mllp",
+        "127.0.0.1:0",
+        "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
+    );
+    let out = check_config(&setup.write_config());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot read /nonexistent/cert.pem"), "{err}");
+}

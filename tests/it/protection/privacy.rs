@@ -409,10 +409,25 @@ async fn leak_test_no_sample_value_in_requests_logs_metrics_dead_letter_headers_
         metrics.contains("cem_bridge_messages_in_total"),
         "{metrics}"
     );
+    // The ops page's data: dead letters with their details (hostile values where codes belong
+    // among the bad samples).
+    let summary = reqwest::get(format!("http://127.0.0.1:{port}/api/summary"))
+        .await
+        .expect("summary")
+        .text()
+        .await
+        .unwrap();
+    assert!(summary.contains("unknown_event"), "{summary}");
+    assert!(summary.contains("value withheld"), "{summary}");
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     wait_exit(&mut child, 30).await;
+    assert_eq!(
+        leak(&summary, &values),
+        None,
+        "R-ANO-8: /api/summary {summary}"
+    );
 
     // CEM requests: at least the registrations and discharges went out, each with a
     // contactRef, none with a personal value.
