@@ -117,6 +117,15 @@ pub struct TicketUpdate {
     pub revisit_after_hours: Option<u32>,
 }
 
+/// A patient pseudonym as the bridge makes them: `pk_` and 32 lowercase hex digits.
+pub fn is_patient_key(s: &str) -> bool {
+    s.strip_prefix("pk_").is_some_and(|h| {
+        h.len() == 32
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Why a ticket body was refused (→ 400). Names the field, never its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TicketError {
@@ -241,12 +250,14 @@ impl TicketUpdate {
                 })
             })
             .transpose()?;
+        // Only a pseudonym is stored: a clear value here (a phone number, say) would be written
+        // into the ticket, audit and outbox tables and sent to HCRM.
         if let Some(pk) = &w.patient_key
-            && (pk.is_empty() || pk.len() > 128 || pk.chars().any(char::is_whitespace))
+            && !is_patient_key(pk)
         {
             return Err(TicketError::Invalid {
                 field: "patientKey",
-                why: "the pseudonymous key the CEM received with the survey (pk_…)".into(),
+                why: "not a patient pseudonym: send the key the CEM received with the survey (pk_ and 32 hex digits)".into(),
             });
         }
         if let Some(vk) = &w.visit_key
@@ -873,7 +884,10 @@ mod tests {
         let c = sample("created_low_score");
         assert_eq!(c.version, 1);
         assert_eq!(c.grade(), Grade::Urgent);
-        assert_eq!(c.patient_key.as_deref(), Some("pk_3f9a0c"));
+        assert_eq!(
+            c.patient_key.as_deref(),
+            Some("pk_3f9a0c00000000000000000000000000")
+        );
         let a = sample("assigned");
         assert_eq!((a.version, a.status), (2, Status::Assigned));
         let r = sample("resolved");
@@ -902,6 +916,26 @@ mod tests {
     }
 
     #[test]
+    fn r_tkt_11_a_patient_key_must_be_a_pseudonym() {
+        assert!(is_patient_key("pk_3f9a0c00000000000000000000000000"));
+        for bad in [
+            "13812345678",
+            "pk_13812345678",
+            "pk_3F9A0C00000000000000000000000000",
+            "pk_3f9a0c0000000000000000000000000",
+            "vk_3f9a0c00000000000000000000000000",
+        ] {
+            assert!(!is_patient_key(bad), "{bad}");
+            let body = format!(
+                r#"{{"ticketId":"T1","version":1,"status":"OPEN","patientKey":"{bad}","createdAt":"2026-11-21T10:05:00+08:00"}}"#
+            );
+            let e = TicketUpdate::parse(body.as_bytes()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("patientKey") && !text.contains(bad), "{text}");
+        }
+    }
+
+    #[test]
     fn malformed_bodies_name_the_field() {
         let e = TicketUpdate::parse(b"{").unwrap_err();
         assert!(matches!(e, TicketError::NotJson(_)), "{e}");
@@ -914,7 +948,7 @@ mod tests {
             TicketUpdate::parse(br#"{"ticketId":"T1","version":2,"status":"DONE"}"#).unwrap_err();
         assert!(e.to_string().contains("status"), "{e}");
         let e = TicketUpdate::parse(
-            br#"{"ticketId":"T1","version":1,"status":"OPEN","patientKey":"pk_1","createdAt":"yesterday 13800138000"}"#,
+            br#"{"ticketId":"T1","version":1,"status":"OPEN","patientKey":"pk_00000000000000000000000000000001","createdAt":"yesterday 13800138000"}"#,
         )
         .unwrap_err();
         assert!(e.to_string().contains("createdAt"), "{e}");

@@ -129,7 +129,7 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
     };
     let created = String::from_utf8(read_fixture("tickets/created_low_score.json"))
         .unwrap()
-        .replace("pk_3f9a0c", &pk);
+        .replace("pk_3f9a0c00000000000000000000000000", &pk);
     let assigned = String::from_utf8(read_fixture("tickets/assigned.json")).unwrap();
     for body in [&created, &assigned] {
         let (s, _) =

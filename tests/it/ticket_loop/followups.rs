@@ -287,7 +287,7 @@ async fn r_fup_3_one_call_a_day_then_r_fup_5_needs_attention_opens_an_urgent_cas
     let ticket = String::from_utf8(read_fixture("tickets/created_low_score.json"))
         .unwrap()
         .replace("TK-20261121-0042", "TK-FU-DAY")
-        .replace("pk_3f9a0c", &pk);
+        .replace("pk_3f9a0c00000000000000000000000000", &pk);
     let (s, _) = post_signed_to(
         addr,
         "/hooks/cem/tickets",

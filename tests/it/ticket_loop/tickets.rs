@@ -24,7 +24,7 @@ fn sample(name: &str, ticket_id: &str, pk: &str) -> String {
     String::from_utf8(read_fixture(&format!("tickets/{name}.json")))
         .unwrap()
         .replace("TK-20261121-0042", ticket_id)
-        .replace("pk_3f9a0c", pk)
+        .replace("pk_3f9a0c00000000000000000000000000", pk)
 }
 
 fn update(ticket_id: &str, version: u32, status: &str, at: &str) -> String {
@@ -247,7 +247,11 @@ async fn webhook_refuses_bad_signatures_stale_replays_and_malformed_bodies() {
     let bridge = setup.start().await;
     let addr = bridge.ops_addr().unwrap();
     let id = unique("TKSIG");
-    let body = sample("created_low_score", &id, "pk_unknown1");
+    let body = sample(
+        "created_low_score",
+        &id,
+        "pk_00000000000000000000000000000a01",
+    );
     let now = now_s();
     let (s, a) = post_raw(addr, &body, None, None).await;
     assert_eq!(
@@ -279,7 +283,31 @@ async fn webhook_refuses_bad_signatures_stale_replays_and_malformed_bodies() {
     assert!(a["message"].as_str().unwrap().contains("status"), "{a}");
     let (s, _) = post(addr, "not json").await;
     assert_eq!(s, 400);
+    // Issue 20 §4: a clear value as patientKey (a phone number) is refused naming the field,
+    // and nothing of it is stored or sent.
+    let clear = sample("created_low_score", &unique("TKCLEAR"), "13812345678");
+    let (s, a) = post(addr, &clear).await;
+    assert_eq!((s, a["error"].as_str()), (400, Some("malformed")), "{a}");
+    let message = a["message"].as_str().unwrap();
+    assert!(
+        message.contains("patientKey") && !message.contains("13812345678"),
+        "{a}"
+    );
     let db = sqlite(&setup.db).await;
+    let bytes = std::fs::read(&setup.db).unwrap_or_default();
+    let wal = std::fs::read(setup.db.with_extension("db-wal")).unwrap_or_default();
+    for b in [&bytes, &wal] {
+        assert!(
+            !b.windows(11).any(|w| w == b"13812345678"),
+            "the refused patientKey reached the store"
+        );
+    }
+    assert!(
+        hcrm.requests()
+            .iter()
+            .all(|r| !r.body.contains("13812345678")),
+        "nor HCRM"
+    );
     let versions: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ticket_versions")
         .fetch_one(&db)
         .await
@@ -320,7 +348,15 @@ async fn tk2_tk3_tk7_versions_apply_in_order_and_gaps_time_out() {
     let addr = bridge.ops_addr().unwrap();
     let (a, b) = (unique("TK2A"), unique("TK2B"));
     for id in [&a, &b] {
-        let (s, r) = post(addr, &sample("created_low_score", id, "pk_not_in_vault")).await;
+        let (s, r) = post(
+            addr,
+            &sample(
+                "created_low_score",
+                id,
+                "pk_00000000000000000000000000000a02",
+            ),
+        )
+        .await;
         assert_eq!((s, r["result"].as_str()), (200, Some("applied")));
         let (s, r) = post(
             addr,
@@ -364,7 +400,10 @@ async fn tk2_tk3_tk7_versions_apply_in_order_and_gaps_time_out() {
     assert_eq!((s, r["result"].as_str()), (200, Some("stale_version")));
     // TK-7: pseudonym only, no call.
     assert_eq!(sent[0].json["patient"]["reidentified"], false);
-    assert_eq!(sent[0].json["patient"]["pseudonym"], "pk_not_in_vault");
+    assert_eq!(
+        sent[0].json["patient"]["pseudonym"],
+        "pk_00000000000000000000000000000a02"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         for_ticket(&hcrm, &b).len(),
@@ -399,7 +438,15 @@ async fn tk4_escalations_fire_once_each_across_restarts() {
     let id = unique("TK4");
     let bridge = setup.start().await;
     let addr = bridge.ops_addr().unwrap();
-    let (s, _) = post(addr, &sample("created_low_score", &id, "pk_tk4")).await;
+    let (s, _) = post(
+        addr,
+        &sample(
+            "created_low_score",
+            &id,
+            "pk_00000000000000000000000000000a03",
+        ),
+    )
+    .await;
     assert_eq!(s, 200);
     wait_requests(&hcrm, &id, 1).await;
     bridge.shutdown().await;
@@ -468,7 +515,15 @@ async fn hcrm_failures_open_the_breaker_and_order_holds() {
     let bridge = setup.start().await;
     let addr = bridge.ops_addr().unwrap();
     let id = unique("TKBR");
-    let (s, _) = post(addr, &sample("created_low_score", &id, "pk_breaker")).await;
+    let (s, _) = post(
+        addr,
+        &sample(
+            "created_low_score",
+            &id,
+            "pk_00000000000000000000000000000a04",
+        ),
+    )
+    .await;
     assert_eq!(s, 200);
     let (s, _) = post(
         addr,
@@ -831,7 +886,11 @@ async fn queue_intake_applies_updates_in_order_and_dead_letters_malformed_ones()
     })
     .await;
     let id = unique("TKQ");
-    let v1 = sample("created_low_score", &id, "pk_queue");
+    let v1 = sample(
+        "created_low_score",
+        &id,
+        "pk_00000000000000000000000000000a05",
+    );
     let v2 = update(&id, 2, "ASSIGNED", "2026-11-21T10:20:00+08:00");
     let v3 = update(&id, 3, "IN_PROGRESS", "2026-11-21T10:25:00+08:00");
     for (body, mid) in [
@@ -900,7 +959,15 @@ async fn hcrm_429_retry_after_and_timeout_are_retried_with_the_same_key() {
     let bridge = setup.start().await;
     let addr = bridge.ops_addr().unwrap();
     let id = unique("TK429");
-    let (s, _) = post(addr, &sample("created_low_score", &id, "pk_429")).await;
+    let (s, _) = post(
+        addr,
+        &sample(
+            "created_low_score",
+            &id,
+            "pk_00000000000000000000000000000a06",
+        ),
+    )
+    .await;
     assert_eq!(s, 200);
     // Every request HCRM saw, answered or not (the recorder keeps them all).
     let sent = wait_for(20, "three tries of the create", || {
