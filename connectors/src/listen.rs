@@ -1,5 +1,5 @@
 //! What the listening doors (MLLP, SOAP) share: who may connect (an allow-list of addresses and
-//! networks), how many at once, and optional TLS from PEM files.
+//! networks), the count of what they turn away, and optional TLS from PEM files.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -60,6 +60,13 @@ impl Allowed {
             _ => false,
         }
     }
+}
+
+/// Count a connection, frame or call a listening door turned away (or answered "send again"),
+/// by reason: `cem_bridge_door_refused_total{connector, reason}`.
+pub fn refused(connector: &str, reason: &'static str) {
+    metrics::counter!("cem_bridge_door_refused_total", "connector" => connector.to_string(), "reason" => reason)
+        .increment(1);
 }
 
 /// An empty list allows everyone.

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -24,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::answer::{self, Answer, AnsweringSource, Inbox};
-use crate::listen::{Allowed, allowed};
+use crate::listen::{Allowed, allowed, refused};
 use crate::source::{Delivery, Settle, SourceBuilder, SourceError};
 use ack::{AckCode, InboundHeader};
 use frame::{Frame, FrameReader};
@@ -54,12 +53,6 @@ impl std::fmt::Debug for MllpConfig {
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
-}
-
-/// Count a connection or frame the door turned away, by reason.
-pub(crate) fn refused(connector: &str, reason: &'static str) {
-    counter!("cem_bridge_door_refused_total", "connector" => connector.to_string(), "reason" => reason)
-        .increment(1);
 }
 
 impl SourceBuilder for MllpConfig {

@@ -4,7 +4,7 @@
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-use super::envelope::{SoapVersion, escape};
+use super::envelope::{SoapVersion, attribute, entity, escape};
 
 /// The request a 东华-style platform sends (SOAP 1.1 with `SOAPAction`) or a SOAP 1.2 one.
 pub fn request(version: SoapVersion, namespace: &str, action: &str, message: &str) -> String {
@@ -62,15 +62,7 @@ pub fn summary(response: &str) -> (String, String) {
             match r.read_event() {
                 Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
                     let local = e.local_name().as_ref().to_string();
-                    let attr = |name: &str| {
-                        e.attributes().flatten().find_map(|a| {
-                            (a.key.local_name().as_ref() == name).then(|| {
-                                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                                    .map(|v| v.into_owned())
-                                    .unwrap_or_default()
-                            })
-                        })
-                    };
+                    let attr = |name: &str| attribute(&e, name);
                     if local == "acknowledgement" {
                         code = attr("typeCode").unwrap_or_default();
                     } else if local == "text" && !code.is_empty() {
@@ -100,21 +92,7 @@ fn element_text(doc: &str, local: &str) -> Option<String> {
             Ok(Event::End(e)) if inside && e.local_name().as_ref() == local => return Some(out),
             Ok(Event::Text(t)) if inside => out.push_str(&t.xml10_content()),
             Ok(Event::CData(t)) if inside => out.push_str(&t.xml10_content()),
-            Ok(Event::GeneralRef(g)) if inside => {
-                let name = g.xml10_content();
-                match name.as_ref() {
-                    "lt" => out.push('<'),
-                    "gt" => out.push('>'),
-                    "amp" => out.push('&'),
-                    "quot" => out.push('"'),
-                    "apos" => out.push('\''),
-                    _ => {
-                        if let Ok(Some(c)) = g.resolve_char_ref() {
-                            out.push(c)
-                        }
-                    }
-                }
-            }
+            Ok(Event::GeneralRef(g)) if inside => out.extend(entity(&g)),
             Ok(Event::Eof) | Err(_) => return None,
             _ => {}
         }

@@ -165,21 +165,9 @@ pub fn parse(body: &[u8]) -> Result<Call, EnvelopeError> {
             }
             Event::GeneralRef(r) => {
                 if let Some(p) = param.as_mut() {
-                    let name = r.xml10_content().into_owned();
-                    let ch = match name.as_str() {
-                        "lt" => Some('<'),
-                        "gt" => Some('>'),
-                        "amp" => Some('&'),
-                        "quot" => Some('"'),
-                        "apos" => Some('\''),
-                        _ => r.resolve_char_ref().ok().flatten(),
-                    };
-                    match ch {
-                        Some(c) => p.4.push(c),
-                        None => {
-                            return Err(EnvelopeError::NotXml(format!("unknown entity &{name};")));
-                        }
-                    }
+                    p.4.push(entity(&r).ok_or_else(|| {
+                        EnvelopeError::NotXml(format!("unknown entity &{};", r.xml10_content()))
+                    })?);
                 }
             }
             Event::CData(c) => {
@@ -233,6 +221,32 @@ fn utf8_declaration(message: &str) -> String {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>{}",
         rest.trim_start()
     )
+}
+
+/// The character an entity or character reference stands for: the five XML entities and
+/// `&#…;`; `None` for anything else (no DTD entities are expanded).
+pub(crate) fn entity(r: &quick_xml::events::BytesRef<'_>) -> Option<char> {
+    match r.xml10_content().as_ref() {
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "amp" => Some('&'),
+        "quot" => Some('"'),
+        "apos" => Some('\''),
+        _ => r.resolve_char_ref().ok().flatten(),
+    }
+}
+
+/// The value of the attribute with this local name, if the element has it.
+pub(crate) fn attribute(e: &quick_xml::events::BytesStart<'_>, name: &str) -> Option<String> {
+    e.attributes().flatten().find_map(|a| {
+        (a.key.local_name().as_ref() == name)
+            .then(|| {
+                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .map(|v| v.into_owned())
+                    .ok()
+            })
+            .flatten()
+    })
 }
 
 /// Escape text for an XML element or attribute.

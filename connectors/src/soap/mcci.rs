@@ -5,7 +5,7 @@
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-use super::envelope::escape;
+use super::envelope::{attribute, escape};
 
 /// Message ids (`id/@root`) of 互联互通 messages.
 const MESSAGE_ID_ROOT: &str = "2.16.156.10011.2.5.1.1";
@@ -48,17 +48,7 @@ impl Inbound {
                 _ => continue,
             };
             let local = e.local_name().as_ref().to_string();
-            let attr = |name: &str| {
-                e.attributes().flatten().find_map(|a| {
-                    (a.key.local_name().as_ref() == name)
-                        .then(|| {
-                            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                                .map(|v| v.into_owned())
-                                .ok()
-                        })
-                        .flatten()
-                })
-            };
+            let attr = |name: &str| attribute(e, name);
             if path.len() == 1 && local == "id" && out.id.is_none() {
                 out.id = Some((
                     attr("root").unwrap_or_else(|| MESSAGE_ID_ROOT.into()),

@@ -30,8 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::answer::{self, Answer, AnsweringSource, Inbox};
-use crate::listen::{Allowed, allowed};
-use crate::mllp::refused;
+use crate::listen::{Allowed, allowed, refused};
 use crate::source::{Delivery, Settle, SourceBuilder, SourceError};
 use envelope::{Blame, SoapVersion};
 

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use cem_connectors::mllp::client::{MllpClient, ack_summary};
 
-use super::{BENCH_KEY, BENCH_VAULT_KEY, bar, bench_clock, registration, toml_str};
-use crate::app::{self, Secrets};
+use super::{bar, bench_config, registration, start_bench_bridge};
 use crate::config::Config;
 
 /// Connections of the concurrent run.
@@ -28,36 +27,10 @@ pub(super) struct DoorRun {
 }
 
 fn config(dir: &Path) -> anyhow::Result<Config> {
-    let text = format!(
-        r#"
-tenant = "bench"
-[pseudonym]
-key_env = "CEM_BRIDGE_BENCH_KEY_UNUSED"
-key_id = "bench"
-[vault]
-key_env = "CEM_BRIDGE_BENCH_VAULT_KEY_UNUSED"
-key_id = "bench"
-[store]
-url = {store}
-sqlite_synchronous = "full"
-[[source]]
-name = "{SOURCE}"
-kind = "mllp"
-listen = "127.0.0.1:0"
-batch_size = 256
-[cem]
-mode = "shadow"
-shadow_file = {shadow}
-[cem.limits]
-rate_per_sec = 1000000
-burst = 1000000
-[ops]
-listen = ""
-"#,
-        store = toml_str(&format!("sqlite://{}", dir.join("mllp.db").display())),
-        shadow = toml_str(&dir.join("mllp-requests.jsonl").display().to_string()),
+    let source = format!(
+        "name = \"{SOURCE}\"\nkind = \"mllp\"\nlisten = \"127.0.0.1:0\"\nbatch_size = 256\n"
     );
-    Config::parse(&text, Path::new("bench-mllp.toml")).context("the MLLP bench's bridge config")
+    bench_config(dir, "mllp", &source)
 }
 
 /// Send `bodies` over one connection, each after the previous `AA`.
@@ -132,17 +105,7 @@ async fn run(
 /// Start the MLLP bridge in `dir`, run one connection with `n / 4` messages, then
 /// [`CONNECTIONS`] connections with `n`.
 pub(super) async fn mllp(dir: &Path, n: usize, stop: &AtomicBool) -> anyhow::Result<DoorRun> {
-    let bridge = app::start_with_clock(
-        config(dir)?,
-        Secrets {
-            pseudonym_key: Some(BENCH_KEY.to_vec()),
-            vault_key: Some(BENCH_VAULT_KEY.to_vec()),
-            ..Default::default()
-        },
-        bench_clock()?,
-    )
-    .await
-    .context("starting the MLLP bridge")?;
+    let bridge = start_bench_bridge(config(dir)?).await?;
     let stop_flag = Arc::new(AtomicBool::new(stop.load(Ordering::SeqCst)));
     let r = async {
         let deadline = Instant::now() + Duration::from_secs(15);

@@ -67,8 +67,8 @@ const A04_PATIENT_ID: &str = "P00012345";
 const A04_MOBILE: &str = "13812345678";
 const A04_ID_CARD: &str = "~110101199003071233^^^CHN^NI";
 /// A fixed, public pseudonym key: the bench only ever sees the public sample.
-pub(crate) const BENCH_KEY: &[u8] = b"cem-bridge bench key: fixed and public, never for real data";
-pub(crate) const BENCH_VAULT_KEY: [u8; 32] = [0xbe; 32];
+const BENCH_KEY: &[u8] = b"cem-bridge bench key: fixed and public, never for real data";
+const BENCH_VAULT_KEY: [u8; 32] = [0xbe; 32];
 
 const PUBLISH_WINDOW: usize = 256;
 const RAW_PREFETCH: u16 = 256;
@@ -519,8 +519,17 @@ fn toml_str(s: &str) -> String {
 }
 
 fn bridge_config(args: &IngestBench, names: &Names) -> anyhow::Result<Config> {
-    let db = names.dir.join("bench.db");
-    let shadow = names.dir.join("cem-requests.jsonl");
+    let source = format!(
+        "name = \"bench\"\nurl = {amqp}\nqueue = {queue}\nqueue_type = \"quorum\"\nprefetch = {BRIDGE_PREFETCH}\nbatch_size = {BRIDGE_BATCH}\n",
+        amqp = toml_str(&args.amqp),
+        queue = toml_str(&names.bridge_queue),
+    );
+    bench_config(&names.dir, "bench", &source)
+}
+
+/// A bench bridge's config: SQLite `{name}.db` (synchronous = full) and the shadow sink
+/// `{name}-requests.jsonl` in `dir`, no rate limit, no ops server, and this `[[source]]` body.
+pub(crate) fn bench_config(dir: &Path, name: &str, source: &str) -> anyhow::Result<Config> {
     let text = format!(
         r#"
 tenant = "bench"
@@ -534,12 +543,7 @@ key_id = "bench"
 url = {store}
 sqlite_synchronous = "full"
 [[source]]
-name = "bench"
-url = {amqp}
-queue = {queue}
-queue_type = "quorum"
-prefetch = {BRIDGE_PREFETCH}
-batch_size = {BRIDGE_BATCH}
+{source}
 [cem]
 mode = "shadow"
 shadow_file = {shadow}
@@ -550,12 +554,33 @@ burst = 1000000
 [ops]
 listen = ""
 "#,
-        store = toml_str(&format!("sqlite://{}", db.display())),
-        amqp = toml_str(&args.amqp),
-        queue = toml_str(&names.bridge_queue),
-        shadow = toml_str(&shadow.display().to_string()),
+        store = toml_str(&format!(
+            "sqlite://{}",
+            dir.join(format!("{name}.db")).display()
+        )),
+        shadow = toml_str(&shadow_file(dir, name).display().to_string()),
     );
-    Config::parse(&text, Path::new("bench.toml")).context("the bench's own bridge config")
+    Config::parse(&text, Path::new(&format!("{name}.toml")))
+        .with_context(|| format!("the bench's own bridge config ({name})"))
+}
+
+fn shadow_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-requests.jsonl"))
+}
+
+/// Start a bench bridge with the bench's public keys, on the bench clock.
+pub(crate) async fn start_bench_bridge(cfg: Config) -> anyhow::Result<app::Bridge> {
+    app::start_with_clock(
+        cfg,
+        Secrets {
+            pseudonym_key: Some(BENCH_KEY.to_vec()),
+            vault_key: Some(BENCH_VAULT_KEY.to_vec()),
+            ..Default::default()
+        },
+        bench_clock()?,
+    )
+    .await
+    .context("starting the bench's bridge")
 }
 
 /// Counts lines appended to the shadow sink's JSONL file, reading only what is new.
@@ -611,22 +636,12 @@ async fn bridge_ingest(
     let cfg = bridge_config(args, names)?;
     let scheduler = cfg.scheduler.clone();
     let t = Instant::now();
-    let bridge = app::start_with_clock(
-        cfg,
-        Secrets {
-            pseudonym_key: Some(BENCH_KEY.to_vec()),
-            vault_key: Some(BENCH_VAULT_KEY.to_vec()),
-            ..Default::default()
-        },
-        bench_clock()?,
-    )
-    .await
-    .context("starting the bridge")?;
+    let bridge = start_bench_bridge(cfg).await?;
     let start = t.elapsed();
     let watched = watch(
         &bridge.store,
         args.count,
-        names.dir.join("cem-requests.jsonl"),
+        shadow_file(&names.dir, "bench"),
         stop,
     )
     .await;
