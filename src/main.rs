@@ -327,6 +327,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
             let secrets = Secrets::from_env(&cfg);
+            app::refuse_short_secrets(&cfg, &secrets)?;
             let pseudo = app::pseudonymizer(&cfg, &secrets)?;
             app::vault_cipher(&cfg, &secrets)?;
             let tickets = app::webhook_secret(&cfg, &secrets)?.is_some();

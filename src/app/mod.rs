@@ -159,13 +159,65 @@ pub fn webhook_secret(cfg: &Config, secrets: &Secrets) -> anyhow::Result<Option<
             t.webhook_secret_env
         );
     };
-    if secret.len() < 16 {
-        anyhow::bail!(
-            "{} is shorter than 16 characters: use a long random secret shared with the CEM (`openssl rand -hex 32`)",
-            t.webhook_secret_env
+    Ok(Some(secret))
+}
+
+/// Shortest token or signing secret taken for a guarded route: 32 characters, as many as
+/// `openssl rand -hex 16` prints. `/contact/resolve` answers with mobiles.
+pub const MIN_SECRET_CHARS: usize = 32;
+
+/// The tokens and webhook secrets that are set but too short, one line each naming the
+/// environment variable; `run` and `check` refuse to start with any.
+pub fn short_secrets(cfg: &Config, secrets: &Secrets) -> Vec<String> {
+    let mut short = Vec::new();
+    let mut check = |var: Option<&str>, len: Option<usize>, what: &str| {
+        if let (Some(var), Some(len)) = (var, len)
+            && len < MIN_SECRET_CHARS
+        {
+            short.push(format!(
+                "{var} ({what}) is {len} characters long; use at least {MIN_SECRET_CHARS}, e.g. `openssl rand -hex 32`"
+            ));
+        }
+    };
+    check(
+        cfg.ops.token_env.as_deref(),
+        secrets.ops_token.as_ref().map(|t| t.trim().chars().count()),
+        "the ops bearer token",
+    );
+    check(
+        cfg.cem.resolve_token_env.as_deref(),
+        secrets
+            .resolve_token
+            .as_ref()
+            .map(|t| t.trim().chars().count()),
+        "the CEM's token for POST /contact/resolve",
+    );
+    if let Some(t) = &cfg.tickets {
+        check(
+            Some(&t.webhook_secret_env),
+            secrets.webhook_secret.as_ref().map(Vec::len),
+            "the CEM webhook secret",
+        );
+        check(
+            Some(&t.callcenter_secret_env),
+            secrets.callcenter_secret.as_ref().map(Vec::len),
+            "the call center's webhook secret",
         );
     }
-    Ok(Some(secret))
+    short
+}
+
+/// [`short_secrets`] as one error.
+pub fn refuse_short_secrets(cfg: &Config, secrets: &Secrets) -> anyhow::Result<()> {
+    let short = short_secrets(cfg, secrets);
+    if short.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} secret(s) too short to guard routes that reveal personal data:\n  {}",
+        short.len(),
+        short.join("\n  ")
+    )
 }
 
 /// Follow-up planning when the ticket loop runs and `[followup] enabled` (the default).
@@ -408,6 +460,7 @@ pub async fn start_with_clock(
         warn!(now = %clock.now(), "the clock is shifted (CEM_BRIDGE_CLOCK_START): for tests and demos only");
     }
     let instance = instance_id();
+    refuse_short_secrets(&cfg, &secrets)?;
     let pseudo = pseudonymizer(&cfg, &secrets)?;
     let vault = vault_cipher(&cfg, &secrets)?;
     let lists = Arc::new(crate::privacy::lists::Lists::new(load_lists(
@@ -534,6 +587,7 @@ pub async fn start_with_clock(
                 tickets: tickets.as_ref().map(|(i, _)| i.clone()),
                 mappings: mappings.clone(),
                 policy: policy.clone(),
+                auth: Arc::default(),
             },
             trigger.subscribe(),
         ));

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::http::guard::{self, Peer};
 use crate::http::state::OpsState;
 use crate::privacy::vault::same_secret;
 use crate::privacy::vault::{Access, CONTACT_REF_VALID_MS, Lookup};
@@ -45,16 +46,23 @@ fn access(job_id: &str) -> Access<'_> {
     }
 }
 
-pub async fn resolve(State(s): State<OpsState>, headers: HeaderMap, body: Bytes) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let authorised = match (&s.resolve_token, given) {
-        (Some(token), Some(g)) => same_secret(g.trim().as_bytes(), token.as_bytes()),
+pub async fn resolve(
+    State(s): State<OpsState>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(wait) = s.auth.locked(peer, "contact_resolve") {
+        return guard::throttled(wait);
+    }
+    let authorised = match (&s.resolve_token, guard::bearer(&headers)) {
+        (Some(token), Some(g)) => same_secret(g.as_bytes(), token.as_bytes()),
         _ => false,
     };
     if !authorised {
+        if let Some(wait) = s.auth.failed(peer, "contact_resolve") {
+            return guard::throttled(wait);
+        }
         counter!("cem_bridge_reid_lookups_total", "caller" => "cem", "purpose" => "survey_delivery",
                  "outcome" => "denied")
         .increment(1);

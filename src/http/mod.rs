@@ -12,6 +12,7 @@
 //! this room but `app`.
 
 pub mod contact;
+pub mod guard;
 pub mod ops;
 pub mod state;
 pub mod telemetry;
@@ -21,6 +22,7 @@ pub mod unsubscribes;
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -45,6 +47,7 @@ pub fn serve(listener: TcpListener, state: OpsState, mut shutdown: Shutdown) -> 
     let addr = listener.local_addr().ok();
     tokio::spawn(async move {
         info!(addr = ?addr, bearer_token = token, "ops server listening (/, /metrics, /health, /ready)");
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })
             .await;
@@ -59,14 +62,18 @@ fn router(state: OpsState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/summary", get(summary))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let hooks = Router::new()
+        .route("/hooks/cem/tickets", post(tickets::tickets))
+        .route("/hooks/cem/unsubscribes", post(unsubscribes::unsubscribes))
+        .route("/hooks/callcenter/results", post(tickets::call_results))
+        .layer(DefaultBodyLimit::max(tickets::WEBHOOK_MAX_BODY))
+        .layer(middleware::from_fn(tickets::too_large_as_json));
     Router::new()
         .route("/", get(page))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/contact/resolve", post(contact::resolve))
-        .route("/hooks/cem/tickets", post(tickets::tickets))
-        .route("/hooks/cem/unsubscribes", post(unsubscribes::unsubscribes))
-        .route("/hooks/callcenter/results", post(tickets::call_results))
+        .merge(hooks)
         .merge(data)
         .with_state(state)
 }

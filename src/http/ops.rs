@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 
+use crate::http::guard::{self, Peer};
 use crate::http::state::OpsState;
 use crate::privacy::vault::same_secret;
 
@@ -19,18 +20,26 @@ const OPS_PAGE: &str = include_str!("ops_page.html");
 /// Recent dead letters on the page.
 const PAGE_DEAD_LETTERS: u32 = 20;
 /// With a token configured, pass only requests carrying `Authorization: Bearer <token>`.
-pub(crate) async fn require_token(State(s): State<OpsState>, req: Request, next: Next) -> Response {
+/// The scheme in any case; failures count towards the peer's throttle ([`guard`]).
+pub(crate) async fn require_token(
+    State(s): State<OpsState>,
+    peer: Peer,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(token) = &s.token else {
         return next.run(req).await;
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| same_secret(g.trim().as_bytes(), token.as_bytes())) {
+    if let Some(wait) = s.auth.locked(peer, "ops") {
+        return guard::throttled(wait);
+    }
+    let given = guard::bearer(req.headers());
+    if given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
         next.run(req).await
     } else {
+        if let Some(wait) = s.auth.failed(peer, "ops") {
+            return guard::throttled(wait);
+        }
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],

@@ -11,14 +11,36 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::Response;
 use cem_pipeline::ticket::{self, TicketUpdate};
 use metrics::counter;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::http::guard::{self, Peer};
 use crate::http::state::{OpsState, answer};
 use crate::store::tickets::{Accepted, CallRecorded};
+
+/// Largest body the partners' webhooks read (a ticket update is a few KiB).
+pub const WEBHOOK_MAX_BODY: usize = 1024 * 1024;
+
+/// The webhooks' 413 as JSON like their other answers, counted as `too_large`: the body limit
+/// answers before the handler runs, with a plain-text body of its own.
+pub async fn too_large_as_json(req: axum::extract::Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    if r.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return r;
+    }
+    rejected(
+        "too_large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the body is over {} KiB, the most a webhook takes: nothing was read or stored",
+            WEBHOOK_MAX_BODY / 1024
+        ),
+    )
+}
 
 fn rejected(reason: &'static str, status: StatusCode, message: String) -> Response {
     counter!("cem_bridge_webhook_rejected_total", "reason" => reason).increment(1);
@@ -28,13 +50,21 @@ fn rejected(reason: &'static str, status: StatusCode, message: String) -> Respon
     )
 }
 
-pub async fn tickets(State(s): State<OpsState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn tickets(
+    State(s): State<OpsState>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(intake) = s.tickets.as_deref() else {
         return answer(
             StatusCode::NOT_FOUND,
             json!({ "error": "tickets_disabled", "message": "the ticket loop is off: add a [tickets] table to the bridge config" }),
         );
     };
+    if let Some(wait) = s.auth.locked(peer, "ticket_webhook") {
+        return guard::throttled(wait);
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = header(&intake.signature_header);
     let now = intake.clock.now_ms();
@@ -47,6 +77,9 @@ pub async fn tickets(State(s): State<OpsState>, headers: HeaderMap, body: Bytes)
         intake.max_skew_s,
     ) {
         warn!(reason = e.reason(), "ticket webhook refused: {e}");
+        if let Some(wait) = s.auth.failed(peer, "ticket_webhook") {
+            return guard::throttled(wait);
+        }
         return rejected(
             e.reason(),
             StatusCode::UNAUTHORIZED,
@@ -100,13 +133,21 @@ pub async fn tickets(State(s): State<OpsState>, headers: HeaderMap, body: Bytes)
 /// signed like the CEM's webhook with the call center's own secret. Answers `{"success": true}`
 /// (what 外呼 vendors expect) once recorded, also for a repeated event id; 401 bad signature;
 /// 400 malformed; 404 unknown `taskRef`; 503 store failure.
-pub async fn call_results(State(s): State<OpsState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn call_results(
+    State(s): State<OpsState>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(intake) = s.tickets.as_deref() else {
         return answer(
             StatusCode::NOT_FOUND,
             json!({ "error": "tickets_disabled", "message": "the ticket loop is off: add a [tickets] table to the bridge config" }),
         );
     };
+    if let Some(wait) = s.auth.locked(peer, "callcenter_webhook") {
+        return guard::throttled(wait);
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = intake.clock.now_ms();
     let verified = match &intake.callcenter_secret {
@@ -122,6 +163,9 @@ pub async fn call_results(State(s): State<OpsState>, headers: HeaderMap, body: B
     };
     if let Err(e) = verified {
         warn!(reason = e.reason(), "call result refused: {e}");
+        if let Some(wait) = s.auth.failed(peer, "callcenter_webhook") {
+            return guard::throttled(wait);
+        }
         return rejected(
             e.reason(),
             StatusCode::UNAUTHORIZED,

@@ -16,6 +16,7 @@ use metrics::counter;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::http::guard::{self, Peer};
 use crate::http::state::OpsState;
 use crate::http::state::answer;
 use crate::store::opt_outs::OptOutRecorded;
@@ -24,13 +25,21 @@ use crate::store::opt_outs::OptOutRecorded;
 /// once stored (durable before the 2xx); 401 unsigned or wrongly signed; 400 malformed (the
 /// field named); 404 unknown job; 503 store failure (the CEM retries). Counted in
 /// `cem_bridge_optouts_total{result}`.
-pub async fn unsubscribes(State(s): State<OpsState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn unsubscribes(
+    State(s): State<OpsState>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(intake) = s.tickets.as_deref() else {
         return answer(
             StatusCode::NOT_FOUND,
             json!({ "error": "webhook_disabled", "message": "CEM callbacks are off: add a [tickets] table (it holds the CEM webhook secret) to the bridge config, or feed unsubscribes through [lists] opt_out files" }),
         );
     };
+    if let Some(wait) = s.auth.locked(peer, "unsubscribe_webhook") {
+        return guard::throttled(wait);
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = intake.clock.now_ms();
     if let Err(e) = cem_pipeline::ticket::verify(
@@ -42,6 +51,9 @@ pub async fn unsubscribes(State(s): State<OpsState>, headers: HeaderMap, body: B
         intake.max_skew_s,
     ) {
         warn!(reason = e.reason(), "unsubscribe refused: {e}");
+        if let Some(wait) = s.auth.failed(peer, "unsubscribe_webhook") {
+            return guard::throttled(wait);
+        }
         counter!("cem_bridge_webhook_rejected_total", "reason" => e.reason()).increment(1);
         return answer(
             StatusCode::UNAUTHORIZED,

@@ -216,30 +216,59 @@ db("find held ticket versions"),
         .fetch_all(&mut *tx.tx)
         .await
         .map_err(db("find due escalations"))?;
-        let mut emitted = Vec::new();
+        let mut due: Vec<DueEscalation> = Vec::with_capacity(rows.len());
         for r in &rows {
             let read = db("read escalation");
-            let (id, clock, level, grade, deadline, pk, status): (
-                String,
-                String,
-                i64,
-                String,
-                i64,
-                Option<String>,
-                Option<String>,
-            ) = (|| {
-                Ok::<_, sqlx::Error>((
-                    r.try_get("ticket_id")?,
-                    r.try_get("clock")?,
-                    r.try_get("level")?,
-                    r.try_get("grade")?,
-                    r.try_get("deadline")?,
-                    r.try_get("patient_key")?,
-                    r.try_get("status")?,
-                ))
-            })()
-            .map_err(read)?;
-            let level = u8::try_from(level).unwrap_or(3);
+            due.push(
+                (|| {
+                    Ok::<_, sqlx::Error>(DueEscalation {
+                        id: r.try_get("ticket_id")?,
+                        clock: r.try_get("clock")?,
+                        level: u8::try_from(r.try_get::<i64, _>("level")?).unwrap_or(3),
+                        grade: r.try_get("grade")?,
+                        deadline: r.try_get("deadline")?,
+                        pk: r.try_get("patient_key")?,
+                        status: r.try_get("status")?,
+                    })
+                })()
+                .map_err(read)?,
+            );
+        }
+        let mut emitted = Vec::new();
+        let mut breaches = Vec::new();
+        for (winner, covered) in catch_up(due) {
+            // The levels a catch-up covers are not sent on their own (issue 20 §4).
+            let mut covers = Vec::with_capacity(covered.len());
+            for c in &covered {
+                let superseded = sqlx::query(
+                    "UPDATE ticket_escalations SET state = 'superseded', emitted_at = $1 \
+                     WHERE ticket_id = $2 AND clock = $3 AND level = $4 AND state = 'pending'",
+                )
+                .bind(now)
+                .bind(c.id.as_str())
+                .bind(c.clock.as_str())
+                .bind(i64::from(c.level))
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(db("supersede escalation"))?
+                .rows_affected()
+                    == 1;
+                if superseded {
+                    if c.level == 1 {
+                        breaches.push((c.grade.clone(), c.clock.clone()));
+                    }
+                    covers.push(json!({ "clock": c.clock, "level": c.level }));
+                }
+            }
+            let DueEscalation {
+                id,
+                clock,
+                level,
+                grade,
+                deadline,
+                pk,
+                status,
+            } = winner;
             let won = sqlx::query(
                 "UPDATE ticket_escalations SET state = 'emitted', emitted_at = $1 \
                  WHERE ticket_id = $2 AND clock = $3 AND level = $4 AND state = 'pending'",
@@ -259,7 +288,7 @@ db("find held ticket versions"),
             let Some(c) = SlaClock::parse(&clock) else {
                 continue;
             };
-            let body = json!({
+            let mut body = json!({
                 "op": "escalate",
                 "externalTicketId": format!("cem:{id}"),
                 "ticketId": id,
@@ -274,6 +303,9 @@ db("find held ticket versions"),
                 "occurredAt": local_ms(now, &ctx.zone),
                 "patient": { "pseudonym": pk },
             });
+            if !covers.is_empty() {
+                body["escalation"]["catchUp"] = serde_json::Value::Array(covers.clone());
+            }
             let key = ticket::escalation_key(&id, c, level);
             queue(
                 &mut tx,
@@ -294,27 +326,67 @@ db("find held ticket versions"),
                 action: "ticket_escalated",
                 rule: Some("R-TKT-4"),
                 reason: Some(&clock),
-                detail: Some(&format!(
-                    "level {level} ({})",
-                    ticket::escalation_target(level)
-                )),
+                detail: Some(&if covers.is_empty() {
+                    format!("level {level} ({})", ticket::escalation_target(level))
+                } else {
+                    format!(
+                        "level {level} ({}), a catch-up covering {} lower level(s) due at the same time",
+                        ticket::escalation_target(level),
+                        covers.len()
+                    )
+                }),
                 ..Default::default()
             })
             .await?;
+            if level == 1 {
+                breaches.push((grade.clone(), clock.clone()));
+            }
             emitted.push((grade, clock, level));
         }
         tx.commit().await?;
-        for (grade, clock, level) in &emitted {
-            if *level == 1 {
-                counter!("cem_bridge_ticket_sla_breaches_total", "grade" => grade.clone(),
-                         "clock" => clock.clone())
+        for (grade, clock) in breaches {
+            counter!("cem_bridge_ticket_sla_breaches_total", "grade" => grade, "clock" => clock)
                 .increment(1);
-            }
+        }
+        for (_, _, level) in &emitted {
             counter!("cem_bridge_ticket_escalations_total", "level" => level.to_string())
                 .increment(1);
         }
         Ok(emitted)
     }
+}
+
+/// A pending escalation found due.
+struct DueEscalation {
+    id: String,
+    clock: String,
+    level: u8,
+    grade: String,
+    deadline: i64,
+    pk: Option<String>,
+    status: Option<String>,
+}
+
+/// The escalations to send from those found due: per ticket the highest level (the latest
+/// deadline among equals), with the lower ones it covers. A ticket whose levels fell due one by
+/// one while the bridge ran has one each time; after an outage, or for a ticket that arrived
+/// late, one catch-up replaces a burst of up to six requests.
+fn catch_up(due: Vec<DueEscalation>) -> Vec<(DueEscalation, Vec<DueEscalation>)> {
+    let mut by_ticket: Vec<Vec<DueEscalation>> = Vec::new();
+    for d in due {
+        match by_ticket.iter_mut().find(|g| g[0].id == d.id) {
+            Some(g) => g.push(d),
+            None => by_ticket.push(vec![d]),
+        }
+    }
+    by_ticket
+        .into_iter()
+        .filter_map(|mut g| {
+            let top = (0..g.len()).max_by_key(|&i| (g[i].level, g[i].deadline))?;
+            let winner = g.swap_remove(top);
+            Some((winner, g))
+        })
+        .collect()
 }
 
 /// R-TKT-11 replay / callback dedupe: record `key` as seen; `false` if it was seen before.

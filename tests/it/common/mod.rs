@@ -27,7 +27,7 @@ pub const TEST_VAULT_KEY: [u8; 32] = [0x5a; 32];
 pub const TEST_VAULT_KEY_HEX: &str =
     "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 /// The token the test CEM presents at `POST /contact/resolve`.
-pub const TEST_RESOLVE_TOKEN: &str = "cem-resolve-token-for-tests";
+pub const TEST_RESOLVE_TOKEN: &str = "cem-resolve-token-for-tests-0123456789";
 
 /// Where the bridges under test start their clock: the day after the samples' visits
 /// (2026-11-20), so outpatient and inpatient surveys are due at once and not yet stale.

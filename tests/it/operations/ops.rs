@@ -797,7 +797,10 @@ async fn ops_page_and_its_summary_show_surveys_and_dead_letters_without_personal
 
 /// Listening beyond loopback, `/metrics` and `/api/summary` need `Authorization: Bearer` with
 /// the token from `[ops] token_env`; the page itself (no data), `/health` and `/ready` do not.
-/// Without the token in the environment the bridge refuses to start.
+/// Without the token in the environment, or with one shorter than 32 characters, the bridge
+/// refuses to start (issue 20 §3). The scheme is read in any case (RFC 7235); an address that
+/// fails more than 10 times a minute gets 429 with `Retry-After` even with the right token,
+/// while another address is served, and both are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_loopback_ops_needs_the_bearer_token_for_data() {
     let mut setup = Setup::new("ops-token", "http://127.0.0.1:9/unused");
@@ -814,15 +817,27 @@ async fn non_loopback_ops_needs_the_bearer_token_for_data() {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("CEM_BRIDGE_TEST_OPS_TOKEN"), "{err}");
+    let err = match cem_bridge::app::start(setup.config(), secrets(Some("s3cret-t0ken"))).await {
+        Ok(b) => {
+            b.shutdown().await;
+            panic!("started with a 12-character ops token");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("CEM_BRIDGE_TEST_OPS_TOKEN") && err.contains("at least 32"),
+        "{err}"
+    );
 
-    let bridge = cem_bridge::app::start(setup.config(), secrets(Some("s3cret-t0ken")))
+    const TOKEN: &str = "s3cret-t0ken-0123456789abcdef-ops";
+    let bridge = cem_bridge::app::start(setup.config(), secrets(Some(TOKEN)))
         .await
         .unwrap();
     let bound = bridge.ops_addr().unwrap();
     assert!(bound.ip().is_unspecified(), "{bound}");
     let addr = SocketAddr::from(([127, 0, 0, 1], bound.port()));
     let client = reqwest::Client::new();
-    let status = |path: &'static str, auth: Option<&'static str>| {
+    let status = |path: &'static str, auth: Option<String>| {
         let client = client.clone();
         async move {
             let mut req = client.get(format!("http://{addr}{path}"));
@@ -832,20 +847,70 @@ async fn non_loopback_ops_needs_the_bearer_token_for_data() {
             req.send().await.unwrap().status().as_u16()
         }
     };
+    let some = |s: &str| Some(s.to_string());
     for path in ["/metrics", "/api/summary"] {
         assert_eq!(status(path, None).await, 401, "{path} without a token");
-        assert_eq!(status(path, Some("Bearer wrong")).await, 401, "{path}");
+        assert_eq!(status(path, some("Bearer wrong")).await, 401, "{path}");
+        assert_eq!(status(path, some(TOKEN)).await, 401, "{path}: no scheme");
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let auth = format!("{scheme} {TOKEN}");
+            assert_eq!(status(path, Some(auth)).await, 200, "{path} {scheme}");
+        }
+    }
+    // Six failures so far; four more reach the quota, the next is throttled.
+    for i in 0..4 {
         assert_eq!(
-            status(path, Some("s3cret-t0ken")).await,
+            status("/metrics", some("Bearer wrong")).await,
             401,
-            "{path}: no scheme"
-        );
-        assert_eq!(
-            status(path, Some("Bearer s3cret-t0ken")).await,
-            200,
-            "{path}"
+            "failure {i}"
         );
     }
+    let r = client
+        .get(format!("http://{addr}/metrics"))
+        .header("authorization", "Bearer wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "throttled");
+    assert_eq!(
+        status("/metrics", Some(format!("Bearer {TOKEN}"))).await,
+        429,
+        "the right token does not pass while the address is throttled"
+    );
+    // A caller from another address is served, and sees the counters.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let metrics = other
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let metrics = metrics.text().await.unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    assert_eq!(
+        value("cem_bridge_auth_failures_total{endpoint=\"ops\"}"),
+        11.0
+    );
+    assert!(value("cem_bridge_auth_throttled_total{endpoint=\"ops\"}") >= 2.0);
     assert_eq!(status("/", None).await, 200, "the page has no data");
     assert_eq!(status("/health", None).await, 200);
     wait_for(15, "/ready 200 without a token", || {

@@ -283,6 +283,20 @@ async fn webhook_refuses_bad_signatures_stale_replays_and_malformed_bodies() {
     assert!(a["message"].as_str().unwrap().contains("status"), "{a}");
     let (s, _) = post(addr, "not json").await;
     assert_eq!(s, 400);
+    // Issue 20 §4: over the webhook's body limit, 413 in JSON, counted as too_large.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(1024 * 1024 + 1024));
+    let (s, a) = post(addr, &big).await;
+    assert_eq!((s, a["error"].as_str()), (413, Some("too_large")), "{a}");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cem_bridge_webhook_rejected_total{reason=\"too_large\"} 1"),
+        "{metrics}"
+    );
     // Issue 20 §4: a clear value as patientKey (a phone number) is refused naming the field,
     // and nothing of it is stored or sent.
     let clear = sample("created_low_score", &unique("TKCLEAR"), "13812345678");
@@ -426,7 +440,9 @@ async fn tk2_tk3_tk7_versions_apply_in_order_and_gaps_time_out() {
 }
 
 /// TK-4 (R-TKT-4): an URGENT ticket never answered escalates at 11:05 L1, 12:05 L2, 15:05 L3
-/// — once each, also when the bridge restarts after they fired.
+/// — once each, also when the bridge restarts after they fired. Levels that fell due together
+/// while the bridge was stopped go out as one catch-up, the highest, listing the ones it covers
+/// (issue 20 §4): stopped from 11:00 to 12:06, L1 and L2 are one request; L3 then comes alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tk4_escalations_fire_once_each_across_restarts() {
     let (cem, hcrm, cc) = (
@@ -450,9 +466,13 @@ async fn tk4_escalations_fire_once_each_across_restarts() {
     assert_eq!(s, 200);
     wait_requests(&hcrm, &id, 1).await;
     bridge.shutdown().await;
-    // Restart at 15:06: all three levels of the response clock are due.
+    // Restart at 12:06: levels 1 and 2 of the response clock are due, sent as one catch-up.
+    let bridge = setup.start_at("2026-11-21T12:06:00+08:00").await;
+    let sent = wait_requests(&hcrm, &id, 2).await;
+    bridge.shutdown().await;
+    // Restart at 15:06: level 3 alone.
     let bridge = setup.start_at("2026-11-21T15:06:00+08:00").await;
-    let sent = wait_requests(&hcrm, &id, 4).await;
+    let sent = [sent, wait_requests(&hcrm, &id, 3).await[2..].to_vec()].concat();
     let esc: Vec<&Recorded> = sent.iter().filter(|r| r.json["op"] == "escalate").collect();
     let esc_keys: Vec<String> = esc
         .iter()
@@ -461,16 +481,20 @@ async fn tk4_escalations_fire_once_each_across_restarts() {
     assert_eq!(
         esc_keys,
         vec![
-            format!("tk:{id}:esc:response:1"),
             format!("tk:{id}:esc:response:2"),
             format!("tk:{id}:esc:response:3")
         ]
     );
     assert_eq!(
-        esc[0].json["escalation"]["deadline"],
-        "2026-11-21T11:05:00+08:00"
+        esc[0].json["escalation"]["deadline"], "2026-11-21T11:05:00+08:00",
+        "the deadline missed, whatever the level"
     );
-    assert_eq!(esc[2].json["escalation"]["target"], "集团客服部");
+    assert_eq!(
+        esc[0].json["escalation"]["catchUp"],
+        serde_json::json!([{ "clock": "response", "level": 1 }])
+    );
+    assert!(esc[1].json["escalation"].get("catchUp").is_none());
+    assert_eq!(esc[1].json["escalation"]["target"], "集团客服部");
     bridge.shutdown().await;
     let bridge = setup.start_at("2026-11-21T15:07:00+08:00").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -479,7 +503,7 @@ async fn tk4_escalations_fire_once_each_across_restarts() {
             .iter()
             .filter(|r| r.json["ticketId"] == id.as_str())
             .count(),
-        4,
+        3,
         "nothing is emitted twice"
     );
     let db = sqlite(&setup.db).await;
@@ -491,7 +515,16 @@ async fn tk4_escalations_fire_once_each_across_restarts() {
     .await
     .unwrap()
     .get("n");
-    assert_eq!(emitted, 3);
+    assert_eq!(emitted, 2);
+    let superseded: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM ticket_escalations WHERE ticket_id = ? AND state = 'superseded' AND level = 1",
+    )
+    .bind(&id)
+    .fetch_one(&db)
+    .await
+    .unwrap()
+    .get("n");
+    assert_eq!(superseded, 1);
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
@@ -1008,6 +1041,75 @@ async fn hcrm_429_retry_after_and_timeout_are_retried_with_the_same_key() {
     .await;
     assert_eq!(row.get::<i64, _>("last_status"), 409);
     assert_eq!(row.get::<i64, _>("attempts"), 3);
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// Issue 20 §3: failed signatures are throttled per address on every webhook. Ten failures
+/// within a minute are answered 401; the eleventh, and then a well-signed update on any
+/// webhook, get 429 with `Retry-After` and store nothing; once the wait is over the signed
+/// update is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_throttle_an_address_that_keeps_failing_its_signature() {
+    let (cem, hcrm, cc) = (
+        Recorder::start().await,
+        Recorder::start().await,
+        Recorder::start().await,
+    );
+    let setup = ticket_setup("tk-throttle", &cem, &hcrm, &cc, "");
+    let bridge = setup.start().await;
+    let addr = bridge.ops_addr().unwrap();
+    let id = unique("TKTHR");
+    let body = sample(
+        "created_low_score",
+        &id,
+        "pk_00000000000000000000000000000a02",
+    );
+    for i in 0..10 {
+        let (s, a) = post_signed(addr, &body, b"a-guess-at-the-secret-0123456789", now_s()).await;
+        assert_eq!(
+            (s, a["error"].as_str()),
+            (401, Some("bad_signature")),
+            "guess {i}"
+        );
+    }
+    let (s, a) = post_raw(addr, &body, None, None).await;
+    assert_eq!((s, a["error"].as_str()), (429, Some("throttled")), "{a}");
+    let (s, _) = post(addr, &body).await;
+    assert_eq!(s, 429, "the right signature waits too");
+    let unsubscribe = reqwest::Client::new()
+        .post(format!("http://{addr}/hooks/cem/unsubscribes"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsubscribe.status().as_u16(), 429);
+    let wait: u64 = unsubscribe.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&wait), "Retry-After {wait}");
+    assert_eq!(
+        post_result(
+            addr,
+            &serde_json::json!({"eventId": "ev-t", "taskRef": "tk:x:urgent_callback:1", "status": "busy"}),
+            TEST_CALLCENTER_SECRET
+        )
+        .await,
+        429
+    );
+    let db = sqlite(&setup.db).await;
+    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tickets WHERE ticket_id = ?")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(stored, 0, "nothing stored while throttled");
+    tokio::time::sleep(std::time::Duration::from_secs(wait + 1)).await;
+    let (s, a) = post(addr, &body).await;
+    assert_eq!((s, a["result"].as_str()), (200, Some("applied")), "{a}");
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
