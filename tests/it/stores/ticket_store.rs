@@ -373,3 +373,54 @@ async fn postgres_retention_prunes_ticket_tables() {
     retention_prunes_finished_ticket_requests_and_seen_signatures(Db::postgres("tk_ret").await)
         .await;
 }
+
+/// R-TKT-4 with issue 20 §4, on both backends: an URGENT ticket (created 10:05) found at 15:06
+/// with all three levels of its response clock due sends one catch-up, level 3, listing levels
+/// 1 and 2, which are recorded `superseded` and never sent; a second sweep sends nothing.
+async fn overdue_levels_go_as_one_catch_up(db: Db) {
+    let store = db.open().await;
+    let c = ctx();
+    let id = unique("TKCATCH");
+    let b = body(&id, 1);
+    let u = TicketUpdate::parse(b.as_bytes()).unwrap();
+    store
+        .ticket_accept(&c, &u, b.as_bytes(), None, now())
+        .await
+        .unwrap();
+    let at = "2026-11-21T15:06:00+08:00"
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond();
+    let emitted = store.ticket_escalate(&c, at).await.unwrap();
+    assert_eq!(
+        emitted,
+        vec![("URGENT".to_string(), "response".to_string(), 3)],
+        "one request, the highest level"
+    );
+    assert!(store.ticket_escalate(&c, at + 1).await.unwrap().is_empty());
+    let states = db
+        .count(&format!(
+            "SELECT COUNT(*) AS n FROM ticket_escalations WHERE ticket_id = '{id}' \
+             AND clock = 'response' AND state = 'superseded' AND level IN (1, 2)"
+        ))
+        .await;
+    assert_eq!(states, 2);
+    let requests = db
+        .count(&format!(
+            "SELECT COUNT(*) AS n FROM ticket_outbox WHERE ticket_id = '{id}' AND kind = 'escalate'"
+        ))
+        .await;
+    assert_eq!(requests, 1, "levels 1 and 2 are not queued on their own");
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_overdue_levels_go_as_one_catch_up() {
+    overdue_levels_go_as_one_catch_up(Db::sqlite("tk-catch").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_overdue_levels_go_as_one_catch_up() {
+    overdue_levels_go_as_one_catch_up(Db::postgres("tk_catch").await).await;
+}
