@@ -545,11 +545,18 @@ pub async fn start_with_clock(
         followup: followup_ctx(&cfg)?,
     });
     let (trigger, _) = shutdown::channel();
-    let mut background = vec![tokio::spawn(crate::store::retention::run(
-        store.clone(),
-        cfg.retention.clone(),
-        trigger.subscribe(),
-    ))];
+    let mut background = vec![
+        tokio::spawn(crate::store::retention::run(
+            store.clone(),
+            cfg.retention.clone(),
+            trigger.subscribe(),
+        )),
+        // One info line a minute says what happened; each message's lines are at debug.
+        tokio::spawn(crate::process::tally::run(
+            std::time::Duration::from_secs(60),
+            trigger.subscribe(),
+        )),
+    ];
     background.push(tokio::spawn(crate::app::reload::run(
         crate::app::reload::Reloadable {
             mappings: mappings.clone(),

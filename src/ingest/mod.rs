@@ -29,6 +29,7 @@ use crate::config::source::{Door, SourceConfig};
 use crate::process::fault::{self, Point};
 use crate::process::reconnect::Reconnect;
 use crate::process::shutdown::Shutdown;
+use crate::process::tally;
 use crate::store::dead_letters::content_hash;
 use batch::write_batch;
 use context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
@@ -268,6 +269,7 @@ async fn finish<S: Source>(
             Disposition::DeadLetter { reason, detail } => {
                 let mid = message_id_of(p).unwrap_or_default();
                 counter!("cem_bridge_dead_letters_total", "connector" => src.name.clone(), "reason" => reason.code()).increment(1);
+                tally::add(tally::Kind::DeadLettered, 1);
                 let traced = if mid.is_empty() {
                     format!("sha256:{}", p.hash.get(..16).unwrap_or(&p.hash))
                 } else {

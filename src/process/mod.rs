@@ -1,7 +1,7 @@
 //! What every task of one bridge process shares: the injectable [`clock`], the one
 //! [`shutdown`] signal, crash [`fault`] points for tests, the log context ([`logctx`]), which
 //! sources are consuming ([`health`]), and the live mappings and survey policy a reload swaps
-//! ([`live`]).
+//! ([`live`]), and the minute's summary line ([`tally`]).
 //!
 //! May import: `config` and the pipeline crate. Imported by every room above it.
 
@@ -12,3 +12,4 @@ pub mod live;
 pub mod logctx;
 pub mod reconnect;
 pub mod shutdown;
+pub mod tally;

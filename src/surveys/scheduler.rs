@@ -26,6 +26,7 @@ use crate::privacy::vault::{Access, Lookup, VaultCipher, with_member};
 use crate::process::clock::Clock;
 use crate::process::fault::{self, Point};
 use crate::process::shutdown::Shutdown;
+use crate::process::tally;
 use crate::store::Store;
 use crate::store::claim::{Claimed, ClaimedJob, JobOutcome};
 
@@ -120,6 +121,10 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
                 }
             }
         };
+        tally::add(
+            tally::Kind::Suppressed,
+            (claimed.suppressed + claimed.opted_out) as u64,
+        );
         if claimed.suppressed > 0 {
             counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => "dnd")
                 .increment(claimed.suppressed as u64);
@@ -376,9 +381,11 @@ fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
                 .increment(1);
             histogram!("cem_bridge_survey_send_delay_seconds", "template" => job.template.clone())
                 .record(((now - job.due_at).max(0) as f64) / 1000.0);
-            info!(job_id = %job.job_id, message_id = %job.message_id, status, attempt = job.attempts, "survey pushed");
+            tally::add(tally::Kind::Pushed, 1);
+            debug!(job_id = %job.job_id, message_id = %job.message_id, status, attempt = job.attempts, "survey pushed");
         }
         JobOutcome::Retry { next_at, error, .. } => {
+            tally::add(tally::Kind::Retried, 1);
             debug!(job_id = %job.job_id, attempt = job.attempts, detail = %error, retry_in_ms = next_at - now, "survey push will be retried");
         }
         JobOutcome::Dead {
@@ -388,12 +395,14 @@ fn observe(f: &Finished, o: &JobOutcome, applied: bool, now: i64) {
             ..
         } => {
             counter!("cem_bridge_survey_decisions_total", "decision" => "dead", "reason" => *reason).increment(1);
+            tally::add(tally::Kind::Failed, 1);
             warn!(job_id = %job.job_id, attempts = job.attempts, status = ?status, reason, detail = %error, "survey push given up; job is dead");
         }
         JobOutcome::Suppressed { reason, rule, .. } => {
             counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => *reason)
                 .increment(1);
-            info!(job_id = %job.job_id, message_id = %job.message_id, reason, rule, "survey suppressed at send time");
+            tally::add(tally::Kind::Suppressed, 1);
+            debug!(job_id = %job.job_id, message_id = %job.message_id, reason, rule, "survey suppressed at send time");
         }
     }
 }

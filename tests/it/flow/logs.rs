@@ -78,3 +78,56 @@ async fn json_logs_carry_the_message_and_trace_id_on_every_line_about_it() {
     assert_no_pii("the JSON log", &text);
     cleanup(&setup).await;
 }
+
+/// Issue 20 §7: at info level a push writes no line of its own; one summary line counts what
+/// happened (received, duplicates, pushed) — here the one written at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_logs_count_pushes_and_duplicates_in_a_summary_line() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("logs-info", &cem.url());
+    let cfg = setup.write_config();
+    let log = setup.dir.join("bridge.log");
+    let mut child = spawn_bridge_at_level(&cfg, None, &log, "info");
+    setup.wait_declared().await;
+    publish_fixture(&setup.queue, A04_SAMPLE, "a04").await;
+    publish_fixture(&setup.queue, A04_SAMPLE, "a04-again").await;
+    cem.first_accepted().await;
+    let db = sqlite(&setup.db).await;
+    wait_for(20, "the second delivery recorded as a duplicate", || {
+        let db = db.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit WHERE action = 'duplicate'")
+                    .fetch_one(&db)
+                    .await
+                    .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(ok.success());
+    assert!(wait_exit(&mut child, 30).await.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("survey pushed"),
+        "no line per push at info:\n{text}"
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.contains("last 60 s:"))
+        .unwrap_or_else(|| panic!("no summary line:\n{text}"));
+    for want in [
+        "1 received",
+        "1 duplicate(s)",
+        "1 survey(s) scheduled",
+        "1 pushed",
+    ] {
+        assert!(summary.contains(want), "{want:?} in {summary}");
+    }
+    assert_no_pii("the info log", &text);
+    cleanup(&setup).await;
+}
