@@ -475,6 +475,64 @@ pub struct OutboundMessage {
     pub headers: BTreeMap<String, String>,
 }
 
+/// Messages ready in `queue` (not those delivered and unacked), by a passive declare.
+async fn passive_depth(conn: &Connection, queue: &str) -> Result<u32, PublishError> {
+    // A passive declare closes the channel when the queue is missing: use a throwaway one.
+    let probe = conn
+        .create_channel()
+        .await
+        .map_err(ctx("open channel", queue))?;
+    let r = probe
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match r {
+        Ok(q) => {
+            let _ = probe.close(200, "bye".into()).await;
+            Ok(q.message_count())
+        }
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) => {
+            Err(PublishError::NoSuchQueue {
+                queue: queue.to_string(),
+            })
+        }
+        Err(e) => Err(ctx("inspect queue", queue)(e).into()),
+    }
+}
+
+/// Reads queue depths on a connection of its own (the bridge's backlog gauge).
+pub struct QueueProbe {
+    conn: Connection,
+}
+
+impl QueueProbe {
+    pub async fn connect(url: &str) -> Result<Self, AmqpError> {
+        Ok(Self {
+            conn: connect(url, "cem-bridge-backlog").await?,
+        })
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn depth(&self, queue: &str) -> Result<u32, PublishError> {
+        passive_depth(&self.conn, queue).await
+    }
+
+    /// Whether the connection still stands (else connect again).
+    pub fn is_open(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
 /// Publishes persistent messages with publisher confirms (for `cem-bridge publish` and tests).
 pub struct AmqpPublisher {
     conn: Connection,
@@ -496,34 +554,7 @@ impl AmqpPublisher {
 
     /// Messages waiting in `queue`, or [`PublishError::NoSuchQueue`].
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, PublishError> {
-        // A passive declare closes the channel when the queue is missing: use a throwaway one.
-        let probe = self
-            .conn
-            .create_channel()
-            .await
-            .map_err(ctx("open channel", queue))?;
-        let r = probe
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match r {
-            Ok(q) => {
-                let _ = probe.close(200, "bye".into()).await;
-                Ok(q.message_count())
-            }
-            Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) => {
-                Err(PublishError::NoSuchQueue {
-                    queue: queue.to_string(),
-                })
-            }
-            Err(e) => Err(ctx("inspect queue", queue)(e).into()),
-        }
+        passive_depth(&self.conn, queue).await
     }
 
     /// Publish to a queue through the default exchange and wait for the confirm.

@@ -498,6 +498,9 @@ pub async fn start_with_clock(
     )
     .await?;
     let health = SourceHealth::new(cfg.sources.iter().map(|s| s.name.as_str()));
+    for s in &cfg.sources {
+        health.set_kind(&s.name, s.kind.code());
+    }
     // Every door ready before anything is consumed: a bad TLS file or a missing secret fails
     // the start, naming the source.
     let mut doors = Vec::with_capacity(cfg.sources.len());
@@ -551,6 +554,11 @@ pub async fn start_with_clock(
             cfg.retention.clone(),
             trigger.subscribe(),
         )),
+        // The backlog: queue depths, rates, drain times (gauge, /api/summary, the page).
+        tokio::spawn(
+            crate::ingest::backlog::Poller::new(&cfg.sources, health.clone())
+                .run(trigger.subscribe()),
+        ),
         // One info line a minute says what happened; each message's lines are at debug.
         tokio::spawn(crate::process::tally::run(
             std::time::Duration::from_secs(60),

@@ -118,6 +118,7 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         "dead_letters": dead_letters,
         "dead_letters_total": dead_letters_total,
         "tickets": tickets,
+        "sources": sources(&s),
         // Issue 8 §5: a refused reload keeps the last good version; the page says so.
         "reload": {
             "mappings_generation": s.mappings.generation(),
@@ -127,6 +128,26 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         "errors": errors,
     });
     (status, axum::Json(body)).into_response()
+}
+
+/// Per source: its kind, state, and backlog (depth at the broker, acked per second over the
+/// last poll, seconds to drain at that rate; `null` where unknown).
+fn sources(s: &OpsState) -> Vec<serde_json::Value> {
+    s.sources
+        .snapshot()
+        .into_iter()
+        .map(|(name, connected)| {
+            let b = s.sources.backlog(&name);
+            serde_json::json!({
+                "name": name,
+                "kind": s.sources.kind(&name),
+                "connected": connected,
+                "depth": b.depth,
+                "rate_per_s": (b.rate_per_s * 10.0).round() / 10.0,
+                "drain_seconds": b.drain_seconds(),
+            })
+        })
+        .collect()
 }
 
 /// Whether the bridge is ready, and the JSON saying so.

@@ -101,6 +101,18 @@ fn describe_metrics() {
         "cem_bridge_dead_letters_total",
         "Messages dead-lettered, by reason code"
     );
+    describe_gauge!(
+        "cem_bridge_source_queue_depth",
+        "Messages ready in an AMQP source's queue at the broker, read every 15 s"
+    );
+    describe_counter!(
+        "cem_bridge_auth_failures_total",
+        "Failed authentications on a guarded route (wrong or missing token or signature)"
+    );
+    describe_counter!(
+        "cem_bridge_auth_throttled_total",
+        "Requests answered 429: their address failed authentication more than 10 times a minute"
+    );
     describe_counter!(
         "cem_bridge_identity_warnings_total",
         "Identifier checks that failed but did not stop the message, by kind"

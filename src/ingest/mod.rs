@@ -7,6 +7,7 @@
 //! May import: `store`, `privacy`, `process`, `config`. The door is generic: this room names
 //! the door kinds only to pick the one a `[[source]]` configured.
 
+pub mod backlog;
 pub mod batch;
 pub mod context;
 pub mod facts;
@@ -103,7 +104,8 @@ async fn consume<S: Source>(
             return Ok(()); // shutdown while the store was down: nothing acked, all redelivered
         };
         fault::hit(Point::AfterCommit);
-        finish(src, source, &prepared, dispositions).await?;
+        let acked = finish(src, source, &prepared, dispositions).await?;
+        ctx.health.note_acked(&src.name, acked);
     }
 }
 
@@ -255,13 +257,13 @@ async fn isolate(
 }
 
 /// After the commit: log and count the dead letters, then settle the batch with the door
-/// (dead letters forwarded with their reason, the rest acked).
+/// (dead letters forwarded with their reason, the rest acked). Returns how many were acked.
 async fn finish<S: Source>(
     src: &SourceConfig,
     source: &mut S,
     prepared: &[Prepared],
     dispositions: Vec<Disposition>,
-) -> Result<(), SourceError> {
+) -> Result<u64, SourceError> {
     let mut settles = Vec::with_capacity(prepared.len());
     for (p, d) in prepared.iter().zip(dispositions) {
         let settle = match d {
@@ -290,5 +292,5 @@ async fn finish<S: Source>(
         counter!("cem_bridge_messages_acked_total", "connector" => src.name.clone())
             .increment(settled.acked as u64);
     }
-    Ok(())
+    Ok(settled.acked as u64)
 }

@@ -1119,3 +1119,61 @@ async fn dlq_replay_dry_run_diffs_the_new_mapping_then_replay_republishes() {
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+/// Issue 20 §6: the backlog. Three messages wait in a source's queue while no bridge consumes
+/// it: the poller reads depth 3 from the broker, a rate from what the source acked over the
+/// interval, and the drain time from both; the running bridge shows each source's kind, state
+/// and depth in `/api/summary` and `cem_bridge_source_queue_depth{connector}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_shows_depth_rate_and_drain_time_per_source() {
+    use cem_bridge::ingest::backlog::Poller;
+    use cem_bridge::process::health::SourceHealth;
+    let cem = Recorder::start().await;
+    let setup = Setup::new("backlog", &cem.url());
+    let bridge = setup.start().await;
+    setup.wait_declared().await;
+    bridge.shutdown().await;
+    for i in 0..3 {
+        publish(&setup.queue, b"MSH|^~\\&|waiting", &format!("wait-{i}")).await;
+    }
+    let cfg = setup.config();
+    let name = cfg.sources[0].name.clone();
+    let health = SourceHealth::new([name.as_str()]);
+    let mut poller = Poller::new(&cfg.sources, health.clone());
+    poller.poll_once().await;
+    let b = health.backlog(&name);
+    assert_eq!(b.depth, Some(3), "{b:?}");
+    assert_eq!(b.drain_seconds(), None, "nothing taken yet: no drain time");
+    health.note_acked(&name, 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    poller.poll_once().await;
+    let b = health.backlog(&name);
+    assert!(b.rate_per_s > 1.0, "{b:?}");
+    assert!(b.drain_seconds().is_some_and(|s| s <= 3), "{b:?}");
+
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    let summary = wait_for(15, "the backlog in /api/summary", || async move {
+        let (_, text) = get(addr, "/api/summary").await;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["sources"][0]["depth"].is_u64().then_some(v)
+    })
+    .await;
+    let s = &summary["sources"][0];
+    assert_eq!(
+        (s["name"].as_str(), s["kind"].as_str()),
+        (Some(name.as_str()), Some("amqp"))
+    );
+    assert!(
+        s["connected"].is_boolean() && s["rate_per_s"].is_number(),
+        "{s}"
+    );
+    let depth = value(
+        &metrics(addr).await,
+        "cem_bridge_source_queue_depth",
+        &[("connector", name.as_str())],
+    );
+    assert!(depth.is_some(), "the depth gauge is exported");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}

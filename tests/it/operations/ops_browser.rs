@@ -160,8 +160,10 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
                 .await
                 .ok()?;
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            (v["dead_letters_total"] == 2 && v["tickets"]["by_status"][0][0] == "ASSIGNED")
-                .then_some(())
+            (v["dead_letters_total"] == 2
+                && v["tickets"]["by_status"][0][0] == "ASSIGNED"
+                && v["sources"][0]["depth"].is_u64())
+            .then_some(())
         },
     )
     .await;
@@ -200,10 +202,17 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
     assert_eq!(text_of(&dom, "banner"), "就绪 · ready", "the script ran");
     assert_eq!(text_of(&dom, "error"), "");
     assert_eq!(text_of(&dom, "dltotal"), "(共 total 2)");
+    let flow = table(&dom, "flow");
+    assert_eq!(flow.len(), 1, "{flow:?}");
+    let cells: Vec<&str> = flow[0].split(" | ").collect();
     assert_eq!(
-        table(&dom, "flow"),
-        ["adt | 已连接 connected | 4 | 2 | 0 | 2 | –"],
-        "connector, state, acked, new, duplicates, dead letters, per minute"
+        cells[..8],
+        ["adt", "amqp", "已连接 connected", "4", "2", "0", "2", "–"],
+        "connector, kind, state, acked, new, duplicates, dead letters, per minute"
+    );
+    assert!(
+        cells[8].parse::<u64>().is_ok() && cells.len() == 10,
+        "queue depth read from the broker, and a drain time: {flow:?}"
     );
     assert!(
         table(&dom, "jobs").contains(&"sent | – | 2".to_string()),
