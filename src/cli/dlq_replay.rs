@@ -217,9 +217,18 @@ fn open_body(
     let (Some(key_id), Some(sealed)) = (&row.key_id, &row.sealed) else {
         return Err("its body was not kept (dead-lettered before bodies were stored)".into());
     };
-    vault
+    let body = vault
         .open(&dead_letter_aad(&row.record.content_hash), key_id, sealed)
-        .map_err(|e| format!("cannot open its body with the vault key: {e}"))
+        .map_err(|e| format!("cannot open its body with the vault key: {e}"))?;
+    if i64::try_from(body.len()).map_or(true, |n| n < row.record.size_bytes) {
+        return Err(format!(
+            "only its first {} of {} bytes were kept (a body over {} KiB is kept in part): replay the original from the broker's dead-letter queue",
+            body.len(),
+            row.record.size_bytes,
+            crate::store::dead_letters::MAX_STORED_BODY / 1024
+        ));
+    }
+    Ok(body)
 }
 
 /// The dead letter's original headers (empty when it had none or predates migration 6).

@@ -188,7 +188,15 @@ pub fn dead_letter_detail(
         ),
         (
             "body",
-            format!("sealed in the store (vault key); the original is in {body_at}"),
+            if crate::store::dead_letters::kept_in_part(r.size_bytes) {
+                format!(
+                    "its first {} KiB sealed in the store (vault key), not all {} bytes; the original, whole, is in {body_at}",
+                    crate::store::dead_letters::MAX_STORED_BODY / 1024,
+                    r.size_bytes
+                )
+            } else {
+                format!("sealed in the store (vault key); the original is in {body_at}")
+            },
         ),
     ];
     let mut out = String::new();

@@ -16,7 +16,7 @@ use crate::config::source::SourceConfig;
 use crate::ingest::context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
 use crate::ingest::facts::{BatchFacts, plan_keys};
 use crate::process::fault::{self, Point};
-use crate::store::dead_letters::{dead_letter_aad, seal_headers};
+use crate::store::dead_letters::{dead_letter_aad, seal_headers, stored_part};
 use crate::store::{AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, StoreError};
 
 /// How long a cancel that came before its registration is remembered (R-CAN-2).
@@ -120,7 +120,7 @@ pub(super) async fn write_batch(
                 Some((reason, detail)) => {
                     let sealed = ctx
                         .vault
-                        .seal(&dead_letter_aad(&p.hash), &p.msg.body)
+                        .seal(&dead_letter_aad(&p.hash), stored_part(&p.msg.body))
                         .map_err(|_| StoreError::Sealing)?;
                     let headers = seal_headers(&ctx.vault, &p.hash, &p.msg.headers)?;
                     tx.dead_letter(

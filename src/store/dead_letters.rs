@@ -12,6 +12,22 @@ pub fn content_hash(body: &[u8]) -> String {
     hex(&Sha256::digest(body))
 }
 
+/// The most of a dead letter's body the store keeps (issue 20 §1). A bigger body — an
+/// `oversized` one above all — is kept as its first 64 KiB, with the size and hash of the
+/// whole; the broker's dead-letter queue keeps the original, whole. Enough to see what the
+/// sender sent; `dlq replay` sends such a prefix nowhere.
+pub const MAX_STORED_BODY: usize = 64 * 1024;
+
+/// What of `body` the store keeps: all of it, or its first [`MAX_STORED_BODY`] bytes.
+pub fn stored_part(body: &[u8]) -> &[u8] {
+    &body[..body.len().min(MAX_STORED_BODY)]
+}
+
+/// Whether a dead letter of `size_bytes` was kept only in part.
+pub fn kept_in_part(size_bytes: i64) -> bool {
+    usize::try_from(size_bytes).map_or(true, |n| n > MAX_STORED_BODY)
+}
+
 /// The associated data a dead-letter body is sealed under: its content hash.
 pub fn dead_letter_aad(content_hash: &str) -> String {
     format!("dl|{content_hash}")

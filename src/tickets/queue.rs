@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::config::tickets::{CONNECTOR, TicketQueueConfig};
 use crate::process::reconnect::Reconnect;
 use crate::process::shutdown::Shutdown;
-use crate::store::dead_letters::{content_hash, dead_letter_aad};
+use crate::store::dead_letters::{content_hash, dead_letter_aad, stored_part};
 use crate::store::tickets::TicketStoreError;
 use crate::store::{AuditEntry, DeadLetterEntry, StoreError};
 use crate::tickets::intake::TicketIntake;
@@ -146,7 +146,7 @@ async fn dead_letter(
     let sealed = intake
         .ctx
         .cipher
-        .seal(&dead_letter_aad(&hash), &msg.body)
+        .seal(&dead_letter_aad(&hash), stored_part(&msg.body))
         .map_err(|_| StoreError::Sealing)?;
     let mut tx = intake.store.begin().await?;
     tx.dead_letter(

@@ -2,4 +2,5 @@
 //! and staff lists.
 
 mod lists;
+mod oversized;
 mod privacy;
