@@ -210,6 +210,7 @@ async fn apply_decision(
                         connector: conn,
                         message_id: mid,
                         dnd: true,
+                        stale_at: Some(job.stale_at.as_millisecond()),
                     },
                     now,
                 )

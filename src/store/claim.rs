@@ -1,5 +1,5 @@
-//! The send side of survey jobs: claiming due jobs with a lease, the do-not-disturb
-//! reservation and the opt-out check made in the claim (R-DND-3, R-EXC-3, R-SRV-6), and
+//! The send side of survey jobs: claiming due jobs with a lease, the staleness, opt-out and
+//! do-not-disturb checks made in the claim (R-SRV-4, R-EXC-3, R-DND-3, R-SRV-6), and
 //! recording what each push came to (sent, retry, dead, suppressed) with the touch it leaves.
 //!
 //! Per claimed batch: one advisory-lock statement on PostgreSQL, one read of the touches,
@@ -64,6 +64,9 @@ pub struct Claimed {
     /// Suppressed `opted_out` in the claim: the CEM reported an unsubscribe of the patient or
     /// the mobile after the job was scheduled (R-EXC-3, table `opt_outs`).
     pub opted_out: usize,
+    /// Suppressed `stale_event` in the claim: found past its stale time (R-SRV-4) — the bridge
+    /// was stopped while it fell due, or its retries ran past it.
+    pub stale: usize,
 }
 
 impl Store {
@@ -86,7 +89,7 @@ impl Store {
             "UPDATE survey_jobs SET locked_until = $1, lock_owner = $2, attempts = attempts + 1, updated_at = $3 \
              WHERE job_id IN (SELECT job_id FROM survey_jobs WHERE status = 'pending' AND next_attempt_at <= $3 \
              AND locked_until <= $3 ORDER BY next_attempt_at, job_id LIMIT $4{lock}) \
-             RETURNING job_id, template, payload, attempts, due_at, message_id, patient_key, id_card_key, mobile_key, dnd"
+             RETURNING job_id, template, payload, attempts, due_at, message_id, patient_key, id_card_key, mobile_key, dnd, stale_at"
         );
         let mut tx = self.pool.begin().await.map_err(db("begin claim"))?;
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -99,8 +102,7 @@ impl Store {
             .map_err(db("claim due jobs"))?;
         let mut claimed = Claimed {
             jobs: Vec::with_capacity(rows.len()),
-            suppressed: 0,
-            opted_out: 0,
+            ..Claimed::default()
         };
         let opted = opted_out_among(&mut tx, &rows).await?;
         // R-DND-3 for the whole batch: lock its keys (PostgreSQL), read their touches once,
@@ -109,6 +111,14 @@ impl Store {
             Some(_) => self.lock_and_read_touches(&mut tx, &rows).await?,
             None => TouchState::default(),
         };
+        // R-SRV-4: the stale jobs' own reservations are released before any job of the batch
+        // is decided (PostgreSQL returns the claimed rows in no particular order).
+        for r in &rows {
+            if stale_now(r, now) {
+                let id: String = r.try_get("job_id").map_err(db("read claimed jobs"))?;
+                touches.forget(&id);
+            }
+        }
         for r in &rows {
             let job = ClaimedJob {
                 job_id: r.try_get("job_id").map_err(db("read claimed jobs"))?,
@@ -122,6 +132,32 @@ impl Store {
                 id_card_key: r.try_get("id_card_key").map_err(db("read claimed jobs"))?,
                 dnd: under_dnd(r),
             };
+            // R-SRV-4 at send time: a survey found past its stale time is not sent; a
+            // reservation an earlier attempt made is released (the CEM never took it).
+            if stale_now(r, now) {
+                let stale_at: i64 = r.try_get("stale_at").map_err(db("read claimed jobs"))?;
+                claimed.stale += 1;
+                sqlx::query("DELETE FROM touches WHERE job_id = $1")
+                    .bind(job.job_id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("release touch"))?;
+                let late_h = (now - job.due_at).max(0) / 3_600_000;
+                let past_h = (now - stale_at) / 3_600_000;
+                suppress_in(
+                    &mut tx,
+                    &job,
+                    now,
+                    "stale_event",
+                    "R-SRV-4",
+                    &format!(
+                        "found at send time (R-SRV-6): due {late_h} h ago, {past_h} h past its stale time after {} attempt(s); not sent",
+                        job.attempts - 1
+                    ),
+                )
+                .await?;
+                continue;
+            }
             // R-EXC-3 at send time: an unsubscribe the CEM reported since scheduling.
             if job.dnd
                 && [Some(&job.patient_key), job.mobile_key.as_ref()]
@@ -335,6 +371,16 @@ impl Store {
     }
 }
 
+/// Whether a claimed survey is past its stale time (R-SRV-4); never a follow-up step, nor a
+/// job scheduled before stale times were stored.
+fn stale_now(r: &AnyRow, now: i64) -> bool {
+    under_dnd(r)
+        && r.try_get::<Option<i64>, _>("stale_at")
+            .ok()
+            .flatten()
+            .is_some_and(|s| s <= now)
+}
+
 /// Whether a claimed job row is a survey under do-not-disturb (not a follow-up step).
 fn under_dnd(r: &AnyRow) -> bool {
     r.try_get::<i64, _>("dnd").map_or(true, |d| d != 0)
@@ -444,6 +490,12 @@ impl TouchState {
             self.reserved.insert(k.clone());
         }
         None
+    }
+
+    /// Drop what was read of `job_id`'s own reservations (released in the store): they no
+    /// longer block another job of the batch.
+    fn forget(&mut self, job_id: &str) {
+        self.current.retain(|_, (_, owner)| owner != job_id);
     }
 
     /// Write the batch's reservations: one multi-row upsert per 300 keys.

@@ -106,6 +106,7 @@ impl StoreTx {
                                 connector,
                                 message_id,
                                 dnd: false,
+                                stale_at: None,
                             },
                             now,
                         )

@@ -97,6 +97,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_ticket_visit.sql"),
     ),
+    (8, include_str!("../../migrations/sqlite/0008_stale_at.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -120,6 +121,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/postgres/0007_ticket_visit.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_stale_at.sql"),
     ),
 ];
 
@@ -177,6 +182,9 @@ pub struct NewJob<'a> {
     pub message_id: &'a str,
     /// `false` for a follow-up step (R-FUP-2): no do-not-disturb check, no touch.
     pub dnd: bool,
+    /// When the survey is stale (R-SRV-4); the claim suppresses it past this. `None` for a
+    /// follow-up step.
+    pub stale_at: Option<i64>,
 }
 
 /// Result of creating a job (R-SRV-5: an existing job id is a no-op).
@@ -594,8 +602,8 @@ impl StoreTx {
     ) -> Result<JobInsert, StoreError> {
         let n = sqlx::query(
             "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, next_attempt_at, \
-             payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key, dnd) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9, $10, $11, $12) ON CONFLICT (job_id) DO NOTHING",
+             payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key, dnd, stale_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13) ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(job.job_id)
         .bind(job.template)
@@ -609,6 +617,7 @@ impl StoreTx {
         .bind(job.id_card_key)
         .bind(job.mobile_key)
         .bind(i64::from(job.dnd))
+        .bind(job.stale_at)
         .execute(&mut *self.tx)
         .await
         .map_err(db("insert job"))?
@@ -618,7 +627,7 @@ impl StoreTx {
         }
         let revived = sqlx::query(
             "UPDATE survey_jobs SET status = 'pending', reason = NULL, due_at = $1, next_attempt_at = $1, \
-             payload = $2, message_id = $3, locked_until = 0, updated_at = $4 \
+             payload = $2, message_id = $3, locked_until = 0, updated_at = $4, stale_at = $6 \
              WHERE job_id = $5 AND status = 'cancelled' AND reason = 'discharge_cancelled'",
         )
         .bind(job.due_at)
@@ -626,6 +635,7 @@ impl StoreTx {
         .bind(job.message_id)
         .bind(now)
         .bind(job.job_id)
+        .bind(job.stale_at)
         .execute(&mut *self.tx)
         .await
         .map_err(db("reactivate job"))?

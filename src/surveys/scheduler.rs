@@ -133,7 +133,12 @@ pub async fn run(scheduler: Scheduler, mut shutdown: Shutdown) {
             counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => "opted_out")
                 .increment(claimed.opted_out as u64);
         }
-        let got = claimed.jobs.len() + claimed.suppressed + claimed.opted_out;
+        if claimed.stale > 0 {
+            counter!("cem_bridge_survey_decisions_total", "decision" => "suppressed", "reason" => "stale_event")
+                .increment(claimed.stale as u64);
+            tally::add(tally::Kind::Suppressed, claimed.stale as u64);
+        }
+        let got = claimed.jobs.len() + claimed.suppressed + claimed.opted_out + claimed.stale;
         let lists_now = lists.current();
         for job in claimed.jobs {
             let Ok(slot) = slots.clone().acquire_owned().await else {

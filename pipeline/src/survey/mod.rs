@@ -118,6 +118,9 @@ pub struct SurveyJob {
     /// `mk_…` of the mobile the survey goes to (the guardian's for minors) (R-DND-1).
     pub mobile_key: String,
     pub payload: SurveyDispatch,
+    /// When the survey becomes stale (R-SRV-4): past it, the claim suppresses it
+    /// `stale_event` instead of pushing (R-SRV-6, after an outage or long retries).
+    pub stale_at: Timestamp,
 }
 
 impl SurveyJob {
@@ -380,6 +383,7 @@ pub fn decide(
         id_card_key: ik,
         mobile_key,
         payload,
+        stale_at: stale_after,
     }))
 }
 

@@ -168,6 +168,7 @@ async fn seed(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
                     connector: "bench",
                     message_id: &job_id,
                     dnd: true,
+                    stale_at: None,
                 },
                 now,
             )

@@ -135,6 +135,7 @@ pub fn job<'a>(
         connector: "adt",
         message_id: message,
         dnd: true,
+        stale_at: None,
     }
 }
 

@@ -535,3 +535,81 @@ async fn unreachable_postgres_is_a_clear_error() {
     );
     assert!(!e.contains("secret"), "{e}");
 }
+
+/// R-SRV-4 with R-SRV-6 (issue 19 §1), on both backends: a survey found past its stale time
+/// in the claim — its first attempt failed and the retry came after the limit — is
+/// `suppressed(stale_event)` with an audit row saying it was found at send time, its
+/// reservation is released (another survey to the same mobile goes out in the same batch),
+/// and a follow-up step (no stale time) is sent however late.
+async fn a_survey_found_stale_at_send_time_is_suppressed(db: Db) {
+    let s = db.open().await;
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_job(
+        &NewJob {
+            patient_key: "pk_old",
+            mobile_key: Some("mk_shared"),
+            stale_at: Some(5_000),
+            ..job("old", 100)
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    tx.insert_job(
+        &NewJob {
+            dnd: false,
+            ..job("step", 100)
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let first = s.claim_due("o", 100, 1_000, 10, WINDOW).await.unwrap();
+    assert_eq!(first.jobs.len(), 2);
+    assert!(s.mark_sent("step", "o", 100, 200).await.unwrap());
+    // The CEM was down: retry after the stale time.
+    s.reschedule("old", "o", 100, 6_000, Some(503), "HTTP 503")
+        .await
+        .unwrap();
+    let mut tx = s.begin().await.unwrap();
+    tx.insert_job(
+        &NewJob {
+            patient_key: "pk_other",
+            mobile_key: Some("mk_shared"),
+            stale_at: Some(100_000),
+            ..job("other", 6_000)
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let again = s.claim_due("o", 6_000, 7_000, 10, WINDOW).await.unwrap();
+    assert_eq!(again.stale, 1);
+    let ids: Vec<&str> = again.jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, ["other"], "the released reservation blocks nobody");
+    let row = db
+        .count("SELECT COUNT(*) AS n FROM survey_jobs WHERE job_id = 'old' AND status = 'suppressed' AND reason = 'stale_event'")
+        .await;
+    assert_eq!(row, 1);
+    let audited = db
+        .count("SELECT COUNT(*) AS n FROM audit WHERE job_id = 'old' AND action = 'suppressed' AND rule = 'R-SRV-4' AND detail LIKE 'found at send time%'")
+        .await;
+    assert_eq!(audited, 1);
+    let held = db
+        .count("SELECT COUNT(*) AS n FROM touches WHERE job_id = 'old'")
+        .await;
+    assert_eq!(held, 0, "its reservation is released");
+    s.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_r_srv_4_a_survey_found_stale_at_send_time_is_suppressed() {
+    a_survey_found_stale_at_send_time_is_suppressed(Db::sqlite("s-stale").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_r_srv_4_a_survey_found_stale_at_send_time_is_suppressed() {
+    a_survey_found_stale_at_send_time_is_suppressed(Db::postgres("p_stale").await).await;
+}
