@@ -146,6 +146,11 @@ pub struct FollowupSettings {
     /// CEM template of CARE-QUARTERLY's health reminders.
     #[serde(default = "default_reminder")]
     pub reminder_template: String,
+    /// A follow-up call found due more than this many days after its planned day (the bridge
+    /// was stopped, the call center down) is recorded `expired`, not made: a D+1 post-op call
+    /// on day 9 helps nobody (issue 19 §1).
+    #[serde(default = "default_max_call_delay")]
+    pub max_call_delay_days: u32,
 }
 
 fn yes() -> bool {
@@ -163,6 +168,9 @@ fn default_online() -> String {
 fn default_reminder() -> String {
     "FU-HEALTH-REMINDER".into()
 }
+fn default_max_call_delay() -> u32 {
+    3
+}
 
 impl Default for FollowupSettings {
     fn default() -> Self {
@@ -172,6 +180,7 @@ impl Default for FollowupSettings {
             step_time: default_step_time(),
             online_template: default_online(),
             reminder_template: default_reminder(),
+            max_call_delay_days: default_max_call_delay(),
         }
     }
 }

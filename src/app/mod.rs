@@ -460,6 +460,7 @@ pub async fn start_with_clock(
         warn!(now = %clock.now(), "the clock is shifted (CEM_BRIDGE_CLOCK_START): for tests and demos only");
     }
     let instance = instance_id();
+    let started = clock.now_ms();
     refuse_short_secrets(&cfg, &secrets)?;
     let pseudo = pseudonymizer(&cfg, &secrets)?;
     let vault = vault_cipher(&cfg, &secrets)?;
@@ -559,6 +560,12 @@ pub async fn start_with_clock(
             crate::ingest::backlog::Poller::new(&cfg.sources, health.clone())
                 .run(trigger.subscribe()),
         ),
+        // After an outage: what was overdue at the start, and what became of it.
+        tokio::spawn(crate::surveys::catchup::run(
+            store.clone(),
+            started,
+            trigger.subscribe(),
+        )),
         // One info line a minute says what happened; each message's lines are at debug.
         tokio::spawn(crate::process::tally::run(
             std::time::Duration::from_secs(60),
@@ -603,6 +610,7 @@ pub async fn start_with_clock(
                 mappings: mappings.clone(),
                 policy: policy.clone(),
                 auth: Arc::default(),
+                started,
             },
             trigger.subscribe(),
         ));

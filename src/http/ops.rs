@@ -103,6 +103,7 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         Some(_) => s.store.ticket_summary().await.map_err(&mut note).ok(),
         None => None,
     };
+    let catch_up = catch_up(&s, &mut note).await;
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {
@@ -119,6 +120,7 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         "dead_letters_total": dead_letters_total,
         "tickets": tickets,
         "sources": sources(&s),
+        "catch_up": catch_up,
         // Issue 8 §5: a refused reload keeps the last good version; the page says so.
         "reload": {
             "mappings_generation": s.mappings.generation(),
@@ -128,6 +130,30 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         "errors": errors,
     });
     (status, axum::Json(body)).into_response()
+}
+
+/// The work overdue at the start and what became of it; `null` when there was none.
+async fn catch_up(
+    s: &OpsState,
+    note: &mut impl FnMut(crate::store::StoreError),
+) -> serde_json::Value {
+    let before = s.started - crate::surveys::catchup::OVERDUE_AFTER_MS;
+    match s.store.overdue_report(before, s.started).await {
+        Ok(r) if r.found() > 0 => serde_json::json!({
+            "started": crate::store::views::local_time(s.started, &s.zone),
+            "found": r.found(),
+            "pending": r.pending(),
+            "outcomes": r.outcomes.iter().map(|(kind, status, reason, n)| serde_json::json!({
+                "kind": kind, "status": status, "reason": reason, "count": n,
+            })).collect::<Vec<_>>(),
+            "line": r.line(),
+        }),
+        Ok(_) => serde_json::Value::Null,
+        Err(e) => {
+            note(e);
+            serde_json::Value::Null
+        }
+    }
 }
 
 /// Per source: its kind, state, and backlog (depth at the broker, acked per second over the

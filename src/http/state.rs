@@ -46,6 +46,8 @@ pub struct OpsState {
     /// For the page: a refused reload of mappings or of the config shows until one succeeds.
     pub mappings: std::sync::Arc<crate::process::live::Mappings>,
     pub policy: std::sync::Arc<crate::process::live::Policy>,
+    /// When this process started (epoch ms on the bridge clock): the overdue report's start.
+    pub started: i64,
     /// Failed authentications per peer address, on every guarded route.
     pub auth: std::sync::Arc<crate::http::guard::AuthThrottle>,
 }

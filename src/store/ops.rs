@@ -236,6 +236,76 @@ e(),
     }
 }
 
+/// What became of the work that was overdue when the bridge started (issue 19 §1): survey jobs
+/// and follow-up calls due before `overdue_before`, counted by their status and reason now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OverdueReport {
+    /// (kind `survey` / `call`, status, reason, count).
+    pub outcomes: Vec<(String, String, Option<String>, i64)>,
+}
+
+impl OverdueReport {
+    /// Overdue work found at the start.
+    pub fn found(&self) -> i64 {
+        self.outcomes.iter().map(|o| o.3).sum()
+    }
+
+    /// Of it, still pending.
+    pub fn pending(&self) -> i64 {
+        self.outcomes
+            .iter()
+            .filter(|o| o.1 == "pending")
+            .map(|o| o.3)
+            .sum()
+    }
+
+    /// `12 survey(s) sent, 25 survey(s) suppressed(stale_event), 1 call(s) expired(max_call_delay)`.
+    pub fn line(&self) -> String {
+        self.outcomes
+            .iter()
+            .map(|(kind, status, reason, n)| match reason {
+                Some(r) => format!("{n} {kind}(s) {status}({r})"),
+                None => format!("{n} {kind}(s) {status}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Store {
+    /// The work due before `overdue_before` that was pending at `started` (the process start)
+    /// or is still pending, by kind, status and reason. Work finished before `started` is not
+    /// counted; work created since is due after `started` (R-SRV-4: a past due time moves to now).
+    pub async fn overdue_report(
+        &self,
+        overdue_before: i64,
+        started: i64,
+    ) -> Result<OverdueReport, StoreError> {
+        let sql = "SELECT 'survey' AS kind, status, reason, COUNT(*) AS n FROM survey_jobs \
+             WHERE due_at < $1 AND (status = 'pending' OR updated_at >= $2) GROUP BY status, reason \
+             UNION ALL \
+             SELECT 'call' AS kind, status, reason, COUNT(*) AS n FROM ticket_outbox \
+             WHERE ticket_id LIKE 'fu:%' AND sink = 'callcenter' AND due_at < $1 \
+             AND (status = 'pending' OR updated_at >= $2) GROUP BY status, reason";
+        let rows = sqlx::query(sql)
+            .bind(overdue_before)
+            .bind(started)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("summarise overdue work"))?;
+        let mut outcomes = read_rows(&rows, db("summarise overdue work"), |r| {
+            Ok((
+                r.try_get::<String, _>("kind")?,
+                r.try_get::<String, _>("status")?,
+                r.try_get::<Option<String>, _>("reason")?,
+                r.try_get::<i64, _>("n")?,
+            ))
+        })?;
+        outcomes.sort();
+        Ok(OverdueReport { outcomes })
+    }
+}
+
 /// A dead letter as recorded (metadata only: the body stays in the broker's dead-letter queue).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetterRecord {
@@ -594,7 +664,7 @@ impl PrunedTable {
             }
             Self::TicketRequests => {
                 "DELETE FROM ticket_outbox WHERE id IN \
-                 (SELECT id FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead') \
+                 (SELECT id FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead', 'expired') \
                  AND updated_at < $1 ORDER BY id LIMIT $2)"
             }
             Self::WebhookSeen => {
@@ -637,9 +707,9 @@ impl PrunedTable {
                 "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT $1)",
             ),
             Self::TicketRequests => (
-                "SELECT COUNT(*) AS n FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead')",
+                "SELECT COUNT(*) AS n FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead', 'expired')",
                 "DELETE FROM ticket_outbox WHERE id IN \
-                 (SELECT id FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead') ORDER BY id LIMIT $1)",
+                 (SELECT id FROM ticket_outbox WHERE status IN ('sent', 'cancelled', 'dead', 'expired') ORDER BY id LIMIT $1)",
             ),
             _ => return None,
         })

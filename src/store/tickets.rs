@@ -862,6 +862,10 @@ pub enum OutboxOutcome {
         status: Option<u16>,
         error: String,
     },
+    /// A follow-up call found too long after its planned day: recorded `expired`, not made.
+    Expired {
+        error: String,
+    },
 }
 
 impl Store {
@@ -944,12 +948,19 @@ impl Store {
             )
             .bind(now)
             .bind(status.map(i64::from)),
+            OutboxOutcome::Expired { .. } => sqlx::query(
+                "UPDATE ticket_outbox SET status = 'expired', reason = 'max_call_delay', updated_at = $1, locked_until = 0, \
+                 last_status = $2, last_error = $5 WHERE id = $3 AND lock_owner = $4 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(None::<i64>),
         };
         let q = q.bind(id).bind(owner);
         let q = match outcome {
             OutboxOutcome::Sent { .. } => q,
             OutboxOutcome::Retry { next_at, error, .. } => q.bind(*next_at).bind(error.as_str()),
             OutboxOutcome::Dead { reason, error, .. } => q.bind(*reason).bind(error.as_str()),
+            OutboxOutcome::Expired { error } => q.bind(error.as_str()),
         };
         Ok(q.execute(&self.pool)
             .await

@@ -177,6 +177,7 @@ async fn send_one(w: &TicketWorker, row: OutboxRow) {
                 }
                 warn!(ticket_id = %row.ticket_id, sink = %row.sink, key = %row.idem_key, reason, detail = %error, "ticket request given up");
             }
+            OutboxOutcome::Expired { .. } => {}
         },
         Ok(false) => {
             debug!(ticket_id = %row.ticket_id, key = %row.idem_key, "outcome not recorded: cancelled or re-claimed meanwhile")
@@ -200,6 +201,23 @@ async fn followup_gate(w: &TicketWorker, row: &OutboxRow) -> bool {
     };
     let now = w.clock.now_ms();
     let (plan, step) = crate::store::keys::plan_and_step(&row.idem_key);
+    // Issue 19 §1: a call found days after its planned day (an outage) is not made.
+    let max_delay = i64::from(w.followup.max_call_delay_days) * 86_400_000;
+    if now - row.due_at > max_delay {
+        let days = (now - row.due_at) / 86_400_000;
+        let expired = OutboxOutcome::Expired {
+            error: format!(
+                "found {days} day(s) after its planned day, more than [followup] max_call_delay_days = {}: not made",
+                w.followup.max_call_delay_days
+            ),
+        };
+        if let Ok(true) = w.store.outbox_record(&w.owner, row.id, &expired, now).await {
+            counter!("cem_bridge_followup_tasks_total", "plan" => plan, "step" => step, "outcome" => "expired")
+                .increment(1);
+            info!(key = %row.idem_key, patient_key = %pk, days, "follow-up call expired: too long after its planned day");
+        }
+        return true;
+    }
     let keys = row.body(&w.ctx.cipher).ok().and_then(|b| {
         b.get("calleeKey")
             .and_then(|k| k.as_str().map(String::from))

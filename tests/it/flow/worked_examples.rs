@@ -1,4 +1,4 @@
-//! Domain rules §2.4: every worked example (EX-01 … EX-23) as one table, run end to end on
+//! Domain rules §2.4: every worked example (EX-01 … EX-24) as one table, run end to end on
 //! both stores — embedded SQLite and the local PostgreSQL (a fresh database per test).
 //!
 //! Each row is a sequence of steps: set the bridge's clock (`At`, Asia/Shanghai local time;
@@ -567,6 +567,21 @@ fn examples() -> Vec<Example> {
                 C(Surveys(&[])),
             ],
         },
+        Example {
+            id: "EX-24", // R-SRV-4 with R-SRV-6: staleness again at send time
+            steps: vec![
+                At("2026-11-20 09:31"),
+                Send(hl7(A04, "EX24")),
+                C(Surveys(&["OP-SAT-01 2026-11-20 11:30 pending"])),
+                // Nothing runs between 10:00 and the restart: the clock jumps.
+                At("2026-11-24 09:31"),
+                C(Surveys(&[
+                    "OP-SAT-01 2026-11-20 11:30 suppressed stale_event",
+                ])),
+                C(Pushes(0)),
+                C(Touched(&[])),
+            ],
+        },
     ]
 }
 
@@ -604,7 +619,7 @@ worked_examples! {
     ex_09 => "EX-09", ex_10 => "EX-10", ex_11 => "EX-11", ex_12 => "EX-12",
     ex_13 => "EX-13", ex_14 => "EX-14", ex_15 => "EX-15", ex_16 => "EX-16",
     ex_17 => "EX-17", ex_18 => "EX-18", ex_19 => "EX-19", ex_20 => "EX-20",
-    ex_21 => "EX-21", ex_22 => "EX-22", ex_23 => "EX-23",
+    ex_21 => "EX-21", ex_22 => "EX-22", ex_23 => "EX-23", ex_24 => "EX-24",
 }
 
 /// The table names every example of docs/domain-rules.md §2.4, in order.

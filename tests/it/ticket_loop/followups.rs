@@ -493,3 +493,48 @@ async fn a_patient_on_the_follow_up_opt_out_list_when_the_call_is_due_gets_none(
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+/// Issue 19 §1: the bridge was stopped from the discharge until 12-01 10:00, four days after
+/// the D+7 call's planned day (11-27): the call is recorded `expired` (more than
+/// `max_call_delay_days` = 3 late), not made; the next call (12-17) stays planned; the survey
+/// is suppressed `stale_event` at send time (R-SRV-4, R-SRV-6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_call_found_days_after_its_planned_day_expires() {
+    let (cem, hcrm, cc) = (
+        Recorder::start().await,
+        Recorder::start().await,
+        Recorder::start().await,
+    );
+    let setup = ticket_setup("fu-expired", &cem, &hcrm, &cc, "");
+    let calls = discharged(&setup).await;
+    let bridge = setup.start_at("2026-12-01T10:00:00+08:00").await;
+    let done = wait_calls(&setup, "the D+7 call expired", |c| c[0].1 != "pending").await;
+    assert_eq!(
+        (done[0].0.as_str(), done[0].1.as_str(), done[0].3.as_deref()),
+        (calls[0].0.as_str(), "expired", Some("max_call_delay"))
+    );
+    assert_eq!(done[1].1, "pending", "the later call stays planned");
+    // R-SRV-4 at send time: the discharge's survey (due 11-21 10:00, stale after 11-27 15:55)
+    // is suppressed, not pushed; the ops summary says what the overdue work came to.
+    let addr = bridge.ops_addr().unwrap();
+    let report = wait_for(20, "the overdue work done", || async move {
+        let v: serde_json::Value = reqwest::get(format!("http://{addr}/api/summary"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["catch_up"]["pending"] == 0).then(|| v["catch_up"].clone())
+    })
+    .await;
+    assert_eq!(report["found"], 2, "{report}");
+    assert_eq!(
+        report["line"],
+        "1 call(s) expired(max_call_delay), 1 survey(s) suppressed(stale_event)"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(cc.accepted().is_empty(), "no call made");
+    assert!(cem.requests().is_empty(), "no stale survey pushed");
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
