@@ -197,6 +197,9 @@ pub fn map_body(req: &MapRequest<'_>, label: &str, body: &[u8]) -> anyhow::Resul
         SurveyDecision::Suppress { reason, rule } => {
             json!({ "decision": "suppress", "reason": reason, "rule": rule })
         }
+        SurveyDecision::CancelledBefore { reason, rule } => {
+            json!({ "decision": "cancelled", "reason": reason, "rule": rule })
+        }
         SurveyDecision::Record { reason } => json!({ "decision": "record", "reason": reason }),
         SurveyDecision::Update { patient_key, .. } => {
             json!({ "decision": "update_patient", "patient_key": patient_key })

@@ -413,6 +413,13 @@ async fn apply_decision(
             debug!(connector = conn, message_id = mid, patient_key = %pk, reason, "survey suppressed");
             Ok(false)
         }
+        SurveyDecision::CancelledBefore { reason, rule } => {
+            SURVEY_CANCELLED_BEFORE
+                .record(tx, conn, mid, &pk, rule, reason)
+                .await?;
+            debug!(connector = conn, message_id = mid, patient_key = %pk, reason, "survey cancelled: the visit was cancelled before its registration arrived");
+            Ok(false)
+        }
         SurveyDecision::Record { reason } => {
             tx.audit(&AuditEntry {
                 detail: Some(event.kind.code()),
@@ -524,6 +531,14 @@ const SURVEY_SUPPRESSED: Stopped = Stopped {
     action: "suppressed",
     metric: "cem_bridge_survey_decisions_total",
     decision: "suppressed",
+};
+
+/// A survey whose visit was cancelled before its registration arrived (R-CAN-2): counted
+/// and audited as a cancellation, like a cancel that comes after the registration.
+const SURVEY_CANCELLED_BEFORE: Stopped = Stopped {
+    action: "cancelled",
+    metric: "cem_bridge_survey_decisions_total",
+    decision: "cancelled",
 };
 
 /// A follow-up plan an exclusion stopped (R-FUP-2, R-EXC-1).

@@ -85,8 +85,9 @@ pub struct PatientFacts {
 ///
 /// R-CAN-6 first: a job of a merged patient moves to the survivor (`patient_key` and the
 /// payload's `pk`), and the remaining checks are the survivor's. Then the first that applies
-/// suppresses the job: R-CAN-2 (`visit_cancelled` when the stored reason is `visit_cancelled`,
-/// else `cancelled`; registrations only), R-EXC-1 (`deceased`), R-EXC-3 (`opted_out`).
+/// stops the job: R-CAN-2 (a cancellation, [`SurveyDecision::CancelledBefore`]:
+/// `visit_cancelled` when the stored reason is `visit_cancelled`, else `cancelled`;
+/// registrations only), R-EXC-1 (`deceased`), R-EXC-3 (`opted_out`).
 pub fn resolve(
     decision: SurveyDecision,
     event: &PatientEvent,
@@ -113,7 +114,10 @@ pub fn resolve(
         } else {
             "cancelled"
         };
-        return suppress(reason, "R-CAN-2");
+        return SurveyDecision::CancelledBefore {
+            reason,
+            rule: "R-CAN-2",
+        };
     }
     // R-EXC-1: a patient flagged deceased earlier stays excluded.
     if facts.deceased {
@@ -165,6 +169,13 @@ mod tests {
         }
     }
 
+    fn cancellation(d: SurveyDecision) -> (&'static str, &'static str) {
+        match d {
+            SurveyDecision::CancelledBefore { reason, rule } => (reason, rule),
+            other => panic!("expected a cancellation, got {other:?}"),
+        }
+    }
+
     #[test]
     fn no_stored_facts_keep_the_job() {
         for d in [registration(), discharge()] {
@@ -205,13 +216,13 @@ mod tests {
     }
 
     #[test]
-    fn r_can_2_tombstone_suppresses_a_registration() {
+    fn r_can_2_tombstone_cancels_a_registration() {
         let facts = PatientFacts {
             tombstone: tombstone("visit_cancelled"),
             ..Default::default()
         };
         assert_eq!(
-            suppression(run(registration(), &facts)),
+            cancellation(run(registration(), &facts)),
             ("visit_cancelled", "R-CAN-2")
         );
         let facts = PatientFacts {
@@ -219,7 +230,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            suppression(run(registration(), &facts)),
+            cancellation(run(registration(), &facts)),
             ("cancelled", "R-CAN-2"),
             "any other stored reason"
         );
@@ -237,7 +248,7 @@ mod tests {
         };
         assert_eq!(resolve(d.clone(), &e, &facts, now_ms()), d);
         assert_eq!(
-            suppression(resolve(d, &e, &facts, now_ms() - 1)),
+            cancellation(resolve(d, &e, &facts, now_ms() - 1)),
             ("visit_cancelled", "R-CAN-2")
         );
     }
@@ -311,7 +322,7 @@ mod tests {
             opted_out: true,
         };
         assert_eq!(
-            suppression(run(registration(), &all)),
+            cancellation(run(registration(), &all)),
             ("visit_cancelled", "R-CAN-2")
         );
         let no_tombstone = PatientFacts {

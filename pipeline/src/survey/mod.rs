@@ -96,6 +96,13 @@ pub enum SurveyDecision {
         visit_key: String,
         due_at: Timestamp,
     },
+    /// R-CAN-2: the visit was cancelled before this registration arrived. Recorded as a
+    /// cancellation (`cancelled(visit_cancelled)`), the same outcome as a cancel that comes after
+    /// the registration, so reports count cancellations in one place.
+    CancelledBefore {
+        reason: &'static str,
+        rule: &'static str,
+    },
     /// A11 / A13: cancel the visit's pending surveys (R-CAN-1, R-CAN-3).
     Cancel {
         visit_key: String,

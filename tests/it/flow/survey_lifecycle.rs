@@ -57,9 +57,10 @@ async fn ex_02_cancel_before_send_sends_nothing() {
     cleanup(&setup).await;
 }
 
-/// EX-14 / R-CAN-2: the cancel arrives before the registration → the registration is suppressed.
+/// EX-14 / R-CAN-2: the cancel arrives before the registration → the registration is
+/// `cancelled(visit_cancelled)`, the same outcome as a cancel after it (EX-02; issue 19 §4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ex_14_cancel_before_registration_suppresses_it() {
+async fn ex_14_cancel_before_registration_cancels_it() {
     let cem = Recorder::start().await;
     let a04 = sample("hl7v2/adt_a04_outpatient_registration.hl7");
     let a11 = sample("hl7v2/adt_a11_cancel_registration.hl7");
@@ -71,7 +72,7 @@ async fn ex_14_cancel_before_registration_suppresses_it() {
         .await
         .unwrap();
     assert!(
-        audit.iter().any(|a| a.action == "suppressed"
+        audit.iter().any(|a| a.action == "cancelled"
             && a.reason.as_deref() == Some("visit_cancelled")
             && a.rule.as_deref() == Some("R-CAN-2")),
         "{audit:?}"

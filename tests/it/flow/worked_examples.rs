@@ -396,7 +396,7 @@ fn examples() -> Vec<Example> {
                 ),
                 At("2026-11-20 09:31"),
                 Send(hl7(A04, "EX14-A04").replace("V20261120001", "V9")),
-                C(Outcome("EX14-A04", "suppressed visit_cancelled")),
+                C(Outcome("EX14-A04", "cancelled visit_cancelled")),
                 C(Surveys(&[])),
                 At("2026-11-20 11:31"),
                 C(Pushes(0)),
