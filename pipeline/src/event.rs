@@ -228,6 +228,21 @@ pub enum Warning {
 }
 
 impl Warning {
+    /// Whether this finding matters for an event of `kind`, and so is counted (issue 19 §3):
+    /// identity and age findings only where a survey is decided (a registration or discharge),
+    /// an unknown disposition only on a discharge (R-EXC-8), a trigger mismatch always. A
+    /// cancel or update that simply carries no birth date is not a finding an operator should
+    /// be alerted on.
+    pub fn counts_for(self, kind: EventKind) -> bool {
+        match self {
+            Self::TriggerMismatch => true,
+            Self::UnknownDisposition => kind == EventKind::Discharged,
+            Self::IdcardInvalid | Self::IdentityMismatch | Self::AgeUnknown => {
+                matches!(kind, EventKind::Registered | EventKind::Discharged)
+            }
+        }
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Self::IdcardInvalid => "idcard_invalid",

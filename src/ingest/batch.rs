@@ -105,7 +105,7 @@ pub(super) async fn write_batch(
                                 ],
                                 1,
                             );
-                            for w in &event.warnings {
+                            for w in event.warnings.iter().filter(|w| w.counts_for(event.kind)) {
                                 tx.count("cem_bridge_identity_warnings_total", &[("kind", w.code())], 1);
                             }
                             made |= apply_decision(&mut tx, &mut facts, conn, event, decision, ctx, now).await?;

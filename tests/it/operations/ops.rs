@@ -1177,3 +1177,63 @@ async fn the_backlog_shows_depth_rate_and_drain_time_per_source() {
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+/// Issue 19 §3: `cem_bridge_identity_warnings_total` counts only where the value was needed
+/// for a decision. A cancel (A11) without a birth date or 身份证号 counts nothing; the same
+/// gap on a registration (A04), which is surveyed, counts `age_unknown` once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_warnings_count_only_for_messages_that_are_surveyed() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("id-warnings", &cem.url());
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    setup.wait_declared().await;
+    let strip = |name: &str| {
+        String::from_utf8(read_fixture(name))
+            .unwrap()
+            .replace("~110101199003071233^^^CHN^NI", "")
+            .replace("||19900307|", "|||")
+    };
+    let age_unknown = || async move {
+        value(
+            &metrics(addr).await,
+            "cem_bridge_identity_warnings_total",
+            &[("kind", "age_unknown")],
+        )
+        .unwrap_or(0.0)
+    };
+    publish(
+        &setup.queue,
+        strip("hl7v2/adt_a11_cancel_registration.hl7").as_bytes(),
+        "a11",
+    )
+    .await;
+    wait_for(15, "the A11 acked", || async move {
+        let m = metrics(addr).await;
+        (value(
+            &m,
+            "cem_bridge_messages_acked_total",
+            &[("connector", "adt")],
+        ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(age_unknown().await, 0.0, "a cancel needs no age");
+    publish(
+        &setup.queue,
+        strip("hl7v2/adt_a04_outpatient_registration.hl7")
+            .replace("V20261120001", "V20261120077")
+            .replace("MSG20261120093015001", "MSG-ID-WARN-A04")
+            .as_bytes(),
+        "a04",
+    )
+    .await;
+    wait_for(
+        15,
+        "age_unknown counted for the registration",
+        || async move { (age_unknown().await == 1.0).then_some(()) },
+    )
+    .await;
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
