@@ -28,7 +28,8 @@ impl OptOutRecorded {
 
 impl Store {
     /// Record an unsubscribe from `source` (e.g. `cem:sms`): the job's patient (resolved
-    /// through merges) and mobile pseudonyms, or the patient alone; audited once.
+    /// through merges) and mobile pseudonyms; for a patient pseudonym alone, the patient and
+    /// the mobile of the latest survey sent to them. Audited once.
     pub async fn record_opt_out(
         &self,
         subject: &Subject,
@@ -54,7 +55,28 @@ impl Store {
                 let pk = tx.resolve_patient(&pk).await?;
                 (Some(job_id.as_str()), [Some(pk), mk])
             }
-            Subject::Patient(pk) => (None, [Some(tx.resolve_patient(pk).await?), None]),
+            Subject::Patient(pk) => {
+                // The reply came from a phone (issue 19 §6): the mobile the patient's latest
+                // sent survey went to is opted out too, so a family member sharing it is not
+                // surveyed either.
+                let resolved = tx.resolve_patient(pk).await?;
+                let mk = sqlx::query(
+                    "SELECT mobile_key FROM survey_jobs WHERE patient_key IN ($1, $2) \
+                     AND status = 'sent' AND mobile_key IS NOT NULL AND dnd = 1 \
+                     ORDER BY sent_at DESC, job_id LIMIT 1",
+                )
+                .bind(pk.as_str())
+                .bind(resolved.as_str())
+                .fetch_optional(&mut *tx.tx)
+                .await
+                .map_err(db("read the patient's last survey"))?;
+                use sqlx::Row;
+                let mk: Option<String> = match mk {
+                    Some(r) => r.try_get("mobile_key").map_err(db("read job"))?,
+                    None => None,
+                };
+                (None, [Some(resolved), mk])
+            }
         };
         let mut added = 0;
         for key in keys.iter().flatten() {

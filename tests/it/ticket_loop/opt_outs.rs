@@ -178,8 +178,63 @@ async fn unsubscribe_flow(db: Db, name: &str) {
     })
     .await;
     assert!(job_of(&db, "TD-3").await.is_none(), "no job for TD-3");
+
+    // Issue 19 §6: a TD that names only the patient stops the phone too. A third patient's
+    // survey goes to 13955556666; the CEM reports the TD by patientKey; six weeks later (past
+    // do-not-disturb) a family member sharing that mobile registers: not surveyed.
+    let family = |id: &str, pid: &str, visit: &str, at: &str| {
+        String::from_utf8(a04(id, visit, at))
+            .unwrap()
+            .replace("P00012345", pid)
+            .replace("~110101199003071233^^^CHN^NI", "")
+            .replace("13812345678", "13955556666")
+    };
+    publish(
+        &setup.queue,
+        family("TD-4", "P00033333", "V20261225004", "20261225090200").as_bytes(),
+        "td4",
+    )
+    .await;
+    wait_job(&db, "TD-4", "pending").await;
+    clock.set(local("2026-12-25 11:03"));
+    wait_job(&db, "TD-4", "sent").await;
+    let pk3 = keys.patient_key(&PatientId {
+        authority: "HXEYE".into(),
+        id: Pii::new("P00033333".to_string()),
+    });
+    let (status, answer) = post(format!(r#"{{"eventId":"u6","patientKey":"{pk3}"}}"#)).await;
+    assert_eq!((status, answer["result"].as_str()), (200, Some("recorded")));
+    let mk3 = keys.mobile_key("13955556666");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT COUNT(*) AS n FROM opt_outs WHERE opt_key IN ('{pk3}', '{mk3}')"
+        ))
+        .await,
+        2,
+        "the patient and the mobile of their latest survey"
+    );
+    clock.set(local("2027-02-08 09:01"));
+    publish(
+        &setup.queue,
+        family("TD-5", "P00044444", "V20270208005", "20270208090000").as_bytes(),
+        "td5",
+    )
+    .await;
+    wait_for(20, "TD-5 decided", || async {
+        (db.count(
+            "SELECT COUNT(*) AS n FROM audit WHERE message_id = 'TD-5' AND action = 'suppressed' AND reason = 'opted_out'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(cem.accepted().len(), 1, "only the survey before the TD");
+    assert_eq!(
+        cem.accepted().len(),
+        2,
+        "the survey before each TD, nothing after"
+    );
     bridge.shutdown().await;
     cleanup(&setup).await;
     db.cleanup().await;
