@@ -47,17 +47,20 @@ impl Plan {
     pub fn steps(self) -> &'static [StepDef] {
         use StepKind::*;
         const D7: StepDef = StepDef {
-            id: "d7",
+            id: "postop_d7",
+            legacy: "d7",
             days: 7,
             kind: Call("postop_d7"),
         };
         const D27: StepDef = StepDef {
-            id: "d27",
+            id: "review_reminder",
+            legacy: "d27",
             days: 27,
             kind: Call("review_reminder"),
         };
         const D60: StepDef = StepDef {
-            id: "d60",
+            id: "FU-ONLINE-60",
+            legacy: "d60",
             days: 60,
             kind: Online,
         };
@@ -65,12 +68,14 @@ impl Plan {
             Self::Postop721 => &[D7, D27, D60],
             Self::PostopHigh => &[
                 StepDef {
-                    id: "d1",
+                    id: "postop_d1",
+                    legacy: "d1",
                     days: 1,
                     kind: Call("postop_d1"),
                 },
                 StepDef {
-                    id: "d3",
+                    id: "postop_d3",
+                    legacy: "d3",
                     days: 3,
                     kind: Call("postop_d3"),
                 },
@@ -81,22 +86,26 @@ impl Plan {
             Self::CareQuarterly => &[
                 D7,
                 StepDef {
-                    id: "d90",
+                    id: "health_reminder_d90",
+                    legacy: "d90",
                     days: 90,
                     kind: Reminder,
                 },
                 StepDef {
-                    id: "d180",
+                    id: "health_reminder_d180",
+                    legacy: "d180",
                     days: 180,
                     kind: Reminder,
                 },
                 StepDef {
-                    id: "d270",
+                    id: "health_reminder_d270",
+                    legacy: "d270",
                     days: 270,
                     kind: Reminder,
                 },
                 StepDef {
-                    id: "d360",
+                    id: "health_reminder_d360",
+                    legacy: "d360",
                     days: 360,
                     kind: Reminder,
                 },
@@ -108,7 +117,12 @@ impl Plan {
 /// One step of a plan, as defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepDef {
+    /// The step's name in R-FUP-1's table (`postop_d7`, `review_reminder`, `FU-ONLINE-60`, …):
+    /// the last part of its step key, a metric label, what `trace` shows.
     pub id: &'static str,
+    /// The name earlier releases used (`d7`, `d27`, `d60`, …). Stored plans keep their keys:
+    /// re-planning a stay finds a step under either name, so nothing is planned twice.
+    pub legacy: &'static str,
     /// Days after the discharge date.
     pub days: i64,
     pub kind: StepKind,
@@ -205,6 +219,9 @@ impl FollowupSettings {
 pub struct PlannedStep {
     /// R-FUP-4 `fu:{stayKey}:{plan}:{step}` — the same for a re-planned stay.
     pub key: String,
+    /// The same step's key under its earlier name ([`StepDef::legacy`]): a plan stored by an
+    /// earlier release is found under it.
+    pub legacy_key: String,
     pub step: &'static str,
     pub due_at: Timestamp,
     pub action: StepAction,
@@ -220,6 +237,8 @@ pub enum StepAction {
     /// the step key.
     Cem {
         job_id: String,
+        /// The job id under the step's earlier name (see [`PlannedStep::legacy_key`]).
+        legacy_job_id: String,
         template: String,
         payload: Box<SurveyDispatch>,
     },
@@ -330,6 +349,7 @@ pub fn decide(
             continue;
         };
         let key = step_key(&vk, plan, def.id);
+        let legacy_key = step_key(&vk, plan, def.legacy);
         let (due_at, action) = match def.kind {
             StepKind::Call(scene) => (windows.next_allowed(at, zone), StepAction::Call { scene }),
             StepKind::Online | StepKind::Reminder => {
@@ -340,6 +360,7 @@ pub fn decide(
                 };
                 let at = crate::survey::shift_out_of_quiet_hours(at, policy, zone);
                 let job_id = crate::survey::job_id(ctx.tenant, &vk, &key);
+                let legacy_job_id = crate::survey::job_id(ctx.tenant, &vk, &legacy_key);
                 let payload = dispatch_payload(
                     event,
                     visit,
@@ -355,6 +376,7 @@ pub fn decide(
                     at,
                     StepAction::Cem {
                         job_id,
+                        legacy_job_id,
                         template: template.clone(),
                         payload: Box::new(payload),
                     },
@@ -363,6 +385,7 @@ pub fn decide(
         };
         steps.push(PlannedStep {
             key,
+            legacy_key,
             step: def.id,
             due_at,
             action,
@@ -469,23 +492,32 @@ mod tests {
         assert_eq!(
             schedule(&p),
             [
-                ("d7", "2026-11-27 10:00".into(), "call postop_d7".into()),
                 (
-                    "d27",
+                    "postop_d7",
+                    "2026-11-27 10:00".into(),
+                    "call postop_d7".into()
+                ),
+                (
+                    "review_reminder",
                     "2026-12-17 10:00".into(),
                     "call review_reminder".into()
                 ),
-                ("d60", "2027-01-19 10:00".into(), "cem FU-ONLINE-60".into()),
+                (
+                    "FU-ONLINE-60",
+                    "2027-01-19 10:00".into(),
+                    "cem FU-ONLINE-60".into()
+                ),
             ]
         );
         assert!(p.steps[0].key.starts_with("fu:vk_"), "{}", p.steps[0].key);
-        assert!(p.steps[0].key.ends_with(":POSTOP-721:d7"));
+        assert!(p.steps[0].key.ends_with(":POSTOP-721:postop_d7"));
+        assert!(p.steps[0].legacy_key.ends_with(":POSTOP-721:d7"));
         assert_eq!(
             p.callee_key, p.patient_key,
             "an adult is called on their own number"
         );
         let StepAction::Cem { payload, .. } = &p.steps[2].action else {
-            panic!("d60 is a CEM step")
+            panic!("FU-ONLINE-60 is a CEM step")
         };
         assert_eq!(payload.template_id, "FU-ONLINE-60");
         assert_eq!(payload.due_at, "2027-01-19T10:00:00+08:00");
@@ -531,11 +563,11 @@ mod tests {
                 .map(|(s, d, _)| format!("{s} {d}"))
                 .collect::<Vec<_>>(),
             [
-                "d1 2026-11-21 10:00",
-                "d3 2026-11-23 10:00",
-                "d7 2026-11-27 10:00",
-                "d27 2026-12-17 10:00",
-                "d60 2027-01-19 10:00"
+                "postop_d1 2026-11-21 10:00",
+                "postop_d3 2026-11-23 10:00",
+                "postop_d7 2026-11-27 10:00",
+                "review_reminder 2026-12-17 10:00",
+                "FU-ONLINE-60 2027-01-19 10:00"
             ]
         );
         e.visit.as_mut().unwrap().risk = Some("LOW".into());
@@ -546,11 +578,11 @@ mod tests {
                 .map(|(s, _, w)| format!("{s} {w}"))
                 .collect::<Vec<_>>(),
             [
-                "d7 call postop_d7",
-                "d90 cem FU-HEALTH-REMINDER",
-                "d180 cem FU-HEALTH-REMINDER",
-                "d270 cem FU-HEALTH-REMINDER",
-                "d360 cem FU-HEALTH-REMINDER"
+                "postop_d7 call postop_d7",
+                "health_reminder_d90 cem FU-HEALTH-REMINDER",
+                "health_reminder_d180 cem FU-HEALTH-REMINDER",
+                "health_reminder_d270 cem FU-HEALTH-REMINDER",
+                "health_reminder_d360 cem FU-HEALTH-REMINDER"
             ]
         );
     }

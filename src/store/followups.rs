@@ -62,8 +62,14 @@ impl StoreTx {
             let due = step.due_at.as_millisecond();
             let fresh = match &step.action {
                 StepAction::Call { scene } => {
+                    // A step a release before the rules' step names planned keeps its key.
+                    let key = if self.outbox_key_exists(&step.legacy_key).await? {
+                        step.legacy_key.as_str()
+                    } else {
+                        step.key.as_str()
+                    };
                     let body = json!({
-                        "taskRef": step.key,
+                        "taskRef": key,
                         "scene": scene,
                         "plan": p.plan.code(),
                         "step": step.step,
@@ -78,7 +84,7 @@ impl StoreTx {
                         cipher,
                         &thread_id(&p.stay_key),
                         scene,
-                        &step.key,
+                        key,
                         &p.patient_key,
                         &body,
                         due,
@@ -88,10 +94,19 @@ impl StoreTx {
                 }
                 StepAction::Cem {
                     job_id,
+                    legacy_job_id,
                     template,
                     payload,
                 } => {
-                    let payload = serde_json::to_string(payload).unwrap_or_default();
+                    let mut payload = payload.as_ref().clone();
+                    let job_id = if self.job_exists(legacy_job_id).await? {
+                        payload.job_id.clone_from(legacy_job_id);
+                        payload.request_id = cem_pipeline::survey::idempotency_key(legacy_job_id);
+                        legacy_job_id
+                    } else {
+                        job_id
+                    };
+                    let payload = serde_json::to_string(&payload).unwrap_or_default();
                     let r = self
                         .insert_job(
                             &NewJob {
@@ -150,6 +165,30 @@ impl StoreTx {
         })
         .await?;
         Ok(out)
+    }
+
+    /// Whether an outbox row has this key.
+    async fn outbox_key_exists(&mut self, key: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 AS x FROM ticket_outbox WHERE idem_key = $1")
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db("look up a follow-up step"))?
+                .is_some(),
+        )
+    }
+
+    /// Whether a survey job has this id.
+    async fn job_exists(&mut self, job_id: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 AS x FROM survey_jobs WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(db("look up a follow-up step"))?
+                .is_some(),
+        )
     }
 
     /// Queue one follow-up call, or bring back the same step cancelled by an A13 with its new

@@ -51,14 +51,15 @@ pub fn thread_id(stay_key: &str) -> String {
 }
 
 /// `(plan, step)` of a follow-up task key `fu:{stayKey}:{plan}:{step}[:{attempt}]`, for
-/// metric labels (both come from the plan table, never from a patient).
+/// metric labels and `trace` (both come from the plan table, never from a patient); a key
+/// stored under a step's earlier name (`d7`) reads as its rules name (`postop_d7`).
 pub fn plan_and_step(key: &str) -> (&'static str, &'static str) {
     let mut parts = followup_step_key(key).rsplit(':');
     let step = parts.next().unwrap_or("");
     let plan = parts.next().unwrap_or("");
     for p in [Plan::Postop721, Plan::PostopHigh, Plan::CareQuarterly] {
         if p.code() == plan
-            && let Some(s) = p.steps().iter().find(|s| s.id == step)
+            && let Some(s) = p.steps().iter().find(|s| s.id == step || s.legacy == step)
         {
             return (p.code(), s.id);
         }

@@ -172,7 +172,10 @@ async fn follow_up_steps_replan_and_count_calls(db: Db) {
     let stay = unique("vk_stay");
     let pk = unique("pk_fu");
     let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
-    let plan = |d7: &str, d27: &str| FollowupPlan {
+    // Issue 19 §5: the first plan is written as an earlier release named its steps (`d7`,
+    // `d27`); the re-plan after the upgrade names them as the rules do (`postop_d7`,
+    // `review_reminder`) and must find the stored steps under their old keys.
+    let plan = |d7: &str, d27: &str, upgraded: bool| FollowupPlan {
         plan: Plan::Postop721,
         stay_key: stay.clone(),
         patient_key: pk.clone(),
@@ -181,14 +184,24 @@ async fn follow_up_steps_replan_and_count_calls(db: Db) {
         callee_key: pk.clone(),
         steps: vec![
             PlannedStep {
-                key: step_key(&stay, Plan::Postop721, "d7"),
-                step: "d7",
+                key: step_key(
+                    &stay,
+                    Plan::Postop721,
+                    if upgraded { "postop_d7" } else { "d7" },
+                ),
+                legacy_key: step_key(&stay, Plan::Postop721, "d7"),
+                step: "postop_d7",
                 due_at: at(d7),
                 action: StepAction::Call { scene: "postop_d7" },
             },
             PlannedStep {
-                key: step_key(&stay, Plan::Postop721, "d27"),
-                step: "d27",
+                key: step_key(
+                    &stay,
+                    Plan::Postop721,
+                    if upgraded { "review_reminder" } else { "d27" },
+                ),
+                legacy_key: step_key(&stay, Plan::Postop721, "d27"),
+                step: "review_reminder",
                 due_at: at(d27),
                 action: StepAction::Call {
                     scene: "review_reminder",
@@ -230,7 +243,7 @@ async fn follow_up_steps_replan_and_count_calls(db: Db) {
             out
         }
     };
-    let first = write(plan("2026-11-27T02:00:00Z", "2026-12-17T02:00:00Z")).await;
+    let first = write(plan("2026-11-27T02:00:00Z", "2026-12-17T02:00:00Z", false)).await;
     assert_eq!(first.scheduled, 2);
     // Mark d7 sent, then the A13 cancels what is pending.
     let d7 = step_key(&stay, Plan::Postop721, "d7");
@@ -260,8 +273,20 @@ async fn follow_up_steps_replan_and_count_calls(db: Db) {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(cancel.followup_calls, 1, "only the pending d27");
-    let again = write(plan("2026-11-29T02:00:00Z", "2026-12-19T02:00:00Z")).await;
+    let again = write(plan("2026-11-29T02:00:00Z", "2026-12-19T02:00:00Z", true)).await;
     assert_eq!((again.scheduled, again.kept), (1, 1));
+    let renamed = db
+        .count(&format!(
+            "SELECT COUNT(*) AS n FROM ticket_outbox WHERE idem_key LIKE '%{stay}%postop_d7%' \
+             OR idem_key LIKE '%{stay}%review_reminder%'"
+        ))
+        .await;
+    assert_eq!(renamed, 0, "no step planned twice across the upgrade");
+    assert_eq!(
+        cem_bridge::store::keys::plan_and_step(&step_key(&stay, Plan::Postop721, "d7")),
+        ("POSTOP-721", "postop_d7"),
+        "an old key reads as the rules' name"
+    );
     assert_eq!(
         rows().await,
         [

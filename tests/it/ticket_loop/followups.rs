@@ -114,8 +114,17 @@ async fn ex_05_discharge_plans_postop_721_and_the_d7_call_goes_out_on_day_7() {
     let setup = ticket_setup("fu-ex05", &cem, &hcrm, &cc, "");
     let calls = discharged(&setup).await;
     assert!(calls[0].0.starts_with("fu:vk_"), "{}", calls[0].0);
-    assert!(calls[0].0.ends_with(":POSTOP-721:d7"), "{}", calls[0].0);
-    assert!(calls[1].0.ends_with(":POSTOP-721:d27"), "{}", calls[1].0);
+    // R-FUP-4 with R-FUP-1's step names (issue 19 §5).
+    assert!(
+        calls[0].0.ends_with(":POSTOP-721:postop_d7"),
+        "{}",
+        calls[0].0
+    );
+    assert!(
+        calls[1].0.ends_with(":POSTOP-721:review_reminder"),
+        "{}",
+        calls[1].0
+    );
     assert_eq!(
         calls
             .iter()
