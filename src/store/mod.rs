@@ -28,32 +28,23 @@ use crate::process::clock::Clock;
 /// A store failure: what was being done, and the database's message (never row values).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store: {op} failed: {source}")]
+    #[error("store: {op} failed: {cause}")]
     Db {
         op: &'static str,
-        #[source]
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     #[error(
-        "store: cannot open {url}: {source}. Check the [store] url, that the directory is writable or the server reachable"
+        "store: cannot open {url}: {cause}. Check the [store] url, that the directory is writable or the server reachable"
     )]
-    Open {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    Open { url: String, cause: sqlx::Error },
     #[error(
         "store: the database schema is version {found}, newer than this binary's {supported}. Run the cem-bridge release that migrated it, or restore a backup"
     )]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("store: unsupported url {0:?}; use sqlite://FILE or postgres://…")]
     UnsupportedUrl(String),
-    #[error("store: cannot create directory {dir}: {source}")]
-    CreateDir {
-        dir: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("store: cannot create directory {dir}: {cause}")]
+    CreateDir { dir: String, cause: std::io::Error },
     #[error("store: cannot seal a vault record or dead-letter body with the vault key")]
     Sealing,
 }
@@ -71,7 +62,7 @@ impl StoreError {
 }
 
 pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Db { op, source }
+    move |source| StoreError::Db { op, cause: source }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,7 +269,7 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
     if let Some(dir) = parent {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             dir: dir.display().to_string(),
-            source,
+            cause: source,
         })?;
     }
     Ok(match query {
@@ -322,7 +313,7 @@ impl Store {
             .await
             .map_err(|source| StoreError::Open {
                 url: redact(&url),
-                source,
+                cause: source,
             })?;
         let store = Self {
             pool,
