@@ -3,6 +3,7 @@
 
 mod cli;
 mod docs_metrics;
+mod first_run;
 mod mapping_cli;
 mod ops;
 mod ops_browser;
