@@ -2,6 +2,7 @@
 //! the docs' metric tables, the command line, mapping tests and dry runs.
 
 mod cli;
+mod deploy;
 mod docs_metrics;
 mod first_run;
 mod mapping_cli;
