@@ -71,6 +71,22 @@ pub enum Backend {
     Postgres,
 }
 
+/// The schema version this binary migrates to (the last of each backend's migrations).
+pub const SCHEMA_VERSION: i64 = 8;
+
+/// The migration that brings a store made by an earlier text of a migration up to date
+/// (`0008_first_release_catch_up.sql`); it first adds [`LATE_COLUMNS`] where missing.
+const CATCH_UP_VERSION: i64 = 8;
+
+/// Columns added to migrations after they had shipped — `0001_init.sql` after the first release,
+/// `0004_followups.sql` after its first version — so an older store at that version lacks them:
+/// (table, column, type). Added in code because SQLite has no `ADD COLUMN IF NOT EXISTS`.
+const LATE_COLUMNS: &[(&str, &str, &str)] = &[
+    ("survey_jobs", "id_card_key", "TEXT"),
+    ("survey_jobs", "mobile_key", "TEXT"),
+    ("dead_letters", "replayed_at", "BIGINT"),
+];
+
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_vault.sql")),
@@ -87,6 +103,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/sqlite/0007_ticket_visit.sql"),
+    ),
+    (
+        CATCH_UP_VERSION,
+        include_str!("../../migrations/sqlite/0008_first_release_catch_up.sql"),
     ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -111,6 +131,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/postgres/0007_ticket_visit.sql"),
+    ),
+    (
+        CATCH_UP_VERSION,
+        include_str!("../../migrations/postgres/0008_first_release_catch_up.sql"),
     ),
 ];
 
@@ -361,6 +385,9 @@ impl Store {
         }
         for (version, sql) in migrations.iter().filter(|m| m.0 > found) {
             let mut tx = self.pool.begin().await.map_err(db("begin migration"))?;
+            if *version == CATCH_UP_VERSION {
+                self.add_late_columns(&mut tx).await?;
+            }
             sqlx::raw_sql(AssertSqlSafe(*sql))
                 .execute(&mut *tx)
                 .await
@@ -372,6 +399,38 @@ impl Store {
                 .await
                 .map_err(db("record migration"))?;
             tx.commit().await.map_err(db("commit migration"))?;
+        }
+        Ok(())
+    }
+
+    /// Add each of [`LATE_COLUMNS`] its table lacks.
+    async fn add_late_columns(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        let exists = match self.backend {
+            Backend::Sqlite => "SELECT COUNT(*) AS n FROM pragma_table_info($1) WHERE name = $2",
+            Backend::Postgres => {
+                "SELECT COUNT(*) AS n FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+            }
+        };
+        for (table, column, kind) in LATE_COLUMNS {
+            let n: i64 = sqlx::query(exists)
+                .bind(*table)
+                .bind(*column)
+                .fetch_one(&mut **tx)
+                .await
+                .and_then(|r| r.try_get("n"))
+                .map_err(db("read the columns of an older store"))?;
+            if n == 0 {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {kind}"
+                )))
+                .execute(&mut **tx)
+                .await
+                .map_err(db("add a column to an older store"))?;
+            }
         }
         Ok(())
     }
@@ -744,4 +803,18 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_is_the_last_migration_of_both_backends() {
+        assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+        assert_eq!(
+            POSTGRES_MIGRATIONS.last().map(|m| m.0),
+            Some(SCHEMA_VERSION)
+        );
+    }
 }
