@@ -78,8 +78,8 @@ fn clean(path: &Path) -> PathBuf {
     }
 }
 
-/// `target` (relative to the working directory) as a path relative to `dir`; absolute when
-/// the working directory cannot be read.
+/// `target` (relative to the working directory) as a path relative to `dir`; absolute when the
+/// two share no folder below the root, or the working directory cannot be read.
 fn relative(dir: &Path, target: &Path) -> PathBuf {
     let (Ok(dir), Ok(target)) = (std::path::absolute(dir), std::path::absolute(target)) else {
         return target.to_path_buf();
@@ -88,6 +88,9 @@ fn relative(dir: &Path, target: &Path) -> PathBuf {
     let d: Vec<_> = dir.components().collect();
     let t: Vec<_> = target.components().collect();
     let common = d.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    if common <= 1 {
+        return target;
+    }
     let mut out = PathBuf::new();
     for _ in common..d.len() {
         out.push("..");
@@ -122,6 +125,11 @@ mod tests {
         assert_eq!(
             relative(Path::new("/a"), Path::new("/a/b/c")),
             Path::new("b/c")
+        );
+        assert_eq!(
+            relative(Path::new("/etc/cem"), Path::new("/opt/cem/mappings")),
+            Path::new("/opt/cem/mappings"),
+            "nothing shared below the root: absolute"
         );
     }
 
