@@ -15,7 +15,7 @@ fn bridge(cwd: &Path) -> Command {
     c
 }
 
-fn text(out: &std::process::Output) -> String {
+fn text_of(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -90,7 +90,7 @@ fn config_paths_start_from_the_config_folder_whatever_the_working_directory() {
         .arg(&cfg)
         .output()
         .unwrap();
-    let t = text(&out);
+    let t = text_of(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("s: 1 mapping(s)"), "{t}");
     assert!(
@@ -120,7 +120,7 @@ fn shipped_demo_config_works_from_another_working_directory_without_warnings() {
         .arg(&cfg)
         .output()
         .unwrap();
-    let t = text(&out);
+    let t = text_of(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("his-adt: 4 mapping(s)"), "{t}");
     assert!(!t.contains("deprecated"), "{t}");
@@ -152,7 +152,7 @@ fn working_directory_paths_still_work_with_a_deprecation_warning() {
         .args(["check", "-c", "conf/bridge.toml"])
         .output()
         .unwrap();
-    let t = text(&out);
+    let t = text_of(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("s: 1 mapping(s)"), "{t}");
     assert!(t.contains("store sqlite://data/store.db"), "{t}");
@@ -169,6 +169,28 @@ fn working_directory_paths_still_work_with_a_deprecation_warning() {
             "expected {want}… write {write:?} in:\n{t}"
         );
     }
+    // `run` logs the same notices at start (here it then stops: its ops port is taken).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(cwd.join("conf/bridge.toml")).unwrap();
+    std::fs::write(
+        cwd.join("conf/bridge.toml"),
+        text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")),
+    )
+    .unwrap();
+    let out = bridge(&cwd)
+        .args(["run", "-c", "conf/bridge.toml"])
+        .output()
+        .unwrap();
+    let t = text_of(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.lines().any(|l| l.contains("WARN")
+            && l.contains("conf/bridge.toml:15: source[0].mappings[0]:")
+            && l.contains("write \"../maps\"")),
+        "the start log names the key and what to write:\n{t}"
+    );
+    drop(taken);
     let _ = std::fs::remove_dir_all(&cwd);
 }
 
@@ -220,7 +242,7 @@ fn os_errors_are_quoted_once() {
         .arg(&missing)
         .output()
         .unwrap();
-    let t = text(&out);
+    let t = text_of(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains(&missing.display().to_string()), "{t}");
     assert_eq!(
@@ -245,13 +267,8 @@ fn os_errors_are_quoted_once() {
         .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")),
     )
     .unwrap();
-    let out = bridge(&dir)
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("AMQP_ADDR", amqp_url())
-        .output()
-        .unwrap();
-    let t = text(&out);
+    let out = bridge(&dir).args(["run", "-c"]).arg(&cfg).output().unwrap();
+    let t = text_of(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains(&format!("127.0.0.1:{port}")), "{t}");
     assert_eq!(
