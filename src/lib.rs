@@ -17,6 +17,11 @@
 //! - [`app`] — starts everything from a config, reloads, stops in order.
 //! - [`cli`] — the commands of `main.rs` other than `run`: inspect, replay, map, publish, bench.
 
+/// This release (`Cargo.toml`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit it was built from (`build.rs`), or "unknown" without git.
+pub const COMMIT: &str = env!("CEM_BRIDGE_COMMIT");
+
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -1,4 +1,4 @@
-//! `cem-bridge` command line: run, check, test, map, schema, publish, dlq, trace, bench.
+//! `cem-bridge` command line: run, check, test, map, schema, publish, dlq, trace, health, bench.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(
     name = "cem-bridge",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CEM_BRIDGE_COMMIT"), ")"),
     about = "HIS/HL7 events from RabbitMQ to anonymised CEM survey pushes"
 )]
 struct Cli {
@@ -135,6 +135,15 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask a running bridge's `/health` (the ops server): exit 0 when it answers 200 "ok",
+    /// else 1. For container health checks and monitors without curl.
+    Health {
+        /// The URL to ask (default: `/health` on the config's `[ops] listen`).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Measure throughput on this machine and print the figures (needs RabbitMQ).
     Bench {
@@ -620,6 +629,17 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 "{}",
                 inspect::trace_report(&id, &trace, &cfg.zone(), json).trim_end()
             );
+            Ok(())
+        }
+        Cmd::Health { url, config } => {
+            let url = match url {
+                Some(u) => u,
+                None => cem_bridge::cli::health::url_from_config(
+                    &Config::load(&config.config)
+                        .context("`health` asks the [ops] listen of this config; or pass --url")?,
+                )?,
+            };
+            println!("{}", cem_bridge::cli::health::check(&url).await?);
             Ok(())
         }
         Cmd::Bench {

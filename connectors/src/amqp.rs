@@ -23,12 +23,11 @@ use crate::source::{Delivery, Settle, Settled, Source, SourceBuilder, SourceErro
 
 /// An AMQP failure with what was being done and on which queue. Carries no message content.
 #[derive(Debug, thiserror::Error)]
-#[error("RabbitMQ: {op} ({target}) failed: {source}")]
+#[error("RabbitMQ: {op} ({target}) failed: {cause}")]
 pub struct AmqpError {
     pub op: &'static str,
     pub target: String,
-    #[source]
-    pub source: lapin::Error,
+    pub cause: lapin::Error,
 }
 
 /// Failures of the publisher beyond transport errors.
@@ -50,7 +49,11 @@ pub enum PublishError {
 
 fn ctx(op: &'static str, target: &str) -> impl FnOnce(lapin::Error) -> AmqpError {
     let target = target.to_string();
-    move |source| AmqpError { op, target, source }
+    move |source| AmqpError {
+        op,
+        target,
+        cause: source,
+    }
 }
 
 /// Queue type of the source queue.
@@ -83,7 +86,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
         Err(_) => Err(AmqpError {
             op: "connect",
             target: redact_url(url),
-            source: lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+            cause: lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out after 10 s"),
             ))),
         }),

@@ -119,11 +119,10 @@ pub struct HttpSink {
 
 /// Building the HTTP client failed (TLS initialisation).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client for {url}: {source}")]
+#[error("cannot build the HTTP client for {url}: {cause}")]
 pub struct BuildError {
     url: String,
-    #[source]
-    source: reqwest::Error,
+    cause: reqwest::Error,
 }
 
 impl HttpSink {
@@ -135,7 +134,7 @@ impl HttpSink {
             .build()
             .map_err(|source| BuildError {
                 url: cfg.url.clone(),
-                source,
+                cause: source,
             })?;
         Ok(Self { client, cfg })
     }

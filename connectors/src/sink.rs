@@ -92,12 +92,11 @@ enum Kind {
 pub enum SinkError {
     #[error(transparent)]
     Http(#[from] BuildError),
-    #[error("cannot open the shadow file {path}: {source}; check [{peer}] shadow_file")]
+    #[error("cannot open the shadow file {path}: {cause}; check [{peer}] shadow_file")]
     Shadow {
         path: String,
         peer: &'static str,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -140,7 +139,7 @@ impl PeerSink {
                         .map_err(|source| SinkError::Shadow {
                             path: file.display().to_string(),
                             peer: peer.code(),
-                            source,
+                            cause: source,
                         })?;
                 Kind::Shadow(sh)
             }

@@ -2,8 +2,9 @@
 //!
 //! A connector's `mappings` lists files or folders; folders are read recursively for `*.yaml`
 //! and `*.yml`, in file-name order, which is the order mappings are tried in. Relative paths
-//! are relative to the working directory; paths inside a mapping (CSV tables, test inputs)
-//! are relative to the mapping file.
+//! in `bridge.toml` are resolved against its folder when it is read (`paths.rs`), those on the
+//! command line against the working directory; paths inside a mapping (CSV tables, test
+//! inputs) are relative to the mapping file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ pub fn mapping_files(paths: &[String]) -> Result<Vec<PathBuf>, Vec<String>> {
             out.push(path.to_path_buf());
         } else {
             errors.push(format!(
-                "{p}: no such file or folder (mapping paths are relative to the working directory {})",
+                "{p}: no such file or folder (relative paths in bridge.toml start from its folder; on the command line, from the working directory {})",
                 std::env::current_dir()
                     .map(|d| d.display().to_string())
                     .unwrap_or_default()

@@ -3,7 +3,9 @@
 //! Unknown keys are errors (typos fail loudly, with file:line:column from the TOML parser).
 //! Secrets never live in this file: it names the environment variables that hold them.
 
+pub mod deprecated;
 pub mod lists;
+pub mod paths;
 
 pub mod peers;
 pub mod source;
@@ -21,14 +23,16 @@ use source::SourceConfig;
 /// Why a configuration could not be used. Every variant says where and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// A key of an earlier release that cannot be carried over (`deprecated.rs`).
+    #[error("{0}")]
+    Obsolete(deprecated::Notice),
     #[error("{path}: {field}: {message}")]
     Invalid {
         path: PathBuf,
@@ -84,6 +88,10 @@ pub struct Config {
     pub callcenter: crate::config::peers::PeerConfig,
     /// Where ticket call outcomes are posted back to the CEM (R-TKT-6); absent = not posted.
     pub cem_results: Option<crate::config::peers::PeerConfig>,
+    /// Deprecated forms found in the file (`deprecated.rs`): reported by `warnings`.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub notices: Vec<deprecated::Notice>,
     /// The file this config was read from (for the live reload of `[surveys]`).
     #[serde(skip)]
     #[schemars(skip)]
@@ -314,13 +322,101 @@ impl OpsConfig {
     /// The address to listen on, or `None` when the server is disabled.
     pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
         let l = self.listen.trim();
-        if l.is_empty() { None } else { l.parse().ok() }
+        if l.is_empty() { None } else { socket_addr(l) }
     }
 
     /// Whether the server is reachable from other hosts (and so needs a token).
     pub fn needs_token(&self) -> bool {
         self.listen_addr().is_some_and(|a| !a.ip().is_loopback())
     }
+}
+
+/// `host:port` as a socket address: an IP literal, or a host name such as `localhost` resolved
+/// now (its first IPv4 address when it has one, so `localhost` means 127.0.0.1).
+pub fn socket_addr(text: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(a) = text.parse() {
+        return Some(a);
+    }
+    let found: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .ok()?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+}
+
+/// One path key resolved (`paths::resolve`); found only from the working directory, a notice
+/// says what to write. `shown` writes a path as the key holds it (the store URL around it).
+fn resolve_one(
+    notices: &mut Vec<deprecated::Notice>,
+    text: &str,
+    file: &Path,
+    key: &[deprecated::Seg<'_>],
+    written: &Path,
+    default: bool,
+    shown: &dyn Fn(&Path) -> String,
+) -> PathBuf {
+    let r = paths::resolve(file, written);
+    if let paths::Resolved::FromWorkingDir { write, .. } = &r {
+        notices.push(deprecated::Notice {
+            file: file.to_path_buf(),
+            line: if default {
+                None
+            } else {
+                deprecated::line_of(text, key)
+            },
+            key: key_name(key),
+            message: format!(
+                "{:?} is found from the working directory, not from this file's folder (deprecated: relative paths are relative to the config file){}; write {:?}",
+                shown(written),
+                if default { " — it is the default" } else { "" },
+                shown(write),
+            ),
+        });
+    }
+    r.path().to_path_buf()
+}
+
+/// A SQLite store URL cut around its file path: `sqlite://` + path + `?query`.
+struct SqliteFile<'a> {
+    scheme: &'a str,
+    path: &'a str,
+    query: &'a str,
+}
+
+/// The file of a `sqlite:` URL; `None` for PostgreSQL and in-memory databases.
+fn sqlite_file(url: &str) -> Option<SqliteFile<'_>> {
+    let scheme = ["sqlite://", "sqlite:"]
+        .into_iter()
+        .find(|s| url.starts_with(s))?;
+    let rest = &url[scheme.len()..];
+    let cut = rest.find('?').unwrap_or(rest.len());
+    let (path, query) = rest.split_at(cut);
+    (!path.is_empty() && path != ":memory:" && !query.contains("mode=memory")).then_some(
+        SqliteFile {
+            scheme,
+            path,
+            query,
+        },
+    )
+}
+
+/// `source[0].mappings[1]` for a key path.
+fn key_name(key: &[deprecated::Seg<'_>]) -> String {
+    let mut out = String::new();
+    for seg in key {
+        match seg {
+            deprecated::Seg::Key(k) if out.is_empty() => out.push_str(k),
+            deprecated::Seg::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            deprecated::Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
 }
 
 /// The JSON Schema of `bridge.toml`, pretty-printed (`cem-bridge schema config`).
@@ -334,7 +430,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let mut cfg = Self::parse(&text, path)?;
         cfg.file = Some(crate::config::ConfigSource {
@@ -347,14 +443,94 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parse and check config text; `path` is used in messages.
+    /// Parse and check config text read from `path`: deprecated keys are carried over (or
+    /// refused), and relative paths resolved against `path`'s folder (`paths.rs`).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let (text, mut notices) = deprecated::apply(text, path, deprecated::DEPRECATED)?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
         cfg.check(path)?;
+        notices.extend(cfg.resolve_paths(&text, path));
+        cfg.notices = notices;
         Ok(cfg)
+    }
+
+    /// Every path-shaped key made relative to the config file's folder; a path found only
+    /// from the working directory is kept and reported.
+    fn resolve_paths(&mut self, text: &str, path: &Path) -> Vec<deprecated::Notice> {
+        use deprecated::Seg;
+        let mut notices = Vec::new();
+        let plain = |p: &Path| p.display().to_string();
+        let mut fix =
+            |key: Vec<Seg<'_>>, written: &Path, default: bool, shown: &dyn Fn(&Path) -> String| {
+                resolve_one(&mut notices, text, path, &key, written, default, shown)
+            };
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let written = deprecated::line_of(
+                text,
+                &[Seg::Key("source"), Seg::Index(i), Seg::Key("mappings")],
+            )
+            .is_some();
+            for (j, m) in s.mappings.iter_mut().enumerate() {
+                let key = vec![
+                    Seg::Key("source"),
+                    Seg::Index(i),
+                    Seg::Key("mappings"),
+                    Seg::Index(j),
+                ];
+                *m = fix(key, Path::new(m.as_str()), !written, &plain)
+                    .display()
+                    .to_string();
+            }
+            for (name, file) in [("tls_cert", &mut s.tls_cert), ("tls_key", &mut s.tls_key)] {
+                if let Some(f) = file {
+                    let key = vec![Seg::Key("source"), Seg::Index(i), Seg::Key(name)];
+                    *f = fix(key, f, false, &plain);
+                }
+            }
+        }
+
+        for (name, files) in [
+            ("opt_out", &mut self.lists.opt_out),
+            ("staff", &mut self.lists.staff),
+            ("followup_opt_out", &mut self.lists.followup_opt_out),
+        ] {
+            for (j, f) in files.iter_mut().enumerate() {
+                let key = vec![Seg::Key("lists"), Seg::Key(name), Seg::Index(j)];
+                *f = fix(key, f, false, &plain);
+            }
+        }
+        if let Some(sqlite) = sqlite_file(&self.store.url) {
+            let key = vec![Seg::Key("store"), Seg::Key("url")];
+            let url = |p: &Path| format!("{}{}{}", sqlite.scheme, p.display(), sqlite.query);
+            let file = fix(key, Path::new(sqlite.path), false, &url);
+            self.store.url = url(&file);
+        }
+        if self.cem.mode == CemMode::Shadow {
+            let written = deprecated::line_of(text, &[Seg::Key("cem"), Seg::Key("shadow_file")]);
+            let key = vec![Seg::Key("cem"), Seg::Key("shadow_file")];
+            self.cem.shadow_file = fix(key, &self.cem.shadow_file, written.is_none(), &plain);
+        }
+        if self.tickets.is_some() {
+            let peers = [
+                ("hcrm", Some(&mut self.hcrm)),
+                ("callcenter", Some(&mut self.callcenter)),
+                ("cem_results", self.cem_results.as_mut()),
+            ];
+            for (name, peer) in peers {
+                let Some(peer) = peer.filter(|p| p.mode == CemMode::Shadow) else {
+                    continue;
+                };
+                let key = vec![Seg::Key(name), Seg::Key("shadow_file")];
+                let default = peer.shadow_file.is_none();
+                let file = fix(key, &peer.shadow_file(name), default, &plain);
+                peer.shadow_file = Some(file);
+            }
+        }
+        notices.sort_by_key(|n| n.line);
+        notices
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
@@ -458,7 +634,7 @@ impl Config {
             return Err(bad(
                 "ops.listen",
                 format!(
-                    "{:?} is not an address with a port such as \"127.0.0.1:9464\"; use \"\" to disable the ops server",
+                    "{:?} is not an address or host name with a port such as \"127.0.0.1:9464\" or \"localhost:9464\"; use \"\" to disable the ops server",
                     self.ops.listen
                 ),
             ));
@@ -520,6 +696,7 @@ impl Config {
         } else if self.cem.mode == CemMode::Http && self.cem.resolve_token_env.is_none() {
             w.push("cem.resolve_token_env is not set: the CEM cannot resolve contactRef tokens at POST /contact/resolve (it gets 401), so it cannot reach patients; name the environment variable holding the CEM's token".into());
         }
+        w.extend(self.notices.iter().map(|n| n.to_string()));
         if self.vault.allow_demo_key {
             w.push(format!("vault.allow_demo_key = true: without {} the vault uses a public demo key; never with real data", self.vault.key_env));
         }
@@ -629,6 +806,14 @@ mode = "shadow"
                 .ops
                 .needs_token()
         );
+        let text = format!("{MIN}[ops]\nlisten = \"localhost:9464\"\n");
+        let c = Config::parse(&text, Path::new("b.toml")).unwrap();
+        assert!(
+            c.ops
+                .listen_addr()
+                .is_some_and(|a| a.ip().is_loopback() && a.port() == 9464)
+        );
+        assert!(!c.ops.needs_token(), "localhost is loopback");
         let text = format!("{MIN}[ops]\nlisten = \"localhost\"\n");
         let e = Config::parse(&text, Path::new("b.toml"))
             .unwrap_err()

@@ -104,8 +104,8 @@ pub struct SourceConfig {
     /// Dead-letter as `poison` after this many earlier deliveries (R-EVT-6).
     #[serde(default = "default_poison")]
     pub poison_after: u64,
-    /// Mapping files or folders, tried in file-name order (default: `mappings`, relative to
-    /// the working directory).
+    /// Mapping files or folders, tried in file-name order (default: `mappings`; relative
+    /// paths start from the config file's folder).
     #[serde(default = "default_mappings")]
     pub mappings: Vec<String>,
     /// Facility / patient-id authority for XML and JSON messages that carry none (R-GEN-3);
@@ -167,7 +167,11 @@ impl SourceConfig {
             (Some(c), Some(k)) => Some(tls_acceptor(c, k).map_err(|e| e.to_string())?),
             _ => None,
         };
+        // A host name is resolved once, as `check` saw it (`localhost` → 127.0.0.1).
         let listen = self.listen.clone().unwrap_or_default();
+        let listen = crate::config::socket_addr(&listen)
+            .map(|a| a.to_string())
+            .unwrap_or(listen);
         let allow = self.allowed()?;
         Ok(match self.kind {
             SourceKind::Amqp => Door::Amqp(self.amqp_door(instance)),
@@ -276,10 +280,12 @@ impl SourceConfig {
                             ),
                         ));
                     }
-                    Some(l) if l.parse::<std::net::SocketAddr>().is_err() => {
+                    Some(l) if crate::config::socket_addr(l).is_none() => {
                         return Some((
                             "listen",
-                            format!("{l:?} is not an address:port, e.g. 0.0.0.0:2575"),
+                            format!(
+                                "{l:?} is not an address or host name with a port, e.g. 0.0.0.0:2575 or localhost:2575"
+                            ),
                         ));
                     }
                     _ => {}

@@ -37,7 +37,10 @@ use state::{OpsError, OpsState};
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, OpsError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| OpsError::Bind { addr, source })
+        .map_err(|source| OpsError::Bind {
+            addr,
+            cause: source,
+        })
 }
 
 /// Serve the ops routes on `listener` until shutdown.

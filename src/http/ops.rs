@@ -64,8 +64,15 @@ pub(crate) async fn metrics(State(s): State<OpsState>) -> Response {
         .into_response()
 }
 
-pub(crate) async fn health() -> &'static str {
-    "ok"
+/// Liveness: `{"status":"ok","version":…,"commit":…}` while the process runs (a check for the
+/// text "ok" still passes).
+pub(crate) async fn health() -> Response {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": crate::VERSION,
+        "commit": crate::COMMIT,
+    }))
+    .into_response()
 }
 
 /// 200 when every source consumes and the store answers; else 503 naming what is not ready.

@@ -17,12 +17,11 @@ pub enum OpsError {
     #[error("ops: cannot install the Prometheus metrics recorder: {0}")]
     Recorder(String),
     #[error(
-        "ops: cannot listen on {addr}: {source}. Set [ops] listen to a free address, or \"\" to disable the ops server"
+        "ops: cannot listen on {addr}: {cause}. Set [ops] listen to a free address, or \"\" to disable the ops server"
     )]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 /// What the handlers need.

@@ -28,32 +28,23 @@ use crate::process::clock::Clock;
 /// A store failure: what was being done, and the database's message (never row values).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store: {op} failed: {source}")]
+    #[error("store: {op} failed: {cause}")]
     Db {
         op: &'static str,
-        #[source]
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     #[error(
-        "store: cannot open {url}: {source}. Check the [store] url, that the directory is writable or the server reachable"
+        "store: cannot open {url}: {cause}. Check the [store] url, that the directory is writable or the server reachable"
     )]
-    Open {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    Open { url: String, cause: sqlx::Error },
     #[error(
         "store: the database schema is version {found}, newer than this binary's {supported}. Run the cem-bridge release that migrated it, or restore a backup"
     )]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("store: unsupported url {0:?}; use sqlite://FILE or postgres://…")]
     UnsupportedUrl(String),
-    #[error("store: cannot create directory {dir}: {source}")]
-    CreateDir {
-        dir: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("store: cannot create directory {dir}: {cause}")]
+    CreateDir { dir: String, cause: std::io::Error },
     #[error("store: cannot seal a vault record or dead-letter body with the vault key")]
     Sealing,
 }
@@ -71,7 +62,7 @@ impl StoreError {
 }
 
 pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Db { op, source }
+    move |source| StoreError::Db { op, cause: source }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +70,22 @@ pub enum Backend {
     Sqlite,
     Postgres,
 }
+
+/// The schema version this binary migrates to (the last of each backend's migrations).
+pub const SCHEMA_VERSION: i64 = 9;
+
+/// The migration that brings a store made by an earlier text of a migration up to date
+/// (`0008_first_release_catch_up.sql`); it first adds [`LATE_COLUMNS`] where missing.
+const CATCH_UP_VERSION: i64 = 8;
+
+/// Columns added to migrations after they had shipped — `0001_init.sql` after the first release,
+/// `0004_followups.sql` after its first version — so an older store at that version lacks them:
+/// (table, column, type). Added in code because SQLite has no `ADD COLUMN IF NOT EXISTS`.
+const LATE_COLUMNS: &[(&str, &str, &str)] = &[
+    ("survey_jobs", "id_card_key", "TEXT"),
+    ("survey_jobs", "mobile_key", "TEXT"),
+    ("dead_letters", "replayed_at", "BIGINT"),
+];
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
@@ -97,7 +104,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_ticket_visit.sql"),
     ),
-    (8, include_str!("../../migrations/sqlite/0008_stale_at.sql")),
+    (
+        CATCH_UP_VERSION,
+        include_str!("../../migrations/sqlite/0008_first_release_catch_up.sql"),
+    ),
+    (9, include_str!("../../migrations/sqlite/0009_stale_at.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -123,9 +134,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0007_ticket_visit.sql"),
     ),
     (
-        8,
-        include_str!("../../migrations/postgres/0008_stale_at.sql"),
+        CATCH_UP_VERSION,
+        include_str!("../../migrations/postgres/0008_first_release_catch_up.sql"),
     ),
+    (9, include_str!("../../migrations/postgres/0009_stale_at.sql")),
 ];
 
 /// Options for opening a store.
@@ -286,7 +298,7 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
     if let Some(dir) = parent {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             dir: dir.display().to_string(),
-            source,
+            cause: source,
         })?;
     }
     Ok(match query {
@@ -316,7 +328,7 @@ impl Store {
         let options = <sqlx::any::AnyConnectOptions as std::str::FromStr>::from_str(&url)
             .map_err(|source| StoreError::Open {
                 url: redact(&url),
-                source,
+                cause: source,
             })?
             .disable_statement_logging();
         let pool = AnyPoolOptions::new()
@@ -338,7 +350,7 @@ impl Store {
             .await
             .map_err(|source| StoreError::Open {
                 url: redact(&url),
-                source,
+                cause: source,
             })?;
         let store = Self {
             pool,
@@ -386,6 +398,9 @@ impl Store {
         }
         for (version, sql) in migrations.iter().filter(|m| m.0 > found) {
             let mut tx = self.pool.begin().await.map_err(db("begin migration"))?;
+            if *version == CATCH_UP_VERSION {
+                self.add_late_columns(&mut tx).await?;
+            }
             sqlx::raw_sql(AssertSqlSafe(*sql))
                 .execute(&mut *tx)
                 .await
@@ -397,6 +412,38 @@ impl Store {
                 .await
                 .map_err(db("record migration"))?;
             tx.commit().await.map_err(db("commit migration"))?;
+        }
+        Ok(())
+    }
+
+    /// Add each of [`LATE_COLUMNS`] its table lacks.
+    async fn add_late_columns(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        let exists = match self.backend {
+            Backend::Sqlite => "SELECT COUNT(*) AS n FROM pragma_table_info($1) WHERE name = $2",
+            Backend::Postgres => {
+                "SELECT COUNT(*) AS n FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+            }
+        };
+        for (table, column, kind) in LATE_COLUMNS {
+            let n: i64 = sqlx::query(exists)
+                .bind(*table)
+                .bind(*column)
+                .fetch_one(&mut **tx)
+                .await
+                .and_then(|r| r.try_get("n"))
+                .map_err(db("read the columns of an older store"))?;
+            if n == 0 {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {kind}"
+                )))
+                .execute(&mut **tx)
+                .await
+                .map_err(db("add a column to an older store"))?;
+            }
         }
         Ok(())
     }
@@ -772,4 +819,18 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_is_the_last_migration_of_both_backends() {
+        assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+        assert_eq!(
+            POSTGRES_MIGRATIONS.last().map(|m| m.0),
+            Some(SCHEMA_VERSION)
+        );
+    }
 }

@@ -10,18 +10,12 @@ use super::frame::{Frame, FrameReader, wrap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot connect to {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
     #[error("no answer from {addr} within {secs} s")]
     Timeout { addr: String, secs: u64 },
-    #[error("the connection to {addr} failed: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("the connection to {addr} failed: {cause}")]
+    Io { addr: String, cause: std::io::Error },
     #[error("{addr} closed the connection before answering")]
     Closed { addr: String },
 }
@@ -44,7 +38,7 @@ impl MllpClient {
             })?
             .map_err(|source| ClientError::Connect {
                 addr: addr.into(),
-                source,
+                cause: source,
             })?;
         let _ = stream.set_nodelay(true);
         Ok(Self {
@@ -59,7 +53,7 @@ impl MllpClient {
     pub async fn send(&mut self, message: &[u8]) -> Result<Vec<u8>, ClientError> {
         let io = |source| ClientError::Io {
             addr: self.addr.clone(),
-            source,
+            cause: source,
         };
         self.stream.write_all(&wrap(message)).await.map_err(io)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -76,7 +70,7 @@ impl MllpClient {
                 })?
                 .map_err(|source| ClientError::Io {
                     addr: self.addr.clone(),
-                    source,
+                    cause: source,
                 })?;
             if n == 0 {
                 return Err(ClientError::Closed {

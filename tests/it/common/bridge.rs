@@ -92,7 +92,17 @@ resolve_token_env = "CEM_BRIDGE_TEST_RESOLVE_TOKEN"
                 .unwrap_or_else(|| format!("sqlite://{}", self.db.display())),
             amqp = amqp_url(),
             queue = self.queue,
-            extra_source = self.extra_source,
+            extra_source = if self.extra_source.contains("mappings") {
+                self.extra_source.clone()
+            } else {
+                // The shipped mappings, named absolutely: a written config lives in a
+                // scratch folder, and relative paths start from there.
+                format!(
+                    "mappings = [\"{}/mappings\"]\n{}",
+                    env!("CARGO_MANIFEST_DIR"),
+                    self.extra_source,
+                )
+            },
             cem = self.cem_url,
             scheduler = self.scheduler,
         )

@@ -2,7 +2,9 @@
 //! the docs' metric tables, the command line, mapping tests and dry runs.
 
 mod cli;
+mod deploy;
 mod docs_metrics;
+mod first_run;
 mod mapping_cli;
 mod ops;
 mod ops_browser;

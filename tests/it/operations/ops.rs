@@ -332,14 +332,17 @@ async fn survey_gauges_show_a_job_the_cem_cannot_take_as_pending_and_overdue() {
     cleanup(&setup).await;
 }
 
-/// `/health` answers while the process runs; `/ready` is 200 once the source consumes and
+/// `/health` answers `{"status":"ok",…}` while the process runs; `/ready` is 200 once the source consumes and
 /// the store answers, with a JSON body saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_ok_and_ready_is_200_when_consuming() {
     let setup = Setup::new("ops-ready", "http://127.0.0.1:9/unused");
     let bridge = setup.start().await;
     let addr = ops_addr(&bridge);
-    assert_eq!(get(addr, "/health").await, (200, "ok".to_string()));
+    let (status, health) = get(addr, "/health").await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
     let body = wait_for(15, "/ready 200", || async move {
         let (status, body) = get(addr, "/ready").await;
         (status == 200).then_some(body)

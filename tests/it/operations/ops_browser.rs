@@ -2,7 +2,7 @@
 //! has taken the HL7 samples, a ticket and a call result, runs the page's own script against
 //! `/api/summary` and `/metrics`, and the numbers it renders are asserted on the DOM it dumps.
 //! A screenshot is kept as a test artifact (path printed; `bash .ci/run` copies it to
-//! `artifacts/`). Chromium comes from Debian's `chromium` package (`.ci/run` installs it);
+//! `artifacts/`). Chromium comes from Debian's `chromium` package (`scripts/test` installs it);
 //! `CHROMIUM=/path` picks another binary.
 
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ fn chromium() -> PathBuf {
     }
     panic!(
         "this test drives the ops page in headless Chromium, which is not installed: \
-         `apt-get install chromium` (bash .ci/run does it), or set CHROMIUM=/path/to/chrome"
+         `apt-get install chromium` (bash scripts/test does it), or set CHROMIUM=/path/to/chrome"
     );
 }
 

@@ -3,3 +3,4 @@
 mod store_backends;
 mod store_ops;
 mod ticket_store;
+mod upgrade;
