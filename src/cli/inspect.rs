@@ -215,13 +215,15 @@ pub fn trace_report(id: &str, t: &Trace, zone: &TimeZone, json: bool) -> String 
             "jobs": t.jobs.iter().map(|j| json_row(j, zone)).collect::<Vec<_>>(),
             "audit": t.audit.iter().map(|a| json_row(a, zone)).collect::<Vec<_>>(),
             "dead_letters": t.dead_letters.iter().map(|d| json_row(d, zone)).collect::<Vec<_>>(),
+            "followups": t.followups.iter().map(|s| json_row(s, zone)).collect::<Vec<_>>(),
         }));
     }
     let mut out = format!(
-        "trace {id}: {} job(s), {} audit row(s), {} dead letter(s); times in {}\n",
+        "trace {id}: {} job(s), {} audit row(s), {} dead letter(s), {} follow-up step(s); times in {}\n",
         t.jobs.len(),
         t.audit.len(),
         t.dead_letters.len(),
+        t.followups.len(),
         zone.iana_name().unwrap_or("the configured zone"),
     );
     if !t.jobs.is_empty() {
@@ -297,6 +299,34 @@ pub fn trace_report(id: &str, t: &Trace, zone: &TimeZone, json: bool) -> String 
                 "JOB ID",
                 "DETAIL",
             ],
+            &cells,
+        ));
+    }
+    if !t.followups.is_empty() {
+        let cells: Vec<Vec<String>> = t
+            .followups
+            .iter()
+            .map(|s| {
+                vec![
+                    s.plan.to_string(),
+                    s.step.to_string(),
+                    match s.sink {
+                        "callcenter" => "call center".to_string(),
+                        other => other.to_uppercase(),
+                    },
+                    local_time(s.due_at, zone),
+                    match &s.reason {
+                        Some(r) => format!("{}({r})", s.status),
+                        None => s.status.clone(),
+                    },
+                    s.attempts.to_string(),
+                    s.key.clone(),
+                ]
+            })
+            .collect();
+        out.push_str("\nfollow-up plan (R-FUP-1), step by step\n");
+        out.push_str(&table(
+            &["PLAN", "STEP", "SINK", "DUE", "STATUS", "ATTEMPTS", "KEY"],
             &cells,
         ));
     }

@@ -4,7 +4,8 @@
 //! exempt from do-not-disturb (R-FUP-2). Step keys `fu:{stayKey}:{plan}:{step}` (R-FUP-4) make a
 //! re-planned stay (A13 then A03) reuse its rows: cancelled steps come back with the new dates,
 //! steps already sent are not repeated. Cancellation on A13 / death and re-keying on A40 are in
-//! `store.rs` beside the survey rules they mirror.
+//! `store.rs` beside the survey rules they mirror. [`Store::followup_steps`] reads a stay's
+//! plan back step by step for `trace`.
 
 use cem_pipeline::followup::{FollowupPlan, FollowupSettings, StepAction};
 use cem_pipeline::ticket::CallingWindows;
@@ -14,7 +15,9 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::privacy::vault::VaultCipher;
-use crate::store::keys::thread_id;
+use std::collections::BTreeSet;
+
+use crate::store::keys::{followup_step_key, thread_id};
 use crate::store::{AuditEntry, JobInsert, NewJob, Store, StoreError, StoreTx, db};
 
 /// What planning follow-ups needs (present when `[tickets]` is configured: the calls go out
@@ -342,4 +345,165 @@ pub fn next_day_at(at: i64, settings: &FollowupSettings, zone: &TimeZone) -> i64
         })
         .map(|z| z.timestamp().as_millisecond())
         .unwrap_or(at + 86_400_000)
+}
+
+/// One follow-up step as `trace` shows it (issue 19 §2).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TraceStep {
+    /// `vk_…` of the stay.
+    pub stay_key: String,
+    pub plan: &'static str,
+    /// The step's name in R-FUP-1 (`postop_d7`, `review_reminder`, `FU-ONLINE-60`, …).
+    pub step: &'static str,
+    /// `callcenter` (a call) or `cem` (a questionnaire or reminder).
+    pub sink: &'static str,
+    /// When it was planned (the first attempt's due time; epoch ms).
+    pub due_at: i64,
+    /// `planned`, `sent`, `cancelled`, `suppressed`, `expired`, `dead`.
+    pub status: String,
+    pub reason: Option<String>,
+    /// Calls made for the step (a no-answer retry is a second), or pushes tried.
+    pub attempts: i64,
+    pub sent_at: Option<i64>,
+    /// The idempotency key the peer receives: the step key (a retry adds `:n`), or `sv:{jobId}`.
+    pub key: String,
+}
+
+fn shown_status(status: &str) -> String {
+    if status == "pending" {
+        "planned".into()
+    } else {
+        status.to_string()
+    }
+}
+
+impl Store {
+    /// The follow-up steps of these stays (`vk_…`), and of the stays of this patient (`pk_…`),
+    /// in due order: calls grouped by step (retries are attempts), CEM steps named by their
+    /// place in the plan.
+    pub async fn followup_steps(
+        &self,
+        stays: &[String],
+        patient_key: Option<&str>,
+    ) -> Result<Vec<TraceStep>, StoreError> {
+        use cem_pipeline::followup::{Plan, StepKind};
+        let mut stays: BTreeSet<String> = stays.iter().cloned().collect();
+        if let Some(pk) = patient_key {
+            for r in sqlx::query(
+                "SELECT DISTINCT ticket_id FROM ticket_outbox WHERE patient_key = $1 AND ticket_id LIKE 'fu:%'",
+            )
+            .bind(pk)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("trace: read follow-up stays"))?
+            {
+                let t: String = r.try_get("ticket_id").map_err(db("trace: read follow-up stays"))?;
+                if let Some(vk) = t.strip_prefix("fu:") {
+                    stays.insert(vk.to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for vk in stays.iter().filter(|s| s.starts_with("vk_")) {
+            let calls = sqlx::query(
+                "SELECT idem_key, status, reason, due_at, sent_at FROM ticket_outbox \
+                 WHERE ticket_id = $1 AND sink = 'callcenter' ORDER BY id",
+            )
+            .bind(thread_id(vk))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("trace: read follow-up calls"))?;
+            let mut plan: Option<Plan> = None;
+            let mut steps: Vec<TraceStep> = Vec::new();
+            for r in &calls {
+                let read = db("trace: read follow-up calls");
+                let key: String = r.try_get("idem_key").map_err(read)?;
+                let read = db("trace: read follow-up calls");
+                let (status, reason, due_at, sent_at): (String, Option<String>, i64, Option<i64>) =
+                    (|| {
+                        Ok::<_, sqlx::Error>((
+                            r.try_get("status")?,
+                            r.try_get("reason")?,
+                            r.try_get("due_at")?,
+                            r.try_get("sent_at")?,
+                        ))
+                    })()
+                    .map_err(read)?;
+                let base = followup_step_key(&key).to_string();
+                let (plan_code, step) = crate::store::keys::plan_and_step(&base);
+                plan = plan.or_else(|| {
+                    [Plan::Postop721, Plan::PostopHigh, Plan::CareQuarterly]
+                        .into_iter()
+                        .find(|p| p.code() == plan_code)
+                });
+                match steps.iter_mut().find(|s| s.key == base) {
+                    Some(s) => {
+                        s.attempts += 1;
+                        s.status = shown_status(&status);
+                        s.reason = reason;
+                        s.sent_at = sent_at.or(s.sent_at);
+                    }
+                    None => steps.push(TraceStep {
+                        stay_key: vk.clone(),
+                        plan: plan_code,
+                        step,
+                        sink: "callcenter",
+                        due_at,
+                        status: shown_status(&status),
+                        reason,
+                        attempts: 1,
+                        sent_at,
+                        key: base,
+                    }),
+                }
+            }
+            let cem_steps: Vec<&'static str> = plan
+                .map(|p| {
+                    p.steps()
+                        .iter()
+                        .filter(|s| !matches!(s.kind, StepKind::Call(_)))
+                        .map(|s| s.id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let jobs = sqlx::query(
+                "SELECT job_id, template, status, reason, due_at, attempts, sent_at FROM survey_jobs \
+                 WHERE visit_key = $1 AND dnd = 0 ORDER BY due_at, job_id",
+            )
+            .bind(vk.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("trace: read follow-up questionnaires"))?;
+            for (i, r) in jobs.iter().enumerate() {
+                let read = db("trace: read follow-up questionnaires");
+                let row = (|| {
+                    Ok::<_, sqlx::Error>((
+                        r.try_get::<String, _>("job_id")?,
+                        r.try_get::<String, _>("status")?,
+                        r.try_get::<Option<String>, _>("reason")?,
+                        r.try_get::<i64, _>("due_at")?,
+                        r.try_get::<i64, _>("attempts")?,
+                        r.try_get::<Option<i64>, _>("sent_at")?,
+                    ))
+                })()
+                .map_err(read)?;
+                let (job_id, status, reason, due_at, attempts, sent_at) = row;
+                steps.push(TraceStep {
+                    stay_key: vk.clone(),
+                    plan: plan.map_or("unknown", Plan::code),
+                    step: cem_steps.get(i).copied().unwrap_or("unknown"),
+                    sink: "cem",
+                    due_at,
+                    status: shown_status(&status),
+                    reason,
+                    attempts,
+                    sent_at,
+                    key: cem_pipeline::survey::idempotency_key(&job_id),
+                });
+            }
+            steps.sort_by_key(|s| s.due_at);
+            out.extend(steps);
+        }
+        Ok(out)
+    }
 }

@@ -137,7 +137,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         CATCH_UP_VERSION,
         include_str!("../../migrations/postgres/0008_first_release_catch_up.sql"),
     ),
-    (9, include_str!("../../migrations/postgres/0009_stale_at.sql")),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_stale_at.sql"),
+    ),
 ];
 
 /// Options for opening a store.

@@ -352,6 +352,8 @@ pub struct TraceJob {
     pub job_id: String,
     pub template: String,
     pub patient_key: String,
+    /// `vk_…` of the visit (the stay, for a follow-up step).
+    pub visit_key: String,
     pub status: String,
     pub reason: Option<String>,
     pub attempts: i64,
@@ -386,11 +388,16 @@ pub struct Trace {
     pub jobs: Vec<TraceJob>,
     pub audit: Vec<TraceAudit>,
     pub dead_letters: Vec<DeadLetterRecord>,
+    /// The follow-up plans of the stays found, step by step (issue 19 §2).
+    pub followups: Vec<crate::store::followups::TraceStep>,
 }
 
 impl Trace {
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.audit.is_empty() && self.dead_letters.is_empty()
+        self.jobs.is_empty()
+            && self.audit.is_empty()
+            && self.dead_letters.is_empty()
+            && self.followups.is_empty()
     }
 }
 
@@ -399,7 +406,7 @@ const TRACE_MAX_JOBS: usize = 500;
 
 const DEAD_LETTER_COLUMNS: &str = "id, at, connector, message_id, reason, detail, content_hash, \
      size_bytes, delivery_count, replayed_at";
-const TRACE_JOB_COLUMNS: &str = "job_id, template, patient_key, status, reason, attempts, \
+const TRACE_JOB_COLUMNS: &str = "job_id, template, patient_key, visit_key, status, reason, attempts, \
      last_status, last_error, due_at, next_attempt_at, sent_at, created_at, connector, message_id";
 const TRACE_AUDIT_COLUMNS: &str =
     "id, at, connector, message_id, job_id, patient_key, action, rule, reason, detail";
@@ -424,6 +431,7 @@ fn trace_job(r: &AnyRow) -> Result<TraceJob, sqlx::Error> {
         job_id: r.try_get("job_id")?,
         template: r.try_get("template")?,
         patient_key: r.try_get("patient_key")?,
+        visit_key: r.try_get("visit_key")?,
         status: r.try_get("status")?,
         reason: r.try_get("reason")?,
         attempts: r.try_get("attempts")?,
@@ -492,9 +500,10 @@ impl Store {
             .map_err(db("read dead letter"))
     }
 
-    /// Everything about `id`, which may be a message id (MSH-10), a survey job id or a patient
-    /// pseudonym (`pk_…`): its audit rows, the jobs it led to (and their later audit rows:
-    /// pushes, retries, death) and its dead letters.
+    /// Everything about `id`, which may be a message id (MSH-10), a survey job id, a visit or
+    /// stay pseudonym (`vk_…`) or a patient pseudonym (`pk_…`): its audit rows, the jobs it led
+    /// to (and their later audit rows: pushes, retries, death), its dead letters, and the
+    /// follow-up plans of the stays found, step by step.
     pub async fn trace(&self, id: &str) -> Result<Trace, StoreError> {
         let sql = format!(
             "SELECT {TRACE_AUDIT_COLUMNS} FROM audit \
@@ -518,7 +527,7 @@ impl Store {
         let job_ids: Vec<String> = job_ids.into_iter().take(TRACE_MAX_JOBS).collect();
         let sql = format!(
             "SELECT {TRACE_JOB_COLUMNS} FROM survey_jobs \
-             WHERE message_id = $1 OR patient_key = $1 OR job_id IN ({}) \
+             WHERE message_id = $1 OR patient_key = $1 OR visit_key = $1 OR job_id IN ({}) \
              ORDER BY created_at, job_id LIMIT {TRACE_MAX_JOBS}",
             placeholders(2, job_ids.len())
         );
@@ -572,10 +581,18 @@ impl Store {
             db("trace: read dead letters"),
             dead_letter_record,
         )?;
+        // The follow-up plans of the stays these jobs are of, of a stay key given, or of a
+        // patient pseudonym given.
+        let mut stays: Vec<String> = jobs.iter().map(|j| j.visit_key.clone()).collect();
+        stays.push(id.to_string());
+        let followups = self
+            .followup_steps(&stays, id.starts_with("pk_").then_some(id))
+            .await?;
         Ok(Trace {
             jobs,
             audit,
             dead_letters,
+            followups,
         })
     }
 }

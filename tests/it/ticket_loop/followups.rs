@@ -198,7 +198,89 @@ async fn ex_05_discharge_plans_postop_721_and_the_d7_call_goes_out_on_day_7() {
     .await;
     assert_eq!(lookups, ["caller=callcenter purpose=followup_call"]);
     bridge.shutdown().await;
+
+    // Issue 19 §2: `trace` of the discharge, of its stay and of its patient lists the plan
+    // step by step: plan, step, sink, due, status, attempts, the key the peer received.
+    let cfg = setup.write_config();
+    let trace = |id: &str, json: bool| {
+        let mut args = vec!["trace", id, "-c", cfg.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let out = std::process::Command::new(bridge_bin())
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run cem-bridge trace");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&trace("MSG20261120160000004", true)).unwrap();
+    let steps: Vec<String> = v["followups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {} {} {} {}",
+                s["plan"].as_str().unwrap(),
+                s["step"].as_str().unwrap(),
+                s["sink"].as_str().unwrap(),
+                s["due_at"].as_str().unwrap(),
+                s["status"].as_str().unwrap(),
+                s["attempts"],
+                s["key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let questionnaire = job_id_of(&setup, "FU-ONLINE-60").await;
+    assert_eq!(
+        steps,
+        [
+            format!(
+                "POSTOP-721 postop_d7 callcenter 2026-11-27T10:00:00.000+08:00 sent 1 {}",
+                calls[0].0
+            ),
+            format!(
+                "POSTOP-721 review_reminder callcenter 2026-12-17T10:00:00.000+08:00 planned 1 {}",
+                calls[1].0
+            ),
+            format!(
+                "POSTOP-721 FU-ONLINE-60 cem 2027-01-19T10:00:00.000+08:00 planned 0 sv:{questionnaire}"
+            ),
+        ]
+    );
+    let stay = v["followups"][0]["stay_key"].as_str().unwrap().to_string();
+    let pk = v["jobs"][0]["patient_key"].as_str().unwrap().to_string();
+    for id in [stay.as_str(), pk.as_str()] {
+        let text = trace(id, false);
+        assert!(
+            text.contains("follow-up plan (R-FUP-1), step by step"),
+            "{id}: {text}"
+        );
+        assert!(
+            text.contains("review_reminder")
+                && text.contains("call center")
+                && text.contains("planned"),
+            "{id}: {text}"
+        );
+        assert_no_pii("trace", &text);
+    }
     cleanup(&setup).await;
+}
+
+/// The job id of the survey job of this template.
+async fn job_id_of(setup: &Setup, template: &str) -> String {
+    let db = sqlite(&setup.db).await;
+    sqlx::query_scalar("SELECT job_id FROM survey_jobs WHERE template = ?")
+        .bind(template)
+        .fetch_one(&db)
+        .await
+        .unwrap()
 }
 
 /// EX-07 / R-FUP-4: an A13 cancels the stay's pending steps; the new A03 (discharge 11-22
