@@ -449,3 +449,122 @@ async fn sqlite_overdue_levels_go_as_one_catch_up() {
 async fn postgres_overdue_levels_go_as_one_catch_up() {
     overdue_levels_go_as_one_catch_up(Db::postgres("tk_catch").await).await;
 }
+
+/// Issue 19 §1 and §2 on both backends: a follow-up call recorded `expired`, the overdue
+/// report of the work found at a start, and the plan read back step by step for `trace`.
+async fn expired_calls_overdue_report_and_trace_steps(db: Db) {
+    use cem_pipeline::followup::{FollowupPlan, Plan, PlannedStep, StepAction, step_key};
+    let store = db.open().await;
+    let c = ctx();
+    let stay = unique("vk_exp");
+    let pk = unique("pk_exp");
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let step = |name: &'static str, legacy: &str, due: &str, scene: &'static str| PlannedStep {
+        key: step_key(&stay, Plan::Postop721, name),
+        legacy_key: step_key(&stay, Plan::Postop721, legacy),
+        step: name,
+        due_at: at(due),
+        action: StepAction::Call { scene },
+    };
+    let plan = FollowupPlan {
+        plan: Plan::Postop721,
+        stay_key: stay.clone(),
+        patient_key: pk.clone(),
+        id_card_key: None,
+        mobile_key: "mk_x".into(),
+        callee_key: pk.clone(),
+        steps: vec![
+            step("postop_d7", "d7", "2026-11-27T02:00:00Z", "postop_d7"),
+            step(
+                "review_reminder",
+                "d27",
+                "2026-12-17T02:00:00Z",
+                "review_reminder",
+            ),
+        ],
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.followup_plan(
+        &c.cipher,
+        &CallingWindows::default(),
+        &plan,
+        "adt",
+        "m-exp",
+        &cem_pipeline::time::default_zone(),
+        now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // The bridge starts on 12-01 10:00 local: the D+7 call is four days late.
+    let started = at("2026-12-01T02:00:00Z").as_millisecond();
+    let before = started - 600_000;
+    let report = store.overdue_report(before, started).await.unwrap();
+    assert!(report.found() >= 1 && report.pending() >= 1, "{report:?}");
+    let claimed = store
+        .outbox_claim("t", started, started + 60_000, 100)
+        .await
+        .unwrap();
+    let d7 = step_key(&stay, Plan::Postop721, "postop_d7");
+    let row = claimed
+        .iter()
+        .find(|r| r.idem_key == d7)
+        .expect("the D+7 call is due");
+    assert!(
+        store
+            .outbox_record(
+                "t",
+                row.id,
+                &OutboxOutcome::Expired {
+                    error: "4 days late".into()
+                },
+                started + 1,
+            )
+            .await
+            .unwrap()
+    );
+    let report = store.overdue_report(before, started).await.unwrap();
+    assert!(
+        report.outcomes.contains(&(
+            "call".into(),
+            "expired".into(),
+            Some("max_call_delay".into()),
+            1
+        )),
+        "{report:?}"
+    );
+    let steps = store.followup_steps(&[stay.clone()], None).await.unwrap();
+    let shown: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {:?} {}",
+                s.step, s.sink, s.status, s.reason, s.attempts
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "postop_d7 callcenter expired Some(\"max_call_delay\") 1",
+            "review_reminder callcenter planned None 1"
+        ]
+    );
+    let by_patient = store.followup_steps(&[], Some(&pk)).await.unwrap();
+    assert_eq!(
+        by_patient, steps,
+        "a patient's stays are found from the pseudonym"
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_expired_calls_overdue_report_and_trace_steps() {
+    expired_calls_overdue_report_and_trace_steps(Db::sqlite("fu-exp").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_expired_calls_overdue_report_and_trace_steps() {
+    expired_calls_overdue_report_and_trace_steps(Db::postgres("fu_exp").await).await;
+}
