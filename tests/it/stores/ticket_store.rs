@@ -533,7 +533,10 @@ async fn expired_calls_overdue_report_and_trace_steps(db: Db) {
         )),
         "{report:?}"
     );
-    let steps = store.followup_steps(&[stay.clone()], None).await.unwrap();
+    let steps = store
+        .followup_steps(std::slice::from_ref(&stay), None)
+        .await
+        .unwrap();
     let shown: Vec<String> = steps
         .iter()
         .map(|s| {
