@@ -273,4 +273,48 @@ pub struct PatientEvent {
     /// MRG-1 of an A40: the non-surviving id (R-CAN-6).
     pub merged_from: Option<PatientId>,
     pub warnings: Vec<Warning>,
+    /// Codes a mapping table with `unmatched: keep` did not know and passed through as the
+    /// field's value (issue 18 §4): counted and logged by the bridge, the code itself only for
+    /// a code-like field ([`UnmatchedCode::code_shown`]).
+    pub unmatched_codes: Vec<UnmatchedCode>,
+}
+
+/// A vendor code a mapping's table did not know, kept as the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmatchedCode {
+    /// The mapping's name (its file, as `check` lists it).
+    pub mapping: String,
+    /// The table's name under `tables:`, or `inline map of FIELD`.
+    pub table: String,
+    pub field: crate::mapping::target::Target,
+    pub code: String,
+}
+
+impl UnmatchedCode {
+    /// The code, when the field holds codes rather than personal values (a department, a
+    /// disposition, a sex, a class…) and it looks like one; `None` otherwise (R-ANO-8).
+    pub fn code_shown(&self) -> Option<&str> {
+        use crate::mapping::target::Target as T;
+        let code_like = matches!(
+            self.field,
+            T::MessageTrigger
+                | T::MessageProcessing
+                | T::PatientSex
+                | T::PatientPublicity
+                | T::PatientProtected
+                | T::PatientDeceased
+                | T::VisitClass
+                | T::VisitDeptCode
+                | T::VisitDoctorCode
+                | T::VisitDisposition
+                | T::VisitVip
+                | T::VisitRisk
+        );
+        let shaped = self.code.len() <= 32
+            && self
+                .code
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        (code_like && shaped).then_some(self.code.as_str())
+    }
 }

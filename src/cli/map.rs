@@ -230,6 +230,12 @@ pub fn map_body(req: &MapRequest<'_>, label: &str, body: &[u8]) -> anyhow::Resul
         "patient_key": req.pseudo.patient_key(&event.patient.id),
         "fields": fields,
         "warnings": event.warnings.iter().map(|w| w.code()).collect::<Vec<_>>(),
+        // Issue 18 §4: codes a table did not know, kept as the value.
+        "unmatched_codes": event.unmatched_codes.iter().map(|u| json!({
+            "table": u.table,
+            "field": u.field.name(),
+            "code": u.code_shown().unwrap_or("(value withheld)"),
+        })).collect::<Vec<_>>(),
         "survey": decision,
     }))
 }
@@ -306,6 +312,15 @@ pub fn render_map_report(r: &Value) -> String {
                     s(&r["warnings"])
                 }
             );
+            for u in r["unmatched_codes"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "unknown code  {} {} in table {}: kept as the value (unmatched: keep); add it to the table",
+                    s(&u["field"]),
+                    s(&u["code"]),
+                    s(&u["table"])
+                );
+            }
             let sv = &r["survey"];
             let _ = writeln!(out, "survey    {}", s(&sv["decision"]));
             if let Some(obj) = sv.as_object() {

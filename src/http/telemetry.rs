@@ -101,6 +101,10 @@ fn describe_metrics() {
         "cem_bridge_dead_letters_total",
         "Messages dead-lettered, by reason code"
     );
+    describe_counter!(
+        "cem_bridge_mapping_unmatched_codes_total",
+        "Codes a mapping table with unmatched: keep did not know and kept as the value, by mapping and table"
+    );
     describe_gauge!(
         "cem_bridge_source_queue_depth",
         "Messages ready in an AMQP source's queue at the broker, read every 15 s"

@@ -10,7 +10,7 @@ use cem_pipeline::reason::DeadLetterReason;
 use cem_pipeline::reid::entries_for;
 use cem_pipeline::survey::{SurveyDecision, fact_keys, resolve};
 use metrics::histogram;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::source::SourceConfig;
 use crate::ingest::context::{Disposition, IngestContext, Mapped, Prepared, message_id_of};
@@ -105,6 +105,14 @@ pub(super) async fn write_batch(
                                 ],
                                 1,
                             );
+                            for u in &event.unmatched_codes {
+                                note_unmatched(u, conn, &event.message_id);
+                                tx.count(
+                                    "cem_bridge_mapping_unmatched_codes_total",
+                                    &[("mapping", &u.mapping), ("table", &u.table)],
+                                    1,
+                                );
+                            }
                             for w in event.warnings.iter().filter(|w| w.counts_for(event.kind)) {
                                 tx.count("cem_bridge_identity_warnings_total", &[("kind", w.code())], 1);
                             }
@@ -574,6 +582,37 @@ impl Stopped {
             1,
         );
         Ok(())
+    }
+}
+
+/// Say once per process (per mapping, table and code) that a table with `unmatched: keep`
+/// passed a code it does not know through as the field's value (issue 18 §4); later
+/// occurrences are at debug and counted. The code is shown only for a code-like field.
+fn note_unmatched(u: &cem_pipeline::event::UnmatchedCode, conn: &str, message_id: &str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let code = u.code_shown().unwrap_or("(value withheld)");
+    let key = format!("{}|{}|{}", u.mapping, u.table, u.code);
+    let first = {
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        seen.len() < 10_000 && seen.insert(key)
+    };
+    if first {
+        warn!(
+            connector = conn,
+            message_id,
+            mapping = %u.mapping,
+            table = %u.table,
+            field = u.field.name(),
+            code,
+            "a code the mapping's table does not know was kept as the value (unmatched: keep): add it to the table, or set unmatched: default / drop"
+        );
+    } else {
+        debug!(connector = conn, message_id, mapping = %u.mapping, table = %u.table, code, "unknown table code kept again");
     }
 }
 

@@ -320,6 +320,7 @@ pub(super) fn build(
         visit,
         merged_from,
         warnings,
+        unmatched_codes: Vec::new(),
     })
 }
 

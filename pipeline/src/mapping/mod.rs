@@ -25,7 +25,7 @@ use jiff::tz::TimeZone;
 use serde_saphyr::{Location, Spanned};
 
 use crate::decode::Format;
-use crate::event::PatientEvent;
+use crate::event::{PatientEvent, UnmatchedCode};
 use crate::reason::{DeadLetterReason, Rejection};
 use model::{
     ConcatPart, EventName, EventSpec, FieldRule, FormatName, MappingFile, TableSpec, TestCase,
@@ -138,6 +138,8 @@ enum Tf {
 
 #[derive(Debug)]
 struct Table {
+    /// Its name under `tables:`, or `inline map of FIELD`.
+    name: String,
     values: HashMap<String, String>,
     unmatched: Unmatched,
     default: Option<String>,
@@ -485,6 +487,7 @@ impl Compiler<'_> {
             out.insert(
                 name.clone(),
                 Arc::new(Table {
+                    name: name.clone(),
                     values,
                     unmatched: s.unmatched,
                     default: s.default.clone(),
@@ -589,6 +592,7 @@ impl Compiler<'_> {
                     }
                 },
                 Transform::Map(values) => Tf::Table(Arc::new(Table {
+                    name: format!("inline map of {field}"),
                     values: values.clone().into_iter().collect(),
                     unmatched: Unmatched::Keep,
                     default: None,
@@ -760,7 +764,7 @@ impl Rule {
             let mut found = false;
             'each: for mut v in raw.drain(..) {
                 for t in &self.transforms {
-                    match apply_transform(t, v) {
+                    match apply_transform(t, v, env) {
                         Some(x) => v = x,
                         None => continue 'each,
                     }
@@ -798,7 +802,7 @@ fn usable(kind: Kind, v: &str, zone: &TimeZone, today: jiff::civil::Date) -> boo
     }
 }
 
-fn apply_transform(t: &Tf, v: String) -> Option<String> {
+fn apply_transform(t: &Tf, v: String, env: &Env<'_>) -> Option<String> {
     Some(match t {
         Tf::Trim => v.trim().to_string(),
         Tf::Upper => v.to_uppercase(),
@@ -818,7 +822,12 @@ fn apply_transform(t: &Tf, v: String) -> Option<String> {
         Tf::Table(table) => match table.values.get(v.trim()) {
             Some(x) => x.clone(),
             None => match table.unmatched {
-                Unmatched::Keep => v,
+                Unmatched::Keep => {
+                    env.unmatched
+                        .borrow_mut()
+                        .push((table.name.clone(), v.trim().to_string()));
+                    v
+                }
                 Unmatched::Drop => return None,
                 Unmatched::Default => table.default.clone()?,
             },
@@ -872,6 +881,7 @@ impl Mapping {
         let env = Env {
             headers: ctx.headers,
             facility: ctx.facility,
+            unmatched: Default::default(),
         };
         let bound = self.bind(doc);
         let (event, code) = match &self.event {
@@ -916,13 +926,26 @@ impl Mapping {
             }
         };
         let today = ctx.now.to_zoned(ctx.zone.clone()).date();
+        let mut unmatched = Vec::new();
         let values: Vec<(Target, &Rule, Vec<String>)> = self
             .fields
             .iter()
             .map(|(t, r)| {
                 let kind = t.kind();
                 let accept = |v: &str| usable(kind, v, ctx.zone, today);
-                (*t, r, r.values(doc, &env, &bound, &accept))
+                let v = r.values(doc, &env, &bound, &accept);
+                // A code a kept table did not know, if it became the field's value.
+                for (table, code) in env.unmatched.borrow_mut().drain(..) {
+                    if v.first() == Some(&code) {
+                        unmatched.push(UnmatchedCode {
+                            mapping: self.name.clone(),
+                            table,
+                            field: *t,
+                            code,
+                        });
+                    }
+                }
+                (*t, r, v)
             })
             .collect();
         if event == EventName::Ignore {
@@ -932,7 +955,10 @@ impl Mapping {
                 .and_then(|(_, _, v)| v.first().cloned());
             return Ok(Outcome::Ignored { message_id, code });
         }
-        build::build(self, event, code, &values, ctx).map(|e| Outcome::Event(Box::new(e)))
+        build::build(self, event, code, &values, ctx).map(|mut e| {
+            e.unmatched_codes = unmatched;
+            Outcome::Event(Box::new(e))
+        })
     }
 }
 

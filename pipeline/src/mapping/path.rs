@@ -35,6 +35,8 @@ pub enum Doc<'a> {
 pub struct Env<'a> {
     pub headers: &'a BTreeMap<String, String>,
     pub facility: &'a str,
+    /// Codes a table with `unmatched: keep` passed through, as (table, code) (issue 18 §4).
+    pub unmatched: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 /// A `let` binding's value for one message.
@@ -874,6 +876,7 @@ mod tests {
         let env = Env {
             headers: &headers,
             facility: "HX",
+            unmatched: Default::default(),
         };
         let doc = Doc::Json(&v);
         let lets = vec!["a".to_string()];

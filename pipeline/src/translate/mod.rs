@@ -72,6 +72,7 @@ fn apply(
     let env = Env {
         headers,
         facility: &opts.facility,
+        unmatched: Default::default(),
     };
     let mapping = set.choose(format, doc, &env)?;
     let ctx = ApplyContext {
@@ -202,6 +203,30 @@ mod tests {
         assert_eq!(dec(&m).unwrap().patient.id.id.expose(), "M1");
         let m = A03.replace("P00067890^^^HXEYE^PI", "X7^^^HX~X8^^^HX");
         assert_eq!(dec(&m).unwrap().patient.id.id.expose(), "X7");
+    }
+
+    /// Issue 18 §4: a code the shipped JSON mapping's `disposition` table does not know is
+    /// kept as the value and reported, with the code shown (a disposition is a code); a known
+    /// one is not reported.
+    #[test]
+    fn an_unknown_table_code_kept_as_the_value_is_reported() {
+        let json = include_str!("../../../tests/fixtures/samples/json/discharge.json");
+        let e = any(json.replace("\"HOME\"", "\"4\"").as_bytes()).unwrap();
+        assert_eq!(e.visit.as_ref().unwrap().disposition.as_deref(), Some("4"));
+        assert_eq!(e.unmatched_codes.len(), 1, "{:?}", e.unmatched_codes);
+        let u = &e.unmatched_codes[0];
+        assert_eq!(
+            (u.table.as_str(), u.field.name()),
+            ("disposition", "visit.disposition")
+        );
+        assert_eq!(u.mapping, "json-his-events");
+        assert_eq!(u.code_shown(), Some("4"));
+        assert!(any(json.as_bytes()).unwrap().unmatched_codes.is_empty());
+        let personal = crate::event::UnmatchedCode {
+            field: crate::mapping::target::Target::PatientCity,
+            ..u.clone()
+        };
+        assert_eq!(personal.code_shown(), None, "not a code-like field");
     }
 
     #[test]

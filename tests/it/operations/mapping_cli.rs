@@ -189,6 +189,22 @@ fn map_prints_event_payload_and_decision_with_personal_data_masked() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"], "dead_letter");
     assert_eq!(v["reason"], "missing_patient_id");
+    // Issue 18 §4: a code the disposition table does not know is named, not passed silently.
+    let dir = scratch_dir("map-unmatched");
+    let json = String::from_utf8(read_fixture("json/discharge.json"))
+        .unwrap()
+        .replace("\"HOME\"", "\"4\"");
+    let sample = write(&dir, "discharge_4.json", &json);
+    let out = bridge()
+        .args(["map", "-c", "config/bridge.toml", &sample])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("unknown code  visit.disposition 4 in table disposition"),
+        "{t}"
+    );
 }
 
 /// Both committed schemas (`schemas/config.schema.json` too) are what the binary generates.

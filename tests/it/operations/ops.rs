@@ -1240,3 +1240,42 @@ async fn identity_warnings_count_only_for_messages_that_are_surveyed() {
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
+
+/// Issue 18 §4: a code the JSON mapping's `disposition` table does not know (`4`) is kept as the
+/// value, as before, but counted by mapping and table; a known one counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_table_code_is_counted_by_mapping_and_table() {
+    let cem = Recorder::start().await;
+    let setup = Setup::new("unmatched", &cem.url());
+    let bridge = setup.start().await;
+    let addr = ops_addr(&bridge);
+    setup.wait_declared().await;
+    let json = String::from_utf8(read_fixture("json/discharge.json")).unwrap();
+    publish(&setup.queue, json.as_bytes(), "known").await;
+    let unknown = json
+        .replace("\"HOME\"", "\"4\"")
+        .replace("EVT-20261120-0003", "EVT-UNMATCHED-1")
+        .replace("Z2026111700031", "Z2026111700077");
+    publish(&setup.queue, unknown.as_bytes(), "unknown").await;
+    let n = wait_for(15, "the unknown code counted", || async move {
+        value(
+            &metrics(addr).await,
+            "cem_bridge_mapping_unmatched_codes_total",
+            &[("mapping", "json-his-events"), ("table", "disposition")],
+        )
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(n, 1.0);
+    assert_eq!(
+        value(
+            &metrics(addr).await,
+            "cem_bridge_mapping_unmatched_codes_total",
+            &[("mapping", "json-his-events"), ("table", "disposition")],
+        ),
+        Some(1.0),
+        "the known code counts nothing"
+    );
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
