@@ -347,6 +347,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let zone = cfg.zone();
             let mut problems = 0;
             let mut counts = Vec::new();
+            let mut orders = Vec::new();
             for s in &cfg.sources {
                 // TLS files readable and secrets set, as `run` would need them.
                 if let Err(e) = s.door("check") {
@@ -355,7 +356,20 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 }
                 match cem_bridge::config::mappings::load(&s.mappings, &zone) {
                     Ok(set) => {
-                        counts.push(format!("{}: {} mapping(s)", s.name, set.mappings.len()))
+                        counts.push(format!("{}: {} mapping(s)", s.name, set.mappings.len()));
+                        // Issue 18 §3: the order mappings are tried in, and any never chosen.
+                        orders.push(format!(
+                            "{}: mappings tried in this order: {}",
+                            s.name,
+                            set.mappings
+                                .iter()
+                                .map(|m| format!("{} ({}, {})", m.name, m.format.code(), m.file))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                        for shadow in set.unreachable() {
+                            eprintln!("warning: [[source]] {:?}: {shadow}", s.name);
+                        }
                     }
                     Err(errors) => {
                         for e in &errors {
@@ -382,6 +396,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 lists.staff.len(),
                 lists.followup_opt_out.len()
             );
+            for o in &orders {
+                println!("{o}");
+            }
             if tickets {
                 println!(
                     "tickets: on (POST /hooks/cem/tickets on [ops] listen{}; hcrm {:?}, callcenter {:?}; call outcomes to the CEM: {})",

@@ -96,6 +96,9 @@ impl fmt::Display for DeadLetterReason {
 pub struct Rejection {
     pub reason: DeadLetterReason,
     pub detail: String,
+    /// The mapping that refused the message, when one had been chosen (a mapping's
+    /// `expect: {error: …}` case checks it is its own; issue 18 §3).
+    pub mapping: Option<String>,
 }
 
 impl Rejection {
@@ -103,6 +106,7 @@ impl Rejection {
         Self {
             reason,
             detail: detail.into(),
+            mapping: None,
         }
     }
 }

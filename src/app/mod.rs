@@ -413,7 +413,11 @@ pub fn load_mappings(
     for s in &cfg.sources {
         match crate::config::mappings::load(&s.mappings, zone) {
             Ok(set) => {
-                info!(connector = %s.name, mappings = set.mappings.len(), "mappings loaded");
+                let order: Vec<&str> = set.mappings.iter().map(|m| m.name.as_str()).collect();
+                info!(connector = %s.name, mappings = set.mappings.len(), order = %order.join(", "), "mappings loaded (tried in this order)");
+                for shadow in set.unreachable() {
+                    warn!(connector = %s.name, "{shadow}");
+                }
                 out.insert(s.name.clone(), Arc::new(set));
             }
             Err(errs) => {

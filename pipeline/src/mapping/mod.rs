@@ -82,6 +82,8 @@ pub struct Mapping {
 
 #[derive(Debug)]
 struct Cond {
+    /// The path as written, to compare conditions of two mappings (reachability).
+    text: String,
     path: Path,
     one_of: Option<Vec<String>>,
     not_in: Option<Vec<String>>,
@@ -296,6 +298,7 @@ impl Compiler<'_> {
             }
             match path::compile(&v.path, format, &ns, &let_names) {
                 Ok(p) => conditions.push(Cond {
+                    text: v.path.trim().to_string(),
                     path: p,
                     one_of: v
                         .one_of
@@ -1010,6 +1013,42 @@ pub fn builtin(zone: &TimeZone) -> MappingSet {
     )
 }
 
+/// A mapping that can never be chosen, and the one tried before it that takes its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadowed {
+    pub mapping: String,
+    pub file: String,
+    pub by: String,
+    pub by_file: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Shadowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mapping {} ({}) is never chosen: {} ({}) is tried before it and matches every message it matches ({}). Put {} earlier in the source's `mappings` list, or narrow {}'s `match`",
+            self.mapping, self.file, self.by, self.by_file, self.why, self.file, self.by
+        )
+    }
+}
+
+impl Cond {
+    /// The same condition as written (path and values, in any order).
+    fn same_as(&self, other: &Cond) -> bool {
+        let sorted = |v: &Option<Vec<String>>| {
+            v.clone().map(|mut v| {
+                v.sort();
+                v
+            })
+        };
+        self.text == other.text
+            && sorted(&self.one_of) == sorted(&other.one_of)
+            && sorted(&self.not_in) == sorted(&other.not_in)
+            && self.exists == other.exists
+    }
+}
+
 /// The mappings of one connector, tried in order.
 #[derive(Debug, Default, Clone)]
 pub struct MappingSet {
@@ -1021,6 +1060,50 @@ impl MappingSet {
         Self {
             mappings: mappings.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// The mappings that can never be chosen (issue 18 §3): for each, the earlier mapping of the
+    /// same format that matches every message it matches, and why — decided from the
+    /// conditions as written: the earlier one has no `match`, or each of its conditions is
+    /// also one of the later one's (same path, same values).
+    pub fn unreachable(&self) -> Vec<Shadowed> {
+        let mut out = Vec::new();
+        for (j, later) in self.mappings.iter().enumerate() {
+            let by = self.mappings[..j].iter().find_map(|earlier| {
+                if earlier.format != later.format {
+                    return None;
+                }
+                if earlier.conditions.is_empty() {
+                    return Some((
+                        earlier,
+                        format!(
+                            "it has no `match` conditions, so it takes every {} message",
+                            later.format.code()
+                        ),
+                    ));
+                }
+                earlier
+                    .conditions
+                    .iter()
+                    .all(|e| later.conditions.iter().any(|l| e.same_as(l)))
+                    .then(|| {
+                        (
+                            earlier,
+                            "each of its `match` conditions is also one of this mapping's".into(),
+                        )
+                    })
+            });
+            if let Some((earlier, why)) = by {
+                out.push(Shadowed {
+                    mapping: later.name.clone(),
+                    file: later.file.clone(),
+                    by: earlier.name.clone(),
+                    by_file: earlier.file.clone(),
+                    why,
+                });
+            }
+        }
+        out
     }
 
     /// The first mapping of `format` whose conditions hold, or why there is none.

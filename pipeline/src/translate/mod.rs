@@ -81,7 +81,11 @@ fn apply(
         headers,
         facility: &opts.facility,
     };
-    Ok((mapping.name.clone(), mapping.apply(doc, &ctx)?))
+    let outcome = mapping.apply(doc, &ctx).map_err(|mut r| {
+        r.mapping = Some(mapping.name.clone());
+        r
+    })?;
+    Ok((mapping.name.clone(), outcome))
 }
 
 #[cfg(test)]

@@ -95,6 +95,14 @@ fn run_case(
                     rej.detail
                 ));
             }
+            // The case proves its mapping is the one chosen: an error another mapping (tried
+            // before it) produced proves nothing about this one.
+            let want_mapping = want.mapping.as_deref().unwrap_or(owner);
+            if let Some(m) = rej.mapping.as_deref().filter(|m| *m != want_mapping) {
+                fails.push(format!(
+                    "expected error {code} from mapping {want_mapping}, but mapping {m} took the message (it is tried first): reorder the mappings, narrow {m}'s `match`, or name it with `expect: {{mapping: {m}}}`"
+                ));
+            }
         }
         (Err(rej), None) => fails.push(format!(
             "expected event {}, got error {}: {}",

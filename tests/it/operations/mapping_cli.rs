@@ -245,3 +245,67 @@ fn committed_schema_matches_the_binary() {
         assert!(props.contains_key(k), "schema lacks {k}");
     }
 }
+
+/// Issue 18 §3: a mapping tried first with no `match` takes every JSON message, so the site's
+/// own mapping after it is never chosen. `check` prints the order and warns, naming both
+/// files; `test` fails the later mapping's `expect: {error}` case because the error came from
+/// the earlier mapping, not from it.
+#[test]
+fn check_warns_about_a_mapping_that_is_never_chosen_and_test_names_the_real_producer() {
+    let dir = scratch_dir("mapshadow");
+    let maps = dir.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    // Files are tried in path order: a-wide.yaml first.
+    write(
+        &maps,
+        "a-wide.yaml",
+        &GOOD.replace("name: demo", "name: wide"),
+    );
+    let site = GOOD
+        .replace(
+            "name: demo",
+            "name: site\nmatch: [{ path: /vendor, equals: acme }]",
+        )
+        .replace(
+            "tests:\n",
+            "tests:\n  - name: no patient id is an error of this mapping\n    input_text: '{\"vendor\":\"acme\",\"id\":\"M2\",\"at\":\"2026-11-20T09:30:00+08:00\"}'\n    expect: { error: missing_patient_id }\n",
+        );
+    write(&maps, "b-site.yaml", &site);
+    let cfg = write(
+        &dir,
+        "bridge.toml",
+        &format!(
+            "tenant = \"t\"\n[pseudonym]\nkey_env = \"X_NO_KEY\"\nkey_id = \"k\"\nallow_demo_key = true\n[vault]\nkey_env = \"X_NO_VAULT_KEY\"\nallow_demo_key = true\n[store]\nurl = \"sqlite://{}/db\"\n[[source]]\nname = \"s\"\nurl = \"amqp://127.0.0.1\"\nqueue = \"q\"\nmappings = [\"{}\"]\n[cem]\nmode = \"shadow\"\nshadow_file = \"x.jsonl\"\n",
+            dir.display(),
+            maps.display()
+        ),
+    );
+    let out = bridge().args(["check", "-c", &cfg]).output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "a shadowed mapping is a warning: {t}");
+    assert!(
+        t.contains("s: mappings tried in this order: wide (json, ") && t.contains("site (json, "),
+        "{t}"
+    );
+    assert!(
+        t.lines().any(|l| l.starts_with("warning:")
+            && l.contains("mapping site")
+            && l.contains("b-site.yaml")
+            && l.contains("never chosen")
+            && l.contains("a-wide.yaml")
+            && l.contains("no `match` conditions")),
+        "{t}"
+    );
+    let out = bridge()
+        .args(["test", &maps.display().to_string()])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(
+            "expected error missing_patient_id from mapping site, but mapping wide took the message"
+        ),
+        "{t}"
+    );
+}
