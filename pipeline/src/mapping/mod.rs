@@ -69,6 +69,8 @@ impl std::error::Error for MappingError {}
 #[derive(Debug)]
 pub struct Mapping {
     pub name: String,
+    /// Tried before mappings of lower priority (`priority:`, default 0).
+    pub priority: i32,
     /// The file it came from, as given to [`compile`].
     pub file: String,
     pub format: Format,
@@ -429,6 +431,7 @@ impl Compiler<'_> {
         }
         Ok(Mapping {
             name: m.name,
+            priority: m.priority,
             file: self.file.to_string(),
             format: match format {
                 FormatName::Hl7v2 => Format::Hl7v2,
@@ -1056,7 +1059,9 @@ pub struct MappingSet {
 }
 
 impl MappingSet {
-    pub fn new(mappings: Vec<Mapping>) -> Self {
+    /// The mappings in the order they are tried: highest `priority` first, then load order.
+    pub fn new(mut mappings: Vec<Mapping>) -> Self {
+        mappings.sort_by_key(|m| std::cmp::Reverse(m.priority));
         Self {
             mappings: mappings.into_iter().map(Arc::new).collect(),
         }

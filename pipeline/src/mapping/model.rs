@@ -26,6 +26,10 @@ pub struct MappingFile {
     pub description: Option<String>,
     /// Message format: `hl7v2`, `xml` or `json`.
     pub format: FormatName,
+    /// Mappings are tried highest priority first, then in load order (default 0). A site
+    /// mapping that must win over a shipped one of the same format says `priority: 10`.
+    #[serde(default)]
+    pub priority: i32,
     /// XML only: namespace prefixes used in this file's paths, e.g. `{v3: "urn:hl7-org:v3"}`.
     #[serde(default)]
     pub namespaces: BTreeMap<String, String>,

@@ -262,6 +262,7 @@ fn check_warns_about_a_mapping_that_is_never_chosen_and_test_names_the_real_prod
         &GOOD.replace("name: demo", "name: wide"),
     );
     let site = GOOD
+        .replace("{\"id\":\"M1\"", "{\"vendor\":\"acme\",\"id\":\"M1\"")
         .replace(
             "name: demo",
             "name: site\nmatch: [{ path: /vendor, equals: acme }]",
@@ -308,4 +309,25 @@ fn check_warns_about_a_mapping_that_is_never_chosen_and_test_names_the_real_prod
         ),
         "{t}"
     );
+    // `priority:` orders them explicitly: the site mapping is tried first, nothing is shadowed
+    // and its case passes.
+    write(
+        &maps,
+        "b-site.yaml",
+        &site.replace("name: site\n", "name: site\npriority: 10\n"),
+    );
+    let out = bridge().args(["check", "-c", &cfg]).output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("s: mappings tried in this order: site (json, "),
+        "{t}"
+    );
+    assert!(!t.contains("never chosen"), "{t}");
+    let out = bridge()
+        .args(["test", &maps.display().to_string()])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
 }
