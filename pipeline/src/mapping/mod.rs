@@ -341,11 +341,8 @@ impl Compiler<'_> {
         let mut fields = Vec::new();
         for (name, spec) in &m.fields {
             let Some(target) = Target::from_name(name) else {
-                let close = Target::ALL
-                    .iter()
-                    .map(|t| t.name())
-                    .find(|t| t.split('.').next_back() == name.split('.').next_back())
-                    .map(|t| format!("did you mean `{t}`? "))
+                let close = target::nearest(name)
+                    .map(|t| format!("did you mean `{}`? ", t.name()))
                     .unwrap_or_default();
                 self.err(&spec.referenced, format!("unknown field `{name}`"), Some(&format!("{close}fields are listed in docs/mapping.md (message.id, patient.id, visit.number, …)")));
                 continue;
@@ -412,7 +409,9 @@ impl Compiler<'_> {
                     None => self.err(
                         &t.referenced,
                         format!("test {:?}: unknown field `{f}` in expect.fields", c.name),
-                        None,
+                        target::nearest(f)
+                            .map(|t| format!("did you mean `{}`?", t.name()))
+                            .as_deref(),
                     ),
                     Some(Target::PatientGivenName | Target::PatientDeathTime) => self.err(
                         &t.referenced,

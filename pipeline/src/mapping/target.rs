@@ -107,3 +107,62 @@ impl Target {
         )
     }
 }
+
+/// The canonical field a misspelt name most likely meant (issue 18 §5): one the name is a
+/// prefix of (`visit.doctor` → `visit.doctor_code`), else the closest by edit distance (at most
+/// 2, or the same last part: `patient.phone` has none, `patient.nmae` → `patient.name`).
+pub fn nearest(name: &str) -> Option<Target> {
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(t) = Target::ALL
+        .iter()
+        .find(|t| t.name().starts_with(name) && t.name().len() > name.len())
+    {
+        return Some(*t);
+    }
+    if let Some(t) = Target::ALL
+        .iter()
+        .find(|t| t.name().split('.').next_back() == name.split('.').next_back())
+    {
+        return Some(*t);
+    }
+    Target::ALL
+        .iter()
+        .map(|t| (edit_distance(name, t.name()), *t))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, t)| t)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_field_suggests_the_near_one() {
+        let near = |n: &str| nearest(n).map(Target::name);
+        assert_eq!(near("visit.doctor"), Some("visit.doctor_code"));
+        assert_eq!(near("patient.nmae"), Some("patient.name"));
+        assert_eq!(near("visit.dischage"), Some("visit.discharge"));
+        assert_eq!(near("patient.phone"), None, "nothing near: no guess");
+        assert_eq!(near(""), None);
+    }
+}
