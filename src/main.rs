@@ -37,6 +37,10 @@ enum Cmd {
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also run every file of this folder through each source's mappings and list the codes
+        /// their tables do not know (kept as the value with `unmatched: keep`).
+        #[arg(long, value_name = "DIR")]
+        sample: Option<PathBuf>,
     },
     /// Run the test cases of mapping files (folders are searched for *.yaml).
     Test {
@@ -331,7 +335,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             bridge.shutdown().await;
             Ok(())
         }
-        Cmd::Check { config } => {
+        Cmd::Check { config, sample } => {
             let config = config.config;
             let cfg = Config::load(&config)?;
             init_logs(Some(&cfg));
@@ -348,6 +352,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let mut problems = 0;
             let mut counts = Vec::new();
             let mut orders = Vec::new();
+            let mut samples = Vec::new();
             for s in &cfg.sources {
                 // TLS files readable and secrets set, as `run` would need them.
                 if let Err(e) = s.door("check") {
@@ -369,6 +374,21 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                         ));
                         for shadow in set.unreachable() {
                             eprintln!("warning: [[source]] {:?}: {shadow}", s.name);
+                        }
+                        if let Some(dir) = &sample {
+                            let opts = cem_pipeline::decode::DecodeOptions {
+                                max_bytes: s.max_message_bytes,
+                                zone: zone.clone(),
+                                default_charset: cem_pipeline::decode::Charset::from_label(
+                                    &s.charset,
+                                )
+                                .unwrap_or_default(),
+                                facility: s.facility().to_string(),
+                                ..cem_pipeline::decode::DecodeOptions::at(jiff::Timestamp::now())
+                            };
+                            samples.push(cem_bridge::cli::map::unknown_codes_report(
+                                &s.name, &set, &opts, dir,
+                            )?);
                         }
                     }
                     Err(errors) => {
@@ -398,6 +418,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             );
             for o in &orders {
                 println!("{o}");
+            }
+            for s in &samples {
+                print!("{s}");
             }
             if tickets {
                 println!(

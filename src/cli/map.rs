@@ -342,3 +342,64 @@ pub fn render_map_report(r: &Value) -> String {
     }
     out
 }
+
+/// `check --sample DIR` (issue 18 §4): every file of `dir` through a source's mappings, and the
+/// codes their tables did not know (kept as the value), each with the samples it came from.
+/// Codes of personal fields are withheld, as in the log.
+pub fn unknown_codes_report(
+    source: &str,
+    set: &MappingSet,
+    opts: &DecodeOptions,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the sample folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    // (mapping, table, field, code) → sample file names.
+    let mut unknown: BTreeMap<(String, String, &'static str, String), Vec<String>> =
+        BTreeMap::new();
+    let mut refused: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for f in &files {
+        let body = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match decode(&body, opts, set, &BTreeMap::new()) {
+            Ok(d) => {
+                if let Outcome::Event(e) = d.outcome {
+                    for u in &e.unmatched_codes {
+                        let code = u.code_shown().unwrap_or("(value withheld)").to_string();
+                        unknown
+                            .entry((u.mapping.clone(), u.table.clone(), u.field.name(), code))
+                            .or_default()
+                            .push(name.clone());
+                    }
+                }
+            }
+            Err(rej) => *refused.entry(rej.reason.code()).or_default() += 1,
+        }
+    }
+    let mut out = format!(
+        "{source}: {} sample(s) from {}: {} code(s) no table knows",
+        files.len(),
+        dir.display(),
+        unknown.len()
+    );
+    if !refused.is_empty() {
+        let r: Vec<String> = refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = write!(out, "; dead-lettered: {}", r.join(", "));
+    }
+    out.push('\n');
+    for ((mapping, table, field, code), samples) in &unknown {
+        let _ = writeln!(
+            out,
+            "  {mapping} table {table} ({field}): {code} — in {}",
+            samples.join(", ")
+        );
+    }
+    Ok(out)
+}

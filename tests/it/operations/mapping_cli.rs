@@ -205,6 +205,26 @@ fn map_prints_event_payload_and_decision_with_personal_data_masked() {
         t.contains("unknown code  visit.disposition 4 in table disposition"),
         "{t}"
     );
+    // `check --sample DIR` lists the codes no table knows over a folder of samples.
+    std::fs::write(
+        dir.join("discharge.json"),
+        read_fixture("json/discharge.json"),
+    )
+    .unwrap();
+    let out = bridge()
+        .args(["check", "-c", "config/bridge.toml", "--sample"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("2 sample(s) from"), "{t}");
+    assert!(
+        t.contains(
+            "json-his-events table disposition (visit.disposition): 4 — in discharge_4.json"
+        ),
+        "{t}"
+    );
 }
 
 /// Both committed schemas (`schemas/config.schema.json` too) are what the binary generates.
