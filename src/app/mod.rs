@@ -465,6 +465,7 @@ pub async fn start_with_clock(
     }
     let instance = instance_id();
     let started = clock.now_ms();
+    let catch_up = crate::surveys::catchup::Shared::default();
     refuse_short_secrets(&cfg, &secrets)?;
     let pseudo = pseudonymizer(&cfg, &secrets)?;
     let vault = vault_cipher(&cfg, &secrets)?;
@@ -568,6 +569,7 @@ pub async fn start_with_clock(
         tokio::spawn(crate::surveys::catchup::run(
             store.clone(),
             started,
+            catch_up.clone(),
             trigger.subscribe(),
         )),
         // One info line a minute says what happened; each message's lines are at debug.
@@ -615,6 +617,7 @@ pub async fn start_with_clock(
                 policy: policy.clone(),
                 auth: Arc::default(),
                 started,
+                catch_up: catch_up.clone(),
             },
             trigger.subscribe(),
         ));

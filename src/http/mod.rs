@@ -8,7 +8,8 @@
 //! SQL. When the server listens beyond loopback, `/metrics` and `/api/*` require
 //! `Authorization: Bearer <token>` (`[ops] token_env`).
 //!
-//! May import: `tickets` (the intake), `store`, `privacy`, `process`, `config`. Nothing imports
+//! May import: `tickets` (the intake), `surveys` (the overdue report), `store`, `privacy`,
+//! `process`, `config`. Nothing imports
 //! this room but `app`.
 
 pub mod contact;

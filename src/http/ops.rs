@@ -110,7 +110,7 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         Some(_) => s.store.ticket_summary().await.map_err(&mut note).ok(),
         None => None,
     };
-    let catch_up = catch_up(&s, &mut note).await;
+    let catch_up = catch_up(&s);
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {
@@ -140,13 +140,9 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
 }
 
 /// The work overdue at the start and what became of it; `null` when there was none.
-async fn catch_up(
-    s: &OpsState,
-    note: &mut impl FnMut(crate::store::StoreError),
-) -> serde_json::Value {
-    let before = s.started - crate::surveys::catchup::OVERDUE_AFTER_MS;
-    match s.store.overdue_report(before, s.started).await {
-        Ok(r) if r.found() > 0 => serde_json::json!({
+fn catch_up(s: &OpsState) -> serde_json::Value {
+    match s.catch_up.get() {
+        Some(r) => serde_json::json!({
             "started": crate::store::views::local_time(s.started, &s.zone),
             "found": r.found(),
             "pending": r.pending(),
@@ -155,11 +151,7 @@ async fn catch_up(
             })).collect::<Vec<_>>(),
             "line": r.line(),
         }),
-        Ok(_) => serde_json::Value::Null,
-        Err(e) => {
-            note(e);
-            serde_json::Value::Null
-        }
+        None => serde_json::Value::Null,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct OpsState {
     pub policy: std::sync::Arc<crate::process::live::Policy>,
     /// When this process started (epoch ms on the bridge clock): the overdue report's start.
     pub started: i64,
+    /// The overdue work found at the start and what became of it, as last read.
+    pub catch_up: crate::surveys::catchup::Shared,
     /// Failed authentications per peer address, on every guarded route.
     pub auth: std::sync::Arc<crate::http::guard::AuthThrottle>,
 }

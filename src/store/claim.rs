@@ -137,11 +137,7 @@ impl Store {
             if stale_now(r, now) {
                 let stale_at: i64 = r.try_get("stale_at").map_err(db("read claimed jobs"))?;
                 claimed.stale += 1;
-                sqlx::query("DELETE FROM touches WHERE job_id = $1")
-                    .bind(job.job_id.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("release touch"))?;
+                release_touch(&mut tx, &job.job_id).await?;
                 let late_h = (now - job.due_at).max(0) / 3_600_000;
                 let past_h = (now - stale_at) / 3_600_000;
                 suppress_in(
@@ -595,14 +591,21 @@ async fn touch_follow_up(tx: &mut StoreTx, o: &JobOutcome, now: i64) -> Result<(
             reason: "rejected",
             ..
         }
-        | JobOutcome::Suppressed { job_id, .. } => {
-            sqlx::query("DELETE FROM touches WHERE job_id = $1")
-                .bind(job_id.as_str())
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(db("release touch"))?;
-        }
+        | JobOutcome::Suppressed { job_id, .. } => release_touch(&mut tx.tx, job_id).await?,
         _ => {}
     }
+    Ok(())
+}
+
+/// Release the do-not-disturb reservation (or touch) a job holds: the CEM never took it.
+pub(crate) async fn release_touch(
+    tx: &mut Transaction<'static, Any>,
+    job_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM touches WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("release touch"))?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use sqlx::Row;
 use crate::privacy::vault::VaultCipher;
 use std::collections::BTreeSet;
 
-use crate::store::keys::{followup_step_key, thread_id};
+use crate::store::keys::{Thread, followup_step_key, thread_id};
 use crate::store::{AuditEntry, JobInsert, NewJob, Store, StoreError, StoreTx, db};
 
 /// What planning follow-ups needs (present when `[tickets]` is configured: the calls go out
@@ -398,8 +398,8 @@ impl Store {
             .map_err(db("trace: read follow-up stays"))?
             {
                 let t: String = r.try_get("ticket_id").map_err(db("trace: read follow-up stays"))?;
-                if let Some(vk) = t.strip_prefix("fu:") {
-                    stays.insert(vk.to_string());
+                if let Thread::Followup { stay_key } = Thread::of(&t) {
+                    stays.insert(stay_key.to_string());
                 }
             }
         }

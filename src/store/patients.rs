@@ -310,11 +310,7 @@ impl StoreTx {
             .map_err(db("cancel jobs"))?;
         let cancelled = job_ids(&rows).map_err(db("cancel jobs"))?;
         for id in &cancelled {
-            sqlx::query("DELETE FROM touches WHERE job_id = $1")
-                .bind(id.as_str())
-                .execute(&mut *self.tx)
-                .await
-                .map_err(db("release touch"))?;
+            crate::store::claim::release_touch(&mut self.tx, id).await?;
         }
         Ok(cancelled)
     }

@@ -29,6 +29,15 @@ fn write(dir: &Path, name: &str, body: &str) -> String {
     p.display().to_string()
 }
 
+/// A config with one source `s` reading the mappings in `maps`, its store in `dir`.
+fn config_for(dir: &Path, maps: &Path) -> String {
+    format!(
+        "tenant = \"t\"\n[pseudonym]\nkey_env = \"X_NO_KEY\"\nkey_id = \"k\"\nallow_demo_key = true\n[vault]\nkey_env = \"X_NO_VAULT_KEY\"\nallow_demo_key = true\n[store]\nurl = \"sqlite://{}/db\"\n[[source]]\nname = \"s\"\nurl = \"amqp://127.0.0.1\"\nqueue = \"q\"\nmappings = [\"{}\"]\n[cem]\nmode = \"shadow\"\nshadow_file = \"x.jsonl\"\n",
+        dir.display(),
+        maps.display()
+    )
+}
+
 const GOOD: &str = "name: demo
 format: json
 event: admission
@@ -110,15 +119,7 @@ fn check_lists_every_mapping_error_with_its_location() {
             .replace("name: demo", "name: c")
             .replace("event: admission", "evnt: admission"),
     );
-    let cfg = write(
-        &dir,
-        "bridge.toml",
-        &format!(
-            "tenant = \"t\"\n[pseudonym]\nkey_env = \"X_NO_KEY\"\nkey_id = \"k\"\nallow_demo_key = true\n[vault]\nkey_env = \"X_NO_VAULT_KEY\"\nallow_demo_key = true\n[store]\nurl = \"sqlite://{}/db\"\n[[source]]\nname = \"s\"\nurl = \"amqp://127.0.0.1\"\nqueue = \"q\"\nmappings = [\"{}\"]\n[cem]\nmode = \"shadow\"\nshadow_file = \"x.jsonl\"\n",
-            dir.display(),
-            maps.display()
-        ),
-    );
+    let cfg = write(&dir, "bridge.toml", &config_for(&dir, &maps));
     let out = bridge().args(["check", "-c", &cfg]).output().unwrap();
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
@@ -292,15 +293,7 @@ fn check_warns_about_a_mapping_that_is_never_chosen_and_test_names_the_real_prod
             "tests:\n  - name: no patient id is an error of this mapping\n    input_text: '{\"vendor\":\"acme\",\"id\":\"M2\",\"at\":\"2026-11-20T09:30:00+08:00\"}'\n    expect: { error: missing_patient_id }\n",
         );
     write(&maps, "b-site.yaml", &site);
-    let cfg = write(
-        &dir,
-        "bridge.toml",
-        &format!(
-            "tenant = \"t\"\n[pseudonym]\nkey_env = \"X_NO_KEY\"\nkey_id = \"k\"\nallow_demo_key = true\n[vault]\nkey_env = \"X_NO_VAULT_KEY\"\nallow_demo_key = true\n[store]\nurl = \"sqlite://{}/db\"\n[[source]]\nname = \"s\"\nurl = \"amqp://127.0.0.1\"\nqueue = \"q\"\nmappings = [\"{}\"]\n[cem]\nmode = \"shadow\"\nshadow_file = \"x.jsonl\"\n",
-            dir.display(),
-            maps.display()
-        ),
-    );
+    let cfg = write(&dir, "bridge.toml", &config_for(&dir, &maps));
     let out = bridge().args(["check", "-c", &cfg]).output().unwrap();
     let t = text(&out);
     assert!(out.status.success(), "a shadowed mapping is a warning: {t}");
