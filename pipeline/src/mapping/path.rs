@@ -462,11 +462,56 @@ pub struct NameTest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pred {
+    /// `[@attr]`, `[@attr='v']`, `[@attr=v1,v2]`: the attribute present, or one of the values.
     Attr {
         name: NameTest,
-        value: Option<String>,
+        values: Option<Vec<String>>,
+    },
+    /// `[child/@attr=v1,v2]`, `[child='v']`, `[child]`: a relative path from the element
+    /// yields one of the values (or anything). E.g. the contact person who is a parent:
+    /// `personalRelationship[code/@code=51,52]`.
+    Child {
+        path: Box<XmlPath>,
+        values: Option<Vec<String>>,
     },
     Nth(usize),
+}
+
+/// The values after `=` in a predicate: `v`, `'v'`, `"v"` or a comma-separated list of them
+/// (quote a value that holds a comma or `]`).
+fn pred_values(s: &str, t: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    loop {
+        let (value, after) = match rest.chars().next() {
+            Some(q @ ('\'' | '"')) => {
+                let body = &rest[1..];
+                let end = body
+                    .find(q)
+                    .ok_or_else(|| format!("{t:?}: a value opened with {q} is not closed"))?;
+                (&body[..end], body[end + 1..].trim_start())
+            }
+            _ => match rest.find(',') {
+                Some(i) => (rest[..i].trim(), &rest[i..]),
+                None => (rest.trim(), ""),
+            },
+        };
+        if value.is_empty() {
+            return Err(format!(
+                "{t:?}: an empty value in a predicate; quote it if it is meant (`''`)"
+            ));
+        }
+        out.push(value.to_string());
+        match after.strip_prefix(',') {
+            Some(r) => rest = r.trim_start(),
+            None if after.is_empty() => return Ok(out),
+            None => {
+                return Err(format!(
+                    "{t:?}: expected `,` between predicate values, found {after:?}"
+                ));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -559,36 +604,32 @@ fn compile_xml(t: &str, ns: &BTreeMap<String, String>, relative: bool) -> Result
         let mut preds = Vec::new();
         let mut p = preds_text;
         while let Some(r) = p.strip_prefix('[') {
-            let close = r
-                .find(']')
-                .ok_or_else(|| format!("{t:?}: `[` without `]`; {hint}"))?;
+            let close = pred_end(r).ok_or_else(|| format!("{t:?}: `[` without `]`; {hint}"))?;
             let inner = r[..close].trim();
             p = &r[close + 1..];
             if inner.bytes().all(|b| b.is_ascii_digit()) {
                 preds.push(Pred::Nth(num(inner, "position")?));
             } else if let Some(a) = inner.strip_prefix('@') {
-                match a.split_once('=') {
-                    None => preds.push(Pred::Attr {
-                        name: name_test(a, ns)?,
-                        value: None,
-                    }),
-                    Some((n, v)) => {
-                        let v = v.trim();
-                        let unq = v
-                            .strip_prefix('\'')
-                            .and_then(|x| x.strip_suffix('\''))
-                            .or_else(|| v.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
-                            .ok_or_else(|| format!("{t:?}: quote the value in `[@{n}=...]`"))?;
-                        preds.push(Pred::Attr {
-                            name: name_test(n, ns)?,
-                            value: Some(unq.to_string()),
-                        });
-                    }
-                }
+                let (n, v) = match a.split_once('=') {
+                    None => (a, None),
+                    Some((n, v)) => (n, Some(pred_values(v, t)?)),
+                };
+                preds.push(Pred::Attr {
+                    name: name_test(n, ns)?,
+                    values: v,
+                });
             } else {
-                return Err(format!(
-                    "{t:?}: predicate [{inner}] is not `[@attr='value']`, `[@attr]` or `[n]`"
-                ));
+                let (p, v) = match outer_eq(inner) {
+                    None => (inner, None),
+                    Some(i) => (&inner[..i], Some(pred_values(&inner[i + 1..], t)?)),
+                };
+                let path = compile_xml(p.trim(), ns, true).map_err(|e| {
+                    format!("{t:?}: predicate [{inner}] is not `[@attr=value]`, `[child/@attr=value]`, `[child]` or `[n]` ({e})")
+                })?;
+                preds.push(Pred::Child {
+                    path: Box::new(path),
+                    values: v,
+                });
             }
         }
         if !p.trim().is_empty() {
@@ -608,6 +649,40 @@ fn compile_xml(t: &str, ns: &BTreeMap<String, String>, relative: bool) -> Result
         steps,
         tail,
     })
+}
+
+/// Where a child predicate's `=` is: the first one outside quotes and nested predicates.
+fn outer_eq(s: &str) -> Option<usize> {
+    let (mut quote, mut depth) = (None, 0usize);
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') => depth = depth.saturating_sub(1),
+            (None, '=') if depth == 0 => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Where a predicate's `]` is: the first one outside quotes and nested predicates.
+fn pred_end(r: &str) -> Option<usize> {
+    let (mut quote, mut depth) = (None, 0usize);
+    for (i, c) in r.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') if depth == 0 => return Some(i),
+            (None, ']') => depth -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 fn name_ok(t: &NameTest, local: &str, ns: Option<&str>) -> bool {
@@ -643,11 +718,25 @@ impl XmlPath {
                 for p in &step.preds {
                     match p {
                         Pred::Nth(n) => cands = cands.get(n - 1).copied().into_iter().collect(),
-                        Pred::Attr { name, value } => cands.retain(|&i| {
+                        Pred::Attr { name, values } => cands.retain(|&i| {
                             doc.elements[i].attrs.iter().any(|(l, ns, v)| {
                                 name_ok(name, l, ns.as_deref())
-                                    && value.as_deref().is_none_or(|want| want == v)
+                                    && values
+                                        .as_ref()
+                                        .is_none_or(|want| want.iter().any(|w| w == v))
                             })
+                        }),
+                        Pred::Child { path, values } => cands.retain(|&i| {
+                            // `[child]` asks for the element, whatever its text.
+                            if values.is_none() && path.tail == Tail::Text {
+                                return !path.elements(doc, Some(i)).is_empty();
+                            }
+                            let mut found = Vec::new();
+                            path.eval(doc, Some(i), &mut found);
+                            match values {
+                                None => !found.is_empty(),
+                                Some(want) => found.iter().any(|f| want.contains(f)),
+                            }
                         }),
                     }
                 }
@@ -861,10 +950,61 @@ mod tests {
                 .unwrap_err()
                 .contains("last step")
         );
+        assert_eq!(ev("e/id/item[@root=b]/@extension"), ["Y"], "unquoted value");
+        assert_eq!(
+            ev("e/id/item[@root=c,a]/@extension"),
+            ["X"],
+            "one of a list"
+        );
+        for (bad, says) in [
+            ("a[@b=]", "empty value"),
+            ("a[@b='c' d]", "expected `,`"),
+            ("a[@b=c", "without `]`"),
+        ] {
+            let e = compile_xml(bad, &ns, false).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    /// Issue 21: the contact person who is a parent (GB/T 4761 codes), by a child's attribute.
+    #[test]
+    fn xml_child_predicates_filter_by_a_descendant_value() {
+        let doc = crate::decode::xml::parse_str(
+            r#"<p xmlns="urn:hl7-org:v3"><personalRelationship><code code="10"/><telecom><item value="13900000010"/></telecom></personalRelationship><personalRelationship><code code="52"/><telecom><item value="13900000052"/></telecom></personalRelationship><x><id><item root="r" extension="1"/></id><v>a,b</v></x></p>"#,
+        )
+        .unwrap();
+        let ns = BTreeMap::new();
+        let ev = |p: &str| {
+            let mut out = Vec::new();
+            compile_xml(p, &ns, false)
+                .unwrap()
+                .eval(&doc, None, &mut out);
+            out
+        };
+        assert_eq!(
+            ev("personalRelationship[code/@code=50,51,52]/telecom/item/@value"),
+            ["13900000052"]
+        );
+        assert_eq!(
+            ev("personalRelationship[code/@code='10']/telecom/item/@value"),
+            ["13900000010"]
+        );
+        assert_eq!(ev("personalRelationship[telecom]/code/@code"), ["10", "52"]);
+        assert!(ev("personalRelationship[code/@code=99]/telecom/item/@value").is_empty());
+        assert_eq!(
+            ev("x[v='a,b']/id/item/@root"),
+            ["r"],
+            "a quoted value holds a comma"
+        );
+        assert_eq!(
+            ev("x[id/item[@root='r']/@extension=1]/v"),
+            ["a,b"],
+            "predicates nest"
+        );
         assert!(
-            compile_xml("a[@b=c]", &ns, false)
+            compile_xml("x[a/@b/c=1]", &ns, false)
                 .unwrap_err()
-                .contains("quote")
+                .contains("last step")
         );
     }
 
