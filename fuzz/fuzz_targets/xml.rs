@@ -1,5 +1,6 @@
-//! Fuzz the XML path: `decode` with the shipped `mappings/xml/hip_encounter.yaml` and
-//! `hip_registration_update.yaml` (header service-code=S0032), plus `decode::xml::parse`
+//! Fuzz the XML path: `decode` with the shipped `mappings/xml/hip_encounter.yaml`,
+//! `hip_registration_update.yaml` and `hip_patient.yaml` (header service-code=S0032), plus
+//! `decode::xml::parse`
 //! directly. Property: never panics.
 #![no_main]
 
@@ -31,6 +32,10 @@ fn set() -> &'static MappingSet {
             (
                 "hip_registration_update.yaml",
                 include_str!("../../mappings/xml/hip_registration_update.yaml"),
+            ),
+            (
+                "hip_patient.yaml",
+                include_str!("../../mappings/xml/hip_patient.yaml"),
             ),
         ];
         MappingSet::new(

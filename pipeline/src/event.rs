@@ -37,8 +37,11 @@ pub enum EventKind {
     Admitted,
     /// 出院, ADT^A03.
     Discharged,
-    /// Demographics update, ADT^A08.
+    /// Demographics update: ADT^A08, ADT^A31 (update person), 互联互通 S0002 个人信息更新.
     Updated,
+    /// A person registered without a visit: ADT^A28 (add person), 互联互通 S0001 个人信息注册.
+    /// Patient-level, like [`EventKind::Updated`]: it feeds the patient record, never a survey.
+    PatientRegistered,
     /// 退号 / cancel admit, ADT^A11.
     VisitCancelled,
     /// 取消出院, ADT^A13.
@@ -54,7 +57,8 @@ impl EventKind {
             "A04" => Self::Registered,
             "A01" => Self::Admitted,
             "A03" => Self::Discharged,
-            "A08" => Self::Updated,
+            "A08" | "A31" => Self::Updated,
+            "A28" => Self::PatientRegistered,
             "A11" => Self::VisitCancelled,
             "A13" => Self::DischargeCancelled,
             "A40" => Self::Merged,
@@ -69,10 +73,17 @@ impl EventKind {
             Self::Admitted => "ADMITTED",
             Self::Discharged => "DISCHARGED",
             Self::Updated => "UPDATED",
+            Self::PatientRegistered => "PATIENT_REGISTERED",
             Self::VisitCancelled => "VISIT_CANCELLED",
             Self::DischargeCancelled => "DISCHARGE_CANCELLED",
             Self::Merged => "MERGED",
         }
+    }
+
+    /// Events about the person rather than a visit (R-PAT-1): they update the patient record
+    /// and the contact of pending surveys, and never create one.
+    pub fn is_patient_level(self) -> bool {
+        matches!(self, Self::Updated | Self::PatientRegistered)
     }
 
     /// Events about one visit or stay; they need a visit number (R-EVT-6).

@@ -19,6 +19,8 @@
 //!   [`survey::resolve`], the final decision with the facts the store holds (R-CAN-2, R-CAN-6,
 //!   R-EXC-1, R-EXC-3).
 //! - [`followup`] — post-operative follow-up plans: which stays, which steps, when (R-FUP-1..2).
+//! - [`patient_record`] — the latest contact facts per patient from patient-level events
+//!   (A28/A31/A08, S0001/S0002), and what they fill in a visit event that lacks them (R-PAT-1..4).
 //! - [`reid`] — re-identification: vault records and which (caller, purpose) may read what
 //!   (R-ANO-6).
 //! - [`ticket`] — tickets (工单): grading, SLA clocks and escalation, forwarding plan, order,
@@ -37,6 +39,7 @@ pub mod followup;
 pub mod identifiers;
 pub mod lists;
 pub mod mapping;
+pub mod patient_record;
 pub mod policy;
 pub mod reason;
 pub mod reid;

@@ -19,7 +19,7 @@ fn set() -> &'static MappingSet {
     static SET: OnceLock<MappingSet> = OnceLock::new();
     SET.get_or_init(|| {
         let set = builtin(&cem_pipeline::time::default_zone());
-        assert_eq!(set.mappings.len(), 4, "every shipped mapping compiles");
+        assert_eq!(set.mappings.len(), 5, "every shipped mapping compiles");
         set
     })
 }

@@ -116,6 +116,12 @@ pub(super) async fn write_batch(
                             for w in event.warnings.iter().filter(|w| w.counts_for(event.kind)) {
                                 tx.count("cem_bridge_identity_warnings_total", &[("kind", w.code())], 1);
                             }
+                            // R-PAT-1..3: the patient record, merged or read here.
+                            let with = super::record::apply(&mut tx, ctx, conn, event, now).await?;
+                            let (event, decision, followup) = match &with {
+                                Some(w) => (&w.event, &w.decision, &w.followup),
+                                None => (&**event, decision, followup),
+                            };
                             made |= apply_decision(&mut tx, &mut facts, conn, event, decision, ctx, now).await?;
                             made |= apply_followup(&mut tx, &mut facts, conn, event, followup, ctx, now).await?;
                             None
@@ -271,6 +277,10 @@ async fn apply_decision(
             merged_key,
         } => {
             let moved = tx.merge_patients(merged_key, survivor_key).await?;
+            // R-PAT-4: the merged patient's record goes to the survivor.
+            tx.move_patient_record(&ctx.vault, merged_key, survivor_key, now)
+                .await
+                .map_err(vault_error)?;
             facts.changed(merged_key);
             facts.changed(survivor_key);
             tx.audit(&AuditEntry {
@@ -617,7 +627,7 @@ fn note_unmatched(u: &cem_pipeline::event::UnmatchedCode, conn: &str, message_id
 }
 
 /// A vault write failure as the store error the batch retry understands.
-fn vault_error(e: crate::store::vault::VaultAccessError) -> StoreError {
+pub(super) fn vault_error(e: crate::store::vault::VaultAccessError) -> StoreError {
     match e {
         crate::store::vault::VaultAccessError::Store(s) => s,
         _ => StoreError::Sealing,

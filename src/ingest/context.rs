@@ -45,6 +45,41 @@ pub struct IngestContext {
     pub followup: Option<crate::store::followups::FollowupCtx>,
 }
 
+impl IngestContext {
+    /// The survey decision and the follow-up plan of `event` at `now`, under the policy and
+    /// lists current now (pure). Used when a delivery is prepared, and again by the batch when
+    /// the patient record filled what the event lacked (R-PAT-3).
+    pub(super) fn decide(
+        &self,
+        event: &PatientEvent,
+        now: jiff::Timestamp,
+    ) -> (SurveyDecision, FollowupDecision) {
+        let lists = self.lists.current();
+        let survey = cem_pipeline::survey::SurveyContext {
+            tenant: &self.tenant,
+            zone: &self.zone,
+            pseudo: &self.pseudo,
+            now,
+            fields: &self.fields,
+            lists: &lists,
+        };
+        let policy = self.policy.current();
+        let decision = cem_pipeline::survey::decide(event, &policy, &survey);
+        let followup = match &self.followup {
+            Some(f) => {
+                cem_pipeline::followup::decide(event, &policy, &survey, &f.settings, &f.windows)
+            }
+            None => FollowupDecision::None,
+        };
+        (decision, followup)
+    }
+
+    /// Whether `event`'s patient is a minor under the current policy (R-EXC-6).
+    pub(super) fn is_minor(&self, event: &PatientEvent) -> bool {
+        cem_pipeline::survey::is_minor(event, &self.policy.current(), &self.zone)
+    }
+}
+
 /// A delivery after the pure work: decoded and decided, or rejected.
 pub(super) struct Prepared {
     pub(super) msg: Delivery,

@@ -11,6 +11,7 @@ pub mod backlog;
 pub mod batch;
 pub mod context;
 pub mod facts;
+pub mod record;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -18,10 +19,8 @@ use std::time::{Duration, Instant};
 
 use cem_connectors::source::{Delivery, Settle, Source, SourceBuilder, SourceError, fill_batch};
 use cem_pipeline::decode::{Charset, DecodeOptions};
-use cem_pipeline::followup::FollowupDecision;
 use cem_pipeline::mapping::Outcome;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
-use cem_pipeline::survey::{SurveyContext, decide};
 use cem_pipeline::translate::decode;
 use metrics::counter;
 use tracing::{info, warn};
@@ -131,31 +130,11 @@ fn prepare(ctx: &IngestContext, src: &SourceConfig, msg: Delivery, received: Ins
         // The set current now: a reload swaps whole sets, never half a message's mapping.
         let set = ctx.mappings.for_source(&src.name).unwrap_or_default();
         let set = set.as_ref();
-        let lists = ctx.lists.current();
-        let survey = SurveyContext {
-            tenant: &ctx.tenant,
-            zone: &ctx.zone,
-            pseudo: &ctx.pseudo,
-            now,
-            fields: &ctx.fields,
-            lists: &lists,
-        };
         // Defence in depth: a panic in a decoder must not take the process down.
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
             decode(&msg.body, &opts, set, &msg.headers).map(|d| match d.outcome {
                 Outcome::Event(e) => {
-                    let policy = ctx.policy.current();
-                    let decision = decide(&e, &policy, &survey);
-                    let followup = match &ctx.followup {
-                        Some(f) => cem_pipeline::followup::decide(
-                            &e,
-                            &policy,
-                            &survey,
-                            &f.settings,
-                            &f.windows,
-                        ),
-                        None => FollowupDecision::None,
-                    };
+                    let (decision, followup) = ctx.decide(&e, now);
                     Mapped::Event(d.format, e, decision, followup)
                 }
                 Outcome::Ignored { message_id, .. } => Mapped::Ignored {

@@ -11,6 +11,7 @@ pub mod followups;
 pub mod keys;
 pub mod ops;
 pub mod opt_outs;
+pub mod patient_records;
 pub mod patients;
 pub mod retention;
 pub mod tickets;

@@ -29,6 +29,18 @@ impl StoreTx {
     ) -> Result<(), VaultAccessError> {
         let plain = serde_json::to_vec(record).map_err(|_| VaultError::Seal)?;
         let (key_id, sealed) = cipher.seal(pseudonym, &plain)?;
+        self.put_sealed(pseudonym, &key_id, sealed, now).await?;
+        Ok(())
+    }
+
+    /// Store a sealed row under `pseudonym`, keeping the later of its last-event times.
+    pub(crate) async fn put_sealed(
+        &mut self,
+        pseudonym: &str,
+        key_id: &str,
+        sealed: Vec<u8>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO vault (pseudonym, key_id, sealed, last_event_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (pseudonym) DO UPDATE SET key_id = excluded.key_id, sealed = excluded.sealed, \

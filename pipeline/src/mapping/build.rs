@@ -25,6 +25,7 @@ pub fn event_kind(n: EventName) -> Option<EventKind> {
         EventName::Discharge => EventKind::Discharged,
         EventName::DischargeCancelled => EventKind::DischargeCancelled,
         EventName::PatientUpdated => EventKind::Updated,
+        EventName::PatientRegistered => EventKind::PatientRegistered,
         EventName::PatientMerged => EventKind::Merged,
         EventName::Ignore => return None,
     })
@@ -39,6 +40,7 @@ pub fn event_name(k: EventKind) -> EventName {
         EventKind::Discharged => EventName::Discharge,
         EventKind::DischargeCancelled => EventName::DischargeCancelled,
         EventKind::Updated => EventName::PatientUpdated,
+        EventKind::PatientRegistered => EventName::PatientRegistered,
         EventKind::Merged => EventName::PatientMerged,
     }
 }

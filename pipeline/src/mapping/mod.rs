@@ -1003,6 +1003,10 @@ pub fn builtin(zone: &TimeZone) -> MappingSet {
             include_str!("../../../mappings/xml/hip_registration_update.yaml"),
         ),
         (
+            "xml/hip_patient.yaml",
+            include_str!("../../../mappings/xml/hip_patient.yaml"),
+        ),
+        (
             "json/his_events.yaml",
             include_str!("../../../mappings/json/his_events.yaml"),
         ),

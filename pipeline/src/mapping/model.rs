@@ -102,8 +102,11 @@ pub enum EventName {
     Discharge,
     /// 取消出院 (DISCHARGE_CANCELLED).
     DischargeCancelled,
-    /// Demographics update (UPDATED).
+    /// Demographics update (UPDATED): A08, A31, S0002. Patient-level (R-PAT-1).
     PatientUpdated,
+    /// A person registered without a visit (PATIENT_REGISTERED): A28, S0001. Patient-level
+    /// (R-PAT-1): fills the patient record, never schedules a survey.
+    PatientRegistered,
     /// 患者合并 (MERGED).
     PatientMerged,
     /// Acked and counted, no effect, not an error.
@@ -119,6 +122,7 @@ impl EventName {
             Self::Discharge => "discharge",
             Self::DischargeCancelled => "discharge_cancelled",
             Self::PatientUpdated => "patient_updated",
+            Self::PatientRegistered => "patient_registered",
             Self::PatientMerged => "patient_merged",
             Self::Ignore => "ignore",
         }
@@ -152,7 +156,7 @@ impl<'de> Deserialize<'de> for EventSpec {
                 EventName::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s))
                 .map(EventSpec::Fixed)
                 .map_err(|_| {
-                    format!("unknown event {s:?}; use registration, registration_cancelled, admission, discharge, discharge_cancelled, patient_updated, patient_merged or ignore")
+                    format!("unknown event {s:?}; use registration, registration_cancelled, admission, discharge, discharge_cancelled, patient_registered, patient_updated, patient_merged or ignore")
                 })
             },
             EventSpec::Lookup,

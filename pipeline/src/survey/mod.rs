@@ -269,7 +269,8 @@ pub fn shift_out_of_quiet_hours(t: Timestamp, policy: &SurveyPolicy, zone: &Time
 }
 
 /// Younger than `adult_age` at the event date (R-EXC-6); an unknown age counts as adult.
-fn is_minor(event: &PatientEvent, policy: &SurveyPolicy, zone: &TimeZone) -> bool {
+/// Whether the patient is under `adult_age` on the event date (unknown age counts as adult).
+pub fn is_minor(event: &PatientEvent, policy: &SurveyPolicy, zone: &TimeZone) -> bool {
     let event_date = event.event_time.to_zoned(zone.clone()).date();
     event
         .patient
@@ -298,7 +299,7 @@ pub fn decide(
                 },
             };
         }
-        EventKind::Updated if event.production => {
+        EventKind::Updated | EventKind::PatientRegistered if event.production => {
             let contact = if is_minor(event, policy, ctx.zone) {
                 event.patient.guardian_mobile.as_ref()
             } else {

@@ -46,4 +46,10 @@ pub const SAMPLE_PII: &[&str] = &[
     "440106194801010019",
     "13600000001",
     "Z2026111000123",
+    // S0001 / S0002 / A28 / A31 (issue 21): the contact persons and a work phone, which no
+    // mapping reads, must not travel either.
+    "张伟",
+    "李娟",
+    "02161234567",
+    "中山南路200号",
 ];

@@ -1,4 +1,4 @@
-//! Domain rules §2.4: every worked example (EX-01 … EX-24) as one table, run end to end on
+//! Domain rules §2.4: every worked example (EX-01 … EX-30) as one table, run end to end on
 //! both stores — embedded SQLite and the local PostgreSQL (a fresh database per test).
 //!
 //! Each row is a sequence of steps: set the bridge's clock (`At`, Asia/Shanghai local time;
@@ -51,6 +51,10 @@ enum Check {
     /// What was decided for a message id: its job's `STATUS REASON`, or an audit
     /// `ACTION REASON` of that message when it made no job.
     Outcome(&'static str, &'static str),
+    /// An audit row of that message id says `ACTION REASON` (whether or not it made a job).
+    Audited(&'static str, &'static str),
+    /// `trace` of the message that made this template's job shows an audit detail with this text.
+    TraceSays(&'static str, &'static str),
     /// Survey invitations the CEM recorder accepted.
     Pushes(usize),
     /// Exactly these do-not-disturb keys hold a touch: `pk:AUTHORITY|ID`, `ik:身份证号`,
@@ -80,6 +84,25 @@ const A08: &str = "hl7v2/adt_a08_update_phone.hl7";
 const A11: &str = "hl7v2/adt_a11_cancel_registration.hl7";
 const A13: &str = "hl7v2/adt_a13_cancel_discharge.hl7";
 const A40: &str = "hl7v2/adt_a40_merge.hl7";
+const A28: &str = "hl7v2/adt_a28_add_person.hl7";
+const A31_GBK: &str = "hl7v2/adt_a31_update_person_gbk.hl7";
+const A04_NO_PHONE: &str = "hl7v2/adt_a04_no_phone.hl7";
+const S0001: &str = "xml/patient_register_utf8.xml";
+const S0001_GBK: &str = "xml/patient_register_gbk.xml";
+const S0002: &str = "xml/patient_update_utf8.xml";
+const S0023_NO_PHONE: &str = "xml/registration_no_phone.xml";
+
+fn s0001() -> Msg {
+    raw(S0001).header("service-code", "S0001")
+}
+
+fn s0002() -> Msg {
+    raw(S0002).header("service-code", "S0002")
+}
+
+fn s0023_no_phone() -> Msg {
+    raw(S0023_NO_PHONE).header("service-code", "S0023")
+}
 
 /// EX-05's stay (P00067890, CAT02, discharged 11-20 15:55): IP-SURG-01 and POSTOP-721.
 const STAY_SURVEY: &str = "IP-SURG-01 2026-11-21 10:00 pending";
@@ -582,6 +605,137 @@ fn examples() -> Vec<Example> {
                 C(Touched(&[])),
             ],
         },
+        Example {
+            id: "EX-25", // R-PAT-1, R-PAT-3, R-EVT-8
+            steps: vec![
+                At("2026-11-19 08:01"),
+                Send(s0001()),
+                C(Outcome(
+                    "XMLPAT20261119080000001",
+                    "patient_record record_updated",
+                )),
+                C(Surveys(&[])),
+                At("2026-11-20 10:01"),
+                Send(s0023_no_phone()),
+                C(Surveys(&["OP-SAT-01 2026-11-20 12:00 pending"])),
+                C(JobTo("OP-SAT-01", "13699990000")),
+                C(Audited(
+                    "XMLREG20261120100000005",
+                    "filled_from_record visit_lacked_contact",
+                )),
+                C(TraceSays(
+                    "OP-SAT-01",
+                    "mobile from S0001 message XMLPAT20261119080000001 of 2026-11-19T08:00:00+08:00",
+                )),
+                At("2026-11-20 12:00"),
+                C(Surveys(&["OP-SAT-01 2026-11-20 12:00 sent"])),
+                C(Pushes(1)),
+                C(Touched(&[
+                    "pk:HXEYE_SH01|P00099999",
+                    "ik:310101198203034560",
+                    "mk:13699990000",
+                ])),
+            ],
+        },
+        Example {
+            id: "EX-26", // R-PAT-2, R-PAT-3, R-CAN-5
+            steps: vec![
+                At("2026-11-19 08:01"),
+                Send(s0001()),
+                At("2026-11-20 10:01"),
+                Send(s0023_no_phone()),
+                C(JobTo("OP-SAT-01", "13699990000")),
+                At("2026-11-20 10:30"),
+                Send(s0002()),
+                C(JobTo("OP-SAT-01", "13699992222")),
+                At("2026-11-20 10:40"),
+                Send(
+                    s0002()
+                        .replace("XMLPAT20261120080000002", "EX26-LATE")
+                        .replace("20261120080000", "20261119070000")
+                        .replace("13699992222", "13699993333"),
+                ),
+                C(Outcome("EX26-LATE", "patient_record older_facts_ignored")),
+                C(JobTo("OP-SAT-01", "13699992222")),
+                At("2026-11-20 12:00"),
+                C(Surveys(&["OP-SAT-01 2026-11-20 12:00 sent"])),
+                C(Touched(&[
+                    "pk:HXEYE_SH01|P00099999",
+                    "ik:310101198203034560",
+                    "mk:13699992222",
+                ])),
+            ],
+        },
+        Example {
+            id: "EX-27", // R-PAT-1..3 over HL7 A28 / A31 (GBK)
+            steps: vec![
+                At("2026-11-19 08:01"),
+                Send(hl7(A28, "EX27-A28")),
+                C(Surveys(&[])),
+                At("2026-11-20 10:01"),
+                Send(hl7(A04_NO_PHONE, "EX27-A04")),
+                C(Surveys(&["OP-SAT-01 2026-11-20 12:00 pending"])),
+                C(JobTo("OP-SAT-01", "13788889999")),
+                At("2026-11-20 10:30"),
+                Send(raw(A31_GBK)),
+                C(Outcome(
+                    "MSG20261120070000012",
+                    "recorded demographics_updated",
+                )),
+                C(JobTo("OP-SAT-01", "13788880000")),
+            ],
+        },
+        Example {
+            id: "EX-28", // R-EXC-6, R-PAT-3: the guardian from S0001's contact person
+            steps: vec![
+                At("2026-11-19 09:01"),
+                Send(raw(S0001_GBK).header("service-code", "S0001")),
+                At("2026-11-20 10:01"),
+                Send(
+                    s0023_no_phone()
+                        .replace("XMLREG20261120100000005", "EX28-REG")
+                        .replace("P00099999", "P00066666")
+                        .replace("310101198203034560", "310101201506014510")
+                        .replace("19820303", "20150601")
+                        .replace("赵敏", "孙小宝")
+                        .replace("V20261120005", "V20261120006")
+                        .replace(
+                            "administrativeGenderCode code=\"2\"",
+                            "administrativeGenderCode code=\"1\"",
+                        ),
+                ),
+                C(Surveys(&["OP-SAT-01 2026-11-20 12:00 pending"])),
+                C(JobTo("OP-SAT-01", "13666667777")),
+            ],
+        },
+        Example {
+            id: "EX-29", // R-PAT-1: a patient-level event never creates a survey
+            steps: vec![
+                At("2026-11-20 08:01"),
+                Send(s0002()),
+                C(Outcome(
+                    "XMLPAT20261120080000002",
+                    "patient_record record_updated",
+                )),
+                C(Surveys(&[])),
+                At("2026-11-20 12:00"),
+                C(Pushes(0)),
+                C(Touched(&[])),
+            ],
+        },
+        Example {
+            id: "EX-30", // R-PAT-4, R-CAN-6
+            steps: vec![
+                At("2026-11-19 08:01"),
+                Send(hl7(A28, "EX30-A28")),
+                At("2026-11-19 09:00"),
+                Send(hl7(A40, "EX30-A40").replace("P00054321", "P00088888")),
+                At("2026-11-20 09:31"),
+                Send(hl7(A04, "EX30-A04").replace("13812345678", "")),
+                C(Surveys(&["OP-SAT-01 2026-11-20 11:30 pending"])),
+                C(JobTo("OP-SAT-01", "13788889999")),
+            ],
+        },
     ]
 }
 
@@ -620,6 +774,8 @@ worked_examples! {
     ex_13 => "EX-13", ex_14 => "EX-14", ex_15 => "EX-15", ex_16 => "EX-16",
     ex_17 => "EX-17", ex_18 => "EX-18", ex_19 => "EX-19", ex_20 => "EX-20",
     ex_21 => "EX-21", ex_22 => "EX-22", ex_23 => "EX-23", ex_24 => "EX-24",
+    ex_25 => "EX-25", ex_26 => "EX-26", ex_27 => "EX-27", ex_28 => "EX-28",
+    ex_29 => "EX-29", ex_30 => "EX-30",
 }
 
 /// The table names every example of docs/domain-rules.md §2.4, in order.
@@ -964,6 +1120,34 @@ impl Run {
                 assert!(
                     got.iter().any(|g| g == want),
                     "{at}: {msg} expected {want:?}, got {got:?}"
+                );
+            }
+            Audited(msg, want) => {
+                let got = self.audit_of(msg).await;
+                assert!(
+                    got.iter().any(|g| g == want),
+                    "{at}: {msg} expected an audit {want:?}, got {got:?}"
+                );
+            }
+            TraceSays(template, text) => {
+                let jobs = self.jobs().await;
+                let j = jobs
+                    .iter()
+                    .find(|j| j.template == *template)
+                    .unwrap_or_else(|| panic!("{at}: no {template} job"));
+                let trace = self.bridges[0]
+                    .store
+                    .trace(&j.message_id)
+                    .await
+                    .expect("trace");
+                let details: Vec<&str> = trace
+                    .audit
+                    .iter()
+                    .filter_map(|a| a.detail.as_deref())
+                    .collect();
+                assert!(
+                    details.iter().any(|d| d.contains(text)),
+                    "{at}: trace of {template} says {text:?}: {details:?}"
                 );
             }
             Pushes(n) => {

@@ -122,7 +122,7 @@ fn shipped_demo_config_works_from_another_working_directory_without_warnings() {
         .unwrap();
     let t = text_of(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("his-adt: 4 mapping(s)"), "{t}");
+    assert!(t.contains("his-adt: 5 mapping(s)"), "{t}");
     assert!(!t.contains("deprecated"), "{t}");
     let _ = std::fs::remove_dir_all(&elsewhere);
 }

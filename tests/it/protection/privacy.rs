@@ -38,7 +38,13 @@ fn samples(folders: &[&str]) -> Vec<(String, Vec<u8>)> {
 /// The AMQP headers the platform sends with an XML sample.
 fn headers_for(rel: &str) -> Vec<(&'static str, &'static str)> {
     match rel {
-        "xml/registration_utf8.xml" | "xml/registration_gbk.xml" => vec![("service-code", "S0023")],
+        "xml/registration_utf8.xml"
+        | "xml/registration_gbk.xml"
+        | "xml/registration_no_phone.xml" => vec![("service-code", "S0023")],
+        "xml/patient_register_utf8.xml" | "xml/patient_register_gbk.xml" => {
+            vec![("service-code", "S0001")]
+        }
+        "xml/patient_update_utf8.xml" => vec![("service-code", "S0002")],
         "xml/registration_cancelled.xml" => vec![("service-code", "S0024")],
         "xml/discharge_utf8.xml" => vec![("service-code", "S0032")],
         _ => vec![],
@@ -474,6 +480,14 @@ async fn leak_test_no_sample_value_in_requests_logs_metrics_dead_letter_headers_
     // The sealed dead-letter bodies open to exactly what was published.
     let cipher = VaultCipher::new(("tv1", &TEST_VAULT_KEY), &[]).unwrap();
     let pool = sqlite(&setup.db).await;
+    // Issue 21: the patient-level samples (A08, A28, A31, S0001 ×2, S0002) left sealed patient
+    // records, which the byte scan above found free of clear values.
+    let records: i64 = sqlx::query("SELECT COUNT(*) AS n FROM vault WHERE pseudonym LIKE 'pr_%'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
+    assert!(records >= 4, "patient records: {records}");
     let rows = sqlx::query("SELECT content_hash, body_key_id, body FROM dead_letters")
         .fetch_all(&pool)
         .await
