@@ -177,3 +177,76 @@ proptest! {
         decode(&s.as_bytes()[..c], &opts());
     }
 }
+
+/// Pieces of path and selector syntax, including the characters that delimit and quote.
+fn selector_piece() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "[",
+        "]",
+        "=",
+        "!=",
+        ",",
+        "'",
+        "\"",
+        "&",
+        "|",
+        "*",
+        "/",
+        "//",
+        "@",
+        ".",
+        "~0",
+        "~1",
+        "0",
+        "1",
+        "12",
+        " ",
+        "张",
+        "PID-13",
+        "NK1",
+        "-5",
+        "3=CP",
+        "phones",
+        "type=mobile",
+        "no",
+        "personalRelationship",
+        "code/@code",
+        "@root",
+        "item",
+        "text()",
+        "$p",
+        "$header.x",
+    ])
+    .prop_map(str::to_string)
+}
+
+proptest! {
+    /// Issue 18 §1: any path text — selectors malformed in any way — compiles to a path or an
+    /// error, and a compiled path evaluates on real documents of each format without panicking.
+    #[test]
+    fn selectors_never_panic(parts in prop::collection::vec(selector_piece(), 0..14)) {
+        use cem_pipeline::mapping::model::FormatName;
+        use cem_pipeline::mapping::path::{Doc, Env, compile};
+        let text = parts.concat();
+        let ns: BTreeMap<String, String> = BTreeMap::new();
+        let lets = vec!["p".to_string()];
+        let headers = BTreeMap::new();
+        let env = Env { headers: &headers, facility: "F", unmatched: Default::default() };
+        let hl7 = hl7_parser::Message::parse_with_lenient_newlines(A03, true).unwrap();
+        let xml = cem_pipeline::decode::xml::parse_str(XML).unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            r#"{"phones":[{"type":"mobile","no":"13800000001"},{"type":"home"}],"a":{"b":[1,[2],{"c":null}]}}"#,
+        ).unwrap();
+        for (format, doc) in [
+            (FormatName::Hl7v2, Doc::Hl7(&hl7)),
+            (FormatName::Xml, Doc::Xml(&xml)),
+            (FormatName::Json, Doc::Json(&json)),
+        ] {
+            if let Ok(p) = compile(&text, format, &ns, &lets) {
+                let mut out = Vec::new();
+                p.eval(&doc, &env, &[None], &mut out);
+                let _ = p.bind(&doc);
+            }
+        }
+    }
+}

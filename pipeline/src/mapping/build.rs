@@ -154,7 +154,9 @@ pub(super) fn build(
     })?;
     // `required: true` on any field: missing → dead letter naming the field and its path.
     for (t, rule, vals) in values {
-        if rule.required && vals.is_empty() && !matches!(t, Target::PatientId | Target::VisitNumber)
+        if rule.required_for(name)
+            && vals.is_empty()
+            && !matches!(t, Target::PatientId | Target::VisitNumber)
         {
             return Err(Rejection::new(
                 R::MissingField,

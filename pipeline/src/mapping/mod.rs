@@ -13,8 +13,10 @@
 //! Pure: files (CSV tables, test inputs) are read through [`Files`], supplied by the caller.
 
 pub mod build;
+pub mod json_path;
 pub mod model;
 pub mod path;
+pub mod selector;
 pub mod target;
 
 use std::collections::{BTreeMap, HashMap};
@@ -109,6 +111,10 @@ pub(crate) struct Rule {
     transforms: Vec<Tf>,
     default: Option<String>,
     required: bool,
+    /// `events:`: the rule applies to these events only.
+    events: Option<Vec<EventName>>,
+    /// `join:`: every value joined with this separator.
+    join: Option<String>,
     /// The paths as written, for error messages.
     pub(crate) text: String,
 }
@@ -118,6 +124,8 @@ enum Source {
     Path(Path),
     Value(String),
     Concat(Vec<Part>),
+    /// One rule of a field's list form (issue 18 §2).
+    Rule(Box<Rule>),
 }
 
 #[derive(Debug)]
@@ -193,21 +201,24 @@ pub fn compile(
     files: &dyn Files,
 ) -> Result<Mapping, Vec<MappingError>> {
     let model: MappingFile = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
         let msg = e.without_snippet().to_string();
         // The library's text may repeat the position; keep the first line.
         let mut msg = msg.lines().next().unwrap_or("").to_string();
         if let Some(i) = msg.rfind(" at line ") {
             msg.truncate(i);
         }
-        let hint = if msg.contains("unknown field") {
-            Some("check the spelling against docs/mapping.md or the JSON Schema (schemas/mapping.schema.json)".to_string())
-        } else if msg.contains("unknown variant") {
-            Some("see docs/mapping.md for the allowed values".to_string())
-        } else {
-            None
-        };
-        vec![MappingError { file: file.to_string(), line, column, message: msg, hint }]
+        let hint = yaml_hint(&msg);
+        vec![MappingError {
+            file: file.to_string(),
+            line,
+            column,
+            message: msg,
+            hint,
+        }]
     })?;
     Compiler {
         file,
@@ -216,6 +227,44 @@ pub fn compile(
         errors: Vec::new(),
     }
     .run(model)
+}
+
+/// What to do about a YAML or structure error (issue 18 §5): "did you mean" for a misspelt key
+/// or value (a transform, an event name…), and where to look for an indentation mistake.
+fn yaml_hint(msg: &str) -> Option<String> {
+    // serde: "unknown variant `strip_prefx`, expected one of trim, upper, …" (or "one of `a`,
+    // `b`"), the same for "unknown field".
+    let near = |msg: &str| -> Option<String> {
+        let given = msg.split('`').nth(1)?;
+        let (_, list) = msg.split_once("expected one of ")?;
+        let options = list.split(',').map(|o| o.trim().trim_matches('`'));
+        target::nearest_of(given, options).map(|n| format!("did you mean `{n}`? "))
+    };
+    if msg.contains("unknown field") {
+        Some(format!(
+            "{}check the spelling against docs/mapping.md or the JSON Schema (schemas/mapping.schema.json)",
+            near(msg).unwrap_or_default()
+        ))
+    } else if msg.contains("unknown variant") {
+        Some(format!(
+            "{}see docs/mapping.md for the allowed values",
+            near(msg).unwrap_or_default()
+        ))
+    } else if [
+        "mapping values are not allowed",
+        "did not find expected key",
+        "did not find expected '-'",
+        "block mapping",
+        "bad indentation",
+        "could not find expected ':'",
+    ]
+    .iter()
+    .any(|s| msg.contains(s))
+    {
+        Some("this is usually indentation: YAML nests by spaces, so a key one space too far right or left (here or on the line above) breaks the structure; indent every key of one level by the same spaces, and never use tabs".into())
+    } else {
+        None
+    }
 }
 
 struct Compiler<'a> {
@@ -513,6 +562,39 @@ impl Compiler<'_> {
         tables: &HashMap<String, Arc<Table>>,
         field: &str,
     ) -> Option<Rule> {
+        if !r.alternatives.is_empty() {
+            let mut sources = Vec::new();
+            let mut texts = Vec::new();
+            for alt in &r.alternatives {
+                if let Some(rule) = self.rule(alt, loc, format, ns, lets, tables, field) {
+                    texts.push(match &rule.events {
+                        Some(evs) => format!(
+                            "{} (for {})",
+                            rule.text,
+                            evs.iter().map(|e| e.code()).collect::<Vec<_>>().join(", ")
+                        ),
+                        None => rule.text.clone(),
+                    });
+                    sources.push(Source::Rule(Box::new(rule)));
+                }
+            }
+            return Some(Rule {
+                sources,
+                transforms: Vec::new(),
+                default: None,
+                required: false,
+                events: None,
+                join: None,
+                text: texts.join(", then "),
+            });
+        }
+        if r.events.as_ref().is_some_and(|e| e.is_empty()) {
+            self.err(
+                loc,
+                format!("{field}: `events: []` names no event, so the rule would never apply"),
+                Some("list the events it is for, e.g. `events: [discharge]`, or remove the key"),
+            );
+        }
         let given = [r.path.is_some(), r.value.is_some(), r.concat.is_some()]
             .iter()
             .filter(|x| **x)
@@ -650,6 +732,8 @@ impl Compiler<'_> {
             transforms,
             default: r.default.clone(),
             required: r.required,
+            events: r.events.clone(),
+            join: r.join.clone(),
             text,
         })
     }
@@ -737,13 +821,18 @@ impl Rule {
         env: &Env<'_>,
         bound: &[Option<Bound<'_>>],
         usable: &dyn Fn(&str) -> bool,
+        event: EventName,
     ) -> Vec<String> {
         let mut out = Vec::new();
+        if !self.applies_to(event) {
+            return out;
+        }
         let mut raw = Vec::new();
         for s in &self.sources {
             raw.clear();
             match s {
                 Source::Path(p) => p.eval(doc, env, bound, &mut raw),
+                Source::Rule(r) => raw.extend(r.values(doc, env, bound, usable, event)),
                 Source::Value(v) => raw.push(v.clone()),
                 Source::Concat(parts) => {
                     let mut joined = String::new();
@@ -752,8 +841,10 @@ impl Rule {
                         match p {
                             Part::Text(t) => joined.push_str(t),
                             Part::Read(r) => {
-                                if let Some(v) =
-                                    r.values(doc, env, bound, &|_| true).into_iter().next()
+                                if let Some(v) = r
+                                    .values(doc, env, bound, &|_| true, event)
+                                    .into_iter()
+                                    .next()
                                 {
                                     any = true;
                                     joined.push_str(&v);
@@ -789,7 +880,27 @@ impl Rule {
         {
             out.push(d.clone());
         }
+        if let Some(sep) = &self.join
+            && out.len() > 1
+        {
+            out = vec![out.join(sep)];
+        }
         out
+    }
+
+    fn applies_to(&self, event: EventName) -> bool {
+        self.events.as_ref().is_none_or(|e| e.contains(&event))
+    }
+
+    /// Whether a missing value dead-letters `event`: `required: true` on the rule, or on the
+    /// rule of its list form that applies to the event.
+    pub(crate) fn required_for(&self, event: EventName) -> bool {
+        self.applies_to(event)
+            && (self.required
+                || self.sources.iter().any(|s| match s {
+                    Source::Rule(r) => r.required_for(event),
+                    _ => false,
+                }))
     }
 }
 
@@ -938,7 +1049,7 @@ impl Mapping {
             .map(|(t, r)| {
                 let kind = t.kind();
                 let accept = |v: &str| usable(kind, v, ctx.zone, today);
-                let v = r.values(doc, &env, &bound, &accept);
+                let v = r.values(doc, &env, &bound, &accept, event);
                 // A code a kept table did not know, if it became the field's value.
                 for (table, code) in env.unmatched.borrow_mut().drain(..) {
                     if v.first() == Some(&code) {

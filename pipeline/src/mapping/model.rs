@@ -48,7 +48,7 @@ pub struct MappingFile {
     pub event: Spanned<EventSpec>,
     /// Canonical field name → where to read it. See docs/mapping.md for the list of fields.
     #[serde(default)]
-    #[schemars(with = "BTreeMap<String, FieldSpec>")]
+    #[schemars(with = "CanonicalFields")]
     pub fields: BTreeMap<String, Spanned<FieldSpec>>,
     /// Code tables used by the `table` transform: inline values or a CSV file.
     #[serde(default)]
@@ -192,6 +192,56 @@ impl OneOrMany {
     }
 }
 
+/// Schema of `fields:`: one property per canonical field, with its description, and no other
+/// key — so an editor completes the names and flags `patient.phone` as you type (issue 18 §5).
+#[allow(dead_code)]
+struct CanonicalFields;
+
+impl JsonSchema for CanonicalFields {
+    fn schema_name() -> Cow<'static, str> {
+        "CanonicalFields".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        let spec = serde_json::Value::from(g.subschema_for::<FieldSpec>());
+        canonical_object(|doc| {
+            let mut s = spec.clone();
+            if let Some(o) = s.as_object_mut() {
+                o.insert("description".into(), doc.into());
+            }
+            s
+        })
+    }
+}
+
+/// Schema of a test case's `expect.fields`: the canonical names, each a scalar (as text) or `~`.
+#[allow(dead_code)]
+struct ExpectedFields;
+
+impl JsonSchema for ExpectedFields {
+    fn schema_name() -> Cow<'static, str> {
+        "ExpectedFields".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        canonical_object(
+            |doc| serde_json::json!({ "type": ["string", "number", "boolean", "null"], "description": doc }),
+        )
+    }
+}
+
+/// An object whose keys are exactly the canonical field names, each with `value(doc)`.
+fn canonical_object(value: impl Fn(&str) -> serde_json::Value) -> Schema {
+    let props: serde_json::Map<String, serde_json::Value> = super::target::Target::ALL
+        .iter()
+        .map(|t| (t.name().to_string(), value(t.doc())))
+        .collect();
+    json_schema!({
+        "type": "object",
+        "properties": props,
+        "additionalProperties": false,
+        "description": "canonical fields (docs/mapping.md §5); any other name is an error"
+    })
+}
+
 /// How one canonical field is read: a bare path string, or the full form.
 #[derive(Debug, Clone)]
 pub struct FieldSpec(pub FieldRule);
@@ -219,6 +269,35 @@ pub struct FieldRule {
     /// Missing → the message is dead-lettered naming this field and its path.
     #[serde(default)]
     pub required: bool,
+    /// Only for these events (e.g. `[discharge]`): for other events the rule is skipped. In a
+    /// list of rules this reads a field from a different place per event.
+    #[serde(default)]
+    pub events: Option<Vec<EventName>>,
+    /// Join every value the path yields (after transforms) with this separator, instead of
+    /// taking the first usable one: `join: ","` over `/phones/*/no`.
+    #[serde(default)]
+    pub join: Option<String>,
+    /// The list form with rules in it: tried in order, the first that applies to the event and
+    /// yields a usable value wins.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub alternatives: Vec<FieldRule>,
+}
+
+/// One entry of a field's list form: a path, or a full rule.
+enum ListItem {
+    Path(String),
+    Rule(FieldRule),
+}
+
+impl<'de> Deserialize<'de> for ListItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_map(
+            d,
+            |s: &str| Ok(ListItem::Path(s.to_string())),
+            ListItem::Rule,
+        )
+    }
 }
 
 impl<'de> Deserialize<'de> for FieldSpec {
@@ -232,9 +311,32 @@ impl<'de> Deserialize<'de> for FieldSpec {
                 }))
             },
             FieldSpec,
-            Some(|v: Vec<String>| {
+            Some(|items: Vec<ListItem>| {
+                if items.iter().all(|i| matches!(i, ListItem::Path(_))) {
+                    let paths = items
+                        .into_iter()
+                        .filter_map(|i| match i {
+                            ListItem::Path(p) => Some(p),
+                            ListItem::Rule(_) => None,
+                        })
+                        .collect();
+                    return FieldSpec(FieldRule {
+                        path: Some(OneOrMany::Many(paths)),
+                        ..Default::default()
+                    });
+                }
+                let alternatives = items
+                    .into_iter()
+                    .map(|i| match i {
+                        ListItem::Path(p) => FieldRule {
+                            path: Some(OneOrMany::One(p)),
+                            ..Default::default()
+                        },
+                        ListItem::Rule(r) => r,
+                    })
+                    .collect();
                 FieldSpec(FieldRule {
-                    path: Some(OneOrMany::Many(v)),
+                    alternatives,
                     ..Default::default()
                 })
             }),
@@ -250,7 +352,7 @@ impl JsonSchema for FieldSpec {
         let rule = g.subschema_for::<FieldRule>();
         json_schema!({ "anyOf": [
             { "type": "string", "description": "a path" },
-            { "type": "array", "items": { "type": "string" }, "description": "paths tried in order" },
+            { "type": "array", "items": { "anyOf": [{ "type": "string" }, rule.clone()] }, "description": "paths or rules tried in order; a rule may name its `events`" },
             rule
         ] })
     }
@@ -380,6 +482,7 @@ pub struct Expect {
     /// Canonical fields and their expected values (as `cem-bridge map` prints them); fields
     /// not listed are not compared. Use `~` (null) to expect a field to be absent.
     #[serde(default)]
+    #[schemars(with = "ExpectedFields")]
     pub fields: BTreeMap<String, Option<String>>,
     /// Warnings expected, e.g. `[identity_mismatch]`; compared only when given.
     #[serde(default)]
@@ -404,8 +507,8 @@ where
     string_map_or_list(d, from_str, from_map, None::<fn(Vec<String>) -> R>)
 }
 
-/// Like [`string_or_map`], also accepting a list of strings when `from_list` is given.
-fn string_map_or_list<'de, D, T, R, F, G, L>(
+/// Like [`string_or_map`], also accepting a list of `I` when `from_list` is given.
+fn string_map_or_list<'de, D, T, R, F, G, I, L>(
     d: D,
     from_str: F,
     from_map: G,
@@ -414,17 +517,19 @@ fn string_map_or_list<'de, D, T, R, F, G, L>(
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
+    I: Deserialize<'de>,
     F: Fn(&str) -> Result<R, String>,
     G: Fn(T) -> R,
-    L: Fn(Vec<String>) -> R,
+    L: Fn(Vec<I>) -> R,
 {
-    struct V<T, R, F, G, L>(F, G, Option<L>, PhantomData<(T, R)>);
-    impl<'de, T, R, F, G, L> Visitor<'de> for V<T, R, F, G, L>
+    struct V<T, R, F, G, I, L>(F, G, Option<L>, PhantomData<(T, R, I)>);
+    impl<'de, T, R, F, G, I, L> Visitor<'de> for V<T, R, F, G, I, L>
     where
         T: Deserialize<'de>,
+        I: Deserialize<'de>,
         F: Fn(&str) -> Result<R, String>,
         G: Fn(T) -> R,
-        L: Fn(Vec<String>) -> R,
+        L: Fn(Vec<I>) -> R,
     {
         type Value = R;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -443,7 +548,7 @@ where
         fn visit_seq<S: de::SeqAccess<'de>>(self, s: S) -> Result<R, S::Error> {
             match &self.2 {
                 Some(list) => {
-                    let v = Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(s))?;
+                    let v = Vec::<I>::deserialize(de::value::SeqAccessDeserializer::new(s))?;
                     Ok(list(v))
                 }
                 None => Err(de::Error::invalid_type(de::Unexpected::Seq, &self)),

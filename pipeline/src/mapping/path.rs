@@ -6,7 +6,8 @@
 //! - XML: `encounterEvent/id/item[@root='2.16.156.10011.1.12']/@extension` (found anywhere),
 //!   `/PRPA_IN400003UV/id/@extension` (from the root), `v3:name` (a prefix from `namespaces`),
 //!   `item[2]`, a final `@attr` or `text()`; an element alone means its text.
-//! - JSON: a JSON pointer, `/visit/visitNo`.
+//! - JSON: a JSON pointer, `/visit/visitNo`, with selectors: `/phones[type=mobile]/no`,
+//!   `/phones/*/no` (`json_path.rs`).
 //! - Any format: `$header.NAME` (AMQP header), `$facility` (the connector's facility),
 //!   `$root` (XML root element name), `$NAME…` (a `let` selection, then the rest of a path).
 //!
@@ -22,7 +23,9 @@ use serde_json::Value;
 use crate::decode::hl7v2::unescape;
 use crate::decode::xml::XmlDoc;
 
+use super::json_path::{self, JsonPath};
 use super::model::FormatName;
+use super::selector;
 
 /// A parsed message a mapping reads from.
 pub enum Doc<'a> {
@@ -51,7 +54,7 @@ pub enum Bound<'a> {
 pub enum Path {
     Hl7(Hl7Path),
     Xml(XmlPath),
-    Json(String),
+    Json(JsonPath),
     Header(String),
     Facility,
     Root,
@@ -65,7 +68,7 @@ pub enum LetRest {
         sub: Option<usize>,
     },
     Xml(XmlPath),
-    Json(String),
+    Json(JsonPath),
 }
 
 /// Compile a path for `format`. `lets` names the bindings visible to it.
@@ -123,7 +126,7 @@ pub fn compile(
                         "after `${name}` write a JSON pointer such as `/id`"
                     ));
                 }
-                LetRest::Json(rest.to_string())
+                LetRest::Json(json_path::compile(rest)?)
             }
         };
         return Ok(Path::Let { slot, rest });
@@ -137,7 +140,7 @@ pub fn compile(
                     "{t:?} is not a JSON pointer: start it with `/`, e.g. `/patient/patientId`"
                 ));
             }
-            Ok(Path::Json(t.to_string()))
+            json_path::compile(t).map(Path::Json)
         }
     }
 }
@@ -196,10 +199,12 @@ fn split_sel(s: &str) -> Result<(&str, Option<&str>), String> {
     match s.find('[') {
         None => Ok((s, None)),
         Some(i) => {
-            let inner = s[i + 1..]
-                .strip_suffix(']')
-                .ok_or_else(|| format!("{s:?}: a selector `[...]` must be closed with `]`"))?;
-            Ok((&s[..i], Some(inner)))
+            let after = &s[i + 1..];
+            match selector::close(after) {
+                Some(c) if c + 1 == after.len() => Ok((&s[..i], Some(&after[..c]))),
+                Some(_) => Err(format!("{s:?}: nothing may follow a selector's `]` here")),
+                None => Err(format!("{s:?}: a selector `[...]` must be closed with `]`")),
+            }
         }
     }
 }
@@ -215,19 +220,12 @@ fn parse_sel(s: Option<&str>, levels: usize) -> Result<Sel, String> {
         return num(s, "occurrence").map(Sel::Nth);
     }
     let mut alts = Vec::new();
-    for alt in s.split('|') {
+    for alt in selector::split_top(s, '|') {
         let mut conds = Vec::new();
-        for c in alt.split('&') {
+        for c in selector::split_top(alt, '&') {
             let c = c.trim();
-            let (lhs, rhs, negate) = if let Some((l, r)) = c.split_once("!=") {
-                (l, r, true)
-            } else if let Some((l, r)) = c.split_once('=') {
-                (l, r, false)
-            } else {
-                return Err(format!(
-                    "selector part {c:?} is not `N=VALUE` or `N!=VALUE` (e.g. `[5=PI]`)"
-                ));
-            };
+            let (lhs, negate, values) = selector::condition(c, s)
+                .map_err(|e| format!("{e} (e.g. `[5=PI]`, positions as numbers)"))?;
             let at = lhs
                 .split('.')
                 .map(|p| num(p, "position"))
@@ -238,7 +236,6 @@ fn parse_sel(s: Option<&str>, levels: usize) -> Result<Sel, String> {
                     at.len()
                 ));
             }
-            let values: Vec<String> = rhs.split(',').map(|v| v.trim().to_string()).collect();
             conds.push(Cond { at, negate, values });
         }
         alts.push(conds);
@@ -263,7 +260,10 @@ fn compile_hl7(t: &str) -> Result<Hl7Path, String> {
     }
     let seg_sel = parse_sel(seg_sel, 3)?;
     // The field part may hold a selector with dots inside (`3[4.1=CHN]`), so split it first.
-    let (field_and_sel, tail) = match rest.find(']') {
+    let field_end = rest
+        .find('[')
+        .and_then(|open| selector::close(&rest[open + 1..]).map(|c| open + 1 + c));
+    let (field_and_sel, tail) = match field_end {
         Some(i) => (&rest[..=i], rest[i + 1..].to_string()),
         None => match rest.find('.') {
             Some(i) => (&rest[..i], rest[i..].to_string()),
@@ -477,43 +477,6 @@ pub enum Pred {
     Nth(usize),
 }
 
-/// The values after `=` in a predicate: `v`, `'v'`, `"v"` or a comma-separated list of them
-/// (quote a value that holds a comma or `]`).
-fn pred_values(s: &str, t: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut rest = s.trim();
-    loop {
-        let (value, after) = match rest.chars().next() {
-            Some(q @ ('\'' | '"')) => {
-                let body = &rest[1..];
-                let end = body
-                    .find(q)
-                    .ok_or_else(|| format!("{t:?}: a value opened with {q} is not closed"))?;
-                (&body[..end], body[end + 1..].trim_start())
-            }
-            _ => match rest.find(',') {
-                Some(i) => (rest[..i].trim(), &rest[i..]),
-                None => (rest.trim(), ""),
-            },
-        };
-        if value.is_empty() {
-            return Err(format!(
-                "{t:?}: an empty value in a predicate; quote it if it is meant (`''`)"
-            ));
-        }
-        out.push(value.to_string());
-        match after.strip_prefix(',') {
-            Some(r) => rest = r.trim_start(),
-            None if after.is_empty() => return Ok(out),
-            None => {
-                return Err(format!(
-                    "{t:?}: expected `,` between predicate values, found {after:?}"
-                ));
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tail {
     Text,
@@ -604,7 +567,8 @@ fn compile_xml(t: &str, ns: &BTreeMap<String, String>, relative: bool) -> Result
         let mut preds = Vec::new();
         let mut p = preds_text;
         while let Some(r) = p.strip_prefix('[') {
-            let close = pred_end(r).ok_or_else(|| format!("{t:?}: `[` without `]`; {hint}"))?;
+            let close =
+                selector::close(r).ok_or_else(|| format!("{t:?}: `[` without `]`; {hint}"))?;
             let inner = r[..close].trim();
             p = &r[close + 1..];
             if inner.bytes().all(|b| b.is_ascii_digit()) {
@@ -612,16 +576,16 @@ fn compile_xml(t: &str, ns: &BTreeMap<String, String>, relative: bool) -> Result
             } else if let Some(a) = inner.strip_prefix('@') {
                 let (n, v) = match a.split_once('=') {
                     None => (a, None),
-                    Some((n, v)) => (n, Some(pred_values(v, t)?)),
+                    Some((n, v)) => (n, Some(selector::values(v, t)?)),
                 };
                 preds.push(Pred::Attr {
                     name: name_test(n, ns)?,
                     values: v,
                 });
             } else {
-                let (p, v) = match outer_eq(inner) {
+                let (p, v) = match selector::find_top(inner, '=') {
                     None => (inner, None),
-                    Some(i) => (&inner[..i], Some(pred_values(&inner[i + 1..], t)?)),
+                    Some(i) => (&inner[..i], Some(selector::values(&inner[i + 1..], t)?)),
                 };
                 let path = compile_xml(p.trim(), ns, true).map_err(|e| {
                     format!("{t:?}: predicate [{inner}] is not `[@attr=value]`, `[child/@attr=value]`, `[child]` or `[n]` ({e})")
@@ -649,40 +613,6 @@ fn compile_xml(t: &str, ns: &BTreeMap<String, String>, relative: bool) -> Result
         steps,
         tail,
     })
-}
-
-/// Where a child predicate's `=` is: the first one outside quotes and nested predicates.
-fn outer_eq(s: &str) -> Option<usize> {
-    let (mut quote, mut depth) = (None, 0usize);
-    for (i, c) in s.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '[') => depth += 1,
-            (None, ']') => depth = depth.saturating_sub(1),
-            (None, '=') if depth == 0 => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Where a predicate's `]` is: the first one outside quotes and nested predicates.
-fn pred_end(r: &str) -> Option<usize> {
-    let (mut quote, mut depth) = (None, 0usize);
-    for (i, c) in r.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '[') => depth += 1,
-            (None, ']') if depth == 0 => return Some(i),
-            (None, ']') => depth -= 1,
-            _ => {}
-        }
-    }
-    None
 }
 
 fn name_ok(t: &NameTest, local: &str, ns: Option<&str>) -> bool {
@@ -816,7 +746,7 @@ impl Path {
             (Path::Hl7(p), Doc::Hl7(m)) => p.eval(m, out),
             (Path::Xml(p), Doc::Xml(d)) => p.eval(d, None, out),
             (Path::Json(p), Doc::Json(v)) => {
-                if let Some(x) = v.pointer(p) {
+                for x in p.select(v) {
                     push_json(x, out);
                 }
             }
@@ -827,7 +757,7 @@ impl Path {
                     }
                     (Some(Bound::Xml(e)), LetRest::Xml(p), Doc::Xml(d)) => p.eval(d, Some(e), out),
                     (Some(Bound::Json(v)), LetRest::Json(p), _) => {
-                        if let Some(x) = v.pointer(p) {
+                        for x in p.select(v) {
                             push_json(x, out);
                         }
                     }
@@ -850,7 +780,7 @@ impl Path {
                 first
             }
             (Path::Xml(p), Doc::Xml(d)) => p.elements(d, None).first().map(|&e| Bound::Xml(e)),
-            (Path::Json(p), Doc::Json(v)) => v.pointer(p).map(Bound::Json),
+            (Path::Json(p), Doc::Json(v)) => p.select(v).first().map(|&x| Bound::Json(x)),
             _ => None,
         }
     }
@@ -894,6 +824,9 @@ mod tests {
         assert_eq!(vals("NK1[3=MTH,FTH]-5.1"), ["13900001111"]);
         assert_eq!(vals("NK1[*]-5.1"), ["13900002222", "13900001111"]);
         assert_eq!(vals("NK1[2]-2"), ["B"]);
+        // Quoted values may hold the selector's own separators (issue 18 §6).
+        assert_eq!(vals("NK1[3='MTH','F,TH']-5.1"), ["13900001111"]);
+        assert_eq!(vals("PID-3[5='PI' | 5='MR'].1"), ["P9", "M1"]);
         assert!(vals("PV1-19").is_empty());
         assert!(vals("PID-99.1").is_empty());
     }
@@ -905,7 +838,9 @@ mod tests {
             ("pid-3", "segment name"),
             ("PID-0", "start at 1"),
             ("PID-3[5=PI", "closed"),
-            ("PID-3[5~PI].1", "N=VALUE"),
+            ("PID-3[5~PI].1", "KEY=VALUE"),
+            ("PID-3[5=].1", "empty value"),
+            ("PID-3[x=PI].1", "position"),
             ("PID-3.1.2.3", "at most"),
             ("PID-x", "field number"),
         ] {

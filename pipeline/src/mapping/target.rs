@@ -136,6 +136,19 @@ pub fn nearest(name: &str) -> Option<Target> {
         .map(|(_, t)| t)
 }
 
+/// The option closest to `given` (a prefix of it, or within two edits), for "did you mean".
+pub fn nearest_of<'a>(given: &str, options: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let given = given.trim();
+    if given.is_empty() {
+        return None;
+    }
+    options
+        .map(|o| (edit_distance(given, o), o))
+        .filter(|(d, o)| *d <= 2 || (o.starts_with(given) && given.len() >= 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, o)| o)
+}
+
 /// Levenshtein distance over characters.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();

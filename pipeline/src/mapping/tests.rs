@@ -113,6 +113,97 @@ fn shipped_mappings_pass_their_own_tests() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
+/// The worked examples of docs/mapping.md (`docs/examples/*.yaml`) compile and pass their own
+/// test cases, so the docs cannot drift from the language (issue 18 §7).
+#[test]
+fn docs_examples_pass_their_own_tests() {
+    let dir = FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let mut files = Vec::new();
+    shipped_files(&dir, &mut files);
+    assert!(!files.is_empty(), "no examples in {}", dir.display());
+    let mut ms = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let m = compile(&f.to_string_lossy(), &text, &zone(), &DiskFiles)
+            .unwrap_or_else(|e| panic!("{}: {}", f.display(), e[0]));
+        ms.push(m);
+    }
+    let set = MappingSet::new(ms);
+    let results = crate::translate::testing::run_all(&set, &DiskFiles, &zone(), fixed_now());
+    assert!(results.len() >= 3, "only {} cases", results.len());
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| {
+            format!(
+                "{}:{} {}: {}",
+                r.file,
+                r.line,
+                r.name,
+                r.failures.join("; ")
+            )
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// Issue 18 §2: a list of rules picks the field's source per event; a rule for other events
+/// is skipped, and `required` holds only for the events its rule is for. `join` joins every
+/// value a selector yields.
+#[test]
+fn per_event_rules_and_join() {
+    let m = one(
+        "name: t\nformat: json\nevent: { path: /e, table: { R: registration, D: discharge } }
+fields:
+  message.id: /id
+  patient.id: /p
+  visit.number: /v
+  event.time:
+    - { path: /out, events: [discharge] }
+    - /at
+  visit.discharge: { path: /out, events: [discharge], required: true }
+  visit.dept_name: { path: /tags/*, join: \"+\" }
+  visit.dept_code:
+    - { path: /dcode, events: [discharge] }
+    - /rcode
+",
+    )
+    .unwrap_or_else(|e| panic!("{}", e[0]));
+    let msg = |e: &str, out: &str| {
+        format!(
+            r#"{{"e":"{e}","id":"M1","at":"2026-11-20T09:30:00+08:00","p":"P1","v":"V1",{out}"dcode":"D","rcode":"R","tags":["a","b"]}}"#
+        )
+    };
+    let reg =
+        event(apply_json(&m, &msg("R", r#""out":"2026-11-21T10:00:00+08:00","#), &[]).unwrap());
+    assert_eq!(
+        reg.event_time.to_string(),
+        "2026-11-20T01:30:00Z",
+        "not the discharge's rule"
+    );
+    let v = reg.visit.as_ref().unwrap();
+    assert_eq!(v.discharge, None, "visit.discharge is for discharges only");
+    assert_eq!(v.dept_code.as_deref(), Some("R"));
+    assert_eq!(v.dept_name.as_deref(), Some("a+b"));
+    let dis =
+        event(apply_json(&m, &msg("D", r#""out":"2026-11-21T10:00:00+08:00","#), &[]).unwrap());
+    assert_eq!(dis.event_time.to_string(), "2026-11-21T02:00:00Z");
+    assert_eq!(dis.visit.as_ref().unwrap().dept_code.as_deref(), Some("D"));
+    // Required for discharges: a discharge without it is a dead letter, a registration is not.
+    let e = apply_json(&m, &msg("D", ""), &[]).unwrap_err();
+    assert!(
+        e.detail.contains("visit.discharge is required"),
+        "{}",
+        e.detail
+    );
+    assert!(apply_json(&m, &msg("R", ""), &[]).is_ok());
+    // `events: []` is a located error.
+    let e = first_error(&format!(
+        "{BASE}  visit.dept_code: {{ path: /d, events: [] }}\n"
+    ));
+    assert!(e.message.contains("names no event"), "{e}");
+}
+
 fn one(text: &str) -> Result<Mapping, Vec<MappingError>> {
     let files = MemFiles(
         [(
@@ -528,4 +619,132 @@ fn ex_15_xml_and_json_events_get_the_same_templates_and_times() {
             other => panic!("{file}: expected a survey, got {other:?}"),
         }
     }
+}
+
+/// Issue 18 §5: the JSON Schema an editor uses knows the canonical fields: every shipped
+/// mapping and docs example validates, and `patient.phone` (in `fields` or `expect.fields`)
+/// fails validation, naming the key.
+#[test]
+fn the_schema_accepts_the_shipped_mappings_and_refuses_unknown_fields() {
+    let schema: serde_json::Value = serde_json::from_str(&super::schema()).unwrap();
+    let mut compiler = boon::Compiler::new();
+    compiler
+        .add_resource("mapping.schema.json", schema)
+        .unwrap();
+    let mut schemas = boon::Schemas::new();
+    let idx = compiler
+        .compile("mapping.schema.json", &mut schemas)
+        .unwrap();
+    let as_json = |text: &str| -> serde_json::Value { serde_saphyr::from_str(text).unwrap() };
+    let mut files = Vec::new();
+    shipped_files(&shipped_dir(), &mut files);
+    shipped_files(
+        &FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples"),
+        &mut files,
+    );
+    for f in &files {
+        let v = as_json(&std::fs::read_to_string(f).unwrap());
+        if let Err(e) = schemas.validate(&v, idx) {
+            panic!("{} does not validate: {e}", f.display());
+        }
+    }
+    for bad in [
+        format!("{BASE}  patient.phone: /tel\n"),
+        format!(
+            "{BASE}tests:\n  - name: x\n    input_text: '{{}}'\n    expect: {{ event: registration, fields: {{ patient.phone: \"1\" }} }}\n"
+        ),
+    ] {
+        let v = as_json(&bad);
+        let err = schemas
+            .validate(&v, idx)
+            .expect_err("patient.phone is not a canonical field");
+        let shown = format!("{err:#}");
+        assert!(shown.contains("patient.phone"), "{shown}");
+    }
+}
+
+/// Issue 18 §5: a misspelt transform or key says what was meant; an indentation slip says so.
+#[test]
+fn structure_errors_suggest_the_near_name_and_indentation() {
+    let e = first_error(&format!(
+        "{BASE}  visit.number: {{ path: /v, transforms: [{{ strip_prefx: \"x\" }}] }}\n"
+    ));
+    assert!(
+        e.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("did you mean `strip_prefix`"),
+        "{e}"
+    );
+    let e = first_error(&format!("{BASE}  visit.number: {{ pth: /v }}\n"));
+    assert!(
+        e.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("did you mean `path`"),
+        "{e}"
+    );
+    let e = first_error(
+        "name: t\nformat: json\nevent: registration\nfields:\n  message.id: /id\n   event.time: /at\n",
+    );
+    assert_eq!(e.line, 6, "{e}");
+    assert!(
+        e.hint.as_deref().unwrap_or("").contains("indentation"),
+        "{e}"
+    );
+}
+
+/// Issue 18 §7: every message the mapping compiler builds has an entry in docs/mapping.md §10.
+/// The longest literal part of each message (between `{…}` placeholders) must appear there,
+/// so a new or reworded error fails here until the catalogue says what to do about it.
+#[test]
+fn every_compiler_message_is_in_the_error_catalogue() {
+    let root = FsPath::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("../docs/mapping.md")).unwrap();
+    let catalogue = docs
+        .split("## 10. Common errors")
+        .nth(1)
+        .and_then(|s| s.split("## 11.").next())
+        .expect("docs/mapping.md has §10");
+    let call = regex_lite::Regex::new(
+        r#"(?s)(?:self\.err\(|Err\(\s*format!\(|err\(\s*&?[a-z_.]+,\s*(?:format!\()?)\s*"((?:[^"\\]|\\.)*)""#,
+    )
+    .unwrap();
+    let placeholder = regex_lite::Regex::new(r"\{[^}]*\}").unwrap();
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for file in [
+        "mod.rs",
+        "path.rs",
+        "json_path.rs",
+        "selector.rs",
+        "model.rs",
+    ] {
+        let src = std::fs::read_to_string(root.join("src/mapping").join(file)).unwrap();
+        let code = src.split("#[cfg(test)]").next().unwrap_or("");
+        for c in call.captures_iter(code) {
+            let literal = c[1].replace("\\\"", "\"");
+            let Some(part) = placeholder
+                .split(&literal)
+                .map(str::trim)
+                .filter(|p| p.len() >= 12)
+                .max_by_key(|p| p.len())
+            else {
+                continue;
+            };
+            checked += 1;
+            if !catalogue.contains(part) {
+                missing.push(format!("{file}: {part}"));
+            }
+        }
+    }
+    assert!(
+        checked >= 30,
+        "only {checked} messages found: the pattern broke"
+    );
+    assert!(
+        missing.is_empty(),
+        "messages without an entry in docs/mapping.md §10:\n{}",
+        missing.join("\n")
+    );
 }
