@@ -60,6 +60,12 @@ impl StoreError {
             Self::Sealing => "seal",
         }
     }
+
+    /// The commit itself failed (connection lost, disk full): the store's failure, never one
+    /// statement's refusal of one message's effects.
+    pub fn at_commit(&self) -> bool {
+        matches!(self, Self::Db { op: "commit", .. })
+    }
 }
 
 pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
