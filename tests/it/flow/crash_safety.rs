@@ -296,3 +296,122 @@ async fn sigterm_exits_cleanly_and_debug_logs_hold_no_personal_data() {
     }
     cleanup(&setup).await;
 }
+
+/// Issue 22 §2: the store commit itself fails (`fail_commit`: PostgreSQL's backend terminated,
+/// SQLite's COMMIT refused) with no end in sight. Nothing of the batch is acked — not even as a
+/// dead letter, though the store answers other queries — and nothing is stored; a SIGTERM then
+/// leaves every delivery on the queue. Restarted with commits failing three times (the pool
+/// must get over the broken transaction) and then working, the bridge processes each message
+/// once and pushes each survey once.
+async fn failing_commit_acks_nothing(db: Db, name: &str) {
+    let cem = Recorder::start().await;
+    let mut setup = crash_setup(name, &cem);
+    setup.store_url = Some(db.url.clone());
+    let cfg = setup.write_config();
+    let log = setup.dir.join("bridge.log");
+    let b = setup.start().await;
+    setup.wait_declared().await;
+    b.shutdown().await;
+    const N: u32 = 20;
+    publish_many(&setup.queue, &registrations(N as usize, name)).await;
+
+    // Past the three failures after which a batch the store keeps refusing is written message
+    // by message, and past that split's own three (a message then dead-lettered as poison).
+    let mut child = spawn_bridge(&cfg, Some("fail_commit:1000"), &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        if log_text.contains("fault injection: fail_commit (7 of 1000)") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let store = db.open().await;
+    assert_eq!(store.inbox_count().await.unwrap(), 0, "no message stored");
+    assert!(store.jobs().await.unwrap().is_empty(), "no job stored");
+    store.close().await;
+    assert!(cem.requests().is_empty(), "nothing pushed");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(ok.success());
+    let status = wait_exit(&mut child, 30).await;
+    assert!(status.success(), "{status:?}; log: {}", log.display());
+    // The deliveries the stopped bridge held come back to the queue (give the broker 10 s).
+    let mut back = None;
+    for _ in 0..100 {
+        back = queue_depth(&setup.queue).await;
+        if back == Some(N) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        back,
+        Some(N),
+        "nothing acked while the commit failed; log: {}",
+        log.display()
+    );
+    assert!(held, "the held batch was retried through 7 failed commits");
+    assert_no_dead_letters(&setup).await;
+
+    // Restarted: three more failed commits, then the store takes the batch.
+    let mut child = spawn_bridge(&cfg, Some("fail_commit:3"), &log);
+    wait_accepted(&cem, N as usize, 60).await;
+    let store = db.open().await;
+    wait_for(30, "every job recorded as sent", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.jobs().await.ok()?;
+            (jobs.len() == N as usize && jobs.iter().all(|j| j.status == "sent")).then_some(())
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("fault injection: fail_commit (3 of 3)"),
+        "the restarted bridge's commits failed too: {text}"
+    );
+    assert!(
+        !text.contains("dead-lettering it as poison"),
+        "a failed commit blamed no message: {text}"
+    );
+    assert_eq!(accepted_once_each(&cem), N as usize, "every survey once");
+    assert_eq!(cem.requests().len(), N as usize, "no push repeated");
+    assert_eq!(
+        store.inbox_count().await.unwrap(),
+        i64::from(N),
+        "every message stored once"
+    );
+    let audit = store.audit(None).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|a| a.action == "duplicate").count(),
+        0,
+        "no message was stored before the restart"
+    );
+    store.close().await;
+    assert_eq!(
+        queue_depth(&setup.queue).await,
+        Some(0),
+        "every message acked"
+    );
+    assert_no_dead_letters(&setup).await;
+    cleanup(&setup).await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_failing_commit_acks_nothing_and_recovers_exactly_once() {
+    failing_commit_acks_nothing(Db::sqlite("fail-commit").await, "fcs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failing_commit_acks_nothing_and_recovers_exactly_once() {
+    failing_commit_acks_nothing(Db::postgres("fail_commit").await, "fcp").await;
+}
