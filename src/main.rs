@@ -307,13 +307,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dispatch(cli.cmd)) {
+    let code = match rt.block_on(dispatch(cli.cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cem-bridge: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Tasks still running (the work `run` gave up on at its shutdown timeout) are dropped; a
+    // blocking call among them does not hold the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 /// Load the config for a read-only command; logs only warnings, to stderr.
@@ -329,11 +333,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             let cfg = Config::load(&config.config)?;
             init_logs(Some(&cfg));
             let secrets = Secrets::from_env(&cfg);
+            let limit = std::time::Duration::from_secs(cfg.shutdown_timeout_s);
             let bridge = app::start(cfg, secrets).await?;
             app::signal().await;
-            tracing::info!("shutdown requested: finishing in-flight work");
-            bridge.shutdown().await;
-            Ok(())
+            tracing::info!(
+                shutdown_timeout_s = limit.as_secs(),
+                "shutdown requested: finishing in-flight work"
+            );
+            bridge.shutdown_within(limit).await
         }
         Cmd::Check { config, sample } => {
             let config = config.config;

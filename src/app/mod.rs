@@ -709,6 +709,24 @@ impl Bridge {
         self.store.close().await;
         info!("cem-bridge stopped");
     }
+
+    /// [`shutdown`](Self::shutdown) within `limit` (`shutdown_timeout_s`), or an error saying
+    /// what was left. Nothing waits for work past the limit: the process is to exit, and what
+    /// did not finish was not acked (the broker redelivers it) or not recorded (a claimed job
+    /// is sent again after its lease, under the same idempotency key).
+    pub async fn shutdown_within(self, limit: std::time::Duration) -> anyhow::Result<()> {
+        if tokio::time::timeout(limit, self.shutdown()).await.is_ok() {
+            return Ok(());
+        }
+        let secs = limit.as_secs();
+        tracing::error!(
+            shutdown_timeout_s = secs,
+            "in-flight work did not finish within shutdown_timeout_s; exiting without it (nothing uncommitted was acked)"
+        );
+        anyhow::bail!(
+            "shutdown did not finish within shutdown_timeout_s = {secs} s; work in flight was left: unacked deliveries come back from the broker, and pushes not recorded are sent again after their lease"
+        )
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

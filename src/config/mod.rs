@@ -49,6 +49,12 @@ pub struct Config {
     /// Zone for local times and calendar rules (R-GEN-1).
     #[serde(default = "default_zone")]
     pub time_zone: String,
+    /// Seconds `run` gives in-flight work after SIGTERM or Ctrl-C (the batch being written and
+    /// acked, pushes and sends under way) before it exits non-zero without waiting longer;
+    /// nothing uncommitted is acked either way. At least 1.
+    #[serde(default = "default_shutdown_timeout_s")]
+    #[schemars(range(min = 1))]
+    pub shutdown_timeout_s: u64,
     pub pseudonym: PseudonymConfig,
     /// The re-identification vault (R-ANO-6): its AES-256 key comes from the environment.
     #[serde(default)]
@@ -100,6 +106,10 @@ pub struct Config {
 
 fn default_zone() -> String {
     cem_pipeline::time::DEFAULT_ZONE.to_string()
+}
+
+fn default_shutdown_timeout_s() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -551,6 +561,12 @@ impl Config {
                 ),
             ));
         }
+        if self.shutdown_timeout_s == 0 {
+            return Err(bad(
+                "shutdown_timeout_s",
+                "must be at least 1 (seconds given to in-flight work at shutdown)".into(),
+            ));
+        }
         if self.sources.is_empty() {
             return Err(bad(
                 "source",
@@ -734,6 +750,7 @@ mode = "shadow"
         assert_eq!(c.sources[0].dlq(), "q.dlq");
         assert_eq!(c.sources[0].poison_after, 5);
         assert_eq!(c.time_zone, "Asia/Shanghai");
+        assert_eq!(c.shutdown_timeout_s, 30);
         assert_eq!(
             c.ops.listen_addr(),
             Some(DEFAULT_OPS_LISTEN.parse().unwrap())
@@ -854,6 +871,14 @@ mode = "shadow"
             .unwrap_err()
             .to_string();
         assert!(e.contains("source[0].prefetch"), "{e}");
+        let text = MIN.replace("tenant = \"t\"", "tenant = \"t\"\nshutdown_timeout_s = 0");
+        let e = Config::parse(&text, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shutdown_timeout_s"), "{e}");
+        let text = MIN.replace("tenant = \"t\"", "tenant = \"t\"\nshutdown_timeout_s = 5");
+        let c = Config::parse(&text, Path::new("b.toml")).unwrap();
+        assert_eq!(c.shutdown_timeout_s, 5);
     }
 }
 

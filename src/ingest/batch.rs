@@ -173,6 +173,7 @@ pub(super) async fn write_batch(
         created |= made;
     }
     fault::hit(Point::BeforeCommit);
+    tx.fail_commit_if_faulted().await;
     tx.commit().await?;
     let durable = Instant::now();
     for p in prepared {

@@ -177,7 +177,11 @@ async fn commit_with_retry(
                 failures += 1;
                 warn!(connector = %src.name, error = %e, retry_in_ms = backoff.as_millis() as u64,
                       "store write failed; holding the batch unacked and retrying");
-                if failures >= FAILURES_BEFORE_ISOLATION && ctx.store.ping().await.is_ok() {
+                // A failed commit blames no message (connection lost, disk full): hold on.
+                if failures >= FAILURES_BEFORE_ISOLATION
+                    && !e.at_commit()
+                    && ctx.store.ping().await.is_ok()
+                {
                     // The store answers, yet this batch keeps failing: one message is to blame.
                     return isolate(ctx, src, prepared, shutdown).await;
                 }
@@ -192,7 +196,8 @@ async fn commit_with_retry(
 
 /// Write each delivery in its own transaction. One the store keeps refusing while it answers
 /// other queries is dead-lettered as `poison` (a NUL byte in an id is refused by PostgreSQL,
-/// say) so it cannot block the feed; if the store itself is down, wait for it as usual.
+/// say) so it cannot block the feed; if the store itself is down, or the commit is what fails,
+/// wait for it as usual.
 async fn isolate(
     ctx: &IngestContext,
     src: &SourceConfig,
@@ -211,7 +216,10 @@ async fn isolate(
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures >= FAILURES_BEFORE_ISOLATION && ctx.store.ping().await.is_ok() {
+                    if failures >= FAILURES_BEFORE_ISOLATION
+                        && !e.at_commit()
+                        && ctx.store.ping().await.is_ok()
+                    {
                         let mid = message_id_of(p).unwrap_or_default();
                         warn!(connector = %src.name, message_id = %mid, error = %e,
                               "the store refuses this message's effects; dead-lettering it as poison (not recorded in the store)");

@@ -1,8 +1,13 @@
-//! Crash points for the crash-safety tests.
+//! Crash and failure points for the crash-safety tests.
 //!
 //! Inert unless `CEM_BRIDGE_FAULT` is set, e.g. `after_commit:2` makes the process exit right
 //! after its 2nd ingest commit and before the acks — as if the machine lost power there. The
 //! integration tests use it to prove that no survey is lost and none is pushed twice.
+//!
+//! `fail_commit:n` is a failure, not an exit: the first `n` ingest commits fail with the
+//! database's own error (the store breaks the transaction for real just before committing,
+//! [`crate::store::StoreTx::fail_commit_if_faulted`]), later ones work again. It proves that a
+//! batch whose commit fails is not acked.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +21,8 @@ pub enum Point {
     AfterCommit,
     /// Scheduler: the CEM accepted the push, before the job is marked sent.
     AfterPush,
+    /// Ingest: the commit of the batch's transaction fails (see [`fails`]); no exit.
+    FailCommit,
 }
 
 impl Point {
@@ -24,6 +31,7 @@ impl Point {
             Self::BeforeCommit => "before_commit",
             Self::AfterCommit => "after_commit",
             Self::AfterPush => "after_push",
+            Self::FailCommit => "fail_commit",
         }
     }
 }
@@ -47,4 +55,22 @@ pub fn hit(point: Point) {
         eprintln!("cem-bridge: fault injection: exiting at {}", point.name());
         std::process::exit(86);
     }
+}
+
+/// Whether a failure point fails this time: `fail_commit:n` fails the first `n` times it is
+/// reached, then never again.
+pub fn fails(point: Point) -> bool {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let Some((name, n)) = configured() else {
+        return false;
+    };
+    if name != point.name() {
+        return false;
+    }
+    let k = HITS.fetch_add(1, Ordering::SeqCst) + 1;
+    if k > *n {
+        return false;
+    }
+    eprintln!("cem-bridge: fault injection: {} ({k} of {n})", point.name());
+    true
 }

@@ -25,6 +25,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, AssertSqlSafe, ConnectOptions, Row, Transaction};
 
 use crate::process::clock::Clock;
+use crate::process::fault;
 
 /// A store failure: what was being done, and the database's message (never row values).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,12 @@ impl StoreError {
             Self::SchemaTooNew { .. } => "migrate",
             Self::Sealing => "seal",
         }
+    }
+
+    /// The commit itself failed (connection lost, disk full): the store's failure, never one
+    /// statement's refusal of one message's effects.
+    pub fn at_commit(&self) -> bool {
+        matches!(self, Self::Db { op: "commit", .. })
     }
 }
 
@@ -478,6 +485,7 @@ impl Store {
         Ok(StoreTx {
             counts: Vec::new(),
             clock: self.clock.clone(),
+            backend: self.backend,
             tx: self.pool.begin().await.map_err(db("begin"))?,
         })
     }
@@ -600,6 +608,7 @@ pub struct StoreTx {
     counts: Vec<(&'static str, Vec<metrics::Label>, u64)>,
     /// The store's clock, for audit rows.
     clock: Clock,
+    backend: Backend,
 }
 
 impl StoreTx {
@@ -741,6 +750,30 @@ impl StoreTx {
             .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
             .collect();
         self.counts.push((name, labels, n));
+    }
+
+    /// The `fail_commit` fault point (`CEM_BRIDGE_FAULT`, inert unless set): break this
+    /// transaction for real so that the [`commit`](Self::commit) after it fails with the
+    /// database's own error and nothing of it is stored. PostgreSQL: the transaction's backend
+    /// is terminated, as when the server restarts or the connection drops just before the
+    /// commit. SQLite: the transaction violates a deferred foreign key between two temporary
+    /// tables, so the engine refuses the COMMIT and the transaction is rolled back.
+    pub async fn fail_commit_if_faulted(&mut self) {
+        if !fault::fails(fault::Point::FailCommit) {
+            return;
+        }
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT pg_terminate_backend(pg_backend_pid())",
+            Backend::Sqlite => {
+                "CREATE TEMP TABLE cem_fault_parent (id INTEGER PRIMARY KEY); \
+                 CREATE TEMP TABLE cem_fault_child (parent INTEGER \
+                   REFERENCES cem_fault_parent (id) DEFERRABLE INITIALLY DEFERRED); \
+                 INSERT INTO cem_fault_child (parent) VALUES (1);"
+            }
+        };
+        // The terminated backend answers this statement with an error: expected, the commit
+        // is what must fail.
+        let _ = sqlx::raw_sql(sql).execute(&mut *self.tx).await;
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
