@@ -243,6 +243,32 @@ enum BenchCmd {
         #[arg(long, default_value = cem_bridge::cli::bench::dispatch::DEFAULT_POSTGRES)]
         postgres: String,
     },
+    /// The bridge as a child process under faults (kills, broker outages, a failing CEM,
+    /// PostgreSQL restarts) with every message accounted for at the end (issue 22).
+    Chaos {
+        /// Distinct messages in the stream.
+        #[arg(long, default_value_t = cem_bridge::cli::bench::chaos::DEFAULT_COUNT)]
+        count: usize,
+        /// SIGKILLs of the bridge (each followed by a restart).
+        #[arg(long, default_value_t = cem_bridge::cli::bench::chaos::DEFAULT_KILLS)]
+        kills: usize,
+        /// Broker URL; the bench creates and deletes its own uniquely named queue.
+        #[arg(long, default_value = bench::DEFAULT_AMQP)]
+        amqp: String,
+        /// PostgreSQL admin URL: run on a scratch database there and restart PostgreSQL
+        /// mid-stream (needs pg_ctlcluster); without it, SQLite.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Seconds each CEM fault lasts (refused, 500, slow, 429).
+        #[arg(long, default_value_t = 5)]
+        cem_phase_s: u64,
+        /// Do not stop and start RabbitMQ (it affects every client of the local broker).
+        #[arg(long)]
+        no_broker_restart: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     Ingest {
         /// Messages per broker measurement.
         #[arg(long, default_value_t = bench::DEFAULT_COUNT)]
@@ -708,6 +734,30 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     postgres: (postgres != "none").then_some(postgres),
                 },
             )
+            .await
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Chaos {
+                    count,
+                    kills,
+                    amqp,
+                    postgres,
+                    cem_phase_s,
+                    no_broker_restart,
+                    json,
+                },
+        } => {
+            bench::init_logs();
+            bench::chaos::run(&bench::chaos::ChaosBench {
+                count,
+                kills,
+                amqp,
+                postgres,
+                cem_phase: std::time::Duration::from_secs(cem_phase_s),
+                broker_restart: !no_broker_restart,
+                json,
+            })
             .await
         }
         Cmd::Bench {

@@ -847,3 +847,50 @@ mod tests {
         assert_eq!(none.oldest_overdue_ms(15_000), 0);
     }
 }
+
+/// Where every message ended, for an accounting such as `bench chaos`: the message ids the
+/// inbox recorded and the dead letters with their reasons (job outcomes are in
+/// [`Store::jobs`]).
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub inbox: Vec<String>,
+    /// (message id, reason), the id `None` when the message had none.
+    pub dead_letters: Vec<(Option<String>, String)>,
+    /// Redeliveries absorbed by the inbox (audit rows `duplicate`, R-EVT-4).
+    pub duplicates: i64,
+}
+
+impl Store {
+    /// Every inbox message id, every dead letter (id, reason), the duplicates absorbed.
+    pub async fn ledger(&self) -> Result<Ledger, StoreError> {
+        let inbox = sqlx::query("SELECT message_id FROM inbox")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read the inbox"))?
+            .iter()
+            .map(|r| r.try_get::<Option<String>, _>("message_id"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("read the inbox"))?
+            .into_iter()
+            .flatten()
+            .collect();
+        let dead_letters = sqlx::query("SELECT message_id, reason FROM dead_letters")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read dead letters"))?
+            .iter()
+            .map(|r| Ok((r.try_get("message_id")?, r.try_get("reason")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(db("read dead letters"))?;
+        let duplicates = sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE action = 'duplicate'")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"))
+            .map_err(db("count duplicates"))?;
+        Ok(Ledger {
+            inbox,
+            dead_letters,
+            duplicates,
+        })
+    }
+}

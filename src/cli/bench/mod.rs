@@ -20,6 +20,7 @@
 //! It then prints the rates, their ratios and the peak RSS, and deletes what it created: both
 //! queues, the bridge's `.dlq` queue and `.dlx` exchange, and the temp dir.
 
+pub mod chaos;
 pub mod decode;
 pub mod dispatch;
 mod doors;
@@ -94,8 +95,10 @@ pub struct IngestBench {
 /// "slow statement" warnings, which the bench's own write contention on SQLite provokes by the
 /// hundred; `RUST_LOG` wins (e.g. `RUST_LOG=warn` to see them).
 pub fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx::query=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // lapin logs a passive declare of a queue not there yet as an error.
+        tracing_subscriber::EnvFilter::new("warn,sqlx::query=error,lapin::channel=off")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
