@@ -538,6 +538,7 @@ pub async fn start_with_clock(
         &cfg, &zone,
     )?));
     let policy = Arc::new(crate::process::live::Policy::new(cfg.surveys.clone()));
+    let unmatched = crate::process::unmatched::UnmatchedCodes::default();
     let ctx = Arc::new(IngestContext {
         mappings: mappings.clone(),
         store: store.clone(),
@@ -552,6 +553,7 @@ pub async fn start_with_clock(
         scheduler_wake: Arc::new(Notify::new()),
         health: health.clone(),
         followup: followup_ctx(&cfg)?,
+        unmatched: unmatched.clone(),
     });
     let (trigger, _) = shutdown::channel();
     let mut background = vec![
@@ -618,6 +620,7 @@ pub async fn start_with_clock(
                 auth: Arc::default(),
                 started,
                 catch_up: catch_up.clone(),
+                unmatched: unmatched.clone(),
             },
             trigger.subscribe(),
         ));

@@ -19,6 +19,8 @@ const OPS_PAGE: &str = include_str!("ops_page.html");
 
 /// Recent dead letters on the page.
 const PAGE_DEAD_LETTERS: u32 = 20;
+/// Unknown table codes on the page (the most frequent).
+const PAGE_UNMATCHED_CODES: usize = 10;
 /// With a token configured, pass only requests carrying `Authorization: Bearer <token>`.
 /// The scheme in any case; failures count towards the peer's throttle ([`guard`]).
 pub(crate) async fn require_token(
@@ -87,7 +89,8 @@ pub(crate) async fn ready(State(s): State<OpsState>) -> Response {
 }
 
 /// What the page shows from the store: readiness, surveys by status, the most overdue one and
-/// the recent dead letters (reason and detail; no personal data is stored).
+/// the recent dead letters (reason and detail; no personal data is stored); and, from memory,
+/// the sources' backlog and the unknown table codes.
 pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
     let (_, readiness) = readiness(&s).await;
     let mut errors = Vec::new();
@@ -128,6 +131,7 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         "tickets": tickets,
         "sources": sources(&s),
         "catch_up": catch_up,
+        "unmatched_codes": unmatched_codes(&s),
         // Issue 8 §5: a refused reload keeps the last good version; the page says so.
         "reload": {
             "mappings_generation": s.mappings.generation(),
@@ -137,6 +141,26 @@ pub(crate) async fn summary(State(s): State<OpsState>) -> Response {
         "errors": errors,
     });
     (status, axum::Json(body)).into_response()
+}
+
+/// Issue 18 §4: the codes mapping tables with `unmatched: keep` did not know, the most
+/// frequent first, since the process started. The code only for a code-like field, else
+/// `(value withheld)` (R-ANO-8).
+fn unmatched_codes(s: &OpsState) -> Vec<serde_json::Value> {
+    s.unmatched
+        .top(PAGE_UNMATCHED_CODES)
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "mapping": c.key.mapping,
+                "table": c.key.table,
+                "field": c.key.field,
+                "code": c.key.code,
+                "count": c.count,
+                "last_seen": crate::store::views::local_time(c.last_seen_ms, &s.zone),
+            })
+        })
+        .collect()
 }
 
 /// The work overdue at the start and what became of it; `null` when there was none.

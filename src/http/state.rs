@@ -49,6 +49,8 @@ pub struct OpsState {
     pub started: i64,
     /// The overdue work found at the start and what became of it, as last read.
     pub catch_up: crate::surveys::catchup::Shared,
+    /// The codes mapping tables did not know (`unmatched: keep`), as ingest tallied them.
+    pub unmatched: crate::process::unmatched::UnmatchedCodes,
     /// Failed authentications per peer address, on every guarded route.
     pub auth: std::sync::Arc<crate::http::guard::AuthThrottle>,
 }

@@ -33,6 +33,8 @@ pub(super) async fn write_batch(
     let mut facts = BatchFacts::new(prepared);
     let mut out = Vec::with_capacity(prepared.len());
     let mut created = false;
+    // Unknown table codes of new messages, tallied for the page once the batch committed.
+    let mut unmatched = Vec::new();
     for p in prepared {
         let mid = message_id_of(p);
         // Every line about this message carries its id and trace id (issue 8 §4); a message
@@ -107,6 +109,7 @@ pub(super) async fn write_batch(
                             );
                             for u in &event.unmatched_codes {
                                 note_unmatched(u, conn, &event.message_id);
+                                unmatched.push(u);
                                 tx.count(
                                     "cem_bridge_mapping_unmatched_codes_total",
                                     &[("mapping", &u.mapping), ("table", &u.table)],
@@ -175,6 +178,7 @@ pub(super) async fn write_batch(
     fault::hit(Point::BeforeCommit);
     tx.fail_commit_if_faulted().await;
     tx.commit().await?;
+    ctx.unmatched.note(unmatched, now);
     let durable = Instant::now();
     for p in prepared {
         histogram!("cem_bridge_ingest_latency_seconds", "connector" => src.name.clone())

@@ -43,6 +43,9 @@ pub struct IngestContext {
     /// Follow-up planning (R-FUP-1..4); `None` when the ticket loop (which sends the calls) is
     /// not configured or `[followup] enabled = false`.
     pub followup: Option<crate::store::followups::FollowupCtx>,
+    /// The codes tables with `unmatched: keep` did not know, fed after each commit (read by
+    /// `/api/summary`).
+    pub unmatched: crate::process::unmatched::UnmatchedCodes,
 }
 
 impl IngestContext {

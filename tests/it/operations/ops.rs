@@ -1241,8 +1241,48 @@ async fn identity_warnings_count_only_for_messages_that_are_surveyed() {
     cleanup(&setup).await;
 }
 
+/// The personal values of `json/discharge.json`, which the shared list does not hold.
+const JSON_DISCHARGE_PII: &[&str] = &[
+    "吴敏",
+    "31010119850202432X",
+    "13688889999",
+    "P00088888",
+    "Z2026111700031",
+    "Z2026111700077",
+    "Z2026111700078",
+];
+
+/// The summary's `unmatched_codes`, once `done` holds for it; the body checked for personal
+/// data (R-ANO-8).
+async fn unmatched_in_summary(
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let (codes, body) = wait_for(15, what, || {
+        let done = &done;
+        async move {
+            let (status, body) = get(addr, "/api/summary").await;
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            done(&v["unmatched_codes"]).then(|| (v["unmatched_codes"].clone(), body))
+        }
+    })
+    .await;
+    assert_no_pii("/api/summary", &body);
+    for pii in JSON_DISCHARGE_PII {
+        assert!(
+            !body.contains(pii),
+            "R-ANO-8: {pii:?} in /api/summary: {body}"
+        );
+    }
+    codes.as_array().unwrap().clone()
+}
+
 /// Issue 18 §4: a code the JSON mapping's `disposition` table does not know (`4`) is kept as the
-/// value, as before, but counted by mapping and table; a known one counts nothing.
+/// value, as before, but counted by mapping and table; a known one counts nothing. `/api/summary`
+/// lists it (`unmatched_codes`) with its field, count and local last-seen time, counting new
+/// messages only: a redelivered duplicate adds nothing, a second message adds one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_table_code_is_counted_by_mapping_and_table() {
     let cem = Recorder::start().await;
@@ -1250,6 +1290,9 @@ async fn an_unknown_table_code_is_counted_by_mapping_and_table() {
     let bridge = setup.start().await;
     let addr = ops_addr(&bridge);
     setup.wait_declared().await;
+    let (_, body) = get(addr, "/api/summary").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["unmatched_codes"], serde_json::json!([]), "none yet");
     let json = String::from_utf8(read_fixture("json/discharge.json")).unwrap();
     publish(&setup.queue, json.as_bytes(), "known").await;
     let unknown = json
@@ -1275,6 +1318,72 @@ async fn an_unknown_table_code_is_counted_by_mapping_and_table() {
         ),
         Some(1.0),
         "the known code counts nothing"
+    );
+    let codes = unmatched_in_summary(addr, "the code in /api/summary", |c| {
+        c.as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    let c = &codes[0];
+    assert_eq!(
+        (
+            &c["mapping"],
+            &c["table"],
+            &c["field"],
+            &c["code"],
+            &c["count"]
+        ),
+        (
+            &serde_json::json!("json-his-events"),
+            &serde_json::json!("disposition"),
+            &serde_json::json!("visit.disposition"),
+            &serde_json::json!("4"),
+            &serde_json::json!(1)
+        ),
+        "{codes:?}"
+    );
+    let seen = c["last_seen"].as_str().unwrap();
+    assert!(seen.starts_with("20") && seen.ends_with("+08:00"), "{seen}");
+
+    // The same message again is a duplicate: no count. A new one with the code: one more.
+    publish(&setup.queue, unknown.as_bytes(), "unknown again").await;
+    wait_for(15, "the duplicate acked", || async move {
+        (value(
+            &metrics(addr).await,
+            "cem_bridge_messages_duplicate_total",
+            &[("connector", "adt")],
+        ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    let second = unknown
+        .replace("EVT-UNMATCHED-1", "EVT-UNMATCHED-2")
+        .replace("Z2026111700077", "Z2026111700078");
+    publish(&setup.queue, second.as_bytes(), "unknown, second").await;
+    // All four deliveries settled (the ack follows the commit, which feeds the tally).
+    wait_for(15, "four deliveries acked", || async move {
+        (value(
+            &metrics(addr).await,
+            "cem_bridge_messages_acked_total",
+            &[("connector", "adt")],
+        ) == Some(4.0))
+        .then_some(())
+    })
+    .await;
+    let codes = unmatched_in_summary(addr, "the summary", |_| true).await;
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    assert_eq!(
+        codes[0]["count"], 2,
+        "the duplicate counted nothing: {codes:?}"
+    );
+    assert_eq!(
+        value(
+            &metrics(addr).await,
+            "cem_bridge_mapping_unmatched_codes_total",
+            &[("mapping", "json-his-events"), ("table", "disposition")],
+        ),
+        Some(2.0),
+        "the page and the metric agree"
     );
     bridge.shutdown().await;
     cleanup(&setup).await;

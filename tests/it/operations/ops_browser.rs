@@ -229,6 +229,11 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
     assert!(dead[1].contains("truncated") && dead[1].contains("bad/truncated.hl7"));
     assert_eq!(table(&dom, "tickets"), ["ASSIGNED | 1"]);
     assert_eq!(
+        table(&dom, "unmatched"),
+        ["无 · none"],
+        "the HL7 samples have no unknown table code"
+    );
+    assert_eq!(
         table(&dom, "kpis"),
         [
             "24 小时处理率 · 24 h handling rate | 100.0 % | 响应按时 1 / 已到期 1 · response met on time / due",
@@ -242,6 +247,77 @@ async fn the_ops_page_shows_flow_surveys_tickets_and_kpis_in_a_browser() {
         "{sla:?}"
     );
     assert_no_pii("the rendered page", &dom);
+    bridge.shutdown().await;
+    cleanup(&setup).await;
+}
+
+/// Issue 18 §4: a JSON discharge whose disposition (`4`) the mapping's table does not know is
+/// listed under "Unknown codes (mapping tables)" with its mapping, table, field, code, count
+/// and local time, with the hint to add it to the table — and nothing personal (R-ANO-8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_page_lists_the_unknown_table_codes_in_a_browser() {
+    chromium();
+    let cem = Recorder::start().await;
+    let setup = Setup::new("ops-browser-codes", &cem.url());
+    let bridge = setup.start().await;
+    let addr = bridge.ops_addr().unwrap();
+    setup.wait_declared().await;
+    let json = String::from_utf8(read_fixture("json/discharge.json")).unwrap();
+    let unknown = json
+        .replace("\"HOME\"", "\"4\"")
+        .replace("EVT-20261120-0003", "EVT-UNMATCHED-1");
+    publish(&setup.queue, unknown.as_bytes(), "unknown").await;
+    wait_for(20, "the code in the summary", || async move {
+        let body = reqwest::get(format!("http://{addr}/api/summary"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["unmatched_codes"][0]["count"] == 1).then_some(())
+    })
+    .await;
+
+    let url = format!("http://{addr}/");
+    let profile = setup.dir.join("chromium-profile");
+    let dom = tokio::task::spawn_blocking(move || headless(&url, &profile, &["--dump-dom".into()]))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&dom, "banner"), "就绪 · ready", "the script ran");
+    let rows = table(&dom, "unmatched");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cells: Vec<&str> = rows[0].split(" | ").collect();
+    assert_eq!(
+        cells[..5],
+        [
+            "json-his-events",
+            "disposition",
+            "visit.disposition",
+            "4",
+            "1"
+        ],
+        "mapping, table, field, code, count: {rows:?}"
+    );
+    assert!(
+        cells.len() == 6 && cells[5].ends_with("+08:00"),
+        "last seen in local time: {rows:?}"
+    );
+    assert!(
+        dom.contains("Unknown codes (mapping tables)")
+            && dom.contains("add them to the table in the mapping file"),
+        "the heading and the hint"
+    );
+    assert_no_pii("the rendered page", &dom);
+    for pii in [
+        "吴敏",
+        "31010119850202432X",
+        "13688889999",
+        "P00088888",
+        "Z2026111700031",
+    ] {
+        assert!(!dom.contains(pii), "R-ANO-8: {pii:?} on the page");
+    }
     bridge.shutdown().await;
     cleanup(&setup).await;
 }
