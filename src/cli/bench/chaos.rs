@@ -553,6 +553,7 @@ url = {amqp}
 queue = {queue}
 prefetch = 128
 batch_size = 64
+batch_wait_ms = 5
 [cem]
 mode = "http"
 url = {cem}
@@ -587,6 +588,9 @@ listen = ""
 struct Fault {
     what: String,
     ended: Instant,
+    /// Recovery is the next settled message (broker and store faults) or the next survey the
+    /// CEM accepted (CEM faults).
+    pushes: bool,
     progress_at_end: u64,
     recovered: Option<Duration>,
 }
@@ -661,6 +665,7 @@ async fn publish_stream(
     secs: f64,
     seed: u64,
     published: Arc<AtomicU64>,
+    burst: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<u64> {
     let mut rng = Rng(seed.rotate_left(17) | 1);
     let mut order: Vec<usize> = Vec::with_capacity(msgs.len() * 21 / 20);
@@ -670,7 +675,7 @@ async fn publish_stream(
             order.push(rng.below(i as u64) as usize);
         }
     }
-    let chunk = 25usize;
+    let chunk = 50usize;
     let pause = Duration::from_secs_f64(secs.max(1.0) * chunk as f64 / order.len().max(1) as f64);
     let mut publisher: Option<AmqpPublisher> = None;
     let mut delivered = 0u64;
@@ -712,6 +717,8 @@ async fn publish_stream(
         }
         delivered += batch.len() as u64;
         published.store(delivered, Ordering::Relaxed);
+        // A chunk is on the queue: the bridge is busy with it for the next few milliseconds.
+        burst.notify_waiters();
         if let Some(rest) = pause.checked_sub(started.elapsed()) {
             tokio::time::sleep(rest).await;
         }
@@ -722,26 +729,28 @@ async fn publish_stream(
     Ok(delivered)
 }
 
-/// Settled messages (inbox rows), sampled every 200 ms: (when, how many).
-type Samples = Arc<Mutex<Vec<(Instant, u64)>>>;
+/// Settled messages (inbox rows) and surveys the CEM accepted, sampled every 100 ms.
+type Samples = Arc<Mutex<Vec<(Instant, u64, u64)>>>;
 
-fn progress_now(samples: &Samples) -> u64 {
+fn progress_now(samples: &Samples, pushes: bool) -> u64 {
     samples
         .lock()
         .ok()
-        .and_then(|s| s.last().map(|x| x.1))
+        .and_then(|s| s.last().map(|x| if pushes { x.2 } else { x.1 }))
         .unwrap_or(0)
 }
 
-/// Fill in each fault's recovery: the first sample after it ended that shows more settled
-/// messages than at its end.
+/// Fill in each fault's recovery: the first sample after it ended that shows more progress
+/// than at its end.
 fn recoveries(faults: &mut [Fault], samples: &Samples) {
     let Ok(s) = samples.lock() else { return };
     for f in faults.iter_mut() {
         f.recovered = s
             .iter()
-            .find(|(at, n)| *at >= f.ended && *n > f.progress_at_end)
-            .map(|(at, _)| at.duration_since(f.ended));
+            .find(|(at, n, p)| {
+                *at >= f.ended && (if f.pushes { *p } else { *n }) > f.progress_at_end
+            })
+            .map(|(at, _, _)| at.duration_since(f.ended));
     }
 }
 
@@ -836,6 +845,7 @@ async fn run_in(
         + if postgres { 8.0 } else { 0.0 }
         + 4.0;
     let published = Arc::new(AtomicU64::new(0));
+    let burst = Arc::new(tokio::sync::Notify::new());
     let publisher = tokio::spawn(publish_stream(
         args.amqp.clone(),
         queue.to_string(),
@@ -843,65 +853,97 @@ async fn run_in(
         schedule_secs,
         seed,
         published.clone(),
+        burst.clone(),
     ));
     // Watch the store: settled messages over time.
     let samples: Samples = Arc::new(Mutex::new(Vec::new()));
     let watcher = {
-        let (store, samples) = (store.clone(), samples.clone());
+        let (store, samples, cem) = (store.clone(), samples.clone(), cem.state.clone());
         tokio::spawn(async move {
             loop {
+                let pushes = cem.accepted.lock().map(|a| a.len() as u64).unwrap_or(0);
                 if let Ok(n) = store.inbox_count().await
                     && let Ok(mut s) = samples.lock()
                 {
-                    s.push((Instant::now(), n.max(0) as u64));
+                    s.push((Instant::now(), n.max(0) as u64, pushes));
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     };
     let pb = super::bar(args.count as u64, "settled");
     let mut faults: Vec<Fault> = Vec::new();
     let gap = Duration::from_millis(1_500);
-    let mut note = |what: String, samples: &Samples| {
-        faults.push(Fault {
-            what,
-            ended: Instant::now(),
-            progress_at_end: progress_now(samples),
-            recovered: None,
-        });
+    // Progress read at the moment a fault ends (not the last sample): the store's settled
+    // messages, or the surveys the CEM accepted.
+    let cem_state = cem.state.clone();
+    let progress = |pushes: bool| {
+        let (store, cem) = (store.clone(), cem_state.clone());
+        async move {
+            if pushes {
+                cem.accepted.lock().map(|a| a.len() as u64).unwrap_or(0)
+            } else {
+                store
+                    .inbox_count()
+                    .await
+                    .map(|n| n.max(0) as u64)
+                    .unwrap_or(0)
+            }
+        }
+    };
+    let fault = |what: String, pushes: bool, progress_at_end: u64| Fault {
+        what,
+        ended: Instant::now(),
+        pushes,
+        progress_at_end,
+        recovered: None,
     };
     tokio::time::sleep(gap).await;
     let mut rng = Rng(seed.rotate_left(29) | 1);
     for k in 0..args.kills {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(2_000))).await;
+        // Kill while the bridge works on a batch — between taking it and settling it — where
+        // an ack that ran ahead of the commit would lose messages.
+        let _ = tokio::time::timeout(Duration::from_secs(5), burst.notified()).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
         bridge.kill();
         tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
         bridge.spawn()?;
-        note(
+        faults.push(fault(
             format!("SIGKILL {} of {}, restarted", k + 1, args.kills),
-            &samples,
-        );
-        pb.set_position(progress_now(&samples));
+            false,
+            progress(false).await,
+        ));
+        pb.set_position(progress_now(&samples, false));
     }
     tokio::time::sleep(gap).await;
     let closed = close_bridge_connections(queue)?;
-    note(
+    faults.push(fault(
         format!("broker closed the bridge's connections ({closed})"),
-        &samples,
-    );
+        false,
+        progress(false).await,
+    ));
     tokio::time::sleep(gap).await;
     if args.broker_restart {
         rabbitmqctl(&["stop_app"])?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         rabbitmqctl(&["start_app"])?;
         rabbitmqctl(&["await_startup"])?;
-        note("RabbitMQ stop_app / start_app".into(), &samples);
+        faults.push(fault(
+            "RabbitMQ stop_app / start_app".into(),
+            false,
+            progress(false).await,
+        ));
         tokio::time::sleep(gap).await;
     }
     cem.down();
     tokio::time::sleep(args.cem_phase).await;
     cem.up().await?;
-    note("CEM refusing connections, then back".into(), &samples);
+    faults.push(fault(
+        "CEM refusing connections, then back".into(),
+        true,
+        progress(true).await,
+    ));
     for (mode, what) in [
         (Mode::Error500, "CEM answering 500"),
         (Mode::Slow, "CEM slower than the bridge's timeout"),
@@ -910,17 +952,21 @@ async fn run_in(
         cem.state.set(mode);
         tokio::time::sleep(args.cem_phase).await;
         cem.state.set(Mode::Ok);
-        note(what.into(), &samples);
+        faults.push(fault(what.into(), true, progress(true).await));
     }
     if postgres {
         restart_postgres()?;
-        note("PostgreSQL restarted".into(), &samples);
+        faults.push(fault(
+            "PostgreSQL restarted".into(),
+            false,
+            progress(false).await,
+        ));
     }
     let delivered = match publisher.await {
         Ok(r) => r?,
         Err(e) => bail!("the publisher task failed: {e}"),
     };
-    pb.set_position(progress_now(&samples));
+    pb.set_position(progress_now(&samples, false));
 
     // Settle: every message has an outcome its kind allows, or nothing moves for STALL.
     let (mut last, mut moved) = (u64::MAX, Instant::now());
@@ -1013,6 +1059,34 @@ async fn delete_broker_objects(amqp: &str, queue: &str) {
 // ---------------------------------------------------------------------------------------------
 // The account
 
+/// Whether the dead-letter queue holds a message whose body contains `needle`. Reads without
+/// acking, on a channel it then closes, so every message stays in the queue.
+async fn dlq_holds(amqp: &str, dlq: &str, needle: &[u8]) -> bool {
+    use lapin::options::BasicGetOptions;
+    let Ok(conn) = cem_connectors::amqp::connect(amqp, "cem-bridge-chaos-dlq").await else {
+        return false;
+    };
+    let mut found = false;
+    if let Ok(ch) = conn.create_channel().await {
+        while let Ok(Some(m)) = ch
+            .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
+            .await
+        {
+            if m.delivery
+                .data
+                .windows(needle.len().max(1))
+                .any(|w| w == needle)
+            {
+                found = true;
+                break;
+            }
+        }
+        let _ = ch.close(200, "bye".into()).await;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    found
+}
+
 /// Where every message of the stream ended.
 struct Outcome {
     by_class: BTreeMap<Class, usize>,
@@ -1059,15 +1133,22 @@ async fn account(store: &Store, msgs: &[Msg], queue: &str, amqp: &str) -> anyhow
     }
     let by_job: HashMap<&str, &crate::store::JobRow> =
         jobs.iter().map(|j| (j.message_id.as_str(), j)).collect();
-    let dlq_depth = match AmqpPublisher::connect(amqp).await {
-        Ok(p) => {
-            let d = p.queue_depth(&format!("{queue}.dlq")).await.unwrap_or(0);
-            p.close().await;
-            u64::from(d)
+    // A message the store refuses outright (the poison one on PostgreSQL) is dead-lettered
+    // without a record: look for it in the broker's dead-letter queue.
+    let unrecorded: Vec<&Msg> = msgs
+        .iter()
+        .filter(|m| {
+            m.kind == "poison"
+                && !inbox.contains(m.id.as_str())
+                && !dead.contains_key(m.id.as_str())
+        })
+        .collect();
+    let mut broker_only = 0u64;
+    for m in &unrecorded {
+        if dlq_holds(amqp, &format!("{queue}.dlq"), m.id.as_bytes()).await {
+            broker_only += 1;
         }
-        Err(_) => 0,
-    };
-    let broker_only = dlq_depth.saturating_sub(ledger.dead_letters.len() as u64);
+    }
     let mut o = Outcome {
         by_class: BTreeMap::new(),
         unexpected: BTreeMap::new(),
@@ -1246,7 +1327,10 @@ impl Report {
             "{:<48} {:>8}",
             "dead letters in the broker only", o.broker_only_dead_letters
         );
-        println!("\n{:<56} {:>12}", "fault", "recovered in");
+        println!(
+            "\n{:<56} {:>12}",
+            "fault (recovery: next message settled / next push)", "recovered in"
+        );
         for f in &self.faults {
             let r = f
                 .recovered

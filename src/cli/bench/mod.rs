@@ -96,8 +96,8 @@ pub struct IngestBench {
 /// hundred; `RUST_LOG` wins (e.g. `RUST_LOG=warn` to see them).
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        // lapin logs a passive declare of a queue not there yet as an error.
-        tracing_subscriber::EnvFilter::new("warn,sqlx::query=error,lapin::channel=off")
+        // lapin logs a passive declare of a queue not there yet, and a broker restart, as errors.
+        tracing_subscriber::EnvFilter::new("warn,sqlx::query=error,lapin=off")
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
