@@ -46,6 +46,10 @@ fn access(job_id: &str) -> Access<'_> {
     }
 }
 
+/// The largest `/contact/resolve` body: `{"contactRef": "cr_…"}` is under 100 bytes. A larger
+/// body is answered 413 as soon as the limit is read past, never buffered whole (issue 22 §5).
+pub const MAX_BODY: usize = 4 * 1024;
+
 pub async fn resolve(
     State(s): State<OpsState>,
     peer: Peer,

@@ -76,7 +76,10 @@ fn router(state: OpsState) -> Router {
         .route("/", get(page))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/contact/resolve", post(contact::resolve))
+        .route(
+            "/contact/resolve",
+            post(contact::resolve).layer(DefaultBodyLimit::max(contact::MAX_BODY)),
+        )
         .merge(hooks)
         .merge(data)
         .with_state(state)

@@ -189,6 +189,27 @@ async fn r_ano_7_dispatch_carries_a_contact_ref_that_the_cem_resolves_with_its_t
             .0,
         404
     );
+    // Issue 22 §5: a request announcing a 10 MB body is answered 413 (the limit is 4 KiB)
+    // once 8 KiB of it arrived — the bridge does not wait for, or buffer, the rest — and the
+    // service answers the next request as usual.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = base.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /contact/resolve HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TEST_RESOLVE_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            10 * 1024 * 1024
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[b'x'; 8 * 1024]).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+            .await
+            .expect("answered before the body was sent")
+            .unwrap();
+        let line = String::from_utf8_lossy(&answer[..n]);
+        assert!(line.starts_with("HTTP/1.1 413"), "{line}");
+    }
     let (status, ok) = resolve(&base, Some(TEST_RESOLVE_TOKEN), &good).await;
     assert_eq!(status, 200, "{ok}");
     assert_eq!(ok["mobile"], "13812345678");
