@@ -265,6 +265,9 @@ enum BenchCmd {
         /// Do not stop and start RabbitMQ (it affects every client of the local broker).
         #[arg(long)]
         no_broker_restart: bool,
+        /// Also fill the SQLite store's disk (a tmpfs of its own, needs root) and free it.
+        #[arg(long)]
+        disk_full: bool,
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -745,6 +748,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     postgres,
                     cem_phase_s,
                     no_broker_restart,
+                    disk_full,
                     json,
                 },
         } => {
@@ -756,6 +760,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 postgres,
                 cem_phase: std::time::Duration::from_secs(cem_phase_s),
                 broker_restart: !no_broker_restart,
+                disk_full,
                 json,
             })
             .await

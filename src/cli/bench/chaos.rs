@@ -45,6 +45,9 @@ pub struct ChaosBench {
     pub cem_phase: Duration,
     /// Stop and start RabbitMQ itself (every client on this machine sees it).
     pub broker_restart: bool,
+    /// Fill the SQLite store's disk (a tmpfs of its own; needs root), then free it. Opt-in:
+    /// it shows today that the store stays locked after space returns (see docs/operations.md).
+    pub disk_full: bool,
     pub json: bool,
 }
 
@@ -583,6 +586,50 @@ listen = ""
 // ---------------------------------------------------------------------------------------------
 // Faults
 
+/// The SQLite store on a small RAM disk of its own (tmpfs, mounted as root), so the bench can
+/// fill it up and free it again.
+struct SmallDisk {
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mount a 2 GiB tmpfs at `dir/disk` (RAM only as used); `None` when this is not possible here (not root, no
+    /// `mount`): the disk-full fault is then left out and the report says so.
+    fn mount(dir: &Path) -> Option<Self> {
+        let mount = dir.join("disk");
+        std::fs::create_dir_all(&mount).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2g", "tmpfs"])
+            .arg(&mount)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self { mount })
+    }
+
+    /// Write a filler file until the disk is full; its path.
+    fn fill(&self) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        let path = self.mount.join("filler");
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+        Ok(path)
+    }
+
+    fn free(&self, filler: &Path) {
+        let _ = std::fs::remove_file(filler);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}
+
 /// One injected fault: what, when it ended (the bridge or the peer back), and how long until
 /// the first message was settled after it.
 struct Fault {
@@ -763,6 +810,17 @@ pub async fn run(args: &ChaosBench) -> anyhow::Result<()> {
     let queue = format!("cem-chaos-{run_id}");
     let dir = std::env::temp_dir().join(format!("cem-bridge-chaos-{run_id}"));
     std::fs::create_dir_all(&dir)?;
+    let disk = if args.postgres.is_none() && args.disk_full {
+        let d = SmallDisk::mount(&dir);
+        if d.is_none() {
+            eprintln!(
+                "the disk-full fault is left out: a tmpfs for the store cannot be mounted here (needs root)"
+            );
+        }
+        d
+    } else {
+        None
+    };
     let (store_url, pg) = match &args.postgres {
         Some(admin) => {
             let name = format!("cem_chaos_{}", std::process::id());
@@ -772,9 +830,24 @@ pub async fn run(args: &ChaosBench) -> anyhow::Result<()> {
             let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
             (format!("{base}/{name}"), Some((admin.clone(), name)))
         }
-        None => (format!("sqlite://{}", dir.join("chaos.db").display()), None),
+        None => {
+            let at = disk
+                .as_ref()
+                .map(|d| d.mount.clone())
+                .unwrap_or(dir.clone());
+            (format!("sqlite://{}", at.join("chaos.db").display()), None)
+        }
     };
-    let result = run_in(args, &queue, &dir, &store_url, pg.is_some()).await;
+    let result = run_in(args, &queue, &dir, &store_url, pg.is_some(), disk.as_ref()).await;
+    // The store may live on the small disk: unmount it before removing the folder.
+    if let Err(e) = &result
+        && let Some(d) = &disk
+    {
+        let keep = dir.join("chaos-kept.db");
+        let _ = std::fs::copy(d.mount.join("chaos.db"), &keep);
+        eprintln!("{e:#}: the store is copied to {}", keep.display());
+    }
+    drop(disk);
     // Clean up whatever happened.
     delete_broker_objects(&args.amqp, &queue).await;
     if let Some((admin, name)) = pg {
@@ -795,6 +868,7 @@ async fn run_in(
     dir: &Path,
     store_url: &str,
     postgres: bool,
+    disk: Option<&SmallDisk>,
 ) -> anyhow::Result<()> {
     let began = Instant::now();
     let mut cem = Cem::start().await?;
@@ -842,7 +916,8 @@ async fn run_in(
         + 4.0
         + if args.broker_restart { 12.0 } else { 0.0 }
         + 4.0 * args.cem_phase.as_secs_f64()
-        + if postgres { 8.0 } else { 0.0 }
+        + if postgres { 14.0 } else { 0.0 }
+        + if disk.is_some() { 5.0 } else { 0.0 }
         + 4.0;
     let published = Arc::new(AtomicU64::new(0));
     let burst = Arc::new(tokio::sync::Notify::new());
@@ -936,14 +1011,27 @@ async fn run_in(
         ));
         tokio::time::sleep(gap).await;
     }
+    // Each CEM fault is followed by normal service until a push gets through again (at most
+    // 30 s), so the next fault does not hide this one's recovery.
+    let back_to_normal = |at_end: u64| {
+        let progress = &progress;
+        async move {
+            let since = Instant::now();
+            while progress(true).await <= at_end && since.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     cem.down();
     tokio::time::sleep(args.cem_phase).await;
     cem.up().await?;
-    faults.push(fault(
+    let f = fault(
         "CEM refusing connections, then back".into(),
         true,
         progress(true).await,
-    ));
+    );
+    back_to_normal(f.progress_at_end).await;
+    faults.push(f);
     for (mode, what) in [
         (Mode::Error500, "CEM answering 500"),
         (Mode::Slow, "CEM slower than the bridge's timeout"),
@@ -952,12 +1040,46 @@ async fn run_in(
         cem.state.set(mode);
         tokio::time::sleep(args.cem_phase).await;
         cem.state.set(Mode::Ok);
-        faults.push(fault(what.into(), true, progress(true).await));
+        let f = fault(what.into(), true, progress(true).await);
+        back_to_normal(f.progress_at_end).await;
+        faults.push(f);
     }
+    let mut second: Option<Bridge> = None;
     if postgres {
         restart_postgres()?;
         faults.push(fault(
             "PostgreSQL restarted".into(),
+            false,
+            progress(false).await,
+        ));
+        tokio::time::sleep(gap).await;
+        // Two instances on one database, then the first one killed: the second carries on,
+        // the first comes back; dedupe and the claim's locks keep every effect single.
+        let mut b2 = Bridge {
+            config: bridge.config.clone(),
+            log: dir.join("bridge-2.log"),
+            child: None,
+            starts: 0,
+        };
+        b2.spawn()?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        bridge.kill();
+        tokio::time::sleep(gap).await;
+        bridge.spawn()?;
+        faults.push(fault(
+            "second instance on the database; the first killed".into(),
+            false,
+            progress(false).await,
+        ));
+        second = Some(b2);
+    } else if let Some(disk) = &disk {
+        // The store's disk full: commits fail, the bridge holds its batches unacked and says
+        // so; when space returns it goes on.
+        let filled = disk.fill()?;
+        tokio::time::sleep(args.cem_phase.max(Duration::from_secs(3))).await;
+        disk.free(&filled);
+        faults.push(fault(
+            "the store's disk full, then space again".into(),
             false,
             progress(false).await,
         ));
@@ -996,6 +1118,10 @@ async fn run_in(
     // Let a push in flight land, then stop the bridge as an operator would.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let exit = bridge.stop(Duration::from_secs(30)).await;
+    if let Some(mut b2) = second {
+        b2.stop(Duration::from_secs(30)).await;
+        bridge.starts += b2.starts;
+    }
     watcher.abort();
     recoveries(&mut faults, &samples);
     store.close().await;
