@@ -265,9 +265,10 @@ enum BenchCmd {
         /// Do not stop and start RabbitMQ (it affects every client of the local broker).
         #[arg(long)]
         no_broker_restart: bool,
-        /// Also fill the SQLite store's disk (a tmpfs of its own, needs root) and free it.
+        /// Do not fill the SQLite store's disk (a tmpfs of its own, mounted when run as root)
+        /// and free it again.
         #[arg(long)]
-        disk_full: bool,
+        no_disk_full: bool,
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -748,7 +749,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     postgres,
                     cem_phase_s,
                     no_broker_restart,
-                    disk_full,
+                    no_disk_full,
                     json,
                 },
         } => {
@@ -760,7 +761,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 postgres,
                 cem_phase: std::time::Duration::from_secs(cem_phase_s),
                 broker_restart: !no_broker_restart,
-                disk_full,
+                disk_full: !no_disk_full,
                 json,
             })
             .await

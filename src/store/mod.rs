@@ -357,6 +357,14 @@ impl Store {
                     Ok(())
                 })
             })
+            // A connection given back still inside a transaction — its COMMIT failed (disk
+            // full, a deferred constraint) and the ROLLBACK queued for it failed too or has not
+            // run yet — is closed rather than kept: kept, it would hold SQLite's write lock and
+            // every later write would wait `busy_timeout` and fail with "database is locked"
+            // until a restart (found by `bench chaos --disk-full`).
+            .after_release(|conn, _meta| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {

@@ -6,8 +6,9 @@
 //! while the bench injects, in turn: SIGKILL of the bridge (K times, restarted each time), the
 //! bridge's broker connection closed from the broker side, RabbitMQ stopped and started
 //! (`rabbitmqctl stop_app` / `start_app`), the CEM refusing connections, then answering 500,
-//! then slower than the bridge's timeout, then 429 with `Retry-After`, and (PostgreSQL mode)
-//! PostgreSQL restarted. The CEM is an in-process recorder that answers a repeated
+//! then slower than the bridge's timeout, then 429 with `Retry-After`; on SQLite the store's
+//! disk filled up and freed again (a tmpfs of its own, when run as root); on PostgreSQL a
+//! PostgreSQL restart and a second instance on the database with the first one killed. The CEM is an in-process recorder that answers a repeated
 //! `Idempotency-Key` with 409, as the real one does.
 //!
 //! At the end every distinct message must be exactly one of: pushed (its survey job `sent`),
@@ -45,8 +46,7 @@ pub struct ChaosBench {
     pub cem_phase: Duration,
     /// Stop and start RabbitMQ itself (every client on this machine sees it).
     pub broker_restart: bool,
-    /// Fill the SQLite store's disk (a tmpfs of its own; needs root), then free it. Opt-in:
-    /// it shows today that the store stays locked after space returns (see docs/operations.md).
+    /// Fill the SQLite store's disk (a tmpfs of its own; needs root), then free it.
     pub disk_full: bool,
     pub json: bool,
 }
