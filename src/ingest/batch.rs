@@ -17,6 +17,7 @@ use crate::ingest::context::{Disposition, IngestContext, Mapped, Prepared, messa
 use crate::ingest::facts::{BatchFacts, plan_keys};
 use crate::process::fault::{self, Point};
 use crate::store::dead_letters::{dead_letter_aad, seal_headers, stored_part};
+use crate::store::vault::VaultAccessError;
 use crate::store::{AuditEntry, DeadLetterEntry, InboxResult, JobInsert, NewJob, StoreError};
 
 /// How long a cancel that came before its registration is remembered (R-CAN-2).
@@ -241,7 +242,7 @@ async fn apply_decision(
                 for (pseudonym, record) in entries_for(event, &ctx.pseudo, &pk) {
                     tx.vault_put(&ctx.vault, &pseudonym, &record, now)
                         .await
-                        .map_err(vault_error)?;
+                        .map_err(VaultAccessError::into_store)?;
                 }
             }
             let (action, reason) = match &r {
@@ -285,7 +286,7 @@ async fn apply_decision(
             // R-PAT-4: the merged patient's record goes to the survivor.
             tx.move_patient_record(&ctx.vault, merged_key, survivor_key, now)
                 .await
-                .map_err(vault_error)?;
+                .map_err(VaultAccessError::into_store)?;
             facts.changed(merged_key);
             facts.changed(survivor_key);
             tx.audit(&AuditEntry {
@@ -320,7 +321,7 @@ async fn apply_decision(
                 for (pseudonym, record) in entries_for(event, &ctx.pseudo, patient_key) {
                     tx.vault_put(&ctx.vault, &pseudonym, &record, now)
                         .await
-                        .map_err(vault_error)?;
+                        .map_err(VaultAccessError::into_store)?;
                 }
             }
             tx.audit(&recorded(
@@ -504,7 +505,7 @@ async fn apply_followup(
             for (pseudonym, record) in entries_for(event, &ctx.pseudo, &own_pk) {
                 tx.vault_put(&ctx.vault, &pseudonym, &record, last_step)
                     .await
-                    .map_err(vault_error)?;
+                    .map_err(VaultAccessError::into_store)?;
             }
             let done = tx
                 .followup_plan(&ctx.vault, &f.windows, plan, conn, mid, &ctx.zone, now)
@@ -628,14 +629,6 @@ fn note_unmatched(u: &cem_pipeline::event::UnmatchedCode, conn: &str, message_id
         );
     } else {
         debug!(connector = conn, message_id, mapping = %u.mapping, table = %u.table, code, "unknown table code kept again");
-    }
-}
-
-/// A vault write failure as the store error the batch retry understands.
-pub(super) fn vault_error(e: crate::store::vault::VaultAccessError) -> StoreError {
-    match e {
-        crate::store::vault::VaultAccessError::Store(s) => s,
-        _ => StoreError::Sealing,
     }
 }
 

@@ -11,6 +11,7 @@ use cem_pipeline::patient_record::{PatientRecord, needs_record};
 use cem_pipeline::survey::SurveyDecision;
 
 use crate::ingest::context::IngestContext;
+use crate::store::vault::VaultAccessError;
 use crate::store::{AuditEntry, StoreError, StoreTx};
 
 /// A message's event and decisions once the patient record is taken into account.
@@ -36,7 +37,7 @@ pub(super) async fn apply(
         let (record, changed) = tx
             .merge_patient_record(&ctx.vault, &pk, incoming, now)
             .await
-            .map_err(super::batch::vault_error)?;
+            .map_err(VaultAccessError::into_store)?;
         let detail = if changed.is_empty() {
             "nothing newer than the record holds".to_string()
         } else {

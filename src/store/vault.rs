@@ -16,6 +16,17 @@ pub enum VaultAccessError {
     Store(#[from] StoreError),
 }
 
+impl VaultAccessError {
+    /// As the store error a batch's retry understands: a store failure stays one, a key or
+    /// sealing failure is [`StoreError::Sealing`].
+    pub fn into_store(self) -> StoreError {
+        match self {
+            Self::Store(s) => s,
+            Self::Vault(_) => StoreError::Sealing,
+        }
+    }
+}
+
 impl StoreTx {
     /// Seal and store `record` under `pseudonym` (replacing what was there), noting `now` as the
     /// patient's last event for the purge (R-ANO-6) unless a later one is already noted (a
