@@ -267,12 +267,15 @@ impl PatientRecord {
 
 /// Whether a visit event may need the record: a registration or discharge, in production, that
 /// lacks the mobile or the birth date, or the guardian's mobile for a minor (`minor` as the
-/// survey rules judge it). Other events and complete ones need no read.
-pub fn needs_record(event: &PatientEvent, minor: bool) -> bool {
+/// survey rules judge it, asked only when it matters). Other events and complete ones need no
+/// read.
+pub fn needs_record(event: &PatientEvent, minor: impl FnOnce() -> bool) -> bool {
     let p = &event.patient;
     event.production
         && matches!(event.kind, EventKind::Registered | EventKind::Discharged)
-        && (p.mobile.is_none() || p.birth_date.is_none() || (minor && p.guardian_mobile.is_none()))
+        && (p.mobile.is_none()
+            || p.birth_date.is_none()
+            || (p.guardian_mobile.is_none() && minor()))
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ pub fn map_body(req: &MapRequest<'_>, label: &str, body: &[u8]) -> anyhow::Resul
             "note": "do-not-disturb (R-DND-1) is checked against the store at send time",
         }),
         SurveyDecision::Suppress { reason, rule } => {
-            let minor = cem_pipeline::survey::is_minor(&event, &req.policy, &req.zone);
+            let minor = || cem_pipeline::survey::is_minor(&event, &req.policy, &req.zone);
             if cem_pipeline::patient_record::needs_record(&event, minor) {
                 json!({ "decision": "suppress", "reason": reason, "rule": rule,
                         "note": "the running bridge first fills a missing mobile, birth date or guardian from the patient's record (S0001/S0002, A28/A31; R-PAT-3); a dry run has no store" })

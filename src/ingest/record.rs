@@ -30,9 +30,9 @@ pub(super) async fn apply(
     event: &PatientEvent,
     now: i64,
 ) -> Result<Option<WithRecord>, StoreError> {
-    let pk = ctx.pseudo.patient_key(&event.patient.id);
     let mid = event.message_id.as_str();
     if event.kind.is_patient_level() && event.production {
+        let pk = ctx.pseudo.patient_key(&event.patient.id);
         let incoming = PatientRecord::from_event(event, &ctx.pseudo);
         let (record, changed) = tx
             .merge_patient_record(&ctx.vault, &pk, incoming, now)
@@ -71,9 +71,11 @@ pub(super) async fn apply(
             followup,
         }));
     }
-    if !needs_record(event, ctx.is_minor(event)) {
+    // The common case — a visit with its own contact — stops here, with no pseudonym computed.
+    if !needs_record(event, || ctx.is_minor(event)) {
         return Ok(None);
     }
+    let pk = ctx.pseudo.patient_key(&event.patient.id);
     let Some(record) = tx.patient_record(&ctx.vault, &pk).await? else {
         return Ok(None);
     };

@@ -752,13 +752,32 @@ async fn watch(
     r
 }
 
-/// Delete what the run created; best effort, each failure reported. One channel per deletion:
-/// a failed AMQP operation closes its channel.
+/// Delete what the run created; best effort, each failure reported.
 async fn cleanup(control: &lapin::Connection, names: &Names) {
-    for q in [&names.raw_queue, &names.bridge_queue, &names.dlq()] {
+    delete_queues_and_exchange(
+        control,
+        &[&names.raw_queue, &names.bridge_queue, &names.dlq()],
+        &names.dlx(),
+    )
+    .await;
+    if names.dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&names.dir)
+    {
+        eprintln!("cleanup: cannot remove {}: {e}", names.dir.display());
+    }
+}
+
+/// Delete `queues` and `exchange`, one channel per deletion (a failed AMQP operation closes its
+/// channel); best effort, each failure reported.
+pub(crate) async fn delete_queues_and_exchange(
+    control: &lapin::Connection,
+    queues: &[&str],
+    exchange: &str,
+) {
+    for q in queues {
         let r = async {
             let ch = control.create_channel().await?;
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            ch.queue_delete((*q).into(), QueueDeleteOptions::default())
                 .await?;
             let _ = ch.close(200, "bye".into()).await;
             Ok::<_, lapin::Error>(())
@@ -768,22 +787,16 @@ async fn cleanup(control: &lapin::Connection, names: &Names) {
             eprintln!("cleanup: cannot delete queue {q}: {e}");
         }
     }
-    let dlx = names.dlx();
     let r = async {
         let ch = control.create_channel().await?;
-        ch.exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
+        ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await?;
         let _ = ch.close(200, "bye".into()).await;
         Ok::<_, lapin::Error>(())
     }
     .await;
     if let Err(e) = r {
-        eprintln!("cleanup: cannot delete exchange {dlx}: {e}");
-    }
-    if names.dir.exists()
-        && let Err(e) = std::fs::remove_dir_all(&names.dir)
-    {
-        eprintln!("cleanup: cannot remove {}: {e}", names.dir.display());
+        eprintln!("cleanup: cannot delete exchange {exchange}: {e}");
     }
 }
 

@@ -509,37 +509,13 @@ async fn run_in(
 
 /// Delete the run's queue, its `.dlq` and its `.dlx`; best effort, failures reported.
 async fn delete_broker_objects(amqp: &str, queue: &str) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let Ok(conn) = cem_connectors::amqp::connect(amqp, "cem-bridge-chaos-cleanup").await else {
         eprintln!(
             "cleanup: RabbitMQ not reachable; delete {queue}, {queue}.dlq and {queue}.dlx by hand"
         );
         return;
     };
-    for q in [queue.to_string(), format!("{queue}.dlq")] {
-        let r = async {
-            let ch = conn.create_channel().await?;
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-            let _ = ch.close(200, "bye".into()).await;
-            Ok::<_, lapin::Error>(())
-        }
-        .await;
-        if let Err(e) = r {
-            eprintln!("cleanup: cannot delete queue {q}: {e}");
-        }
-    }
-    let dlx = format!("{queue}.dlx");
-    let r = async {
-        let ch = conn.create_channel().await?;
-        ch.exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default())
-            .await?;
-        let _ = ch.close(200, "bye".into()).await;
-        Ok::<_, lapin::Error>(())
-    }
-    .await;
-    if let Err(e) = r {
-        eprintln!("cleanup: cannot delete exchange {dlx}: {e}");
-    }
+    let dlq = format!("{queue}.dlq");
+    super::delete_queues_and_exchange(&conn, &[queue, &dlq], &format!("{queue}.dlx")).await;
     let _ = conn.close(200, "bye".into()).await;
 }
