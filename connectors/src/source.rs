@@ -113,24 +113,3 @@ pub trait SourceBuilder: Send + Sync {
     /// What this door consumes, for logs: no secrets (AMQP: queue and dead-letter queue).
     fn describe(&self) -> String;
 }
-
-/// After `first`, take more deliveries until the batch holds `max` or `wait` has passed. A
-/// failure after the first delivery is returned as the error: the whole batch is then left
-/// unsettled, and the sender delivers it again.
-pub async fn fill_batch<S: Source>(
-    source: &mut S,
-    first: Delivery,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<Delivery>, SourceError> {
-    let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + wait;
-    while batch.len() < max {
-        match tokio::time::timeout_at(deadline, source.recv()).await {
-            Ok(Ok(Some(d))) => batch.push(d),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(None)) | Err(_) => break,
-        }
-    }
-    Ok(batch)
-}

@@ -31,6 +31,32 @@ pub(super) async fn write_batch(
     let now = ctx.clock.now_ms();
     let conn = src.name.as_str();
     let mut tx = ctx.store.begin().await?;
+    // One statement for the batch's message keys, one read of which survey jobs exist; the
+    // jobs, vault records and audit rows then wait in the transaction and are written with one
+    // statement per table at the commit (`store::buffered`).
+    let keyed: Vec<(&str, &str, &str, &str)> = prepared
+        .iter()
+        .filter_map(|p| match &p.result {
+            Ok(Mapped::Event(_, e, _, _)) => Some((
+                e.message_key.as_str(),
+                p.hash.as_str(),
+                e.message_id.as_str(),
+                e.kind.code(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut inbox = tx.record_inbox_batch(conn, &keyed, now).await?.into_iter();
+    let job_ids: Vec<&str> = prepared
+        .iter()
+        .filter_map(|p| match &p.result {
+            Ok(Mapped::Event(_, _, SurveyDecision::Schedule(job), _)) => Some(job.job_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !job_ids.is_empty() {
+        tx.read_absent_jobs(&job_ids).await?;
+    }
     let mut facts = BatchFacts::new(prepared);
     let mut out = Vec::with_capacity(prepared.len());
     let mut created = false;
@@ -66,17 +92,7 @@ pub(super) async fn write_batch(
                     None
                 }
                 Ok(Mapped::Event(format, event, decision, followup)) => {
-                    match tx
-                        .record_inbox(
-                            conn,
-                            &event.message_key,
-                            &p.hash,
-                            &event.message_id,
-                            event.kind.code(),
-                            now,
-                        )
-                        .await?
-                    {
+                    match inbox.next().unwrap_or(InboxResult::Conflict) {
                         InboxResult::Duplicate => {
                             tx.audit(&AuditEntry {
                                 connector: Some(conn),

@@ -13,11 +13,13 @@ pub mod context;
 pub mod facts;
 pub mod record;
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cem_connectors::source::{Delivery, Settle, Source, SourceBuilder, SourceError, fill_batch};
+use cem_connectors::source::{Delivery, Settle, Source, SourceBuilder, SourceError};
 use cem_pipeline::decode::{Charset, DecodeOptions};
 use cem_pipeline::mapping::Outcome;
 use cem_pipeline::reason::{DeadLetterReason, Rejection};
@@ -71,41 +73,113 @@ pub async fn run_door<B: SourceBuilder>(
     info!(connector = %src.name, "source stopped");
 }
 
+/// A batch being written: it gives the batch back with what the transaction decided, or
+/// `None` when shutdown came while the store was down (nothing written, nothing to settle).
+type Commit<'a> =
+    Pin<Box<dyn Future<Output = (Vec<Prepared>, Option<Vec<Disposition>>)> + Send + 'a>>;
+
+/// The loop of one open door, pipelined: while one batch is written (decoded and decided
+/// already), the next is received, decoded and decided, so the store and the decoding work at
+/// the same time. A batch is written when none is being written and it is full, or its first
+/// delivery has waited the door's batch wait; under load, the deliveries that arrive during
+/// a write form the next batch (group commit). A batch is settled with the door only after its
+/// transaction committed, in order; at most two batches are unsettled.
 async fn consume<S: Source>(
     ctx: &IngestContext,
     src: &SourceConfig,
     source: &mut S,
     shutdown: &mut Shutdown,
 ) -> Result<(), SourceError> {
-    let wait = Duration::from_millis(src.batch_wait_ms);
+    let wait = source.batch_wait(Duration::from_millis(src.batch_wait_ms));
+    let mut next: Vec<Prepared> = Vec::with_capacity(src.batch_size);
+    let mut next_since = tokio::time::Instant::now();
+    let mut writing: Option<Commit<'_>> = None;
+    let mut ended = false;
     loop {
-        let first = tokio::select! {
-            _ = shutdown.wait() => {
-                source.stop().await;
-                return Ok(());
-            }
-            d = source.recv() => d?,
-        };
-        let Some(first) = first else {
+        if writing.is_none()
+            && !next.is_empty()
+            && (ended || next.len() >= src.batch_size || next_since.elapsed() >= wait)
+        {
+            let batch = std::mem::replace(&mut next, Vec::with_capacity(src.batch_size));
+            writing = Some(start_commit(ctx, src, batch, shutdown.clone()));
+        }
+        if ended && writing.is_none() {
             return Err(SourceError::Ended {
                 door: src.name.clone(),
             });
-        };
-        // A failure after the first delivery leaves the batch unsettled: redelivered.
-        let wait = source.batch_wait(wait);
-        let batch = fill_batch(source, first, src.batch_size, wait).await?;
-        let received = Instant::now();
-        let prepared: Vec<Prepared> = batch
-            .into_iter()
-            .map(|m| prepare(ctx, src, m, received))
-            .collect();
-        let Some(dispositions) = commit_with_retry(ctx, src, &prepared, shutdown).await else {
-            return Ok(()); // shutdown while the store was down: nothing acked, all redelivered
-        };
-        fault::hit(Point::AfterCommit);
-        let acked = finish(src, source, &prepared, dispositions).await?;
-        ctx.health.note_acked(&src.name, acked);
+        }
+        let taking = !ended && next.len() < src.batch_size;
+        let waiting = writing.is_none() && !next.is_empty();
+        tokio::select! {
+            _ = shutdown.wait() => {
+                // A batch under way is finished and settled: its effects are durable, and
+                // acking them spares a redelivery. What was gathered after it is redelivered.
+                if let Some(commit) = writing.take() {
+                    let (batch, dispositions) = commit.await;
+                    if let Some(d) = dispositions {
+                        settle(ctx, src, source, &batch, d).await?;
+                    }
+                }
+                source.stop().await;
+                return Ok(());
+            }
+            done = async {
+                match writing.as_mut() {
+                    Some(commit) => commit.await,
+                    None => std::future::pending().await,
+                }
+            }, if writing.is_some() => {
+                writing = None;
+                let (batch, dispositions) = done;
+                let Some(d) = dispositions else {
+                    // Shutdown while the store was down: nothing acked, all redelivered.
+                    source.stop().await;
+                    return Ok(());
+                };
+                settle(ctx, src, source, &batch, d).await?;
+            }
+            d = source.recv(), if taking => {
+                // A failure leaves every unsettled delivery to the sender, who delivers it again.
+                match d? {
+                    Some(m) => {
+                        if next.is_empty() {
+                            next_since = tokio::time::Instant::now();
+                        }
+                        next.push(prepare(ctx, src, m, Instant::now()));
+                    }
+                    None => ended = true,
+                }
+            }
+            _ = tokio::time::sleep_until(next_since + wait), if waiting => {}
+        }
     }
+}
+
+/// Write `batch` (with retries; see [`commit_with_retry`]) on a shutdown handle of its own.
+fn start_commit<'a>(
+    ctx: &'a IngestContext,
+    src: &'a SourceConfig,
+    batch: Vec<Prepared>,
+    mut shutdown: Shutdown,
+) -> Commit<'a> {
+    Box::pin(async move {
+        let d = commit_with_retry(ctx, src, &batch, &mut shutdown).await;
+        (batch, d)
+    })
+}
+
+/// After a batch committed: settle it with the door and note what was acked.
+async fn settle<S: Source>(
+    ctx: &IngestContext,
+    src: &SourceConfig,
+    source: &mut S,
+    batch: &[Prepared],
+    dispositions: Vec<Disposition>,
+) -> Result<(), SourceError> {
+    fault::hit(Point::AfterCommit);
+    let acked = finish(src, source, batch, dispositions).await?;
+    ctx.health.note_acked(&src.name, acked);
+    Ok(())
 }
 
 fn prepare(ctx: &IngestContext, src: &SourceConfig, msg: Delivery, received: Instant) -> Prepared {

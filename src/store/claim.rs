@@ -91,7 +91,7 @@ impl Store {
              AND locked_until <= $3 ORDER BY next_attempt_at, job_id LIMIT $4{lock}) \
              RETURNING job_id, template, payload, attempts, due_at, message_id, patient_key, id_card_key, mobile_key, dnd, stale_at"
         );
-        let mut tx = self.pool.begin().await.map_err(db("begin claim"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(lease_until)
             .bind(owner)
@@ -137,7 +137,7 @@ impl Store {
             if stale_now(r, now) {
                 let stale_at: i64 = r.try_get("stale_at").map_err(db("read claimed jobs"))?;
                 claimed.stale += 1;
-                release_touch(&mut tx, &job.job_id).await?;
+                release_touch(&mut *tx, &job.job_id).await?;
                 let late_h = (now - job.due_at).max(0) / 3_600_000;
                 let past_h = (now - stale_at) / 3_600_000;
                 suppress_in(
@@ -254,7 +254,7 @@ impl Store {
                 .bind(job_id.as_str())
                 .bind(owner),
             }
-            .execute(&mut *tx.tx)
+            .execute(tx.conn().await?)
             .await
             .map_err(db("record push outcome"))?
             .rows_affected();
@@ -582,7 +582,7 @@ async fn touch_follow_up(tx: &mut StoreTx, o: &JobOutcome, now: i64) -> Result<(
             sqlx::query("UPDATE touches SET last_sent = $1 WHERE job_id = $2")
                 .bind(now)
                 .bind(job_id.as_str())
-                .execute(&mut *tx.tx)
+                .execute(tx.conn().await?)
                 .await
                 .map_err(db("record touch"))?;
         }
@@ -591,7 +591,7 @@ async fn touch_follow_up(tx: &mut StoreTx, o: &JobOutcome, now: i64) -> Result<(
             reason: "rejected",
             ..
         }
-        | JobOutcome::Suppressed { job_id, .. } => release_touch(&mut tx.tx, job_id).await?,
+        | JobOutcome::Suppressed { job_id, .. } => release_touch(tx.conn().await?, job_id).await?,
         _ => {}
     }
     Ok(())
@@ -599,12 +599,12 @@ async fn touch_follow_up(tx: &mut StoreTx, o: &JobOutcome, now: i64) -> Result<(
 
 /// Release the do-not-disturb reservation (or touch) a job holds: the CEM never took it.
 pub(crate) async fn release_touch(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut sqlx::AnyConnection,
     job_id: &str,
 ) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM touches WHERE job_id = $1")
         .bind(job_id)
-        .execute(&mut **tx)
+        .execute(conn)
         .await
         .map_err(db("release touch"))?;
     Ok(())

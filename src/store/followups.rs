@@ -175,7 +175,7 @@ impl StoreTx {
         Ok(
             sqlx::query("SELECT 1 AS x FROM ticket_outbox WHERE idem_key = $1")
                 .bind(key)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await
                 .map_err(db("look up a follow-up step"))?
                 .is_some(),
@@ -187,7 +187,7 @@ impl StoreTx {
         Ok(
             sqlx::query("SELECT 1 AS x FROM survey_jobs WHERE job_id = $1")
                 .bind(job_id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await
                 .map_err(db("look up a follow-up step"))?
                 .is_some(),
@@ -230,7 +230,7 @@ impl StoreTx {
         .bind(key_id)
         .bind(sealed)
         .bind(now)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("queue follow-up call"))?
         .rows_affected();

@@ -5,6 +5,7 @@
 //! [`StoreTx::commit`] returns. The scheduler claims due jobs with a lease (`locked_until`), so a
 //! crash mid-send leaves the job to be claimed again and re-sent with the same idempotency key.
 
+mod buffered;
 pub mod claim;
 pub mod dead_letters;
 pub mod followups;
@@ -22,7 +23,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, AssertSqlSafe, ConnectOptions, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Row, Transaction};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::process::clock::Clock;
 use crate::process::fault;
@@ -49,6 +51,16 @@ pub enum StoreError {
     CreateDir { dir: String, cause: std::io::Error },
     #[error("store: cannot seal a vault record or dead-letter body with the vault key")]
     Sealing,
+    /// Another instance wrote a row this batch read as absent, between the read and the write
+    /// (PostgreSQL with several instances): the batch is written again and then finds it.
+    #[error(
+        "store: {written} of {expected} new {what} row(s) written: another instance wrote the others concurrently; the batch is written again"
+    )]
+    Raced {
+        what: &'static str,
+        expected: u64,
+        written: u64,
+    },
 }
 
 impl StoreError {
@@ -59,6 +71,7 @@ impl StoreError {
             Self::Open { .. } | Self::UnsupportedUrl(_) | Self::CreateDir { .. } => "open",
             Self::SchemaTooNew { .. } => "migrate",
             Self::Sealing => "seal",
+            Self::Raced { .. } => "insert jobs",
         }
     }
 
@@ -178,6 +191,9 @@ pub struct Store {
     /// Stamps audit rows: the bridge's clock once [`Store::with_clock`] set it (the system
     /// clock for a store opened by a command or a test).
     clock: Clock,
+    /// SQLite has one writer: the process's write transactions take turns here instead of
+    /// meeting in SQLite's busy handler, which sleeps up to 100 ms between tries.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Result of recording a message key (R-EVT-4).
@@ -375,6 +391,7 @@ impl Store {
             pool,
             backend,
             clock: Clock::system(),
+            writer: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -489,13 +506,38 @@ impl Store {
         self
     }
 
+    /// A write transaction. On SQLite it waits for the process's other write transactions
+    /// ([`Store::writer`]) and then takes the database's write lock at once (`BEGIN
+    /// IMMEDIATE`), so a transaction that reads before it writes cannot fail to upgrade.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        let (writer, tx) = self.begin_write().await?;
         Ok(StoreTx {
             counts: Vec::new(),
             clock: self.clock.clone(),
             backend: self.backend,
-            tx: self.pool.begin().await.map_err(db("begin"))?,
+            tx,
+            buffered: Default::default(),
+            jobs_absent: Default::default(),
+            _writer: writer,
         })
+    }
+
+    /// The writer turn (SQLite) and a transaction begun under it.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<(Option<OwnedMutexGuard<()>>, Transaction<'static, Any>), StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let turn = self.writer.clone().lock_owned().await;
+                let tx = self
+                    .pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(db("begin"))?;
+                Ok((Some(turn), tx))
+            }
+            Backend::Postgres => Ok((None, self.pool.begin().await.map_err(db("begin"))?)),
+        }
     }
 
     pub async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
@@ -608,9 +650,15 @@ fn job_row(r: &AnyRow) -> Result<JobRow, sqlx::Error> {
     })
 }
 
-/// One ingest transaction.
+/// One write transaction (a batch of ingest, a push's outcomes, a ticket update). Statements
+/// run through [`StoreTx::conn`]; appended rows wait in [`buffered`] until the next statement
+/// or the commit.
 pub struct StoreTx {
-    pub(crate) tx: Transaction<'static, Any>,
+    tx: Transaction<'static, Any>,
+    buffered: buffered::Buffered,
+    jobs_absent: buffered::JobsAbsent,
+    /// The SQLite writer turn, held until the transaction ends.
+    _writer: Option<OwnedMutexGuard<()>>,
     /// Counter increments of what this transaction did, emitted only once it commits (a batch
     /// the store refused and that is written again is counted once).
     counts: Vec<(&'static str, Vec<metrics::Label>, u64)>,
@@ -620,7 +668,133 @@ pub struct StoreTx {
 }
 
 impl StoreTx {
-    /// Record a message key; tell new, duplicate and conflicting redeliveries apart (R-EVT-4).
+    /// The transaction's connection for a statement that may write: what is held is written
+    /// first, and job ids read as absent are no longer trusted.
+    pub(crate) async fn conn(&mut self) -> Result<&mut AnyConnection, StoreError> {
+        self.jobs_absent.forget();
+        self.reader().await
+    }
+
+    /// The transaction's connection for a read: what is held is written first, so the read
+    /// sees it.
+    pub(crate) async fn reader(&mut self) -> Result<&mut AnyConnection, StoreError> {
+        self.buffered.flush(&mut self.tx, self.backend).await?;
+        Ok(&mut *self.tx)
+    }
+
+    /// Record the message keys of a batch in one statement (R-EVT-4): `(key, content hash,
+    /// message id, event)` per message, answered in order. A key seen before — stored, or
+    /// earlier in the same batch — is a duplicate when its content hash matches, else a
+    /// conflict.
+    pub async fn record_inbox_batch(
+        &mut self,
+        connector: &str,
+        entries: &[(&str, &str, &str, &str)],
+        now: i64,
+    ) -> Result<Vec<InboxResult>, StoreError> {
+        use std::collections::{HashMap, HashSet};
+        let mut first: HashMap<&str, &str> = HashMap::new();
+        let mut new_rows = Vec::new();
+        for (key, hash, mid, event) in entries {
+            if !first.contains_key(key) {
+                first.insert(key, hash);
+                new_rows.push((*key, *hash, *mid, *event));
+            }
+        }
+        let mut inserted: HashSet<String> = HashSet::new();
+        for chunk in new_rows.chunks(KEYS_PER_STATEMENT / 2) {
+            let sql = buffered::multi_row_sql(
+                self.backend,
+                "INSERT INTO inbox (connector, message_key, content_hash, message_id, event, received_at) VALUES ",
+                "(#, #, #, #, #, #)",
+                " ON CONFLICT (connector, message_key) DO NOTHING RETURNING message_key",
+                chunk.len(),
+            );
+            let q = chunk
+                .iter()
+                .fold(sqlx::query(AssertSqlSafe(sql)), |q, (k, h, m, e)| {
+                    q.bind(connector)
+                        .bind(*k)
+                        .bind(*h)
+                        .bind(*m)
+                        .bind(*e)
+                        .bind(now)
+                });
+            for r in q
+                .fetch_all(self.conn().await?)
+                .await
+                .map_err(db("record message key"))?
+            {
+                inserted.insert(r.try_get("message_key").map_err(db("record message key"))?);
+            }
+        }
+        // The keys stored before this batch: their content hashes.
+        let before: Vec<&str> = new_rows
+            .iter()
+            .map(|r| r.0)
+            .filter(|k| !inserted.contains(*k))
+            .collect();
+        let mut stored: HashMap<String, String> = HashMap::new();
+        for chunk in before.chunks(KEYS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT message_key, content_hash FROM inbox WHERE message_key IN ({{keys}}) AND connector = ${}",
+                chunk.len() + 1
+            );
+            let rows = query_in(&sql, chunk).bind(connector);
+            for r in rows
+                .fetch_all(self.reader().await?)
+                .await
+                .map_err(db("read message key"))?
+            {
+                stored.insert(
+                    r.try_get("message_key").map_err(db("read message key"))?,
+                    r.try_get("content_hash").map_err(db("read message key"))?,
+                );
+            }
+        }
+        let mut claimed: HashSet<&str> = HashSet::new();
+        Ok(entries
+            .iter()
+            .map(|(key, hash, _, _)| {
+                if inserted.contains(*key) && claimed.insert(key) {
+                    return InboxResult::New;
+                }
+                let seen = stored
+                    .get(*key)
+                    .map(String::as_str)
+                    .or(first.get(key).copied());
+                if seen == Some(*hash) {
+                    InboxResult::Duplicate
+                } else {
+                    InboxResult::Conflict
+                }
+            })
+            .collect())
+    }
+
+    /// Read which of `job_ids` exist, so that [`StoreTx::insert_job`] can hold the inserts of
+    /// the absent ones for one statement (valid until another statement runs).
+    pub async fn read_absent_jobs(&mut self, ids: &[&str]) -> Result<(), StoreError> {
+        let mut absent: std::collections::HashSet<String> =
+            ids.iter().map(|s| s.to_string()).collect();
+        for chunk in ids.chunks(KEYS_PER_STATEMENT) {
+            let rows = query_in(
+                "SELECT job_id FROM survey_jobs WHERE job_id IN ({keys})",
+                chunk,
+            )
+            .fetch_all(self.reader().await?)
+            .await
+            .map_err(db("read jobs"))?;
+            for id in job_ids(&rows).map_err(db("read jobs"))? {
+                absent.remove(&id);
+            }
+        }
+        self.jobs_absent.set(absent);
+        Ok(())
+    }
+
+    /// Record one message key; tell new, duplicate and conflicting redeliveries apart
+    /// (R-EVT-4).
     pub async fn record_inbox(
         &mut self,
         connector: &str,
@@ -630,36 +804,14 @@ impl StoreTx {
         event: &str,
         now: i64,
     ) -> Result<InboxResult, StoreError> {
-        let n = sqlx::query(
-            "INSERT INTO inbox (connector, message_key, content_hash, message_id, event, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (connector, message_key) DO NOTHING",
-        )
-        .bind(connector)
-        .bind(message_key)
-        .bind(content_hash)
-        .bind(message_id)
-        .bind(event)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(db("record message key"))?
-        .rows_affected();
-        if n == 1 {
-            return Ok(InboxResult::New);
-        }
-        let stored: String =
-            sqlx::query("SELECT content_hash FROM inbox WHERE connector = $1 AND message_key = $2")
-                .bind(connector)
-                .bind(message_key)
-                .fetch_one(&mut *self.tx)
-                .await
-                .and_then(|r| r.try_get("content_hash"))
-                .map_err(db("read message key"))?;
-        Ok(if stored == content_hash {
-            InboxResult::Duplicate
-        } else {
-            InboxResult::Conflict
-        })
+        let r = self
+            .record_inbox_batch(
+                connector,
+                &[(message_key, content_hash, message_id, event)],
+                now,
+            )
+            .await?;
+        Ok(r.first().copied().unwrap_or(InboxResult::Conflict))
     }
 
     /// Create a pending job unless its id exists (R-SRV-5).
@@ -668,6 +820,24 @@ impl StoreTx {
         job: &NewJob<'_>,
         now: i64,
     ) -> Result<JobInsert, StoreError> {
+        if self.jobs_absent.take(job.job_id) {
+            self.buffered.job(buffered::JobRow {
+                job_id: job.job_id.to_string(),
+                template: job.template.to_string(),
+                patient_key: job.patient_key.to_string(),
+                visit_key: job.visit_key.to_string(),
+                due_at: job.due_at,
+                payload: job.payload.to_string(),
+                connector: job.connector.to_string(),
+                message_id: job.message_id.to_string(),
+                now,
+                id_card_key: job.id_card_key.map(str::to_string),
+                mobile_key: job.mobile_key.map(str::to_string),
+                dnd: i64::from(job.dnd),
+                stale_at: job.stale_at,
+            });
+            return Ok(JobInsert::Created);
+        }
         let n = sqlx::query(
             "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, next_attempt_at, \
              payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key, dnd, stale_at) \
@@ -686,7 +856,7 @@ impl StoreTx {
         .bind(job.mobile_key)
         .bind(i64::from(job.dnd))
         .bind(job.stale_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("insert job"))?
         .rows_affected();
@@ -704,7 +874,7 @@ impl StoreTx {
         .bind(now)
         .bind(job.job_id)
         .bind(job.stale_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("reactivate job"))?
         .rows_affected();
@@ -713,16 +883,28 @@ impl StoreTx {
         }
         let status: String = sqlx::query("SELECT status FROM survey_jobs WHERE job_id = $1")
             .bind(job.job_id)
-            .fetch_one(&mut *self.tx)
+            .fetch_one(self.conn().await?)
             .await
             .and_then(|r| r.try_get("status"))
             .map_err(db("read job"))?;
         Ok(JobInsert::Exists { status })
     }
 
+    /// Append an audit row (written with the transaction's next statement or its commit).
     pub async fn audit(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
-        let at = self.clock.now_ms();
-        audit_in(&mut self.tx, e, at).await
+        let own = |s: Option<&str>| s.map(str::to_string);
+        self.buffered.audit(buffered::AuditRow {
+            at: self.clock.now_ms(),
+            connector: own(e.connector),
+            message_id: own(e.message_id),
+            job_id: own(e.job_id),
+            patient_key: own(e.patient_key),
+            action: e.action.to_string(),
+            rule: own(e.rule),
+            reason: own(e.reason),
+            detail: own(e.detail),
+        });
+        Ok(())
     }
 
     pub async fn dead_letter(
@@ -745,7 +927,7 @@ impl StoreTx {
         .bind(d.sealed_body.map(|b| b.0))
         .bind(d.sealed_body.map(|b| b.1.to_vec()))
         .bind(d.sealed_headers.map(<[u8]>::to_vec))
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("record dead letter"))?;
         Ok(())
@@ -781,10 +963,13 @@ impl StoreTx {
         };
         // The terminated backend answers this statement with an error: expected, the commit
         // is what must fail.
-        let _ = sqlx::raw_sql(sql).execute(&mut *self.tx).await;
+        if let Ok(conn) = self.conn().await {
+            let _ = sqlx::raw_sql(sql).execute(conn).await;
+        }
     }
 
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        self.reader().await?;
         self.tx.commit().await.map_err(db("commit"))?;
         for (name, labels, n) in self.counts {
             crate::process::tally::note_counter(name, &labels, n);
@@ -857,6 +1042,10 @@ pub fn now_ms() -> i64 {
 fn redact(url: &str) -> String {
     cem_connectors::amqp::redact_url(url)
 }
+
+/// Keys per `IN (…)` statement and rows per multi-row insert: far below SQLite's and
+/// PostgreSQL's bound-parameter limits.
+const KEYS_PER_STATEMENT: usize = 500;
 
 /// `$first, $first+1, …` for `n` bound values.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {

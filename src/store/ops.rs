@@ -119,7 +119,7 @@ impl Store {
         )
         .bind(now)
         .bind(id)
-        .fetch_optional(&mut *tx.tx)
+        .fetch_optional(tx.conn().await?)
         .await
         .map_err(db("mark dead letter replayed"))?;
         let (connector, message_id): (Option<String>, Option<String>) = match &row {
@@ -792,7 +792,7 @@ impl Store {
             "DELETE FROM touches",
         ] {
             sqlx::query(sql)
-                .execute(&mut *tx.tx)
+                .execute(tx.conn().await?)
                 .await
                 .map_err(db("reset jobs for the bench"))?;
         }

@@ -43,7 +43,7 @@ impl Store {
                     "SELECT patient_key, mobile_key FROM survey_jobs WHERE job_id = $1",
                 )
                 .bind(job_id.as_str())
-                .fetch_optional(&mut *tx.tx)
+                .fetch_optional(tx.conn().await?)
                 .await
                 .map_err(db("read the unsubscribed job"))?;
                 let Some(row) = row else {
@@ -67,7 +67,7 @@ impl Store {
                 )
                 .bind(pk.as_str())
                 .bind(resolved.as_str())
-                .fetch_optional(&mut *tx.tx)
+                .fetch_optional(tx.conn().await?)
                 .await
                 .map_err(db("read the patient's last survey"))?;
                 use sqlx::Row;
@@ -88,7 +88,7 @@ impl Store {
             .bind(source)
             .bind(job_id)
             .bind(now)
-            .execute(&mut *tx.tx)
+            .execute(tx.conn().await?)
             .await
             .map_err(db("record opt-out"))?
             .rows_affected();

@@ -35,7 +35,7 @@ impl StoreTx {
         let key = record_key(patient_key);
         let row = sqlx::query("SELECT key_id, sealed FROM vault WHERE pseudonym = $1")
             .bind(&key)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn().await?)
             .await
             .map_err(db("read patient record"))?;
         let Some(row) = row else {
@@ -110,7 +110,7 @@ impl StoreTx {
             .await?;
         sqlx::query("DELETE FROM vault WHERE pseudonym = $1")
             .bind(record_key(merged))
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("delete merged patient record"))?;
         Ok(changed)

@@ -96,7 +96,7 @@ impl StoreTx {
                 "SELECT visit_key, reason, until FROM tombstones WHERE visit_key IN ({keys})",
                 &refs,
             )
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.reader().await?)
             .await
             .map_err(db("read tombstones"))?;
             for r in rows {
@@ -136,7 +136,7 @@ impl StoreTx {
         for chunk in keys.chunks(IN_CHUNK) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let rows = query_in(sql, &refs)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.reader().await?)
                 .await
                 .map_err(db(op))?;
             for r in rows {
@@ -161,7 +161,7 @@ impl StoreTx {
             .bind(keys.visit_key)
             .bind(keys.mobile_key)
             .bind(now)
-            .fetch_one(&mut *self.tx)
+            .fetch_one(self.reader().await?)
             .await
             .map_err(db("read patient facts"))?;
         let read = || db("read patient facts");
@@ -215,7 +215,7 @@ impl StoreTx {
         )
         .bind(visit_key)
         .bind(now)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn().await?)
         .await
         .map_err(db("read jobs to re-anchor"))?;
         let mut moved = Vec::with_capacity(rows.len());
@@ -237,7 +237,7 @@ impl StoreTx {
             .bind(payload)
             .bind(now)
             .bind(job_id.as_str())
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("re-anchor job"))?;
             moved.push(job_id);
@@ -259,7 +259,7 @@ impl StoreTx {
         let rows =
             sqlx::query("SELECT job_id FROM survey_jobs WHERE visit_key = $1 AND status = 'sent'")
                 .bind(visit_key)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.conn().await?)
                 .await
                 .map_err(db("read sent jobs"))?;
         let sent = job_ids(&rows).map_err(db("read sent jobs"))?;
@@ -271,7 +271,7 @@ impl StoreTx {
         .bind(reason)
         .bind(now)
         .bind(crate::store::keys::thread_id(visit_key))
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("cancel follow-up calls"))?
         .rows_affected();
@@ -305,12 +305,12 @@ impl StoreTx {
             .bind(reason)
             .bind(now)
             .bind(key)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.conn().await?)
             .await
             .map_err(db("cancel jobs"))?;
         let cancelled = job_ids(&rows).map_err(db("cancel jobs"))?;
         for id in &cancelled {
-            crate::store::claim::release_touch(&mut self.tx, id).await?;
+            crate::store::claim::release_touch(self.conn().await?, id).await?;
         }
         Ok(cancelled)
     }
@@ -320,7 +320,7 @@ impl StoreTx {
         Ok(
             sqlx::query("SELECT deceased FROM patients WHERE patient_key = $1")
                 .bind(patient_key)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await
                 .map_err(db("read patient"))?
                 .map(|r| r.try_get::<i64, _>("deceased"))
@@ -343,7 +343,7 @@ impl StoreTx {
              ON CONFLICT (patient_key) DO UPDATE SET deceased = 1",
         )
         .bind(patient_key)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("flag deceased"))?;
         let cancelled = self
@@ -356,7 +356,7 @@ impl StoreTx {
         )
         .bind(now)
         .bind(patient_key)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("cancel calls"))?
         .rows_affected();
@@ -391,7 +391,7 @@ impl StoreTx {
         .bind(patient_key)
         .bind(mobile_key)
         .bind(event_time)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("update patient"))?
         .rows_affected()
@@ -402,7 +402,7 @@ impl StoreTx {
             )
             .bind(mobile_key)
             .bind(patient_key)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("update pending jobs"))?;
         }
@@ -414,7 +414,7 @@ impl StoreTx {
         Ok(
             sqlx::query("SELECT survivor_key FROM patient_aliases WHERE alias_key = $1")
                 .bind(patient_key)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.conn().await?)
                 .await
                 .map_err(db("read alias"))?
                 .map(|r| r.try_get::<String, _>("survivor_key"))
@@ -441,14 +441,14 @@ impl StoreTx {
         )
         .bind(merged)
         .bind(survivor.as_str())
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("write alias"))?;
         // Aliases of the merged patient now point at the survivor too.
         sqlx::query("UPDATE patient_aliases SET survivor_key = $1 WHERE survivor_key = $2")
             .bind(survivor.as_str())
             .bind(merged)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("update aliases"))?;
         sqlx::query(
@@ -459,7 +459,7 @@ impl StoreTx {
         )
         .bind(survivor.as_str())
         .bind(merged)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("merge touches"))?;
         let rows = sqlx::query(
@@ -467,7 +467,7 @@ impl StoreTx {
         )
         .bind(survivor.as_str())
         .bind(merged)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn().await?)
         .await
         .map_err(db("move jobs"))?;
         let moved = job_ids(&rows).map_err(db("move jobs"))?;
@@ -478,7 +478,7 @@ impl StoreTx {
         )
         .bind(survivor.as_str())
         .bind(merged)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("merge deceased flag"))?;
         // R-CAN-6: an opt-out of the merged patient holds for the survivor.
@@ -489,7 +489,7 @@ impl StoreTx {
         )
         .bind(survivor.as_str())
         .bind(merged)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("merge opt-out"))?;
         // R-FUP-4: pending calls and case updates follow the survivor (one call a day counts
@@ -499,7 +499,7 @@ impl StoreTx {
         )
         .bind(survivor.as_str())
         .bind(merged)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("move calls"))?;
         Ok(moved)
@@ -519,7 +519,7 @@ impl StoreTx {
         .bind(visit_key)
         .bind(reason)
         .bind(until)
-        .execute(&mut *self.tx)
+        .execute(self.conn().await?)
         .await
         .map_err(db("write tombstone"))?;
         Ok(())

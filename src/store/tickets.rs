@@ -130,7 +130,7 @@ impl Store {
                     sqlx::query("UPDATE tickets SET held_since = $1 WHERE ticket_id = $2")
                         .bind(now)
                         .bind(u.ticket_id.as_str())
-                        .execute(&mut *tx.tx)
+                        .execute(tx.conn().await?)
                         .await
                         .map_err(db("hold ticket version"))?;
                 }
@@ -213,7 +213,7 @@ db("find held ticket versions"),
              WHERE e.state = 'pending' AND e.due_at <= $1 ORDER BY e.due_at, e.ticket_id LIMIT 100{lock}"
         )))
         .bind(now)
-        .fetch_all(&mut *tx.tx)
+        .fetch_all(tx.conn().await?)
         .await
         .map_err(db("find due escalations"))?;
         let mut due: Vec<DueEscalation> = Vec::with_capacity(rows.len());
@@ -248,7 +248,7 @@ db("find held ticket versions"),
                 .bind(c.id.as_str())
                 .bind(c.clock.as_str())
                 .bind(i64::from(c.level))
-                .execute(&mut *tx.tx)
+                .execute(tx.conn().await?)
                 .await
                 .map_err(db("supersede escalation"))?
                 .rows_affected()
@@ -277,7 +277,7 @@ db("find held ticket versions"),
             .bind(id.as_str())
             .bind(clock.as_str())
             .bind(i64::from(level))
-            .execute(&mut *tx.tx)
+            .execute(tx.conn().await?)
             .await
             .map_err(db("emit escalation"))?
             .rows_affected()
@@ -396,7 +396,7 @@ async fn first_sight(tx: &mut StoreTx, key: &str, now: i64) -> Result<bool, Stor
     )
     .bind(key)
     .bind(now)
-    .execute(&mut *tx.tx)
+    .execute(tx.conn().await?)
     .await
     .map_err(db("record webhook signature"))?
     .rows_affected()
@@ -416,7 +416,7 @@ async fn lock_ticket(
     )
     .bind(ticket_id)
     .bind(now)
-    .execute(&mut *tx.tx)
+    .execute(tx.conn().await?)
     .await
     .map_err(db("create ticket"))?;
     let lock = match backend {
@@ -427,7 +427,7 @@ async fn lock_ticket(
         "SELECT applied_version, grade, status, patient_key, visit_key, patient_known, held_since FROM tickets WHERE ticket_id = $1{lock}"
     )))
     .bind(ticket_id)
-    .fetch_one(&mut *tx.tx)
+    .fetch_one(tx.conn().await?)
     .await
     .map_err(db("lock ticket"))?;
     let read = || db("read ticket");
@@ -454,7 +454,7 @@ async fn held_versions(tx: &mut StoreTx, ticket_id: &str) -> Result<Vec<u32>, St
     read_rows(
 &sqlx::query("SELECT version FROM ticket_versions WHERE ticket_id = $1 AND state = 'held' ORDER BY version")
         .bind(ticket_id)
-        .fetch_all(&mut *tx.tx)
+        .fetch_all(tx.conn().await?)
         .await
         .map_err(db("read held versions"))?,
 db("read held versions"),
@@ -482,7 +482,7 @@ async fn insert_version(
     .bind(now)
     .bind(key_id)
     .bind(sealed)
-    .execute(&mut *tx.tx)
+    .execute(tx.conn().await?)
     .await
     .map_err(db("store ticket version"))?;
     Ok(())
@@ -502,7 +502,7 @@ async fn release_held(
         "SELECT version, key_id, body FROM ticket_versions WHERE ticket_id = $1 AND state = 'held' ORDER BY version",
     )
     .bind(id.as_str())
-    .fetch_all(&mut *tx.tx)
+    .fetch_all(tx.conn().await?)
     .await
     .map_err(db("read held versions"))?;
     let mut applied = Vec::new();
@@ -531,7 +531,7 @@ async fn release_held(
         )
         .bind(id.as_str())
         .bind(i64::from(v))
-        .execute(&mut *tx.tx)
+        .execute(tx.conn().await?)
         .await
         .map_err(db("mark version applied"))?;
         applied.push(v);
@@ -540,7 +540,7 @@ async fn release_held(
     let held_since: Option<i64> = if remaining {
         sqlx::query("SELECT MIN(received_at) AS m FROM ticket_versions WHERE ticket_id = $1 AND state = 'held'")
             .bind(id.as_str())
-            .fetch_one(&mut *tx.tx)
+            .fetch_one(tx.conn().await?)
             .await
             .map_err(db("read held versions"))?
             .try_get("m")
@@ -551,7 +551,7 @@ async fn release_held(
     sqlx::query("UPDATE tickets SET held_since = $1 WHERE ticket_id = $2")
         .bind(held_since)
         .bind(id.as_str())
-        .execute(&mut *tx.tx)
+        .execute(tx.conn().await?)
         .await
         .map_err(db("update held state"))?;
     row.held_since = held_since;
@@ -588,7 +588,7 @@ async fn queue(
     .bind(key_id)
     .bind(sealed)
     .bind(now)
-    .execute(&mut *tx.tx)
+    .execute(tx.conn().await?)
     .await
     .map_err(db("queue ticket request"))?;
     Ok(())
@@ -617,7 +617,7 @@ async fn apply(
             let survivor = tx.resolve_patient(pk).await?;
             row.patient_known = sqlx::query("SELECT 1 AS one FROM vault WHERE pseudonym = $1")
                 .bind(survivor.as_str())
-                .fetch_optional(&mut *tx.tx)
+                .fetch_optional(tx.conn().await?)
                 .await
                 .map_err(db("look for the patient in the vault"))?
                 .is_some();
@@ -640,7 +640,7 @@ async fn apply(
                 .bind(grade.code())
                 .bind(ts_ms(*deadline))
                 .bind(ts_ms(due))
-                .execute(&mut *tx.tx)
+                .execute(tx.conn().await?)
                 .await
                 .map_err(db("start SLA clock"))?;
             }
@@ -695,7 +695,7 @@ async fn apply(
             .bind(now)
             .bind(u.ticket_id.as_str())
             .bind(*k)
-            .execute(&mut *tx.tx)
+            .execute(tx.conn().await?)
             .await
             .map_err(db("cancel pending calls"))?;
         }
@@ -713,7 +713,7 @@ async fn apply(
             )
             .bind(u.ticket_id.as_str())
             .bind(kind.code())
-            .fetch_one(&mut *tx.tx)
+            .fetch_one(tx.conn().await?)
             .await
             .map_err(db("count call tasks"))?
             .try_get("n")
@@ -768,7 +768,7 @@ async fn apply(
         .bind(u.ticket_id.as_str())
         .bind(c.code())
         .bind(at)
-        .execute(&mut *tx.tx)
+        .execute(tx.conn().await?)
         .await
         .map_err(db("stop SLA clock"))?;
     }
@@ -785,7 +785,7 @@ async fn apply(
     .bind(now)
     .bind(u.ticket_id.as_str())
     .bind(row.visit_key.as_deref())
-    .execute(&mut *tx.tx)
+    .execute(tx.conn().await?)
     .await
     .map_err(db("update ticket"))?;
     row.applied_version = u.version;
@@ -1043,7 +1043,7 @@ impl Store {
             "SELECT ticket_id, kind, patient_key, key_id, body FROM ticket_outbox WHERE idem_key = $1 AND sink = 'callcenter'",
         )
         .bind(r.task_ref.as_str())
-        .fetch_optional(&mut *tx.tx)
+        .fetch_optional(tx.conn().await?)
         .await
         .map_err(db("find call task"))?
         else {
@@ -1077,7 +1077,7 @@ impl Store {
         let closed = !followup
             && sqlx::query("SELECT status FROM tickets WHERE ticket_id = $1")
                 .bind(ticket_id.as_str())
-                .fetch_optional(&mut *tx.tx)
+                .fetch_optional(tx.conn().await?)
                 .await
                 .map_err(db("read ticket status"))?
                 .and_then(|r| r.try_get::<Option<String>, _>("status").ok().flatten())

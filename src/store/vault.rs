@@ -52,19 +52,12 @@ impl StoreTx {
         sealed: Vec<u8>,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO vault (pseudonym, key_id, sealed, last_event_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (pseudonym) DO UPDATE SET key_id = excluded.key_id, sealed = excluded.sealed, \
-             last_event_at = CASE WHEN excluded.last_event_at > vault.last_event_at \
-             THEN excluded.last_event_at ELSE vault.last_event_at END",
-        )
-        .bind(pseudonym)
-        .bind(key_id)
-        .bind(sealed)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(db("write vault record"))?;
+        self.buffered.vault(super::buffered::VaultRow {
+            pseudonym: pseudonym.to_string(),
+            key_id: key_id.to_string(),
+            sealed,
+            last_event_at: now,
+        });
         Ok(())
     }
 }

@@ -75,6 +75,127 @@ async fn dedupe_and_job_identity(db: Db) {
     db.cleanup().await;
 }
 
+/// Issue 17: a batch's message keys in one statement and its new jobs, vault records and audit
+/// rows held for one statement per table answer exactly as one statement per message would
+/// (R-EVT-4, R-SRV-5), and a later statement of the transaction sees what was held.
+async fn batched_writes_answer_as_one_by_one(db: Db) {
+    let store = db.open().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.record_inbox("adt", "K0", "h0", "0", "REGISTERED", 1)
+        .await
+        .unwrap();
+    tx.insert_job(&job("j-old", 5), 1).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let got = tx
+        .record_inbox_batch(
+            "adt",
+            &[
+                ("K1", "h1", "1", "REGISTERED"),
+                ("K1", "h1", "1", "REGISTERED"),
+                ("K1", "hX", "1", "REGISTERED"),
+                ("K0", "h0", "0", "REGISTERED"),
+                ("K0", "hY", "0", "REGISTERED"),
+                ("K2", "h2", "2", "REGISTERED"),
+            ],
+            2,
+        )
+        .await
+        .unwrap();
+    use InboxResult::*;
+    assert_eq!(
+        got,
+        vec![New, Duplicate, Conflict, Duplicate, Conflict, New]
+    );
+    tx.read_absent_jobs(&["j-new", "j-old"]).await.unwrap();
+    assert_eq!(
+        tx.insert_job(&job("j-new", 10), 2).await.unwrap(),
+        JobInsert::Created
+    );
+    assert_eq!(
+        tx.insert_job(&job("j-old", 10), 2).await.unwrap(),
+        JobInsert::Exists {
+            status: "pending".into()
+        },
+        "read as present: the usual statement"
+    );
+    for action in ["first", "second"] {
+        tx.audit(&AuditEntry {
+            action,
+            job_id: Some("j-new"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // A later statement sees the held job: cancelling its visit cancels it.
+    let cancelled = tx.cancel_visit("vk_x", "visit_cancelled", 3).await.unwrap();
+    tx.audit(&AuditEntry {
+        action: "third",
+        job_id: Some("j-new"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        cancelled.cancelled.iter().any(|j| j == "j-new"),
+        "{cancelled:?}"
+    );
+    assert_eq!(store.inbox_count().await.unwrap(), 3);
+    let audit: Vec<String> = store
+        .audit(Some("j-new"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(
+        audit,
+        ["first", "second", "third"],
+        "audit rows keep their order"
+    );
+    let jobs = store.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(
+        jobs.iter()
+            .any(|j| j.job_id == "j-new" && j.status == "cancelled")
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
+/// Issue 17, PostgreSQL with two instances: a job read as absent that another instance writes
+/// before this batch's held insert fails the batch (written again, it is found), never counts
+/// it twice.
+async fn a_job_written_concurrently_fails_the_batch(db: Db) {
+    let store = db.open().await;
+    if store.backend() != cem_bridge::store::Backend::Postgres {
+        // SQLite: one writer at a time, the race cannot happen.
+        store.close().await;
+        db.cleanup().await;
+        return;
+    }
+    let mut a = store.begin().await.unwrap();
+    a.read_absent_jobs(&["j-race"]).await.unwrap();
+    let mut b = store.begin().await.unwrap();
+    b.insert_job(&job("j-race", 10), 1).await.unwrap();
+    b.commit().await.unwrap();
+    assert_eq!(
+        a.insert_job(&job("j-race", 10), 2).await.unwrap(),
+        JobInsert::Created
+    );
+    let err = a
+        .commit()
+        .await
+        .expect_err("the held insert finds the job written");
+    assert!(matches!(err, StoreError::Raced { .. }), "{err}");
+    assert_eq!(store.jobs().await.unwrap().len(), 1);
+    store.close().await;
+    db.cleanup().await;
+}
+
 /// Claims are leases: 4 concurrent claimers never get the same job, a claimed job is not
 /// claimed again before its lease ends, and is after it.
 async fn concurrent_claims_never_double_claim(db: Db) {
@@ -488,6 +609,18 @@ async fn sqlite_dedupe_and_job_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_dedupe_and_job_identity() {
     dedupe_and_job_identity(Db::postgres("p_dedupe").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_batched_writes_answer_as_one_by_one() {
+    batched_writes_answer_as_one_by_one(Db::sqlite("s-batched").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batched_writes_answer_as_one_by_one() {
+    batched_writes_answer_as_one_by_one(Db::postgres("p_batched").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_job_written_concurrently_fails_the_batch() {
+    a_job_written_concurrently_fails_the_batch(Db::postgres("p_jobrace").await).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_concurrent_claims_never_double_claim() {
