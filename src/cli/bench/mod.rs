@@ -20,6 +20,7 @@
 //! It then prints the rates, their ratios and the peak RSS, and deletes what it created: both
 //! queues, the bridge's `.dlq` queue and `.dlx` exchange, and the temp dir.
 
+pub(crate) mod cem_recorder;
 pub mod chaos;
 pub mod decode;
 pub mod dispatch;
