@@ -230,7 +230,6 @@ enum DlqCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Decode+decide in memory, raw RabbitMQ consume+ack, and the bridge's ingest and push rates.
     /// Decode+map rate per format against the bare parser of the same bytes (no broker).
     Decode,
     /// Due survey jobs pushed to a local HTTP recorder: store-only and full dispatch rates on
@@ -273,13 +272,37 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Issue 17: pure pipeline, raw consume+ack and the floor (consume + parse + ack), bridge
+    /// ingest and its ratio to the floor, push to an HTTP CEM unlimited and at 500/s, latency
+    /// at 1000 msg/s offered, peak RSS during ingest, the MLLP door; one table or --json.
     Ingest {
-        /// Messages per broker measurement.
-        #[arg(long, default_value_t = bench::DEFAULT_COUNT)]
+        /// Registrations per broker and bridge measurement (the limited push takes at most
+        /// 3000, the latency run at most this many).
+        #[arg(long, default_value_t = bench::ingest::DEFAULT_COUNT)]
         count: usize,
         /// Broker URL; the bench creates and deletes its own uniquely named queues.
         #[arg(long, default_value = bench::DEFAULT_AMQP)]
         amqp: String,
+        /// Store: SQLite in the temp dir when left out; a postgres://user@host:5432/db URL runs
+        /// on fresh scratch databases there (created and dropped).
+        #[arg(long)]
+        store: Option<String>,
+        /// Bridges run in-process on the same queue and store for ingest and push.
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
+        /// Print one JSON object on stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Seconds of the latency run at 1000 msg/s (at most --count messages).
+        #[arg(long, default_value_t = bench::ingest::DEFAULT_LATENCY_SECS)]
+        latency_secs: u64,
+        /// Leave out the MLLP door phase.
+        #[arg(long)]
+        skip_doors: bool,
+        /// After printing, fail when bridge ingest / the floor (consume + parse + ack) is
+        /// below this ratio (a CI regression guard).
+        #[arg(long)]
+        min_floor_ratio: Option<f64>,
     },
 }
 
@@ -767,10 +790,30 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             .await
         }
         Cmd::Bench {
-            what: BenchCmd::Ingest { count, amqp },
+            what:
+                BenchCmd::Ingest {
+                    count,
+                    amqp,
+                    store,
+                    instances,
+                    json,
+                    latency_secs,
+                    skip_doors,
+                    min_floor_ratio,
+                },
         } => {
             bench::init_logs();
-            bench::ingest(&bench::IngestBench { count, amqp }).await
+            bench::ingest::run(&bench::ingest::IngestBench {
+                count,
+                amqp,
+                store,
+                instances,
+                json,
+                latency_secs,
+                skip_doors,
+                min_floor_ratio,
+            })
+            .await
         }
     }
 }

@@ -380,6 +380,8 @@ pub struct Bridge {
     background: Vec<JoinHandle<()>>,
     ops_addr: Option<SocketAddr>,
     health: SourceHealth,
+    /// Wakes the scheduler (ingest does after a commit that made jobs).
+    scheduler_wake: Arc<Notify>,
     pub store: Store,
     /// The mappings in use (reloaded on SIGHUP and on file change).
     pub mappings: Arc<crate::process::live::Mappings>,
@@ -658,6 +660,7 @@ pub async fn start_with_clock(
             ))
         })
         .collect();
+    let scheduler_wake = ctx.scheduler_wake.clone();
     let scheduler = tokio::spawn(crate::surveys::scheduler::run(
         crate::surveys::scheduler::Scheduler {
             store: store.clone(),
@@ -681,6 +684,7 @@ pub async fn start_with_clock(
         background,
         ops_addr,
         health,
+        scheduler_wake,
         store,
         mappings,
         policy,
@@ -697,6 +701,17 @@ impl Bridge {
     /// port when the config said port 0.
     pub fn door_addr(&self, source: &str) -> Option<SocketAddr> {
         self.health.address(source).map(|(a, _)| a)
+    }
+
+    /// Deliveries `source` acked since the start (a queue's deliveries are acked in order).
+    pub fn acked(&self, source: &str) -> u64 {
+        self.health.acked(source)
+    }
+
+    /// Make the scheduler claim due jobs now rather than at its next poll (after the clock was
+    /// moved past their due time, say).
+    pub fn wake_scheduler(&self) {
+        self.scheduler_wake.notify_one();
     }
 
     /// Stop consuming, finish in-flight batches and pushes, close the store.

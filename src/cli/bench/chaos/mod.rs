@@ -20,7 +20,6 @@
 //! the run with what was measured, so it never hangs.
 
 mod account;
-mod cem;
 mod child;
 mod faults;
 mod stream;
@@ -35,8 +34,8 @@ use cem_connectors::amqp::{AmqpPublisher, OutboundMessage, redact_url};
 
 use crate::store::{Store, StoreOptions};
 
+use super::cem_recorder::{Cem, Mode, RecorderOptions};
 use account::{Report, account};
-use cem::{Cem, Mode};
 use child::{Bridge, config_text};
 use faults::{Fault, SmallDisk, close_bridge_connections, rabbitmqctl, restart_postgres};
 use stream::{Msg, Rng, plan};
@@ -233,7 +232,12 @@ async fn run_in(
     disk: Option<&SmallDisk>,
 ) -> anyhow::Result<()> {
     let began = Instant::now();
-    let mut cem = Cem::start().await?;
+    let mut cem = Cem::start(RecorderOptions {
+        token: None,
+        // The stream's patient ids and visit numbers (`stream::plan`).
+        personal_markers: vec!["PCH0".into(), "VCH0".into()],
+    })
+    .await?;
     let config = dir.join("bridge.toml");
     std::fs::write(
         &config,

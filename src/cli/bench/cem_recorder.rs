@@ -1,17 +1,19 @@
-//! The CEM a chaos run pushes to: an in-process HTTP recorder that answers a repeated
-//! `Idempotency-Key` with 409 as the real CEM does, counts surveys per key and per patient,
-//! flags any personal value, and can refuse connections, fail, stall or throttle on command.
+//! The CEM the benches push to: an in-process HTTP recorder on 127.0.0.1 that answers a
+//! repeated `Idempotency-Key` with 409 as the real CEM does, counts surveys per key and per
+//! patient, notes each request's arrival time, flags any personal value, checks the bearer
+//! token when given one, and can refuse connections, fail, stall or throttle on command
+//! (`bench chaos`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 /// How the recorder answers now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
+pub(crate) enum Mode {
     Ok,
     /// Connections refused (the listener is closed; pooled connections get 503 and close).
     Down,
@@ -21,33 +23,55 @@ pub(super) enum Mode {
     TooMany,
 }
 
+/// What the recorder is told at the start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecorderOptions {
+    /// The bearer token the bridge must send (`[cem] token_env`); a request without it gets
+    /// 401. `None`: no check.
+    pub token: Option<String>,
+    /// Text that must never reach the CEM (the bench's patient ids, visit numbers): a body
+    /// holding one, or a standalone mobile number, is counted in `pii`.
+    pub personal_markers: Vec<String>,
+}
+
 #[derive(Default)]
-pub(super) struct CemState {
-    pub(super) mode: Mutex<Option<Mode>>,
+pub(crate) struct CemState {
+    pub(crate) mode: Mutex<Option<Mode>>,
     /// Idempotency key → times accepted with 2xx (must stay 1).
-    pub(super) accepted: Mutex<HashMap<String, u32>>,
+    pub(crate) accepted: Mutex<HashMap<String, u32>>,
     /// Pseudonymous patient key → surveys accepted (do-not-disturb: must stay 1).
-    pub(super) patients: Mutex<HashMap<String, u32>>,
-    pub(super) requests: AtomicU64,
-    pub(super) replays: AtomicU64,
-    pub(super) refused: AtomicU64,
-    pub(super) pii: AtomicU64,
+    pub(crate) patients: Mutex<HashMap<String, u32>>,
+    /// When each request arrived, in arrival order (the rate the bridge really sends at).
+    pub(crate) arrivals: Mutex<Vec<Instant>>,
+    pub(crate) requests: AtomicU64,
+    pub(crate) replays: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) pii: AtomicU64,
 }
 
 impl CemState {
-    pub(super) fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         self.mode.lock().ok().and_then(|m| *m).unwrap_or(Mode::Ok)
     }
-    pub(super) fn set(&self, m: Mode) {
+    pub(crate) fn set(&self, m: Mode) {
         if let Ok(mut g) = self.mode.lock() {
             *g = Some(m);
         }
     }
+    /// Distinct surveys accepted (idempotency keys answered 2xx).
+    pub(crate) fn accepted_count(&self) -> usize {
+        self.accepted.lock().map(|a| a.len()).unwrap_or(0)
+    }
+    /// The request arrival times so far.
+    pub(crate) fn arrivals(&self) -> Vec<Instant> {
+        self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
+    }
 }
 
 /// Whether a body holds something personal: a mobile number standing alone (not digits inside
-/// a hex job id), or a bench patient id or visit number.
-fn personal(body: &str) -> bool {
+/// a hex job id), or one of `markers`.
+fn personal(body: &str, markers: &[String]) -> bool {
     let b = body.as_bytes();
     let mobile = b.windows(11).enumerate().any(|(i, w)| {
         w[0] == b'1'
@@ -56,22 +80,29 @@ fn personal(body: &str) -> bool {
             && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
             && b.get(i + 11).is_none_or(|c| !c.is_ascii_alphanumeric())
     });
-    mobile || body.contains("PCH0") || body.contains("VCH0")
+    mobile || markers.iter().any(|m| body.contains(m.as_str()))
 }
 
-pub(super) struct Cem {
+pub(crate) struct Cem {
     port: u16,
-    pub(super) state: Arc<CemState>,
+    pub(crate) state: Arc<CemState>,
+    options: Arc<RecorderOptions>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Cem {
-    pub(super) async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
+    pub(crate) async fn start(options: RecorderOptions) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("the CEM recorder cannot listen on 127.0.0.1")?;
+        let port = listener
+            .local_addr()
+            .context("the CEM recorder's port")?
+            .port();
         let mut cem = Self {
             port,
             state: Arc::new(CemState::default()),
+            options: Arc::new(options),
             server: None,
         };
         cem.serve(listener);
@@ -82,12 +113,17 @@ impl Cem {
         use axum::http::{HeaderMap, StatusCode, header};
         use axum::response::IntoResponse;
         let state = self.state.clone();
+        let options = self.options.clone();
         let app = axum::Router::new().route(
             "/dispatch",
             axum::routing::post(move |headers: HeaderMap, body: String| {
-                let s = state.clone();
+                let (s, options) = (state.clone(), options.clone());
                 async move {
+                    let arrived = Instant::now();
                     s.requests.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut a) = s.arrivals.lock() {
+                        a.push(arrived);
+                    }
                     let mode = s.mode();
                     match mode {
                         Mode::Down => {
@@ -118,7 +154,20 @@ impl Cem {
                         }
                         Mode::Slow | Mode::Ok => {}
                     }
-                    if personal(&body) {
+                    if let Some(token) = &options.token {
+                        let sent = headers
+                            .get(header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.split_once(' '))
+                            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                            .map(|(_, t)| t.trim());
+                        if sent != Some(token.as_str()) {
+                            s.unauthorized.fetch_add(1, Ordering::Relaxed);
+                            return (StatusCode::UNAUTHORIZED, "{\"code\":401}".to_string())
+                                .into_response();
+                        }
+                    }
+                    if personal(&body, &options.personal_markers) {
                         s.pii.fetch_add(1, Ordering::Relaxed);
                     }
                     let key = headers
@@ -160,19 +209,19 @@ impl Cem {
         }));
     }
 
-    pub(super) fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/dispatch", self.port)
     }
 
     /// Close the listener: new connections are refused.
-    pub(super) fn down(&mut self) {
+    pub(crate) fn down(&mut self) {
         self.state.set(Mode::Down);
         if let Some(s) = self.server.take() {
             s.abort();
         }
     }
 
-    pub(super) async fn up(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn up(&mut self) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .with_context(|| {
@@ -184,7 +233,7 @@ impl Cem {
     }
 
     /// Accepted surveys, and keys accepted (2xx) more than once.
-    pub(super) fn tally(&self) -> (usize, usize, usize) {
+    pub(crate) fn tally(&self) -> (usize, usize, usize) {
         let (accepted, twice) = self
             .state
             .accepted
@@ -202,5 +251,27 @@ impl Cem {
         // matters is patients seen twice.
         let _ = twice;
         (accepted, 0, patients_twice)
+    }
+}
+
+impl Drop for Cem {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mobile_standing_alone_or_a_marker_is_personal_digits_in_a_hex_id_are_not() {
+        let markers = vec!["PBENCH".to_string()];
+        assert!(personal(r#"{"m":"13912345678"}"#, &markers));
+        assert!(personal(r#"{"id":"PBENCH0000001"}"#, &markers));
+        assert!(!personal(r#"{"job":"ab13912345678cd"}"#, &markers));
+        assert!(!personal(r#"{"job":"ab13912345678cd"}"#, &[]));
     }
 }

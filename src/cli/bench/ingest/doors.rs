@@ -1,4 +1,4 @@
-//! `bench ingest`, phase 4: the MLLP door. A bridge with one `kind = "mllp"` source (SQLite,
+//! `bench ingest`, phase 7: the MLLP door. A bridge with one `kind = "mllp"` source (SQLite,
 //! shadow CEM) takes distinct A04 registrations from MLLP senders, each waiting for its ACK as
 //! interface engines do: first one connection, then eight at once. An `AA` means durable, so
 //! the time to the last `AA` is the door's durable ingest rate. A sender that gets no answer
@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use cem_connectors::mllp::client::{MllpClient, ack_summary};
 
-use super::{bar, bench_config, registration, start_bench_bridge};
+use crate::cli::bench::{a04_text, bar, bench_config, registration, start_bench_bridge};
 use crate::config::Config;
 
 /// Connections of the concurrent run.
@@ -66,7 +66,7 @@ async fn run(
     label: &'static str,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Duration> {
-    let base = std::str::from_utf8(super::A04).context("the built-in A04 sample is not UTF-8")?;
+    let base = a04_text()?;
     let mut shares: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
     for i in 0..n {
         shares[i % connections].push(registration(base, tag, i));
