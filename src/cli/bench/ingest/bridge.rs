@@ -42,6 +42,8 @@ pub(super) struct BridgeRun<'a> {
     pub count: usize,
     /// Reset the kernel's RSS high-water mark before the start and read it after ingest.
     pub measure_rss: bool,
+    /// Printed on stderr when ingest is done and the push begins.
+    pub push_heading: Option<String>,
 }
 
 /// What one bridge run measured.
@@ -153,6 +155,9 @@ async fn measure(
             "the CEM got {early} request(s) while the bridge ingested on a clock where no survey is due: the bench's clocks are wrong (see INGEST_CLOCK_START)"
         );
     }
+    if let Some(h) = &run.push_heading {
+        eprintln!("{h}");
+    }
     clock.set(timestamp(BENCH_CLOCK_START)?);
     let t1 = Instant::now();
     for b in bridges {
@@ -176,7 +181,11 @@ async fn watch_inbox(
     let (mut last, mut moved) = (-1i64, Instant::now());
     let r = loop {
         if stop.load(Ordering::SeqCst) {
-            break Err(anyhow!("interrupted"));
+            break Err(anyhow!(
+                "interrupted with {} of {} in the inbox",
+                last.max(0),
+                run.count
+            ));
         }
         let at = t0.elapsed();
         let inbox = match store.inbox_count().await {
@@ -237,7 +246,10 @@ async fn watch_push(
     let (mut last, mut moved) = ((0usize, 0i64), Instant::now());
     let r = loop {
         if stop.load(Ordering::SeqCst) {
-            break Err(anyhow!("interrupted"));
+            break Err(anyhow!(
+                "interrupted with {} of {n} surveys at the CEM",
+                last.0
+            ));
         }
         let at = t1.elapsed();
         let accepted = state.accepted_count();

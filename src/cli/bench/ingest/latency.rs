@@ -145,8 +145,12 @@ async fn offer(
             let r = async {
                 for i in 0..messages {
                     tokio::time::sleep_until(scheduled(i).into()).await;
-                    if stop.load(Ordering::SeqCst) || failed.load(Ordering::SeqCst) {
-                        bail!("interrupted");
+                    if stop.load(Ordering::SeqCst) {
+                        bail!("interrupted (Ctrl-C or SIGTERM) after {i} of {messages} published");
+                    }
+                    if failed.load(Ordering::SeqCst) {
+                        // The confirms or the poller failed: their error is the one to report.
+                        break;
                     }
                     let body = registration(base, "LAT", i);
                     let confirm = publish(body, format!("bench-latency-{i}")).await?;

@@ -235,7 +235,7 @@ pub async fn run(args: &IngestBench) -> anyhow::Result<()> {
 
 fn check_stop(stop: &AtomicBool) -> anyhow::Result<()> {
     if stop.load(Ordering::SeqCst) {
-        bail!("interrupted");
+        bail!("interrupted (Ctrl-C or SIGTERM)");
     }
     Ok(())
 }
@@ -292,6 +292,10 @@ async fn phases(
     let base = a04_text()?;
     std::fs::create_dir_all(&names.dir)
         .with_context(|| format!("cannot create the temp dir {}", names.dir.display()))?;
+    // Every store made (and migrated) first: an unreachable server fails before measuring.
+    let ingest_store = stores.fresh("ingest").await?;
+    let limited_store = stores.fresh("limited").await?;
+    let latency_store = stores.fresh("latency").await?;
 
     eprintln!("[1/7] pure pipeline: decode + decide and bare parse, one core…");
     let p = tokio::task::spawn_blocking(pure::pure_pipeline)
@@ -350,21 +354,22 @@ async fn phases(
     })
     .await?;
     check_stop(stop)?;
-    let store_url = stores.fresh("ingest").await?;
     let cem = recorder().await?;
-    eprintln!("[4/7] then push: the clock moves past the due time, all {n} surveys fall due…");
     let m = bridge::ingest_then_push(
         &BridgeRun {
             name: "bridge ingest",
             amqp: &args.amqp,
             queue: &names.ingest_queue,
-            store_url: &store_url,
+            store_url: &ingest_store,
             cem: &cem,
             rate_per_sec: 1_000_000,
             burst: 1_000_000,
             instances: args.instances,
             count: n,
             measure_rss: true,
+            push_heading: Some(format!(
+                "[4/7] push: the clock moves past the due time, all {n} surveys fall due…"
+            )),
         },
         stop,
     )
@@ -394,20 +399,20 @@ async fn phases(
         registration(base, "LIM", i)
     })
     .await?;
-    let store_url = stores.fresh("limited").await?;
     let cem = recorder().await?;
     bridge::ingest_then_push(
         &BridgeRun {
             name: "limited push",
             amqp: &args.amqp,
             queue: &names.limited_queue,
-            store_url: &store_url,
+            store_url: &limited_store,
             cem: &cem,
             rate_per_sec: LIMITED_RATE,
             burst: LIMITED_BURST,
             instances: 1,
             count: lim,
             measure_rss: false,
+            push_heading: None,
         },
         stop,
     )
@@ -430,12 +435,11 @@ async fn phases(
         latency::OFFERED_PER_S
     );
     declare_bridge_queue(control, &args.amqp, &names.latency_queue).await?;
-    let store_url = stores.fresh("latency").await?;
     let cem = recorder().await?;
     let l = latency::run(
         &args.amqp,
         &names.latency_queue,
-        &store_url,
+        &latency_store,
         &cem,
         messages,
         stop,
