@@ -137,7 +137,7 @@ impl Store {
             if stale_now(r, now) {
                 let stale_at: i64 = r.try_get("stale_at").map_err(db("read claimed jobs"))?;
                 claimed.stale += 1;
-                release_touch(&mut *tx, &job.job_id).await?;
+                release_touch(&mut tx, &job.job_id).await?;
                 let late_h = (now - job.due_at).max(0) / 3_600_000;
                 let past_h = (now - stale_at) / 3_600_000;
                 suppress_in(
