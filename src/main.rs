@@ -299,6 +299,12 @@ enum BenchCmd {
         /// Leave out the MLLP door phase.
         #[arg(long)]
         skip_doors: bool,
+        /// The bench bridges' `prefetch` (unacked deliveries; at least --batch-size).
+        #[arg(long, default_value_t = bench::ingest::BRIDGE_PREFETCH)]
+        prefetch: u16,
+        /// The bench bridges' `batch_size` (deliveries per store transaction, at most).
+        #[arg(long, default_value_t = bench::ingest::BRIDGE_BATCH)]
+        batch_size: usize,
         /// After printing, fail when bridge ingest / the floor (consume + parse + ack) is
         /// below this ratio (a CI regression guard).
         #[arg(long)]
@@ -799,6 +805,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     json,
                     latency_secs,
                     skip_doors,
+                    prefetch,
+                    batch_size,
                     min_floor_ratio,
                 },
         } => {
@@ -811,6 +819,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 json,
                 latency_secs,
                 skip_doors,
+                batching: bench::ingest::Batching {
+                    prefetch,
+                    batch_size,
+                },
                 min_floor_ratio,
             })
             .await

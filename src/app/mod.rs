@@ -564,6 +564,11 @@ pub async fn start_with_clock(
             cfg.retention.clone(),
             trigger.subscribe(),
         )),
+        // SQLite's WAL copied into the database file beside the writer, not inside its commits.
+        tokio::spawn(crate::store::checkpoint::run(
+            store.clone(),
+            trigger.subscribe(),
+        )),
         // The backlog: queue depths, rates, drain times (gauge, /api/summary, the page).
         tokio::spawn(
             crate::ingest::backlog::Poller::new(&cfg.sources, health.clone())

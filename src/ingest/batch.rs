@@ -197,9 +197,9 @@ pub(super) async fn write_batch(
     tx.commit().await?;
     ctx.unmatched.note(unmatched, now);
     let durable = Instant::now();
+    let latency = histogram!("cem_bridge_ingest_latency_seconds", "connector" => src.name.clone());
     for p in prepared {
-        histogram!("cem_bridge_ingest_latency_seconds", "connector" => src.name.clone())
-            .record(durable.duration_since(p.received).as_secs_f64());
+        latency.record(durable.duration_since(p.received).as_secs_f64());
     }
     if created {
         ctx.scheduler_wake.notify_one();

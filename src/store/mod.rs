@@ -6,6 +6,7 @@
 //! crash mid-send leaves the job to be claimed again and re-sent with the same idempotency key.
 
 mod buffered;
+pub mod checkpoint;
 pub mod claim;
 pub mod dead_letters;
 pub mod followups;
@@ -364,8 +365,11 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
+                        // Checkpoints are `checkpoint::run`'s, beside the writer; the automatic one
+                        // stays as a backstop.
+                        let backstop = checkpoint::BACKSTOP_PAGES;
                         sqlx::raw_sql(AssertSqlSafe(format!(
-                            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;"
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint={backstop};"
                         )))
                         .execute(&mut *conn)
                         .await?;
@@ -485,6 +489,39 @@ impl Store {
     }
 
     /// The SQLite journal mode (for tests and `check`); `None` on PostgreSQL.
+    /// SQLite: a PASSIVE checkpoint of the write-ahead log (waits for no one; copies what no
+    /// reader still needs). `None` on PostgreSQL. See [`checkpoint`].
+    pub async fn checkpoint(&self) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
+        self.passive_checkpoint().await
+    }
+
+    /// [`Store::checkpoint`] in the writer turn: no frame is added while it copies, so it copies
+    /// them all (unless a reader still needs one) and the next write starts the log over.
+    pub async fn checkpoint_between_writes(
+        &self,
+    ) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
+        let _turn = self.writer.lock().await;
+        self.passive_checkpoint().await
+    }
+
+    async fn passive_checkpoint(&self) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("checkpoint the WAL"))?;
+        let get = |i: usize| {
+            row.try_get::<i64, _>(i)
+                .map_err(db("read the WAL checkpoint"))
+        };
+        Ok(Some(checkpoint::Checkpoint {
+            log_pages: get(1)?,
+            copied_pages: get(2)?,
+        }))
+    }
+
     pub async fn sqlite_journal_mode(&self) -> Result<Option<String>, StoreError> {
         if self.backend != Backend::Sqlite {
             return Ok(None);

@@ -651,6 +651,67 @@ async fn sqlite_store_uses_wal() {
     store.close().await;
 }
 
+/// The WAL is copied into the database file by the checkpoint task, not inside commits: a
+/// PASSIVE checkpoint with no reader copies every page the log holds, and the next commit
+/// starts the log over, so the log stays as small as one period's writes (issue 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_copy_the_log_and_keep_it_short() {
+    let db = Db::sqlite("s-ckpt").await;
+    let store = db.open().await;
+    let wal = db.dir.as_ref().unwrap().join("store.db-wal");
+    let jobs = |from: usize| -> Vec<(String, String, Option<String>, String)> {
+        (from..from + 300)
+            .map(|i| (format!("j{i}"), format!("pk{i}"), None, format!("m{i}")))
+            .collect()
+    };
+    insert_jobs(&store, &jobs(0), 1).await;
+    let first = store
+        .checkpoint()
+        .await
+        .unwrap()
+        .expect("SQLite checkpoints");
+    assert!(first.log_pages > 0, "{first:?}");
+    assert_eq!(
+        first.copied_pages, first.log_pages,
+        "no reader: every page copied"
+    );
+    let wal_len = std::fs::metadata(&wal).unwrap().len();
+    // The log starts over after a complete checkpoint: the second batch's pages are counted
+    // from its start, and the file does not grow past what the first batch used.
+    insert_jobs(&store, &jobs(300), 1).await;
+    let second = store
+        .checkpoint()
+        .await
+        .unwrap()
+        .expect("SQLite checkpoints");
+    assert!(
+        second.log_pages > 0 && second.log_pages <= first.log_pages + 8,
+        "the log started over: {first:?} then {second:?}"
+    );
+    assert_eq!(second.copied_pages, second.log_pages);
+    assert!(std::fs::metadata(&wal).unwrap().len() <= wal_len + 8 * 4096 + 32);
+    assert_eq!(store.jobs().await.unwrap().len(), 600);
+    store.close().await;
+    db.cleanup().await;
+}
+
+/// PostgreSQL checkpoints by itself: nothing to do, and the task ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_has_no_wal_checkpoint_task() {
+    let db = Db::postgres("p_ckpt").await;
+    let store = db.open().await;
+    assert_eq!(store.checkpoint().await.unwrap(), None);
+    let (_trigger, shutdown) = cem_bridge::process::shutdown::channel();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        cem_bridge::store::checkpoint::run(store.clone(), shutdown),
+    )
+    .await
+    .expect("returns at once on PostgreSQL");
+    store.close().await;
+    db.cleanup().await;
+}
+
 /// An unreachable database is a clear error naming the URL without its password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_postgres_is_a_clear_error() {

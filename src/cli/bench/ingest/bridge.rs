@@ -21,8 +21,24 @@ use crate::cli::bench::{
 use crate::config::SchedulerConfig;
 use crate::store::Store;
 
-pub(super) const BRIDGE_PREFETCH: u16 = 512;
-pub(super) const BRIDGE_BATCH: usize = 256;
+pub const BRIDGE_PREFETCH: u16 = 512;
+pub const BRIDGE_BATCH: usize = 256;
+
+/// The bench bridges' `prefetch` and `batch_size` (`--prefetch`, `--batch-size`).
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub prefetch: u16,
+    pub batch_size: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            prefetch: BRIDGE_PREFETCH,
+            batch_size: BRIDGE_BATCH,
+        }
+    }
+}
 /// The source name of every bench bridge.
 pub(super) const SOURCE: &str = "bench";
 const POLL: Duration = Duration::from_millis(20);
@@ -38,6 +54,7 @@ pub(super) struct BridgeRun<'a> {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub instances: usize,
+    pub batching: Batching,
     /// Registrations queued before the start.
     pub count: usize,
     /// Reset the kernel's RSS high-water mark before the start and read it after ingest.
@@ -61,11 +78,13 @@ pub(super) struct Measured {
 }
 
 /// The source of a bench bridge on `queue`.
-pub(super) fn source(amqp: &str, queue: &str) -> String {
+pub(super) fn source(amqp: &str, queue: &str, batching: Batching) -> String {
     format!(
-        "name = \"{SOURCE}\"\nurl = {}\nqueue = {}\nqueue_type = \"quorum\"\nprefetch = {BRIDGE_PREFETCH}\nbatch_size = {BRIDGE_BATCH}\n",
+        "name = \"{SOURCE}\"\nurl = {}\nqueue = {}\nqueue_type = \"quorum\"\nprefetch = {}\nbatch_size = {}\n",
         toml_str(amqp),
         toml_str(queue),
+        batching.prefetch,
+        batching.batch_size,
     )
 }
 
@@ -78,7 +97,7 @@ pub(super) async fn ingest_then_push(
     let cfg = bridge_config(
         run.name,
         run.store_url,
-        &source(run.amqp, run.queue),
+        &source(run.amqp, run.queue, run.batching),
         &BenchCem::Http {
             url: &run.cem.url(),
             rate_per_sec: run.rate_per_sec,

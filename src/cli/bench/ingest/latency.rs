@@ -14,7 +14,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, PublisherConfirm};
 use tokio::sync::mpsc;
 
-use super::bridge::{SOURCE, source};
+use super::bridge::{Batching, SOURCE, source};
 use super::pure::INGEST_CLOCK_START;
 use crate::app;
 use crate::cli::bench::cem_recorder::Cem;
@@ -56,12 +56,13 @@ pub(super) async fn run(
     store_url: &str,
     cem: &Cem,
     messages: usize,
+    batching: Batching,
     stop: &AtomicBool,
 ) -> anyhow::Result<Latency> {
     let cfg = bridge_config(
         "latency",
         store_url,
-        &source(amqp_url, queue),
+        &source(amqp_url, queue, batching),
         &BenchCem::Http {
             url: &cem.url(),
             rate_per_sec: 1_000_000,

@@ -55,7 +55,8 @@ use cem_connectors::amqp::{self, AmqpSourceConfig, QueueType, redact_url};
 use crate::app;
 use crate::cli::bench::cem_recorder::{Cem, RecorderOptions};
 use crate::cli::bench::{A04, BENCH_CEM_TOKEN, a04_text, per_s, publish_n, registration};
-use bridge::{BRIDGE_BATCH, BRIDGE_PREFETCH, BridgeRun, arrival_offsets, longest_gap, steady_rate};
+pub use bridge::{BRIDGE_BATCH, BRIDGE_PREFETCH, Batching};
+use bridge::{BridgeRun, arrival_offsets, longest_gap, steady_rate};
 use report::{Figures, deviation_pct};
 use stores::Stores;
 
@@ -87,6 +88,8 @@ pub struct IngestBench {
     /// Seconds of the latency run at 1000 msg/s (at most `count` messages).
     pub latency_secs: u64,
     pub skip_doors: bool,
+    /// The bridges' `prefetch` and `batch_size`.
+    pub batching: Batching,
     /// Fail after printing when ingest / floor is below this.
     pub min_floor_ratio: Option<f64>,
 }
@@ -194,8 +197,8 @@ pub async fn run(args: &IngestBench) -> anyhow::Result<()> {
         } else {
             "release"
         },
-        prefetch: BRIDGE_PREFETCH,
-        batch_size: BRIDGE_BATCH,
+        prefetch: args.batching.prefetch,
+        batch_size: args.batching.batch_size,
         limited_configured_per_s: LIMITED_RATE,
         limited_burst: LIMITED_BURST,
         latency_offered_per_s: latency::OFFERED_PER_S,
@@ -245,6 +248,7 @@ async fn declare_bridge_queue(
     control: &lapin::Connection,
     amqp_url: &str,
     queue: &str,
+    prefetch: u16,
 ) -> anyhow::Result<()> {
     let ch = control
         .create_channel()
@@ -258,7 +262,7 @@ async fn declare_bridge_queue(
             dead_letter_exchange: format!("{queue}.dlx"),
             dead_letter_queue: format!("{queue}.dlq"),
             queue_type: QueueType::Quorum,
-            prefetch: BRIDGE_PREFETCH,
+            prefetch,
             consumer_tag: "cem-bridge-bench".into(),
         },
     )
@@ -348,7 +352,13 @@ async fn phases(
         "[3/7] bridge ingest: queue {n} registrations, start {} bridge(s), wait…",
         args.instances
     );
-    declare_bridge_queue(control, &args.amqp, &names.ingest_queue).await?;
+    declare_bridge_queue(
+        control,
+        &args.amqp,
+        &names.ingest_queue,
+        args.batching.prefetch,
+    )
+    .await?;
     publish_n(&args.amqp, &names.ingest_queue, n, "publish A04s", |i| {
         registration(base, "BENCH", i)
     })
@@ -365,6 +375,7 @@ async fn phases(
             rate_per_sec: 1_000_000,
             burst: 1_000_000,
             instances: args.instances,
+            batching: args.batching,
             count: n,
             measure_rss: true,
             push_heading: Some(format!(
@@ -394,7 +405,13 @@ async fn phases(
 
     let lim = n.min(LIMITED_MAX);
     eprintln!("[5/7] rate-limited push: {lim} surveys at rate_per_sec = {LIMITED_RATE}…");
-    declare_bridge_queue(control, &args.amqp, &names.limited_queue).await?;
+    declare_bridge_queue(
+        control,
+        &args.amqp,
+        &names.limited_queue,
+        args.batching.prefetch,
+    )
+    .await?;
     publish_n(&args.amqp, &names.limited_queue, lim, "publish A04s", |i| {
         registration(base, "LIM", i)
     })
@@ -410,6 +427,7 @@ async fn phases(
             rate_per_sec: LIMITED_RATE,
             burst: LIMITED_BURST,
             instances: 1,
+            batching: args.batching,
             count: lim,
             measure_rss: false,
             push_heading: None,
@@ -434,7 +452,13 @@ async fn phases(
         "[6/7] latency: {messages} registrations offered at {} msg/s to a waiting bridge…",
         latency::OFFERED_PER_S
     );
-    declare_bridge_queue(control, &args.amqp, &names.latency_queue).await?;
+    declare_bridge_queue(
+        control,
+        &args.amqp,
+        &names.latency_queue,
+        args.batching.prefetch,
+    )
+    .await?;
     let cem = recorder().await?;
     let l = latency::run(
         &args.amqp,
@@ -442,6 +466,7 @@ async fn phases(
         &latency_store,
         &cem,
         messages,
+        args.batching,
         stop,
     )
     .await?;

@@ -28,25 +28,57 @@ pub(super) struct Pure {
     pub decide_rate: f64,
 }
 
+/// What decoding and deciding the A04 sample needs, set up as a bridge with the default
+/// policy has it.
+struct Setup {
+    policy: SurveyPolicy,
+    pseudo: Pseudonymizer,
+    zone: jiff::tz::TimeZone,
+    fields: cem_pipeline::anonymize::CemFieldPolicy,
+    lists: cem_pipeline::lists::ExclusionLists,
+    mappings: cem_pipeline::mapping::MappingSet,
+    headers: BTreeMap<String, String>,
+}
+
+impl Setup {
+    fn new() -> anyhow::Result<Self> {
+        let zone = cem_pipeline::time::default_zone();
+        Ok(Self {
+            policy: SurveyPolicy::default(),
+            pseudo: Pseudonymizer::new(BENCH_KEY, "bench").context("the bench pseudonym key")?,
+            mappings: cem_pipeline::mapping::builtin(&zone),
+            zone,
+            fields: Default::default(),
+            lists: Default::default(),
+            headers: BTreeMap::new(),
+        })
+    }
+
+    /// Decode the A04 sample at `now` and decide its survey; `None` when the mapping ignores it.
+    fn decide(
+        &self,
+        now: jiff::Timestamp,
+        opts: &DecodeOptions,
+    ) -> Result<Option<SurveyDecision>, cem_pipeline::reason::Rejection> {
+        let ctx = SurveyContext {
+            tenant: "bench",
+            zone: &self.zone,
+            pseudo: &self.pseudo,
+            now,
+            fields: &self.fields,
+            lists: &self.lists,
+        };
+        decode(A04, opts, &self.mappings, &self.headers).map(|d| match d.outcome {
+            Outcome::Event(event) => Some(decide(&event, &self.policy, &ctx)),
+            Outcome::Ignored { .. } => None,
+        })
+    }
+}
+
 fn decision_at(now: jiff::Timestamp) -> anyhow::Result<SurveyDecision> {
-    let opts = DecodeOptions::at(now);
-    let policy = SurveyPolicy::default();
-    let pseudo = Pseudonymizer::new(BENCH_KEY, "bench").context("the bench pseudonym key")?;
-    let zone = cem_pipeline::time::default_zone();
-    let fields = cem_pipeline::anonymize::CemFieldPolicy::default();
-    let lists = cem_pipeline::lists::ExclusionLists::default();
-    let ctx = SurveyContext {
-        tenant: "bench",
-        zone: &zone,
-        pseudo: &pseudo,
-        now,
-        fields: &fields,
-        lists: &lists,
-    };
-    let mappings = cem_pipeline::mapping::builtin(&zone);
-    match decode(A04, &opts, &mappings, &BTreeMap::new()).map(|d| d.outcome) {
-        Ok(Outcome::Event(event)) => Ok(decide(&event, &policy, &ctx)),
-        Ok(other) => bail!("the built-in A04 sample maps to {other:?}"),
+    match Setup::new()?.decide(now, &DecodeOptions::at(now)) {
+        Ok(Some(decision)) => Ok(decision),
+        Ok(None) => bail!("the built-in A04 sample is ignored by its mapping"),
         Err(r) => bail!(
             "the built-in A04 sample does not decode: {} ({})",
             r.reason.code(),
@@ -87,21 +119,7 @@ pub(super) fn pure_pipeline() -> anyhow::Result<Pure> {
     let text = a04_text()?;
     let now = timestamp(BENCH_CLOCK_START)?;
     let opts = DecodeOptions::at(now);
-    let policy = SurveyPolicy::default();
-    let pseudo = Pseudonymizer::new(BENCH_KEY, "bench").context("the bench pseudonym key")?;
-    let zone = cem_pipeline::time::default_zone();
-    let fields = cem_pipeline::anonymize::CemFieldPolicy::default();
-    let lists = cem_pipeline::lists::ExclusionLists::default();
-    let ctx = SurveyContext {
-        tenant: "bench",
-        zone: &zone,
-        pseudo: &pseudo,
-        now,
-        fields: &fields,
-        lists: &lists,
-    };
-    let mappings = cem_pipeline::mapping::builtin(&zone);
-    let headers = BTreeMap::new();
+    let setup = Setup::new()?;
     // Measure the path the bridge takes for this message, not a rejection.
     match decision_at(now)? {
         SurveyDecision::Schedule(_) => {}
@@ -120,11 +138,7 @@ pub(super) fn pure_pipeline() -> anyhow::Result<Pure> {
             ));
         },
         || {
-            let r = decode(black_box(A04), &opts, &mappings, &headers).map(|d| match d.outcome {
-                Outcome::Event(e) => Some(decide(&e, &policy, &ctx)),
-                Outcome::Ignored { .. } => None,
-            });
-            let _ = black_box(r);
+            let _ = black_box(setup.decide(black_box(now), &opts));
         },
     );
     Ok(Pure {
