@@ -146,6 +146,17 @@ pub async fn run(args: &IngestBench) -> anyhow::Result<()> {
     }
     a04_text()?;
     pure::check_clocks()?;
+    // The bridges load their mapping files from ./mappings: say so before minutes of broker
+    // phases rather than after them.
+    let probe = crate::cli::bench::bridge_config(
+        "bench",
+        "sqlite://bench.db",
+        &bridge::source(&args.amqp, "bench", args.batching),
+        &crate::cli::bench::BenchCem::Shadow(std::path::Path::new("bench.jsonl")),
+    )?;
+    app::load_mappings(&probe, &cem_pipeline::time::default_zone()).context(
+        "bench ingest runs its bridges with the mapping files in ./mappings: run it from the repository or the installed folder that holds mappings/",
+    )?;
     let names = Names::new();
     let mut stores = Stores::new(args.store.as_deref(), &names.dir, &names.run)?;
     let shown_url = redact_url(&args.amqp);
