@@ -492,19 +492,6 @@ impl Store {
     /// SQLite: a PASSIVE checkpoint of the write-ahead log (waits for no one; copies what no
     /// reader still needs). `None` on PostgreSQL. See [`checkpoint`].
     pub async fn checkpoint(&self) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
-        self.passive_checkpoint().await
-    }
-
-    /// [`Store::checkpoint`] in the writer turn: no frame is added while it copies, so it copies
-    /// them all (unless a reader still needs one) and the next write starts the log over.
-    pub async fn checkpoint_between_writes(
-        &self,
-    ) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
-        let _turn = self.writer.lock().await;
-        self.passive_checkpoint().await
-    }
-
-    async fn passive_checkpoint(&self) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
         if self.backend != Backend::Sqlite {
             return Ok(None);
         }
@@ -520,6 +507,15 @@ impl Store {
             log_pages: get(1)?,
             copied_pages: get(2)?,
         }))
+    }
+
+    /// [`Store::checkpoint`] in the writer turn: no frame is added while it copies, so it copies
+    /// them all (unless a reader still needs one) and the next write starts the log over.
+    pub async fn checkpoint_between_writes(
+        &self,
+    ) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
+        let _turn = self.writer.lock().await;
+        self.checkpoint().await
     }
 
     pub async fn sqlite_journal_mode(&self) -> Result<Option<String>, StoreError> {
