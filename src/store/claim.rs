@@ -8,7 +8,11 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
-use crate::store::{AuditEntry, Backend, Store, StoreError, StoreTx, audit_in, db, query_in};
+use std::collections::{BTreeMap, HashSet};
+
+use crate::store::{
+    AuditEntry, Backend, KEYS_PER_STATEMENT, Store, StoreError, StoreTx, audit_in, db, query_in,
+};
 
 /// A job claimed for sending.
 #[derive(Debug, Clone)]
@@ -207,6 +211,11 @@ impl Store {
 
     /// Record the outcomes of many pushes in one transaction (one fsync, one write lock).
     /// Each applies only while `owner` still holds the job's lease; the result says which did.
+    ///
+    /// The accepted pushes — nearly all of a batch — are one `UPDATE … WHERE job_id IN (…)`
+    /// per HTTP status and one touch update; their audit rows are written with the commit.
+    /// A job reported twice in one batch (claimed again after its lease ran out while the
+    /// first push was unrecorded) keeps `sent` if either push was accepted.
     pub async fn record_outcomes(
         &self,
         owner: &str,
@@ -214,51 +223,17 @@ impl Store {
         outcomes: &[JobOutcome],
     ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.begin().await?;
+        let sent = mark_sent_in(&mut tx, self.backend, owner, now, outcomes).await?;
+        let mut recorded: HashSet<&str> = HashSet::with_capacity(outcomes.len());
         let mut applied = Vec::with_capacity(outcomes.len());
         for o in outcomes {
-            let n = match o {
-                JobOutcome::Sent { job_id, status } => sqlx::query(
-                    "UPDATE survey_jobs SET status = 'sent', sent_at = $1, updated_at = $1, last_status = $2, \
-                     locked_until = 0, last_error = NULL WHERE job_id = $3 AND lock_owner = $4 AND status = 'pending'",
-                )
-                .bind(now)
-                .bind(i64::from(*status))
-                .bind(job_id.as_str())
-                .bind(owner),
-                JobOutcome::Retry { job_id, next_at, status, error } => sqlx::query(
-                    "UPDATE survey_jobs SET next_attempt_at = $1, locked_until = 0, updated_at = $2, \
-                     last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
-                )
-                .bind(*next_at)
-                .bind(now)
-                .bind(status.map(i64::from))
-                .bind(error.as_str())
-                .bind(job_id.as_str())
-                .bind(owner),
-                JobOutcome::Dead { job_id, status, reason, error } => sqlx::query(
-                    "UPDATE survey_jobs SET status = 'dead', reason = $1, locked_until = 0, updated_at = $2, \
-                     last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
-                )
-                .bind(*reason)
-                .bind(now)
-                .bind(status.map(i64::from))
-                .bind(error.as_str())
-                .bind(job_id.as_str())
-                .bind(owner),
-                JobOutcome::Suppressed { job_id, reason, .. } => sqlx::query(
-                    "UPDATE survey_jobs SET status = 'suppressed', reason = $1, locked_until = 0, updated_at = $2 \
-                     WHERE job_id = $3 AND lock_owner = $4 AND status = 'pending'",
-                )
-                .bind(*reason)
-                .bind(now)
-                .bind(job_id.as_str())
-                .bind(owner),
-            }
-            .execute(tx.conn().await?)
-            .await
-            .map_err(db("record push outcome"))?
-            .rows_affected();
-            if n == 1 {
+            let ok = match o {
+                JobOutcome::Sent { job_id, .. } => {
+                    sent.contains(job_id.as_str()) && recorded.insert(job_id)
+                }
+                other => record_other(&mut tx, owner, now, other).await?,
+            };
+            if ok {
                 let (job_id, action, rule, reason, detail) = match o {
                     JobOutcome::Sent { job_id, status } => (
                         job_id,
@@ -303,11 +278,22 @@ impl Store {
                     ..Default::default()
                 })
                 .await?;
+                release_after(&mut tx, o).await?;
             }
-            if n == 1 {
-                touch_follow_up(&mut tx, o, now).await?;
-            }
-            applied.push(n == 1);
+            applied.push(ok);
+        }
+        // R-DND-3: each accepted push's reservation becomes its touch at the send time.
+        let touched: Vec<&str> = sent.iter().copied().collect();
+        for chunk in touched.chunks(KEYS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE touches SET last_sent = ${} WHERE job_id IN ({{keys}})",
+                chunk.len() + 1
+            );
+            query_in(&sql, chunk)
+                .bind(now)
+                .execute(tx.conn().await?)
+                .await
+                .map_err(db("record touches"))?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -574,27 +560,131 @@ impl Store {
     }
 }
 
-/// R-DND-3 after the push: accepted → the reservation becomes the touch at the send time; a
-/// permanent refusal → released (the CEM never had it). Retries keep it.
-async fn touch_follow_up(tx: &mut StoreTx, o: &JobOutcome, now: i64) -> Result<(), StoreError> {
-    match o {
-        JobOutcome::Sent { job_id, .. } => {
-            sqlx::query("UPDATE touches SET last_sent = $1 WHERE job_id = $2")
-                .bind(now)
-                .bind(job_id.as_str())
-                .execute(tx.conn().await?)
-                .await
-                .map_err(db("record touch"))?;
+/// The accepted pushes of a batch marked `sent`, one statement per HTTP status (per
+/// [`KEYS_PER_STATEMENT`] jobs); the ids `owner` still held, which the update applied to.
+async fn mark_sent_in<'o>(
+    tx: &mut StoreTx,
+    backend: Backend,
+    owner: &str,
+    now: i64,
+    outcomes: &'o [JobOutcome],
+) -> Result<HashSet<&'o str>, StoreError> {
+    let mut by_status: BTreeMap<u16, Vec<&'o str>> = BTreeMap::new();
+    for o in outcomes {
+        if let JobOutcome::Sent { job_id, status } = o {
+            by_status.entry(*status).or_default().push(job_id);
         }
+    }
+    let mut sent = HashSet::new();
+    for (status, ids) in &mut by_status {
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(KEYS_PER_STATEMENT) {
+            let asked: HashSet<&'o str> = chunk.iter().copied().collect();
+            let rows = query_in(&mark_sent_sql(backend, chunk.len()), chunk)
+                .bind(now)
+                .bind(i64::from(*status))
+                .bind(owner)
+                .fetch_all(tx.conn().await?)
+                .await
+                .map_err(db("record accepted pushes"))?;
+            for r in rows {
+                let id: String = r.try_get("job_id").map_err(db("record accepted pushes"))?;
+                if let Some(own) = asked.get(id.as_str()) {
+                    sent.insert(*own);
+                }
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// `n` jobs `sent`: ids `$1…$n`, then the time, the HTTP status and the owner.
+fn mark_sent_sql(backend: Backend, n: usize) -> String {
+    // SQLite would take `status = 'pending'` to the status index and walk every pending job
+    // instead of looking each id up: a unary plus keeps the status term off the index.
+    let pending = match backend {
+        Backend::Sqlite => "+status = 'pending'",
+        Backend::Postgres => "status = 'pending'",
+    };
+    format!(
+        "UPDATE survey_jobs SET status = 'sent', sent_at = ${t}, updated_at = ${t}, last_status = ${s}, \
+         locked_until = 0, last_error = NULL \
+         WHERE job_id IN ({{keys}}) AND lock_owner = ${o} AND {pending} RETURNING job_id",
+        t = n + 1,
+        s = n + 2,
+        o = n + 3
+    )
+}
+
+/// A retry, a give-up or a send-time exclusion, recorded if `owner` still holds the job.
+async fn record_other(
+    tx: &mut StoreTx,
+    owner: &str,
+    now: i64,
+    o: &JobOutcome,
+) -> Result<bool, StoreError> {
+    let q = match o {
+        JobOutcome::Sent { .. } => return Ok(false),
+        JobOutcome::Retry {
+            job_id,
+            next_at,
+            status,
+            error,
+        } => sqlx::query(
+            "UPDATE survey_jobs SET next_attempt_at = $1, locked_until = 0, updated_at = $2, \
+             last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
+        )
+        .bind(*next_at)
+        .bind(now)
+        .bind(status.map(i64::from))
+        .bind(error.as_str())
+        .bind(job_id.as_str())
+        .bind(owner),
+        JobOutcome::Dead {
+            job_id,
+            status,
+            reason,
+            error,
+        } => sqlx::query(
+            "UPDATE survey_jobs SET status = 'dead', reason = $1, locked_until = 0, updated_at = $2, \
+             last_status = $3, last_error = $4 WHERE job_id = $5 AND lock_owner = $6 AND status = 'pending'",
+        )
+        .bind(*reason)
+        .bind(now)
+        .bind(status.map(i64::from))
+        .bind(error.as_str())
+        .bind(job_id.as_str())
+        .bind(owner),
+        JobOutcome::Suppressed { job_id, reason, .. } => sqlx::query(
+            "UPDATE survey_jobs SET status = 'suppressed', reason = $1, locked_until = 0, updated_at = $2 \
+             WHERE job_id = $3 AND lock_owner = $4 AND status = 'pending'",
+        )
+        .bind(*reason)
+        .bind(now)
+        .bind(job_id.as_str())
+        .bind(owner),
+    };
+    let n = q
+        .execute(tx.conn().await?)
+        .await
+        .map_err(db("record push outcome"))?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+/// R-DND-3 after a refused or excluded push: the reservation is released (the CEM never had
+/// it). Retries keep it; an accepted push's becomes the touch (in [`Store::record_outcomes`]).
+async fn release_after(tx: &mut StoreTx, o: &JobOutcome) -> Result<(), StoreError> {
+    match o {
         JobOutcome::Dead {
             job_id,
             reason: "rejected",
             ..
         }
-        | JobOutcome::Suppressed { job_id, .. } => release_touch(tx.conn().await?, job_id).await?,
-        _ => {}
+        | JobOutcome::Suppressed { job_id, .. } => release_touch(tx.conn().await?, job_id).await,
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Release the do-not-disturb reservation (or touch) a job holds: the CEM never took it.
@@ -608,4 +698,42 @@ pub(crate) async fn release_touch(
         .await
         .map_err(db("release touch"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    /// The batched `sent` update looks each job up by its id; on the status index it would walk
+    /// every pending job, which made a push of 100 000 surveys 3.5 times slower.
+    #[tokio::test]
+    async fn sqlite_marks_sent_by_job_id_not_by_status() {
+        let dir = std::env::temp_dir().join(format!("cem-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("store.db").display());
+        let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
+        let keys = ["j1", "j2", "j3"];
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            mark_sent_sql(Backend::Sqlite, keys.len())
+        );
+        let plan: Vec<String> = query_in(&sql, &keys)
+            .bind(1_i64)
+            .bind(200_i64)
+            .bind("o")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect();
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(
+            plan[0].contains("sqlite_autoindex_survey_jobs_1 (job_id=?)"),
+            "{plan:?}"
+        );
+    }
 }

@@ -1078,7 +1078,7 @@ fn redact(url: &str) -> String {
 
 /// Keys per `IN (…)` statement and rows per multi-row insert: far below SQLite's and
 /// PostgreSQL's bound-parameter limits.
-const KEYS_PER_STATEMENT: usize = 500;
+pub(crate) const KEYS_PER_STATEMENT: usize = 500;
 
 /// `$first, $first+1, …` for `n` bound values.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::common::*;
+use cem_bridge::store::claim::JobOutcome;
 use cem_bridge::store::{
     AuditEntry, InboxResult, JobInsert, NewJob, Store, StoreError, StoreOptions,
 };
@@ -806,4 +807,114 @@ async fn sqlite_r_srv_4_a_survey_found_stale_at_send_time_is_suppressed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_r_srv_4_a_survey_found_stale_at_send_time_is_suppressed() {
     a_survey_found_stale_at_send_time_is_suppressed(Db::postgres("p_stale").await).await;
+}
+
+/// R-SRV-5 / R-DND-3 for a batch of push outcomes: each accepted push of the owner is `sent`
+/// with its HTTP status and one audit row, and its reservation becomes the touch at the send
+/// time; a job whose lease passed to another owner is not recorded; a job reported twice in
+/// one batch (accepted and to be retried) is `sent` once.
+async fn a_batch_of_outcomes_is_recorded_once_per_job(db: Db) {
+    let s = db.open().await;
+    let jobs: Vec<_> = (0..5)
+        .map(|i| {
+            (
+                format!("b{i}"),
+                format!("pk_b{i}"),
+                None,
+                format!("mk_b{i}"),
+            )
+        })
+        .collect();
+    insert_jobs(&s, &jobs, 5).await;
+    let mine = s.claim_due("o", 100, 1_000, 4, WINDOW).await.unwrap().jobs;
+    assert_eq!(mine.len(), 4);
+    let theirs = s.claim_due("p", 100, 1_000, 4, WINDOW).await.unwrap().jobs;
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].job_id, "b4");
+    let sent = |id: &str, status: u16| JobOutcome::Sent {
+        job_id: id.to_string(),
+        status,
+    };
+    let outcomes = vec![
+        sent("b0", 200),
+        sent("b1", 201),
+        sent("b4", 200),
+        JobOutcome::Retry {
+            job_id: "b2".into(),
+            next_at: 9_000,
+            status: Some(503),
+            error: "HTTP 503".into(),
+        },
+        sent("b2", 200),
+        JobOutcome::Dead {
+            job_id: "b3".into(),
+            status: Some(400),
+            reason: "rejected",
+            error: "HTTP 400".into(),
+        },
+    ];
+    let applied = s.record_outcomes("o", 500, &outcomes).await.unwrap();
+    assert_eq!(applied, vec![true, true, false, false, true, true]);
+    let jobs = s.jobs().await.unwrap();
+    let by = |id: &str| jobs.iter().find(|j| j.job_id == id).unwrap().clone();
+    assert_eq!(
+        (by("b0").status.as_str(), by("b0").sent_at),
+        ("sent", Some(500))
+    );
+    assert_eq!(by("b0").last_status, Some(200));
+    assert_eq!(by("b1").last_status, Some(201));
+    assert_eq!(by("b2").status, "sent");
+    assert_eq!(by("b3").status, "dead");
+    assert_eq!(by("b4").status, "pending", "another owner's lease");
+    for (id, want) in [
+        ("b0", vec!["sent"]),
+        ("b2", vec!["sent"]),
+        ("b3", vec!["dead"]),
+    ] {
+        let got: Vec<String> = s
+            .audit(Some(id))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.job_id.as_deref() == Some(id) && a.message_id.is_none())
+            .map(|a| a.action)
+            .collect();
+        assert_eq!(got, want, "audit of {id}");
+    }
+    assert!(
+        s.audit(Some("b4"))
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| a.message_id.is_some())
+    );
+    // The accepted pushes' reservations are touches at the send time; the refused one's is
+    // released; the other owner's keeps its claim time.
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM touches WHERE last_sent = 500")
+            .await,
+        6,
+        "pk_ and mk_ of b0, b1, b2"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM touches WHERE job_id = 'b3'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) AS n FROM touches WHERE job_id = 'b4' AND last_sent = 100")
+            .await,
+        2
+    );
+    s.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_r_srv_5_a_batch_of_outcomes_is_recorded_once_per_job() {
+    a_batch_of_outcomes_is_recorded_once_per_job(Db::sqlite("s-outcomes").await).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_r_srv_5_a_batch_of_outcomes_is_recorded_once_per_job() {
+    a_batch_of_outcomes_is_recorded_once_per_job(Db::postgres("p_outcomes").await).await;
 }
