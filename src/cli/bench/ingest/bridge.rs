@@ -72,8 +72,8 @@ pub(super) struct Measured {
     /// From the clock moved past the due time to N surveys at the CEM and N jobs `sent`.
     pub push: Duration,
     pub shutdown: Duration,
-    /// Peak RSS (VmHWM) during ingest, KiB, or why there is none.
-    pub peak_rss_kib: Result<u64, String>,
+    /// Peak RSS during ingest and RSS at the start, or why there is none.
+    pub rss: Result<Rss, String>,
     pub scheduler: SchedulerConfig,
 }
 
@@ -140,26 +140,26 @@ pub(super) async fn ingest_then_push(
         }
     }
     let shutdown = t.elapsed();
-    let (ingest, push, peak_rss_kib) = measured?;
+    let (ingest, push, rss) = measured?;
     stopped?;
     Ok(Measured {
         start,
         ingest,
         push,
         shutdown,
-        peak_rss_kib,
+        rss,
         scheduler,
     })
 }
 
-type Figures = (Duration, Duration, Result<u64, String>);
+type Figures = (Duration, Duration, Result<Rss, String>);
 
 async fn measure(
     run: &BridgeRun<'_>,
     bridges: &[app::Bridge],
     clock: &crate::process::clock::Clock,
     t0: Instant,
-    rss_reset: Result<(), String>,
+    rss_reset: Result<u64, String>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Figures> {
     let Some(first) = bridges.first() else {
@@ -167,7 +167,12 @@ async fn measure(
     };
     let store = &first.store;
     let ingest = watch_inbox(store, run, t0, stop).await?;
-    let peak_rss_kib = rss_reset.and_then(|()| peak_rss_kib());
+    let rss = rss_reset.and_then(|at_start_kib| {
+        Ok(Rss {
+            peak_kib: rss_kib("VmHWM")?,
+            at_start_kib,
+        })
+    });
     let early = run.cem.state.requests.load(Ordering::Relaxed);
     if early > 0 {
         bail!(
@@ -183,7 +188,7 @@ async fn measure(
         b.wake_scheduler();
     }
     let push = watch_push(store, run, t1, stop).await?;
-    Ok((ingest, push, peak_rss_kib))
+    Ok((ingest, push, rss))
 }
 
 /// Poll the inbox every 20 ms from `t0` until it holds `run.count`; the time recorded is the
@@ -326,20 +331,32 @@ async fn watch_push(
 }
 
 /// Reset the kernel's peak-RSS mark (VmHWM) of this process to its current RSS.
-fn reset_peak_rss() -> Result<(), String> {
-    std::fs::write("/proc/self/clear_refs", "5")
-        .map_err(|e| format!("cannot reset the peak RSS (/proc/self/clear_refs: {e})"))
+/// The bench process's resident memory around an ingest, KiB. The bridges run inside the
+/// bench, so the peak includes what the bench itself holds (`at_start_kib`, the RSS when the
+/// peak was reset just before the first bridge started).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rss {
+    pub peak_kib: u64,
+    pub at_start_kib: u64,
 }
 
-/// Peak resident set size (VmHWM) of this process since the last reset, in KiB.
-fn peak_rss_kib() -> Result<u64, String> {
+/// Reset the kernel's high-water mark to the current RSS, and return that RSS (KiB).
+fn reset_peak_rss() -> Result<u64, String> {
+    std::fs::write("/proc/self/clear_refs", "5")
+        .map_err(|e| format!("cannot reset the peak RSS (/proc/self/clear_refs: {e})"))?;
+    rss_kib("VmRSS")
+}
+
+/// `field` of /proc/self/status (`VmHWM`: peak resident set size since the last reset,
+/// `VmRSS`: now), in KiB.
+fn rss_kib(field: &str) -> Result<u64, String> {
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmHWM in /proc/self/status".to_string())
+        .ok_or_else(|| format!("no {field} in /proc/self/status"))
 }
 
 /// Requests per second after the first `skip` arrivals (the limiter's initial burst): the
@@ -418,7 +435,13 @@ mod tests {
     #[test]
     fn the_peak_rss_is_read_from_proc_on_linux() {
         if cfg!(target_os = "linux") {
-            assert!(peak_rss_kib().unwrap() > 0);
+            let now = rss_kib("VmRSS").unwrap();
+            assert!(now > 0);
+            assert!(
+                rss_kib("VmHWM").unwrap() >= now,
+                "the peak is at least what was resident"
+            );
+            assert!(rss_kib("VmNothing").is_err());
         }
     }
 }

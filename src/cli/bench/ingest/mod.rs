@@ -402,8 +402,11 @@ async fn phases(
     f.ingest_seconds = Some(m.ingest.as_secs_f64());
     f.ingest_floor_ratio = f.floor_msgs_per_s.map(|fl| ingest_rate / fl);
     f.ingest_raw_ratio = f.raw_msgs_per_s.map(|r| ingest_rate / r);
-    match &m.peak_rss_kib {
-        Ok(k) => f.ingest_peak_rss_mib = Some(*k as f64 / 1024.0),
+    match &m.rss {
+        Ok(r) => {
+            f.ingest_peak_rss_mib = Some(r.peak_kib as f64 / 1024.0);
+            f.ingest_rss_at_start_mib = Some(r.at_start_kib as f64 / 1024.0);
+        }
         Err(why) => f.rss_note = Some(format!("n/a: {why}")),
     }
     f.push_msgs_per_s = Some(per_s(n, m.push));

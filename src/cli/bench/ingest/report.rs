@@ -34,6 +34,8 @@ pub(super) struct Figures {
     pub ingest_floor_ratio: Option<f64>,
     pub ingest_raw_ratio: Option<f64>,
     pub ingest_peak_rss_mib: Option<f64>,
+    /// The bench's own RSS when the first bridge started (part of the peak).
+    pub ingest_rss_at_start_mib: Option<f64>,
     /// Why there is no peak RSS (table only).
     #[serde(skip)]
     pub rss_note: Option<String>,
@@ -185,7 +187,11 @@ pub(super) fn table(f: &Figures) -> String {
         &format!("peak RSS during ingest ({} queued)", f.count),
         fixed(f.ingest_peak_rss_mib, 1),
         "MiB",
-        f.rss_note.clone().unwrap_or_default(),
+        f.rss_note.clone().unwrap_or_else(|| {
+            f.ingest_rss_at_start_mib.map_or(String::new(), |s| {
+                format!("{s:.1} MiB of it held by the bench before the bridge started")
+            })
+        }),
     );
     let door_note = if f.doors_skipped {
         "skipped (--skip-doors)"
@@ -262,6 +268,7 @@ mod tests {
             "latency_p99_ms",
             "latency_max_ms",
             "ingest_peak_rss_mib",
+            "ingest_rss_at_start_mib",
             "mllp_8_conn_msgs_per_s",
         ] {
             assert!(obj.contains_key(key), "missing {key}");
