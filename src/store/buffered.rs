@@ -218,10 +218,7 @@ async fn insert<'q, R>(
     bind: impl Fn(Query<'q>, &'q R) -> Query<'q>,
 ) -> Result<u64, sqlx::Error> {
     let sql = multi_row_sql(backend, head, row, tail, rows.len());
-    let q = rows.iter().fold(
-        sqlx::query(AssertSqlSafe(sql)).persistent(rows.len() == ROWS_PER_STATEMENT),
-        bind,
-    );
+    let q = rows.iter().fold(sqlx::query(AssertSqlSafe(sql)), bind);
     Ok(q.execute(conn).await?.rows_affected())
 }
 

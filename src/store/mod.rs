@@ -743,17 +743,16 @@ impl StoreTx {
                 " ON CONFLICT (connector, message_key) DO NOTHING RETURNING message_key",
                 chunk.len(),
             );
-            let q = chunk.iter().fold(
-                sqlx::query(AssertSqlSafe(sql)).persistent(chunk.len() == KEYS_PER_STATEMENT / 2),
-                |q, (k, h, m, e)| {
+            let q = chunk
+                .iter()
+                .fold(sqlx::query(AssertSqlSafe(sql)), |q, (k, h, m, e)| {
                     q.bind(connector)
                         .bind(*k)
                         .bind(*h)
                         .bind(*m)
                         .bind(*e)
                         .bind(now)
-                },
-            );
+                });
             for r in q
                 .fetch_all(self.conn().await?)
                 .await
@@ -1039,10 +1038,8 @@ fn query_in<'q>(
     keys: &[&'q str],
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
     let sql = sql.replace("{keys}", &placeholders(1, keys.len()));
-    keys.iter().fold(
-        sqlx::query(AssertSqlSafe(sql)).persistent(keys.len() == KEYS_PER_STATEMENT),
-        |q, k| q.bind(*k),
-    )
+    keys.iter()
+        .fold(sqlx::query(AssertSqlSafe(sql)), |q, k| q.bind(*k))
 }
 
 async fn audit_in(
