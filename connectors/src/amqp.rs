@@ -87,23 +87,23 @@ pub const FRAME_MAX: u32 = 16 * 1024;
 /// Connect with a bounded timeout so a dead broker is an error, not a hang.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e: String| AmqpError {
+    let failed = |kind: std::io::ErrorKind, why: String| AmqpError {
         op: "connect",
         target: redact_url(url),
         cause: lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            std::io::Error::new(kind, why),
         ))),
-    })?;
+    };
+    let mut uri: lapin::uri::AMQPUri = url
+        .parse()
+        .map_err(|why| failed(std::io::ErrorKind::InvalidInput, why))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     match tokio::time::timeout(Duration::from_secs(10), Connection::connect_uri(uri, props)).await {
         Ok(r) => r.map_err(ctx("connect", &redact_url(url))),
-        Err(_) => Err(AmqpError {
-            op: "connect",
-            target: redact_url(url),
-            cause: lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out after 10 s"),
-            ))),
-        }),
+        Err(_) => Err(failed(
+            std::io::ErrorKind::TimedOut,
+            "timed out after 10 s".into(),
+        )),
     }
 }
 

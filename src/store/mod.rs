@@ -488,17 +488,15 @@ impl Store {
         Ok(())
     }
 
-    /// The SQLite journal mode (for tests and `check`); `None` on PostgreSQL.
     /// SQLite: a PASSIVE checkpoint of the write-ahead log (waits for no one; copies what no
     /// reader still needs). `None` on PostgreSQL. See [`checkpoint`].
     pub async fn checkpoint(&self) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
-        if self.backend != Backend::Sqlite {
+        let Some(row) = self
+            .sqlite_pragma("PRAGMA wal_checkpoint(PASSIVE)", "checkpoint the WAL")
+            .await?
+        else {
             return Ok(None);
-        }
-        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("checkpoint the WAL"))?;
+        };
         let get = |i: usize| {
             row.try_get::<i64, _>(i)
                 .map_err(db("read the WAL checkpoint"))
@@ -518,18 +516,34 @@ impl Store {
         self.checkpoint().await
     }
 
+    /// The SQLite journal mode (for tests and `check`); `None` on PostgreSQL.
     pub async fn sqlite_journal_mode(&self) -> Result<Option<String>, StoreError> {
-        if self.backend != Backend::Sqlite {
+        let Some(row) = self
+            .sqlite_pragma("PRAGMA journal_mode", "read journal mode")
+            .await?
+        else {
             return Ok(None);
-        }
-        let row = sqlx::query("PRAGMA journal_mode")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("read journal mode"))?;
+        };
         Ok(Some(
             row.try_get::<String, _>(0)
                 .map_err(db("read journal mode"))?,
         ))
+    }
+
+    /// The row a SQLite `pragma` answers; `None` on PostgreSQL.
+    async fn sqlite_pragma(
+        &self,
+        pragma: &'static str,
+        what: &'static str,
+    ) -> Result<Option<AnyRow>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query(pragma)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db(what))?;
+        Ok(Some(row))
     }
 
     /// Stamp audit rows with `clock` (the running bridge's, so they agree with due and send
