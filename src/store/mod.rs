@@ -94,7 +94,7 @@ pub enum Backend {
 }
 
 /// The schema version this binary migrates to (the last of each backend's migrations).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The migration that brings a store made by an earlier text of a migration up to date
 /// (`0008_first_release_catch_up.sql`); it first adds [`LATE_COLUMNS`] where missing.
@@ -131,6 +131,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0008_first_release_catch_up.sql"),
     ),
     (9, include_str!("../../migrations/sqlite/0009_stale_at.sql")),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_audit_partial_indexes.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -162,6 +166,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         9,
         include_str!("../../migrations/postgres/0009_stale_at.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_audit_partial_indexes.sql"),
     ),
 ];
 
@@ -621,10 +629,9 @@ impl Store {
     /// Audit rows, oldest first; filtered by message id or job id when given.
     pub async fn audit(&self, message_or_job: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
         let q = match message_or_job {
-            Some(id) => sqlx::query(
-                "SELECT at, message_id, job_id, action, rule, reason, detail FROM audit \
-                 WHERE message_id = $1 OR job_id = $1 OR patient_key = $1 ORDER BY id",
-            )
+            Some(id) => sqlx::query(AssertSqlSafe(ops::audit_about_sql(
+                "id, at, message_id, job_id, action, rule, reason, detail",
+            )))
             .bind(id.to_string()),
             None => sqlx::query(
                 "SELECT at, message_id, job_id, action, rule, reason, detail FROM audit ORDER BY id",

@@ -411,6 +411,25 @@ const TRACE_JOB_COLUMNS: &str = "job_id, template, patient_key, visit_key, statu
 const TRACE_AUDIT_COLUMNS: &str =
     "id, at, connector, message_id, job_id, patient_key, action, rule, reason, detail";
 
+/// The audit rows about `$1` — a message id, a survey job id or a patient pseudonym — oldest
+/// first; `columns` must include `id`. Not one `OR`: the job and patient indexes leave out the
+/// `scheduled` rows (one per registration, migration 10), so those are found through the
+/// message ids of the jobs `$1` names — the job itself, the patient's jobs, and for a merged
+/// patient the survivor's (its pending jobs moved there, R-CAN-6) — and then checked against
+/// `$1` themselves. Each branch is one indexed lookup.
+pub(crate) fn audit_about_sql(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM audit WHERE message_id = $1 \
+         UNION SELECT {columns} FROM audit WHERE job_id = $1 AND action <> 'scheduled' \
+         UNION SELECT {columns} FROM audit WHERE patient_key = $1 AND action <> 'scheduled' \
+         UNION SELECT {columns} FROM audit WHERE action = 'scheduled' \
+         AND (job_id = $1 OR patient_key = $1) AND message_id IN \
+         (SELECT message_id FROM survey_jobs WHERE job_id = $1 OR patient_key = $1 \
+         OR patient_key IN (SELECT survivor_key FROM patient_aliases WHERE alias_key = $1)) \
+         ORDER BY id"
+    )
+}
+
 fn dead_letter_record(r: &AnyRow) -> Result<DeadLetterRecord, sqlx::Error> {
     Ok(DeadLetterRecord {
         id: r.try_get("id")?,
@@ -505,10 +524,7 @@ impl Store {
     /// to (and their later audit rows: pushes, retries, death), its dead letters, and the
     /// follow-up plans of the stays found, step by step.
     pub async fn trace(&self, id: &str) -> Result<Trace, StoreError> {
-        let sql = format!(
-            "SELECT {TRACE_AUDIT_COLUMNS} FROM audit \
-             WHERE message_id = $1 OR job_id = $1 OR patient_key = $1 ORDER BY id"
-        );
+        let sql = audit_about_sql(TRACE_AUDIT_COLUMNS);
         let direct: Vec<TraceAudit> = read_rows(
             &sqlx::query(AssertSqlSafe(sql))
                 .bind(id)
@@ -546,9 +562,12 @@ impl Store {
 
         let mut audit = direct;
         if !jobs.is_empty() {
+            // A job's `scheduled` row is not in the job index: found by the job's message id.
+            let ids = placeholders(1, jobs.len());
             let sql = format!(
-                "SELECT {TRACE_AUDIT_COLUMNS} FROM audit WHERE job_id IN ({}) ORDER BY id",
-                placeholders(1, jobs.len())
+                "SELECT {TRACE_AUDIT_COLUMNS} FROM audit WHERE job_id IN ({ids}) AND action <> 'scheduled' \
+                 UNION SELECT {TRACE_AUDIT_COLUMNS} FROM audit WHERE action = 'scheduled' AND job_id IN ({ids}) \
+                 AND message_id IN (SELECT message_id FROM survey_jobs WHERE job_id IN ({ids})) ORDER BY id"
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for j in &jobs {
@@ -845,6 +864,52 @@ mod tests {
             oldest_due_at: None,
         };
         assert_eq!(none.oldest_overdue_ms(15_000), 0);
+    }
+
+    /// Every branch of the audit lookup by id is an index search: a scan of `audit` (the
+    /// planner's choice for one `OR` over the partial indexes) would read the whole table, the
+    /// largest one, for each `trace`.
+    #[tokio::test]
+    async fn sqlite_audit_lookup_by_id_searches_indexes_only() {
+        let dir = std::env::temp_dir().join(format!("cem-audit-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("store.db").display());
+        let store = Store::open(&url, &crate::store::StoreOptions::default())
+            .await
+            .unwrap();
+        // An `EXPLAIN` runs on the schema its connection last read: a pooled connection opened
+        // before the migrations would show the plan of the old indexes. A real statement first
+        // makes it read the schema again.
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::query(AssertSqlSafe(audit_about_sql(TRACE_AUDIT_COLUMNS)))
+            .bind("x")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            audit_about_sql(TRACE_AUDIT_COLUMNS)
+        );
+        let plan: Vec<String> = sqlx::query(AssertSqlSafe(sql))
+            .bind("x")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect();
+        drop(conn);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let audit: Vec<&String> = plan.iter().filter(|d| d.contains(" audit ")).collect();
+        assert_eq!(audit.len(), 4, "{plan:?}");
+        for d in ["audit_message", "audit_job_later", "audit_patient_later"] {
+            assert!(audit.iter().any(|a| a.contains(d)), "{d}: {plan:?}");
+        }
+        assert!(
+            plan.iter().all(|d| !d.starts_with("SCAN audit")),
+            "{plan:?}"
+        );
     }
 }
 

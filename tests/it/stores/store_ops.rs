@@ -113,6 +113,83 @@ async fn trace_follows_message_job_and_pseudonym(db: Db) {
     db.cleanup().await;
 }
 
+/// Migration 10: `scheduled` audit rows are in neither the job nor the patient index, and are
+/// still found by `trace` and `audit` through the job's message id — by the job, by the
+/// patient, and, once the patient was merged (R-CAN-6) and the pending job moved to the
+/// survivor, by the merged pseudonym too (the row keeps the pseudonym it was written under).
+/// Another patient's rows stay out.
+async fn scheduled_rows_are_found_without_the_job_and_patient_indexes(db: Db) {
+    let store = db.open().await;
+    seed(&store, &db).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_job(&job("j3", "pk_c", "m5", 3_000), 3)
+        .await
+        .unwrap();
+    tx.audit(&AuditEntry {
+        connector: Some("adt"),
+        message_id: Some("m5"),
+        job_id: Some("j3"),
+        patient_key: Some("pk_c"),
+        action: "scheduled",
+        rule: Some("R-SRV-5"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(tx.merge_patients("pk_c", "pk_b").await.unwrap(), ["j3"]);
+    tx.commit().await.unwrap();
+    for (key, expected) in [
+        ("j3", vec![("scheduled", "m5")]),
+        ("pk_c", vec![("scheduled", "m5")]),
+        ("pk_b", vec![("scheduled", "m3")]),
+        ("j2", vec![("scheduled", "m3")]),
+        ("m5", vec![("scheduled", "m5")]),
+    ] {
+        let got: Vec<(String, Option<String>)> = store
+            .audit(Some(key))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.action, a.message_id))
+            .collect();
+        let want: Vec<(String, Option<String>)> = expected
+            .iter()
+            .map(|(a, m)| (a.to_string(), Some(m.to_string())))
+            .collect();
+        assert_eq!(got, want, "audit({key})");
+    }
+    // The survivor's trace shows both its own job and the one that moved to it, each with its
+    // `scheduled` row.
+    let t = store.trace("pk_b").await.unwrap();
+    let mut jobs: Vec<&str> = t.jobs.iter().map(|j| j.job_id.as_str()).collect();
+    jobs.sort();
+    assert_eq!(jobs, ["j2", "j3"]);
+    let mut scheduled: Vec<(&str, &str)> = t
+        .audit
+        .iter()
+        .filter(|a| a.action == "scheduled")
+        .map(|a| {
+            (
+                a.job_id.as_deref().unwrap_or(""),
+                a.message_id.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    scheduled.sort();
+    assert_eq!(scheduled, [("j2", "m3"), ("j3", "m5")]);
+    // The merged pseudonym's trace finds the moved job's row, not the survivor's own.
+    let t = store.trace("pk_c").await.unwrap();
+    assert_eq!(
+        t.audit
+            .iter()
+            .map(|a| (a.action.as_str(), a.message_id.as_deref()))
+            .collect::<Vec<_>>(),
+        [("scheduled", Some("m5"))]
+    );
+    store.close().await;
+    db.cleanup().await;
+}
+
 /// `dlq list` is newest first with a total; `dlq show` finds one by id.
 async fn dead_letters_newest_first_and_by_id(db: Db) {
     let store = db.open().await;
@@ -461,6 +538,7 @@ both_backends!(
     counts_are_emitted_only_when_the_transaction_commits,
     retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases,
     trace_follows_message_job_and_pseudonym,
+    scheduled_rows_are_found_without_the_job_and_patient_indexes,
     dead_letters_newest_first_and_by_id,
     pending_summary_counts_pending_jobs_only,
     retention_prunes_old_rows_in_batches_and_never_pending_jobs,
