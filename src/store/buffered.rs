@@ -23,7 +23,7 @@ use sqlx::{Any, AnyConnection, AssertSqlSafe};
 
 use crate::store::{Backend, StoreError, db};
 
-/// Rows per statement: at most 16 columns × 256 = 4 096 bound values, far below SQLite's and
+/// Rows per statement: at most 17 columns × 256 = 4 096 bound values, far below SQLite's and
 /// PostgreSQL's limits.
 const ROWS_PER_STATEMENT: usize = 256;
 
@@ -122,8 +122,8 @@ impl Buffered {
                 backend,
                 "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, \
                  next_attempt_at, payload, connector, message_id, created_at, updated_at, id_card_key, \
-                 mobile_key, dnd, stale_at) VALUES ",
-                "(#, #, #, #, 'pending', #, #, #, #, #, #, #, #, #, #, #)",
+                 mobile_key, dnd, stale_at, created_by) VALUES ",
+                "(#, #, #, #, 'pending', #, #, #, #, #, #, #, #, #, #, #, #)",
                 " ON CONFLICT (job_id) DO NOTHING",
                 chunk,
                 |q, j| {
@@ -142,6 +142,7 @@ impl Buffered {
                         .bind(j.mobile_key.as_deref())
                         .bind(j.dnd)
                         .bind(j.stale_at)
+                        .bind(j.message_id.as_str())
                 },
             )
             .await

@@ -894,8 +894,8 @@ impl StoreTx {
         }
         let n = sqlx::query(
             "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, next_attempt_at, \
-             payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key, dnd, stale_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13) ON CONFLICT (job_id) DO NOTHING",
+             payload, connector, message_id, created_at, updated_at, id_card_key, mobile_key, dnd, stale_at, created_by) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $8) ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(job.job_id)
         .bind(job.template)

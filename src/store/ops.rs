@@ -414,9 +414,9 @@ const TRACE_AUDIT_COLUMNS: &str =
 /// The audit rows about `$1` — a message id, a survey job id or a patient pseudonym — oldest
 /// first; `columns` must include `id`. Not one `OR`: the job and patient indexes leave out the
 /// `scheduled` rows (one per registration, migration 10), so those are found through the
-/// message ids of the jobs `$1` names — the job itself, the patient's jobs, and for a merged
-/// patient the survivor's (its pending jobs moved there, R-CAN-6) — and then checked against
-/// `$1` themselves. Each branch is one indexed lookup.
+/// creating message (`created_by`) of the jobs `$1` names — the job itself, the patient's
+/// jobs, and for a merged patient the survivor's (its pending jobs moved there, R-CAN-6) — and
+/// then checked against `$1` themselves. Each branch is one indexed lookup.
 pub(crate) fn audit_about_sql(columns: &str) -> String {
     format!(
         "SELECT {columns} FROM audit WHERE message_id = $1 \
@@ -424,7 +424,7 @@ pub(crate) fn audit_about_sql(columns: &str) -> String {
          UNION SELECT {columns} FROM audit WHERE patient_key = $1 AND action <> 'scheduled' \
          UNION SELECT {columns} FROM audit WHERE action = 'scheduled' \
          AND (job_id = $1 OR patient_key = $1) AND message_id IN \
-         (SELECT message_id FROM survey_jobs WHERE job_id = $1 OR patient_key = $1 \
+         (SELECT created_by FROM survey_jobs WHERE job_id = $1 OR patient_key = $1 \
          OR patient_key IN (SELECT survivor_key FROM patient_aliases WHERE alias_key = $1)) \
          ORDER BY id"
     )
@@ -562,12 +562,12 @@ impl Store {
 
         let mut audit = direct;
         if !jobs.is_empty() {
-            // A job's `scheduled` row is not in the job index: found by the job's message id.
+            // A job's `scheduled` row is not in the job index: found by its creating message.
             let ids = placeholders(1, jobs.len());
             let sql = format!(
                 "SELECT {TRACE_AUDIT_COLUMNS} FROM audit WHERE job_id IN ({ids}) AND action <> 'scheduled' \
                  UNION SELECT {TRACE_AUDIT_COLUMNS} FROM audit WHERE action = 'scheduled' AND job_id IN ({ids}) \
-                 AND message_id IN (SELECT message_id FROM survey_jobs WHERE job_id IN ({ids})) ORDER BY id"
+                 AND message_id IN (SELECT created_by FROM survey_jobs WHERE job_id IN ({ids})) ORDER BY id"
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for j in &jobs {

@@ -118,7 +118,7 @@ async fn trace_follows_message_job_and_pseudonym(db: Db) {
 /// patient, and, once the patient was merged (R-CAN-6) and the pending job moved to the
 /// survivor, by the merged pseudonym too (the row keeps the pseudonym it was written under).
 /// Another patient's rows stay out.
-async fn scheduled_rows_are_found_without_the_job_and_patient_indexes(db: Db) {
+async fn scheduled_rows_found_by_creating_message(db: Db) {
     let store = db.open().await;
     seed(&store, &db).await;
     let mut tx = store.begin().await.unwrap();
@@ -538,7 +538,7 @@ both_backends!(
     counts_are_emitted_only_when_the_transaction_commits,
     retention_prunes_old_touches_and_patients_but_never_deceased_or_aliases,
     trace_follows_message_job_and_pseudonym,
-    scheduled_rows_are_found_without_the_job_and_patient_indexes,
+    scheduled_rows_found_by_creating_message,
     dead_letters_newest_first_and_by_id,
     pending_summary_counts_pending_jobs_only,
     retention_prunes_old_rows_in_batches_and_never_pending_jobs,

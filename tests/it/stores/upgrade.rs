@@ -45,6 +45,21 @@ async fn first_release_store(db: &Db, schema: &str) {
          VALUES (900, 'adt', 'MSGOLD1', 'sv_old1', 'pk_old', 'scheduled', 'R-SRV-1', NULL, 'OP-SAT-01')",
     )
     .await;
+    // A job created by MSGOLD3, cancelled, and recorded again by MSGOLD4 (R-CAN-3), which
+    // moved its `message_id`: version 10 finds its `scheduled` row through `created_by`.
+    db.exec(
+        "INSERT INTO survey_jobs (job_id, template, patient_key, visit_key, status, due_at, \
+         next_attempt_at, payload, connector, message_id, created_at, updated_at) \
+         VALUES ('sv_old2', 'IP-DIS-01', 'pk_old2', 'vk_old2', 'sent', 1000, 1000, '{}', 'adt', \
+         'MSGOLD4', 900, 990)",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO audit (at, connector, message_id, job_id, patient_key, action, rule, reason, detail) \
+         VALUES (900, 'adt', 'MSGOLD3', 'sv_old2', 'pk_old2', 'scheduled', 'R-SRV-5', NULL, 'IP-DIS-01'), \
+         (950, 'adt', 'MSGOLD4', 'sv_old2', 'pk_old2', 'reactivated', 'R-CAN-3', 'discharge_recorded_again', 'IP-DIS-01')",
+    )
+    .await;
     db.exec(
         "INSERT INTO dead_letters (at, connector, message_id, reason, detail, content_hash, size_bytes, delivery_count) \
          VALUES (950, 'adt', 'MSGOLD2', 'truncated', 'no PID segment', 'h-bad', 42, 1)",
@@ -75,6 +90,23 @@ async fn first_release_store_upgrades(db: Db, schema: &str) {
     );
     assert_eq!(trace.audit.len(), 1, "{trace:?}");
     assert_eq!(trace.audit[0].action, "scheduled");
+    for key in ["sv_old2", "pk_old2"] {
+        let actions: Vec<(String, Option<String>)> = store
+            .audit(Some(key))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.action, a.message_id))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("scheduled".to_string(), Some("MSGOLD3".to_string())),
+                ("reactivated".to_string(), Some("MSGOLD4".to_string()))
+            ],
+            "{key}"
+        );
+    }
     let dead = store.recent_dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
