@@ -9,8 +9,8 @@ passive checkpoint every 200 ms on a connection of its own), on a store made by 
 already holding --count registrations. No decoding, no broker, no async runtime: the figure
 is the ceiling `bench ingest`'s "bridge ingest" can reach on this schema and this disk.
 
-`--drop-index NAME` (repeatable) and `--no-vault` answer "what if": the same run without an
-index, or without the vault rows. Python's sqlite3 module is the only dependency.
+`--drop-index NAME` (repeatable), `--no-vault` and `--synchronous normal` answer "what if":
+the same run without an index, without the vault rows, or syncing only at checkpoints. Python's sqlite3 module is the only dependency.
 
     python3 scripts/store-ceiling.py                      # 100 000 stored, 20 000 measured
     python3 scripts/store-ceiling.py --drop-index survey_jobs_patient
@@ -101,6 +101,8 @@ def main():
     ap.add_argument("--batch", type=int, default=256, help="registrations per transaction (the bridge's batch_size)")
     ap.add_argument("--drop-index", action="append", default=[], metavar="NAME", help="leave this index out")
     ap.add_argument("--no-vault", action="store_true", help="write no vault records")
+    ap.add_argument("--synchronous", choices=["full", "normal"], default="full",
+                    help="SQLite synchronous while measuring (the bridge's sqlite_synchronous; full by default)")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the line")
     args = ap.parse_args()
     if args.batch < 1 or args.measure < args.batch:
@@ -123,7 +125,7 @@ def main():
         for lo in range(0, args.count, step):
             write_batch(db, lo, min(args.count, lo + step), START_MS + lo, vault)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA synchronous = {args.synchronous.upper()}")
         db.execute("PRAGMA wal_autocheckpoint = 16384")
 
         # The bridge's checkpoint task (store/checkpoint.rs): beside the writer, not in it.
@@ -159,9 +161,11 @@ def main():
 
         print(json.dumps({"stored": args.count, "measured": args.measure, "batch": args.batch,
                           "dropped_indexes": args.drop_index, "vault": vault,
+                          "synchronous": args.synchronous,
                           "msgs_per_s": rate, "kib_written_per_msg": kib}))
     else:
-        what = ", ".join([f"without {n}" for n in args.drop_index] + ([] if vault else ["no vault"]))
+        what = ", ".join([f"without {n}" for n in args.drop_index] + ([] if vault else ["no vault"])
+                         + ([] if args.synchronous == "full" else [f"synchronous {args.synchronous}"]))
         print(f"store ceiling: {rate:,.0f} registrations/s ({kib:.1f} KiB written per registration), "
               f"{args.measure} after {args.count} stored, batch {args.batch}{'; ' + what if what else ''}")
 

@@ -86,6 +86,15 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     d
 }
 
+/// `f`'s output, or a panic naming `what` after `secs`: a step that never answers fails the
+/// test saying which step it was, instead of running into the harness's timeout silently.
+pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("no answer within {secs} s: {what}"),
+    }
+}
+
 /// Poll `f` until it returns `Some`, or panic after `secs` with `what`.
 pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where

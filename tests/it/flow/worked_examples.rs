@@ -927,16 +927,24 @@ async fn run(id: &'static str, backend: Backend) {
         .into_iter()
         .find(|e| e.id == id)
         .expect("the example is in the table");
-    let (cem, hcrm, cc) = (
-        Recorder::start().await,
-        Recorder::start().await,
-        Recorder::start().await,
-    );
+    // Every step that waits on a service is bounded, so a hang names its step (one run of
+    // `postgres::ex_10` once ran into the harness's 300 s timeout with nothing to say why).
+    let (cem, hcrm, cc) = within(60, "start the recorders", async {
+        (
+            Recorder::start().await,
+            Recorder::start().await,
+            Recorder::start().await,
+        )
+    })
+    .await;
     let name = format!("{}-{backend:?}", id.to_lowercase()).to_lowercase();
-    let db = match backend {
-        Backend::Sqlite => Db::sqlite(&name).await,
-        Backend::Postgres => Db::postgres(&name).await,
-    };
+    let db = within(60, "create the scratch store", async {
+        match backend {
+            Backend::Sqlite => Db::sqlite(&name).await,
+            Backend::Postgres => Db::postgres(&name).await,
+        }
+    })
+    .await;
     let mut setup = ticket_setup(&name, &cem, &hcrm, &cc, "");
     setup.store_url = Some(db.url.clone());
     let first = ex.steps.iter().find_map(|s| match s {
@@ -944,9 +952,9 @@ async fn run(id: &'static str, backend: Backend) {
         _ => None,
     });
     let clock = Clock::starting_at(first.unwrap_or_else(|| local("2026-11-20 09:00")));
-    let bridge = start(&setup, &clock).await;
-    setup.wait_declared().await;
-    let pool = sqlx::AnyPool::connect(&db.url)
+    let bridge = within(60, "start the bridge", start(&setup, &clock)).await;
+    within(60, "the source queue declared", setup.wait_declared()).await;
+    let pool = within(60, "open the store", sqlx::AnyPool::connect(&db.url))
         .await
         .expect("open the store");
     let mut r = Run {
@@ -963,7 +971,7 @@ async fn run(id: &'static str, backend: Backend) {
             At(t) => r.clock.set(local(t)),
             Send(m) => r.send(m, &at).await,
             SecondInstance => {
-                let b = start(&r.setup, &r.clock).await;
+                let b = within(60, "start a second instance", start(&r.setup, &r.clock)).await;
                 r.bridges.push(b);
             }
             C(_) => {}
@@ -974,11 +982,11 @@ async fn run(id: &'static str, backend: Backend) {
         }
     }
     for b in r.bridges.drain(..) {
-        b.shutdown().await;
+        within(60, "shut the bridge down", b.shutdown()).await;
     }
-    r.pool.close().await;
-    cleanup(&r.setup).await;
-    db.cleanup().await;
+    within(60, "close the store pool", r.pool.close()).await;
+    within(60, "delete the queues", cleanup(&r.setup)).await;
+    within(60, "drop the scratch store", db.cleanup()).await;
 }
 
 async fn start(setup: &Setup, clock: &Clock) -> cem_bridge::app::Bridge {
@@ -1005,7 +1013,12 @@ fn handled() -> u64 {
 impl Run {
     async fn send(&self, m: &Msg, at: &str) {
         let before = handled();
-        publish_with_headers(&self.setup.queue, &m.body, &m.label, &m.headers).await;
+        within(
+            60,
+            &format!("{at}: publish {}", m.label),
+            publish_with_headers(&self.setup.queue, &m.body, &m.label, &m.headers),
+        )
+        .await;
         wait_for(20, &format!("{at}: {} handled", m.label), || async {
             (handled() > before).then_some(())
         })
