@@ -23,8 +23,8 @@ use sqlx::{Any, AnyConnection, AssertSqlSafe};
 
 use crate::store::{Backend, StoreError, db};
 
-/// Rows per statement: at most 17 columns × 256 = 4 096 bound values, far below SQLite's and
-/// PostgreSQL's limits.
+/// Rows per statement: at most 16 bound values per row (a job's) × 256 = 4 096, far below
+/// SQLite's and PostgreSQL's limits.
 const ROWS_PER_STATEMENT: usize = 256;
 
 /// An audit row held for the next write.
