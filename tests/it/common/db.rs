@@ -116,6 +116,20 @@ pub async fn drop_pg_database(db: &str) {
     }
 }
 
+/// `store.audit(Some(key))` as (action, message id) pairs, oldest first.
+pub async fn audit_of(
+    store: &cem_bridge::store::Store,
+    key: &str,
+) -> Vec<(String, Option<String>)> {
+    store
+        .audit(Some(key))
+        .await
+        .unwrap_or_else(|e| panic!("audit({key}): {e}"))
+        .into_iter()
+        .map(|a| (a.action, a.message_id))
+        .collect()
+}
+
 /// A survey job row for store-level tests (template OP-SAT-01, visit `vk_x`, connector `adt`).
 pub fn job<'a>(
     id: &'a str,

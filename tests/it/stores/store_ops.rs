@@ -145,13 +145,7 @@ async fn scheduled_rows_found_by_creating_message(db: Db) {
         ("j2", vec![("scheduled", "m3")]),
         ("m5", vec![("scheduled", "m5")]),
     ] {
-        let got: Vec<(String, Option<String>)> = store
-            .audit(Some(key))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|a| (a.action, a.message_id))
-            .collect();
+        let got = audit_of(&store, key).await;
         let want: Vec<(String, Option<String>)> = expected
             .iter()
             .map(|(a, m)| (a.to_string(), Some(m.to_string())))

@@ -91,13 +91,7 @@ async fn first_release_store_upgrades(db: Db, schema: &str) {
     assert_eq!(trace.audit.len(), 1, "{trace:?}");
     assert_eq!(trace.audit[0].action, "scheduled");
     for key in ["sv_old2", "pk_old2"] {
-        let actions: Vec<(String, Option<String>)> = store
-            .audit(Some(key))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|a| (a.action, a.message_id))
-            .collect();
+        let actions = audit_of(&store, key).await;
         assert_eq!(
             actions,
             [
